@@ -1,0 +1,68 @@
+use sea_orm::entity::prelude::*;
+use serde::{Deserialize, Serialize};
+
+macro_rules! string_enum {
+    ($(#[$meta:meta])* $name:ident { $($variant:ident = $value:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EnumIter, DeriveActiveEnum, Serialize, Deserialize, async_graphql::Enum)]
+        #[sea_orm(rs_type = "String", db_type = "String(StringLen::N(16))")]
+        #[serde(rename_all = "lowercase")]
+        pub enum $name {
+            $(
+                #[sea_orm(string_value = $value)]
+                #[serde(alias = $value)]
+                $variant,
+            )+
+        }
+
+        impl $name {
+            /// The value stored in the database and used by the REST API.
+            pub fn as_str(self) -> &'static str {
+                match self { $(Self::$variant => $value,)+ }
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                match s.to_ascii_lowercase().as_str() {
+                    $($value => Ok(Self::$variant),)+
+                    other => Err(format!(
+                        "unknown {} {other:?}; expected one of: {}",
+                        stringify!($name),
+                        [$($value),+].join(", ")
+                    )),
+                }
+            }
+        }
+    };
+}
+
+string_enum!(
+    /// The four WhatsApp message shapes a template can produce.
+    TemplateType { Text = "text", Buttons = "buttons", List = "list", Media = "media" }
+);
+
+string_enum!(
+    /// Only ACTIVE templates are visible to anonymous callers.
+    TemplateStatus { Draft = "draft", Active = "active", Archived = "archived" }
+);
+
+string_enum!(
+    MediaStatus { Uploading = "uploading", Processing = "processing", Ready = "ready", Failed = "failed" }
+);
+
+string_enum!(
+    DeliveryStatus {
+        Pending = "pending",
+        Assigned = "assigned",
+        InTransit = "in_transit",
+        Delivered = "delivered",
+        Failed = "failed",
+        Cancelled = "cancelled",
+    }
+);
+
+string_enum!(
+    WebhookAttemptStatus { Pending = "pending", Succeeded = "succeeded", Failed = "failed" }
+);

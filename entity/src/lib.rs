@@ -1,0 +1,15 @@
+//! sea-orm 2 entities for Smartbot's eight tables, one module per table, plus the enums their
+//! columns hold. Enums are stored as short lowercase strings so both SQLite and PostgreSQL read them
+//! the same way, and double as GraphQL enums.
+
+pub mod audit_log;
+pub mod delivery_task;
+pub mod enums;
+pub mod media_file;
+pub mod message_template;
+pub mod product_media;
+pub mod template_version;
+pub mod webhook;
+pub mod webhook_log;
+
+pub use enums::*;

@@ -1,0 +1,15 @@
+//! Schema migrations, portable across SQLite and PostgreSQL. They run at `serve` start and through
+//! `smartbot migrate up|down|status`.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261125_000001_create_tables;
+
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261125_000001_create_tables::Migration)]
+    }
+}

@@ -1,0 +1,108 @@
+//! Audit rows, written with the caller's connection so they commit or roll back with the change.
+
+use sea_orm::{ActiveModelTrait, ActiveValue::Set, ConnectionTrait};
+use serde_json::Value;
+
+use crate::{auth::RequestContext, error::Result};
+use entity::audit_log;
+
+/// What changed: `action` like `template.update`, the target, and the before/after state.
+pub struct Change<'a> {
+    pub action: &'a str,
+    pub target_type: &'a str,
+    pub target_id: String,
+    pub merchant_id: Option<String>,
+    pub before: Option<Value>,
+    pub after: Option<Value>,
+}
+
+pub async fn record<C: ConnectionTrait>(
+    db: &C,
+    ctx: &RequestContext,
+    change: Change<'_>,
+) -> Result<()> {
+    audit_log::ActiveModel {
+        id: Set(uuid::Uuid::now_v7()),
+        actor_id: Set(ctx.actor.id().map(str::to_owned)),
+        actor_role: Set(ctx.actor.role_name().to_owned()),
+        action: Set(change.action.to_owned()),
+        target_type: Set(change.target_type.to_owned()),
+        target_id: Set(Some(change.target_id)),
+        merchant_id: Set(change.merchant_id),
+        before_state: Set(change.before),
+        after_state: Set(change.after),
+        ip: Set(ctx.ip.map(|ip| ip.to_string())),
+        request_id: Set(ctx.request_id.clone()),
+        created_at: Set(chrono::Utc::now()),
+    }
+    .insert(db)
+    .await?;
+    Ok(())
+}
+
+/// Filters for `auditLogs`.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub actor_id: Option<String>,
+    pub action: Option<String>,
+    pub target_type: Option<String>,
+    pub target_id: Option<String>,
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    pub until: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+const CURSOR_KIND: &str = "audit";
+
+pub fn cursor(m: &audit_log::Model) -> String {
+    crate::pagination::encode_cursor(CURSOR_KIND, &m.id.to_string())
+}
+
+/// The audit trail, newest first (ids are UUIDv7, so id order is time order). Admin only.
+pub async fn list(
+    db: &sea_orm::DatabaseConnection,
+    ctx: &RequestContext,
+    filter: &AuditFilter,
+    page: &crate::pagination::PageArgs,
+) -> Result<crate::pagination::Page<audit_log::Model>> {
+    use audit_log::{Column as C, Entity as Logs};
+    use sea_orm::{
+        ColumnTrait, Condition, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
+    };
+
+    ctx.actor.require_admin()?;
+    let limit = page.limit()?;
+    let mut cond = Condition::all();
+    if let Some(v) = &filter.actor_id {
+        cond = cond.add(C::ActorId.eq(v.as_str()));
+    }
+    if let Some(v) = &filter.action {
+        cond = cond.add(C::Action.eq(v.as_str()));
+    }
+    if let Some(v) = &filter.target_type {
+        cond = cond.add(C::TargetType.eq(v.as_str()));
+    }
+    if let Some(v) = &filter.target_id {
+        cond = cond.add(C::TargetId.eq(v.as_str()));
+    }
+    if let Some(v) = filter.since {
+        cond = cond.add(C::CreatedAt.gte(v));
+    }
+    if let Some(v) = filter.until {
+        cond = cond.add(C::CreatedAt.lt(v));
+    }
+    let total_count = Logs::find().filter(cond.clone()).count(db).await?;
+    let mut q = Logs::find().filter(cond);
+    if let Some(after) = page.after_key(CURSOR_KIND)? {
+        let id = uuid::Uuid::parse_str(&after)
+            .map_err(|_| crate::error::Error::validation("after", "after is not a valid cursor"))?;
+        q = q.filter(C::Id.lt(id));
+    }
+    let mut items = q.order_by_desc(C::Id).limit(limit + 1).all(db).await?;
+    let has_next_page = items.len() as u64 > limit;
+    items.truncate(limit as usize);
+    Ok(crate::pagination::Page {
+        items,
+        total_count,
+        has_next_page,
+    })
+}

@@ -1,0 +1,122 @@
+//! Who is calling, and how much they may do.
+//!
+//! * [`token`]: HS256 JWTs (`sub`, `role`, `merchant_id`, `exp`) signed with `JWT_SECRET`.
+//! * [`Actor`]: the per-request identity every service function takes and scopes its queries by.
+//!   No token means [`Actor::Anonymous`]; a bad token is an error, never anonymous.
+//! * [`rate_limit`]: per-client-IP limits.
+
+pub mod rate_limit;
+pub mod token;
+
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// The roles a token may carry.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, async_graphql::Enum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Admin,
+    Merchant,
+    Service,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Merchant => "merchant",
+            Role::Service => "service",
+        }
+    }
+}
+
+/// The caller of a service function. Tenant data is always scoped by it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Actor {
+    Anonymous,
+    Merchant { sub: String, merchant_id: String },
+    Service { sub: String },
+    Admin { sub: String },
+}
+
+impl Actor {
+    pub fn id(&self) -> Option<&str> {
+        match self {
+            Actor::Anonymous => None,
+            Actor::Merchant { sub, .. } | Actor::Service { sub } | Actor::Admin { sub } => {
+                Some(sub)
+            }
+        }
+    }
+
+    pub fn role_name(&self) -> &'static str {
+        match self {
+            Actor::Anonymous => "anonymous",
+            Actor::Merchant { .. } => "merchant",
+            Actor::Service { .. } => "service",
+            Actor::Admin { .. } => "admin",
+        }
+    }
+
+    pub fn merchant_id(&self) -> Option<&str> {
+        match self {
+            Actor::Merchant { merchant_id, .. } => Some(merchant_id),
+            _ => None,
+        }
+    }
+
+    pub fn is_admin(&self) -> bool {
+        matches!(self, Actor::Admin { .. })
+    }
+
+    /// Any valid token.
+    pub fn require_authenticated(&self) -> Result<()> {
+        match self {
+            Actor::Anonymous => Err(Error::Unauthenticated(
+                "this operation requires a bearer token".into(),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    pub fn require_admin(&self) -> Result<()> {
+        self.require_authenticated()?;
+        if self.is_admin() {
+            Ok(())
+        } else {
+            Err(Error::Forbidden(
+                "this operation requires the admin role".into(),
+            ))
+        }
+    }
+}
+
+/// Everything a service function needs to know about the request it serves.
+#[derive(Debug, Clone)]
+pub struct RequestContext {
+    pub actor: Actor,
+    pub ip: Option<IpAddr>,
+    pub request_id: Option<String>,
+}
+
+impl RequestContext {
+    pub fn new(actor: Actor) -> Self {
+        Self {
+            actor,
+            ip: None,
+            request_id: None,
+        }
+    }
+
+    /// For work the system does by itself (seeding, workers).
+    pub fn system() -> Self {
+        Self::new(Actor::Service {
+            sub: "system".into(),
+        })
+    }
+}

@@ -1,0 +1,208 @@
+//! HS256 bearer tokens.
+
+use std::{path::Path, time::Duration};
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+use super::{Actor, Role};
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Claims {
+    pub sub: String,
+    pub role: Role,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merchant_id: Option<String>,
+    pub exp: i64,
+    #[serde(default)]
+    pub iat: i64,
+}
+
+/// Signs and verifies tokens with one shared secret.
+#[derive(Clone)]
+pub struct TokenKeys {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+}
+
+impl std::fmt::Debug for TokenKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenKeys(..)")
+    }
+}
+
+impl TokenKeys {
+    pub fn new(secret: &[u8]) -> Self {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = 5;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        Self {
+            encoding: EncodingKey::from_secret(secret),
+            decoding: DecodingKey::from_secret(secret),
+            validation,
+        }
+    }
+
+    /// Issues a token. A merchant token must name its merchant.
+    pub fn issue(
+        &self,
+        sub: &str,
+        role: Role,
+        merchant_id: Option<&str>,
+        ttl: Duration,
+    ) -> Result<String> {
+        if role == Role::Merchant && merchant_id.is_none_or(|m| m.trim().is_empty()) {
+            return Err(Error::validation(
+                "merchant_id",
+                "a merchant token needs --merchant-id",
+            ));
+        }
+        let now = chrono::Utc::now().timestamp();
+        let claims = Claims {
+            sub: sub.to_owned(),
+            role,
+            merchant_id: merchant_id.map(str::to_owned),
+            iat: now,
+            exp: now + i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX / 2),
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .map_err(Error::internal)
+    }
+
+    /// Verifies a token and returns the actor it stands for. Any failure is UNAUTHENTICATED.
+    pub fn verify(&self, token: &str) -> Result<Actor> {
+        use jsonwebtoken::errors::ErrorKind;
+        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+            .map_err(|e| {
+                Error::Unauthenticated(match e.kind() {
+                    ErrorKind::ExpiredSignature => "token expired".into(),
+                    ErrorKind::InvalidSignature => "token signature is invalid".into(),
+                    _ => "malformed or invalid token".into(),
+                })
+            })?;
+        let c = data.claims;
+        Ok(match c.role {
+            Role::Admin => Actor::Admin { sub: c.sub },
+            Role::Service => Actor::Service { sub: c.sub },
+            Role::Merchant => Actor::Merchant {
+                sub: c.sub,
+                merchant_id: c.merchant_id.filter(|m| !m.is_empty()).ok_or_else(|| {
+                    Error::Unauthenticated("merchant token without merchant_id".into())
+                })?,
+            },
+        })
+    }
+
+    /// Reads an `Authorization` header value. `None` (no header) is anonymous.
+    pub fn actor_from_header(&self, value: Option<&str>) -> Result<Actor> {
+        let Some(value) = value else {
+            return Ok(Actor::Anonymous);
+        };
+        let token = value
+            .strip_prefix("Bearer ")
+            .or_else(|| value.strip_prefix("bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| {
+                Error::Unauthenticated("Authorization must be `Bearer <token>`".into())
+            })?;
+        self.verify(token)
+    }
+}
+
+/// The secret from config, or one generated once and kept in `DATA_DIR/jwt_secret`.
+/// Returns the secret and whether it was generated (then the server prints an admin token).
+pub fn load_or_create_secret(configured: Option<&str>, data_dir: &Path) -> Result<(Vec<u8>, bool)> {
+    if let Some(secret) = configured {
+        if secret.len() < 16 {
+            return Err(Error::validation(
+                "JWT_SECRET",
+                "JWT_SECRET must be at least 16 characters",
+            ));
+        }
+        return Ok((secret.as_bytes().to_vec(), false));
+    }
+    let path = data_dir.join("jwt_secret");
+    match std::fs::read_to_string(&path) {
+        Ok(s) if s.trim().len() >= 32 => return Ok((s.trim().as_bytes().to_vec(), true)),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e.into()),
+    }
+    std::fs::create_dir_all(data_dir)?;
+    let secret = hex::encode(rand::random::<[u8; 32]>());
+    write_private(&path, secret.as_bytes())?;
+    Ok((secret.into_bytes(), true))
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_rejections() {
+        let keys = TokenKeys::new(b"0123456789abcdef0123456789abcdef");
+        let t = keys
+            .issue("u1", Role::Merchant, Some("m1"), Duration::from_secs(60))
+            .unwrap();
+        assert_eq!(
+            keys.verify(&t).unwrap(),
+            Actor::Merchant {
+                sub: "u1".into(),
+                merchant_id: "m1".into()
+            }
+        );
+        let other = TokenKeys::new(b"another-secret-another-secret!!!");
+        assert!(matches!(other.verify(&t), Err(Error::Unauthenticated(_))));
+        assert!(keys.verify("not.a.jwt").is_err());
+        assert!(keys.actor_from_header(Some("Token abc")).is_err());
+        assert_eq!(keys.actor_from_header(None).unwrap(), Actor::Anonymous);
+        assert!(
+            keys.issue("u", Role::Merchant, None, Duration::from_secs(5))
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn expired_token_is_rejected() {
+        let keys = TokenKeys::new(b"0123456789abcdef0123456789abcdef");
+        let now = chrono::Utc::now().timestamp();
+        let claims = Claims {
+            sub: "a".into(),
+            role: Role::Admin,
+            merchant_id: None,
+            iat: now - 100,
+            exp: now - 60,
+        };
+        let t =
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &keys.encoding).unwrap();
+        let err = keys.verify(&t).unwrap_err();
+        assert!(err.to_string().contains("expired"), "{err}");
+    }
+
+    #[test]
+    fn generated_secret_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, gen_a) = load_or_create_secret(None, dir.path()).unwrap();
+        let (b, _) = load_or_create_secret(None, dir.path()).unwrap();
+        assert!(gen_a);
+        assert_eq!(a, b);
+        assert!(load_or_create_secret(Some("short"), dir.path()).is_err());
+    }
+}

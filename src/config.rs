@@ -1,0 +1,268 @@
+//! One typed `Config`, read once from the environment (and `.env` when present).
+//!
+//! The defaults *are* the embedded mode: a SQLite file and media under `./data`, port 4001, no Redis.
+//! Setting `DATABASE_URL=postgres://…` and `REDIS_URL=redis://…` switches the same binary to scale-out.
+//! Nothing else in the program reads the environment.
+
+use std::{net::IpAddr, path::PathBuf, time::Duration};
+
+use crate::error::Error;
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+/// `RATE_LIMIT=100/15m`: at most `max` requests per client IP in each `window`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    pub max: u32,
+    pub window: Duration,
+}
+
+impl std::str::FromStr for RateLimit {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (max, window) = s
+            .split_once('/')
+            .ok_or_else(|| format!("expected MAX/WINDOW such as 100/15m, got {s:?}"))?;
+        let max: u32 = max
+            .trim()
+            .parse()
+            .map_err(|_| format!("rate limit count {max:?} is not a positive whole number"))?;
+        let window = humantime::parse_duration(window.trim())
+            .map_err(|e| format!("rate limit window {window:?}: {e}"))?;
+        if max == 0 || window.is_zero() {
+            return Err("rate limit count and window must be greater than zero".into());
+        }
+        Ok(Self { max, window })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `BIND_ADDR` (default 0.0.0.0).
+    pub bind_addr: IpAddr,
+    /// `PORT` (default 4001). 0 picks a free port (tests).
+    pub port: u16,
+    /// `DATA_DIR` (default ./data): the SQLite file, media and the generated JWT secret live here.
+    pub data_dir: PathBuf,
+    /// `DATABASE_URL` (default `sqlite://DATA_DIR/smartbot.db?mode=rwc`).
+    pub database_url: String,
+    /// `DATABASE_MAX_CONNECTIONS` (default 10).
+    pub database_max_connections: u32,
+    /// `REDIS_URL` (default none: embedded queue and bus).
+    pub redis_url: Option<String>,
+    /// `JWT_SECRET`; when unset a secret is generated and kept in DATA_DIR/jwt_secret.
+    pub jwt_secret: Option<String>,
+    /// `RATE_LIMIT` (default 100/15m; `off` disables).
+    pub rate_limit: Option<RateLimit>,
+    /// `TRUST_PROXY` (default false): take the client IP from X-Forwarded-For.
+    pub trust_proxy: bool,
+    /// `LOG_FORMAT` (pretty | json).
+    pub log_format: LogFormat,
+    /// `BODY_LIMIT` in bytes (default 10 MiB).
+    pub body_limit: usize,
+    /// `GRAPHQL_MAX_DEPTH` (default 16).
+    pub graphql_max_depth: usize,
+    /// `GRAPHQL_MAX_COMPLEXITY` (default 2000).
+    pub graphql_max_complexity: usize,
+    /// `SHUTDOWN_GRACE` (default 10s).
+    pub shutdown_grace: Duration,
+    /// `SEED_TEMPLATES` (default true): insert the default templates into an empty database.
+    pub seed_templates: bool,
+}
+
+impl Config {
+    /// The embedded defaults, rooted at `data_dir`.
+    pub fn embedded(data_dir: impl Into<PathBuf>) -> Self {
+        let data_dir = data_dir.into();
+        Self {
+            bind_addr: IpAddr::from([0, 0, 0, 0]),
+            port: 4001,
+            database_url: sqlite_url(&data_dir),
+            data_dir,
+            database_max_connections: 10,
+            redis_url: None,
+            jwt_secret: None,
+            rate_limit: Some(RateLimit {
+                max: 100,
+                window: Duration::from_secs(15 * 60),
+            }),
+            trust_proxy: false,
+            log_format: LogFormat::Pretty,
+            body_limit: 10 * 1024 * 1024,
+            graphql_max_depth: 16,
+            graphql_max_complexity: 2000,
+            shutdown_grace: Duration::from_secs(10),
+            seed_templates: true,
+        }
+    }
+
+    /// Reads `.env` (when present) and then the process environment.
+    pub fn from_env() -> Result<Self, Error> {
+        let _ = dotenvy::dotenv();
+        Self::from_lookup(|key| std::env::var(key).ok())
+    }
+
+    /// Builds a Config from any key lookup; unset or empty keys take the embedded default.
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, Error> {
+        let get = |key: &str| {
+            get(key)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
+        let data_dir = PathBuf::from(get("DATA_DIR").unwrap_or_else(|| "./data".into()));
+        let mut c = Self::embedded(data_dir);
+        if let Some(v) = get("BIND_ADDR") {
+            c.bind_addr = parse("BIND_ADDR", &v)?;
+        }
+        if let Some(v) = get("PORT") {
+            c.port = parse("PORT", &v)?;
+        }
+        if let Some(v) = get("DATABASE_URL") {
+            c.database_url = v;
+        }
+        if let Some(v) = get("DATABASE_MAX_CONNECTIONS") {
+            c.database_max_connections = parse("DATABASE_MAX_CONNECTIONS", &v)?;
+        }
+        c.redis_url = get("REDIS_URL");
+        c.jwt_secret = get("JWT_SECRET");
+        if let Some(v) = get("RATE_LIMIT") {
+            c.rate_limit = if v.eq_ignore_ascii_case("off") {
+                None
+            } else {
+                Some(v.parse().map_err(|e| invalid("RATE_LIMIT", e))?)
+            };
+        }
+        if let Some(v) = get("TRUST_PROXY") {
+            c.trust_proxy = parse_bool("TRUST_PROXY", &v)?;
+        }
+        if let Some(v) = get("LOG_FORMAT") {
+            c.log_format = match v.to_ascii_lowercase().as_str() {
+                "json" => LogFormat::Json,
+                "pretty" | "text" => LogFormat::Pretty,
+                _ => return Err(invalid("LOG_FORMAT", "expected json or pretty")),
+            };
+        }
+        if let Some(v) = get("BODY_LIMIT") {
+            c.body_limit = parse("BODY_LIMIT", &v)?;
+        }
+        if let Some(v) = get("GRAPHQL_MAX_DEPTH") {
+            c.graphql_max_depth = parse("GRAPHQL_MAX_DEPTH", &v)?;
+        }
+        if let Some(v) = get("GRAPHQL_MAX_COMPLEXITY") {
+            c.graphql_max_complexity = parse("GRAPHQL_MAX_COMPLEXITY", &v)?;
+        }
+        if let Some(v) = get("SHUTDOWN_GRACE") {
+            c.shutdown_grace =
+                humantime::parse_duration(&v).map_err(|e| invalid("SHUTDOWN_GRACE", e))?;
+        }
+        if let Some(v) = get("SEED_TEMPLATES") {
+            c.seed_templates = parse_bool("SEED_TEMPLATES", &v)?;
+        }
+        Ok(c)
+    }
+
+    pub fn is_sqlite(&self) -> bool {
+        self.database_url.starts_with("sqlite:")
+    }
+
+    /// Where uploaded media is stored.
+    pub fn media_dir(&self) -> PathBuf {
+        self.data_dir.join("uploads")
+    }
+}
+
+fn sqlite_url(data_dir: &std::path::Path) -> String {
+    format!(
+        "sqlite://{}?mode=rwc",
+        data_dir.join("smartbot.db").display()
+    )
+}
+
+fn invalid(key: &str, why: impl std::fmt::Display) -> Error {
+    Error::validation(key, format!("invalid {key}: {why}"))
+}
+
+fn parse<T: std::str::FromStr>(key: &str, v: &str) -> Result<T, Error>
+where
+    T::Err: std::fmt::Display,
+{
+    v.parse().map_err(|e| invalid(key, e))
+}
+
+fn parse_bool(key: &str, v: &str) -> Result<bool, Error> {
+    match v.to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err(invalid(key, "expected true or false")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn from(pairs: &[(&str, &str)]) -> Result<Config, Error> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_are_embedded() {
+        let c = from(&[]).unwrap();
+        assert_eq!(c.port, 4001);
+        assert!(c.is_sqlite());
+        assert_eq!(c.database_url, "sqlite://./data/smartbot.db?mode=rwc");
+        assert_eq!(c.media_dir(), PathBuf::from("./data/uploads"));
+        assert_eq!(
+            c.rate_limit,
+            Some(RateLimit {
+                max: 100,
+                window: Duration::from_secs(900)
+            })
+        );
+        assert!(c.redis_url.is_none());
+    }
+
+    #[test]
+    fn overrides_and_off() {
+        let c = from(&[
+            ("PORT", "8080"),
+            ("DATA_DIR", "/tmp/x"),
+            ("RATE_LIMIT", "off"),
+            ("DATABASE_URL", "postgres://u@h/db"),
+            ("LOG_FORMAT", "json"),
+        ])
+        .unwrap();
+        assert_eq!(c.port, 8080);
+        assert_eq!(c.rate_limit, None);
+        assert!(!c.is_sqlite());
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert_eq!(c.media_dir(), PathBuf::from("/tmp/x/uploads"));
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let err = from(&[("RATE_LIMIT", "lots")]).unwrap_err();
+        assert!(err.to_string().contains("RATE_LIMIT"), "{err}");
+        let err = from(&[("PORT", "http")]).unwrap_err();
+        assert!(err.to_string().contains("PORT"), "{err}");
+        assert!(from(&[("RATE_LIMIT", "0/1m")]).is_err());
+        assert_eq!(
+            "5/1s".parse::<RateLimit>().unwrap(),
+            RateLimit {
+                max: 5,
+                window: Duration::from_secs(1)
+            }
+        );
+    }
+}

@@ -1,0 +1,247 @@
+//! The one error type. Every fallible service function returns [`Error`]; the GraphQL layer turns it
+//! into `extensions.code` (+ `field`) and the REST layer into a status code and the seed's
+//! `{"success":false,"error":"…"}` body. Internal details are logged here and never sent to clients.
+
+use axum::{
+    Json,
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use serde_json::json;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// One limit violation or bad field: `field` is a path such as `buttons[1].title`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, async_graphql::SimpleObject)]
+#[graphql(name = "Violation")]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Bad input. `details` lists every violation when there is more than one.
+    #[error("{message}")]
+    Validation {
+        field: String,
+        message: String,
+        details: Vec<FieldError>,
+    },
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Unauthenticated(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("rate limit exceeded, retry in {retry_after_secs}s")]
+    RateLimited { retry_after_secs: u64 },
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    #[error("{0}")]
+    UnsupportedMedia(String),
+    /// The message is for the log only; clients see "internal error".
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    pub fn validation(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::Validation {
+            field: field.into(),
+            message: message.into(),
+            details: Vec::new(),
+        }
+    }
+
+    /// A VALIDATION error carrying every violation; the first names the field.
+    pub fn violations(list: Vec<FieldError>) -> Self {
+        let first = list.first().cloned().unwrap_or(FieldError {
+            field: "input".into(),
+            message: "invalid input".into(),
+        });
+        let message = if list.len() > 1 {
+            format!("{} (and {} more)", first.message, list.len() - 1)
+        } else {
+            first.message.clone()
+        };
+        Self::Validation {
+            field: first.field,
+            message,
+            details: list,
+        }
+    }
+
+    pub fn not_found(what: impl std::fmt::Display) -> Self {
+        Self::NotFound(format!("{what} not found"))
+    }
+
+    pub fn internal(err: impl std::fmt::Display) -> Self {
+        Self::Internal(err.to_string())
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Validation { .. } => "VALIDATION",
+            Self::NotFound(_) => "NOT_FOUND",
+            Self::Conflict(_) => "CONFLICT",
+            Self::Unauthenticated(_) => "UNAUTHENTICATED",
+            Self::Forbidden(_) => "FORBIDDEN",
+            Self::RateLimited { .. } => "RATE_LIMITED",
+            Self::PayloadTooLarge(_) => "PAYLOAD_TOO_LARGE",
+            Self::UnsupportedMedia(_) => "UNSUPPORTED_MEDIA",
+            Self::Internal(_) => "INTERNAL",
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Validation { .. } => StatusCode::BAD_REQUEST,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMedia(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The text a client may see. Internal errors are logged once, here, and replaced.
+    pub fn public_message(&self) -> String {
+        match self {
+            Self::Internal(detail) => {
+                tracing::error!(error = %detail, "internal error");
+                "internal error".to_owned()
+            }
+            other => other.to_string(),
+        }
+    }
+
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            Self::Validation { field, .. } => Some(field),
+            _ => None,
+        }
+    }
+
+    /// The JSON error object GraphQL clients see (used where async-graphql is not in the loop,
+    /// e.g. a rejected token or a rate-limited request).
+    pub fn graphql_body(&self) -> serde_json::Value {
+        let mut ext = json!({ "code": self.code() });
+        if let Some(field) = self.field() {
+            ext["field"] = json!(field);
+        }
+        if let Self::RateLimited { retry_after_secs } = self {
+            ext["retryAfter"] = json!(retry_after_secs);
+        }
+        json!({ "data": null, "errors": [{ "message": self.public_message(), "extensions": ext }] })
+    }
+
+    fn retry_after(&self) -> Option<u64> {
+        match self {
+            Self::RateLimited { retry_after_secs } => Some(*retry_after_secs),
+            _ => None,
+        }
+    }
+
+    /// A response in the GraphQL error shape with this error's HTTP status.
+    pub fn into_graphql_response(self) -> Response {
+        let mut res = (self.status(), Json(self.graphql_body())).into_response();
+        add_retry_after(&mut res, self.retry_after());
+        res
+    }
+}
+
+fn add_retry_after(res: &mut Response, secs: Option<u64>) {
+    if let Some(secs) = secs {
+        res.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+    }
+}
+
+/// REST responses keep the seed's shape: `{"success":false,"error":"…"}`, plus `code` and `field`.
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let mut body = json!({
+            "success": false,
+            "error": self.public_message(),
+            "code": self.code(),
+        });
+        if let Some(field) = self.field() {
+            body["field"] = json!(field);
+        }
+        if let Self::Validation { details, .. } = &self
+            && !details.is_empty()
+        {
+            body["details"] = json!(details);
+        }
+        let mut res = (self.status(), Json(body)).into_response();
+        add_retry_after(&mut res, self.retry_after());
+        res
+    }
+}
+
+impl From<Error> for async_graphql::Error {
+    fn from(err: Error) -> Self {
+        let message = err.public_message();
+        use async_graphql::ErrorExtensions;
+        async_graphql::Error::new(message).extend_with(|_, ext| {
+            ext.set("code", err.code());
+            if let Some(field) = err.field() {
+                ext.set("field", field);
+            }
+            if let Error::Validation { details, .. } = &err
+                && !details.is_empty()
+            {
+                let list: Vec<async_graphql::Value> = details
+                    .iter()
+                    .map(|d| {
+                        let mut m = async_graphql::indexmap::IndexMap::new();
+                        m.insert(
+                            async_graphql::Name::new("field"),
+                            async_graphql::Value::from(d.field.clone()),
+                        );
+                        m.insert(
+                            async_graphql::Name::new("message"),
+                            async_graphql::Value::from(d.message.clone()),
+                        );
+                        async_graphql::Value::Object(m)
+                    })
+                    .collect();
+                ext.set("violations", list);
+            }
+            if let Error::RateLimited { retry_after_secs } = &err {
+                ext.set("retryAfter", *retry_after_secs);
+            }
+        })
+    }
+}
+
+impl From<sea_orm::DbErr> for Error {
+    fn from(err: sea_orm::DbErr) -> Self {
+        use sea_orm::{DbErr, SqlErr};
+        match err.sql_err() {
+            Some(SqlErr::UniqueConstraintViolation(_)) => {
+                return Self::Conflict("a record with the same unique key already exists".into());
+            }
+            Some(SqlErr::ForeignKeyConstraintViolation(_)) => {
+                return Self::validation("id", "a referenced record does not exist");
+            }
+            _ => {}
+        }
+        match err {
+            DbErr::RecordNotFound(what) => Self::NotFound(what),
+            other => Self::Internal(format!("database: {other}")),
+        }
+    }
+}
+
+impl From<std::io::Error> for Error {
+    fn from(err: std::io::Error) -> Self {
+        Self::Internal(format!("io: {err}"))
+    }
+}

@@ -1,0 +1,62 @@
+//! The GraphQL schema: thin resolvers, one module per domain, merged into one schema. Resolvers
+//! parse input, call the domain service with the request's [`RequestContext`], and shape output.
+
+pub mod audit;
+pub mod system;
+pub mod templates;
+
+use async_graphql::{Context, MergedObject, MergedSubscription, Schema};
+
+use crate::{AppState, auth::RequestContext};
+
+#[derive(MergedObject, Default)]
+pub struct QueryRoot(
+    templates::TemplateQuery,
+    audit::AuditQuery,
+    system::SystemQuery,
+);
+
+#[derive(MergedObject, Default)]
+pub struct MutationRoot(templates::TemplateMutation);
+
+#[derive(MergedSubscription, Default)]
+pub struct SubscriptionRoot(system::SystemSubscription);
+
+pub type AppSchema = Schema<QueryRoot, MutationRoot, SubscriptionRoot>;
+
+/// The schema without runtime data: for `smartbot schema` and the drift test.
+pub fn schema_builder() -> async_graphql::SchemaBuilder<QueryRoot, MutationRoot, SubscriptionRoot> {
+    Schema::build(
+        QueryRoot::default(),
+        MutationRoot::default(),
+        SubscriptionRoot::default(),
+    )
+}
+
+/// The runtime schema. It holds no state: each request brings the [`AppState`] and its
+/// [`RequestContext`] as request data, so the schema and the state never point at each other.
+pub fn build_schema(config: &crate::Config) -> AppSchema {
+    schema_builder()
+        .limit_depth(config.graphql_max_depth)
+        .limit_complexity(config.graphql_max_complexity)
+        .finish()
+}
+
+/// The SDL committed as schema.graphql.
+pub fn sdl() -> String {
+    schema_builder().finish().sdl()
+}
+
+/// The app state and the caller of this request.
+pub(crate) fn req<'a>(ctx: &'a Context<'_>) -> (&'a AppState, &'a RequestContext) {
+    (
+        ctx.data_unchecked::<AppState>(),
+        ctx.data_unchecked::<RequestContext>(),
+    )
+}
+
+/// Parses a GraphQL `ID` holding a UUID.
+pub(crate) fn parse_id(id: &async_graphql::ID, field: &str) -> crate::error::Result<uuid::Uuid> {
+    uuid::Uuid::parse_str(id.as_str())
+        .map_err(|_| crate::error::Error::validation(field, format!("{field} is not a valid id")))
+}

@@ -1,0 +1,149 @@
+//! The `smartbot` command line: serve | worker | migrate | schema | token.
+
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use migration::{Migrator, MigratorTrait};
+use smartbot::{
+    Config,
+    auth::{
+        Role,
+        token::{TokenKeys, load_or_create_secret},
+    },
+    config::LogFormat,
+};
+
+#[derive(Parser)]
+#[command(
+    name = "smartbot",
+    version,
+    about = "Smartbot backend: templates, media, jobs and events for a WhatsApp commerce bot"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve GraphQL, REST and WebSockets (the default). Migrates the database first.
+    Serve,
+    /// Run database migrations.
+    Migrate {
+        #[command(subcommand)]
+        action: Option<MigrateAction>,
+    },
+    /// Print the GraphQL SDL (the content of schema.graphql).
+    Schema,
+    /// Issue a bearer token signed with JWT_SECRET (or the generated secret under DATA_DIR).
+    /// The token is printed alone on the last line.
+    Token {
+        /// admin, merchant or service.
+        #[arg(long, value_enum)]
+        role: Role,
+        /// Required for merchant tokens: the merchant the token acts for.
+        #[arg(long)]
+        merchant_id: Option<String>,
+        /// The token's subject (user id). Defaults to the role name.
+        #[arg(long)]
+        sub: Option<String>,
+        /// Lifetime, e.g. 15m, 24h, 30d.
+        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+    },
+}
+
+#[derive(Subcommand, Clone, Copy)]
+enum MigrateAction {
+    /// Apply all pending migrations (the default).
+    Up,
+    /// Roll back the last migration.
+    Down,
+    /// List migrations and whether each is applied.
+    Status,
+}
+
+fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::{EnvFilter, fmt};
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,sea_orm=warn,sea_orm_migration=warn"));
+    match format {
+        LogFormat::Json => fmt()
+            .json()
+            .with_env_filter(filter)
+            .with_current_span(true)
+            .init(),
+        LogFormat::Pretty => fmt().with_env_filter(filter).init(),
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    if let Err(e) = run().await {
+        eprintln!("error: {}", e);
+        std::process::exit(1);
+    }
+}
+
+async fn run() -> Result<(), smartbot::error::Error> {
+    let cli = Cli::parse();
+    let command = cli.command.unwrap_or(Command::Serve);
+    if let Command::Schema = command {
+        print!("{}", smartbot::graphql::sdl());
+        return Ok(());
+    }
+    let config = Config::from_env()?;
+    init_tracing(config.log_format);
+    match command {
+        Command::Schema => unreachable!("handled above"),
+        Command::Serve => serve(config).await,
+        Command::Migrate { action } => {
+            let db = smartbot::db::connect(&config).await?;
+            match action.unwrap_or(MigrateAction::Up) {
+                MigrateAction::Up => Migrator::up(&db, None).await?,
+                MigrateAction::Down => Migrator::down(&db, Some(1)).await?,
+                MigrateAction::Status => {}
+            }
+            for m in Migrator::get_migration_with_status(&db).await? {
+                println!("{:<40} {:?}", m.name(), m.status());
+            }
+            Ok(())
+        }
+        Command::Token {
+            role,
+            merchant_id,
+            sub,
+            ttl,
+        } => {
+            let (secret, _) =
+                load_or_create_secret(config.jwt_secret.as_deref(), &config.data_dir)?;
+            let keys = TokenKeys::new(&secret);
+            let sub = sub.unwrap_or_else(|| role.as_str().to_owned());
+            let token = keys.issue(&sub, role, merchant_id.as_deref(), ttl)?;
+            println!("{token}");
+            Ok(())
+        }
+    }
+}
+
+async fn serve(config: Config) -> Result<(), smartbot::error::Error> {
+    let listener = tokio::net::TcpListener::bind((config.bind_addr, config.port)).await?;
+    let addr = listener.local_addr()?;
+    let backend = if config.is_sqlite() {
+        "sqlite"
+    } else {
+        "postgres"
+    };
+    let smartbot::App { state, admin_token } = smartbot::build(config).await?;
+    tracing::info!(%addr, database = backend, "smartbot listening");
+    let port = addr.port();
+    println!("GraphiQL:   http://localhost:{port}/graphql");
+    println!("Playground: http://localhost:{port}/playground");
+    if let Some(token) = admin_token {
+        println!(
+            "Admin token (valid 24h; paste {{\"Authorization\": \"Bearer <token>\"}} into GraphiQL's Headers):"
+        );
+        println!("{token}");
+    }
+    smartbot::serve_on(listener, state, smartbot::shutdown_signal()).await
+}

@@ -1,0 +1,576 @@
+//! Template persistence and access rules. GraphQL resolvers and REST handlers both call these
+//! functions, so the two APIs cannot disagree.
+//!
+//! Access rules (the seed's row-level security, made explicit):
+//! * anonymous callers read ACTIVE templates only and cannot write;
+//! * a merchant reads its own templates in any status plus every ACTIVE template, and writes only
+//!   its own; another merchant's draft is NOT_FOUND, another merchant's active template FORBIDDEN
+//!   to change;
+//! * admin and service tokens read and write everything (service is the bot, like Supabase's
+//!   service role). Templates created by an admin without `merchantId` are platform templates.
+
+use sea_orm::{
+    ActiveModelTrait,
+    ActiveValue::Set,
+    ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, EntityTrait, ExprTrait,
+    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
+    sea_query::{Expr, Func},
+};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use uuid::Uuid;
+
+use super::engine::{self, TemplateContent};
+use crate::{
+    audit,
+    auth::{Actor, RequestContext},
+    error::{Error, FieldError, Result},
+    pagination::{Page, PageArgs, encode_cursor},
+};
+use entity::{
+    TemplateStatus, TemplateType,
+    message_template::{self, Column as C, Entity as Templates},
+    template_version::{self, Entity as Versions},
+};
+
+const CURSOR_KIND: &str = "tpl";
+
+/// A new template, parsed from GraphQL or the seed's REST body.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NewTemplate {
+    pub name: String,
+    #[serde(flatten)]
+    pub content: TemplateContent,
+    #[serde(default)]
+    pub status: Option<TemplateStatus>,
+    #[serde(default, alias = "merchant_id")]
+    pub merchant_id: Option<String>,
+}
+
+/// A partial update: absent fields keep their value; `Some(None)` clears an optional text.
+#[derive(Debug, Clone, Default)]
+pub struct TemplatePatch {
+    pub name: Option<String>,
+    pub kind: Option<TemplateType>,
+    pub body: Option<String>,
+    pub header: Option<Option<String>>,
+    pub footer: Option<Option<String>>,
+    pub button_text: Option<Option<String>>,
+    pub buttons: Option<Vec<engine::Button>>,
+    pub sections: Option<Vec<engine::Section>>,
+    pub media: Option<Option<engine::Media>>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct TemplateFilter {
+    pub kind: Option<TemplateType>,
+    pub status: Option<TemplateStatus>,
+    pub search: Option<String>,
+}
+
+/// How a caller names a template.
+#[derive(Debug, Clone)]
+pub enum TemplateRef {
+    Id(Uuid),
+    Name(String),
+}
+
+/// What `previewTemplate` returns.
+#[derive(Debug, Clone)]
+pub struct Preview {
+    pub text: String,
+    pub payload: Value,
+    pub violations: Vec<FieldError>,
+    pub variables: Vec<String>,
+}
+
+pub enum PreviewSource {
+    Stored(TemplateRef),
+    Inline(TemplateContent),
+}
+
+/// The content columns of a stored template.
+pub fn content_of(m: &message_template::Model) -> TemplateContent {
+    TemplateContent {
+        kind: m.kind,
+        body: m.body.clone(),
+        header: m.header.clone(),
+        footer: m.footer.clone(),
+        button_text: m.button_text.clone(),
+        buttons: serde_json::from_value(m.buttons.clone()).unwrap_or_default(),
+        sections: serde_json::from_value(m.sections.clone()).unwrap_or_default(),
+        media: m.media.clone().and_then(|v| serde_json::from_value(v).ok()),
+    }
+}
+
+/// The seed's row shape (snake_case), used by REST responses, audit rows and versions.
+pub fn to_json(m: &message_template::Model) -> Value {
+    json!({
+        "id": m.id,
+        "name": m.name,
+        "type": m.kind.as_str(),
+        "body": m.body,
+        "header": m.header,
+        "footer": m.footer,
+        "button_text": m.button_text,
+        "buttons": m.buttons,
+        "sections": m.sections,
+        "media": m.media,
+        "variables": m.variables,
+        "version": m.version,
+        "status": m.status.as_str(),
+        "merchant_id": m.merchant_id,
+        "created_by": m.created_by,
+        "created_at": m.created_at,
+        "updated_at": m.updated_at,
+    })
+}
+
+/// Which rows an actor may read.
+fn visible_to(actor: &Actor) -> Condition {
+    match actor {
+        Actor::Admin { .. } | Actor::Service { .. } => Condition::all(),
+        Actor::Merchant { merchant_id, .. } => Condition::any()
+            .add(C::MerchantId.eq(merchant_id.as_str()))
+            .add(C::Status.eq(TemplateStatus::Active)),
+        Actor::Anonymous => Condition::all().add(C::Status.eq(TemplateStatus::Active)),
+    }
+}
+
+fn can_write(actor: &Actor, m: &message_template::Model) -> Result<()> {
+    match actor {
+        Actor::Admin { .. } | Actor::Service { .. } => Ok(()),
+        Actor::Merchant { merchant_id, .. } if m.merchant_id.as_deref() == Some(merchant_id) => {
+            Ok(())
+        }
+        Actor::Merchant { .. } => Err(Error::Forbidden(
+            "this template belongs to another merchant".into(),
+        )),
+        Actor::Anonymous => Err(Error::Unauthenticated(
+            "writing templates requires a bearer token".into(),
+        )),
+    }
+}
+
+fn validate_name(name: &str) -> Result<String> {
+    let name = name.trim();
+    if name.is_empty() {
+        return Err(Error::validation("name", "name must not be empty"));
+    }
+    if name.chars().count() > engine::limits::NAME {
+        return Err(Error::validation(
+            "name",
+            format!("name must be at most {} characters", engine::limits::NAME),
+        ));
+    }
+    Ok(name.to_owned())
+}
+
+fn check_content(content: &TemplateContent) -> Result<()> {
+    let violations = engine::validate(content);
+    if violations.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::violations(violations))
+    }
+}
+
+fn escape_like(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    for c in s.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// `templates(type, status, search, first, after)`, ordered by name.
+pub async fn list(
+    db: &DatabaseConnection,
+    ctx: &RequestContext,
+    filter: &TemplateFilter,
+    page: &PageArgs,
+) -> Result<Page<message_template::Model>> {
+    let limit = page.limit()?;
+    let mut cond = visible_to(&ctx.actor);
+    if let Some(kind) = filter.kind {
+        cond = cond.add(C::Kind.eq(kind));
+    }
+    if let Some(status) = filter.status {
+        cond = cond.add(C::Status.eq(status));
+    }
+    if let Some(search) = filter
+        .search
+        .as_deref()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
+        let pattern = format!("%{}%", escape_like(&search.to_lowercase()));
+        cond = cond.add(
+            Condition::any()
+                .add(
+                    Expr::expr(Func::lower(Expr::col(C::Name)))
+                        .like(sea_orm::sea_query::LikeExpr::new(pattern.clone()).escape('\\')),
+                )
+                .add(
+                    Expr::expr(Func::lower(Expr::col(C::Body)))
+                        .like(sea_orm::sea_query::LikeExpr::new(pattern).escape('\\')),
+                ),
+        );
+    }
+    let total_count = Templates::find().filter(cond.clone()).count(db).await?;
+    let mut q = Templates::find().filter(cond);
+    if let Some(after) = page.after_key(CURSOR_KIND)? {
+        q = q.filter(C::Name.gt(after));
+    }
+    let mut items = q.order_by_asc(C::Name).limit(limit + 1).all(db).await?;
+    let has_next_page = items.len() as u64 > limit;
+    items.truncate(limit as usize);
+    Ok(Page {
+        items,
+        total_count,
+        has_next_page,
+    })
+}
+
+pub fn cursor(m: &message_template::Model) -> String {
+    encode_cursor(CURSOR_KIND, &m.name)
+}
+
+async fn find_visible<Db: ConnectionTrait>(
+    db: &Db,
+    actor: &Actor,
+    r: &TemplateRef,
+) -> Result<message_template::Model> {
+    let q = Templates::find().filter(visible_to(actor));
+    let q = match r {
+        TemplateRef::Id(id) => q.filter(C::Id.eq(*id)),
+        TemplateRef::Name(name) => q.filter(C::Name.eq(name.as_str())),
+    };
+    q.one(db).await?.ok_or_else(|| Error::not_found("template"))
+}
+
+/// `template(id | name)`.
+pub async fn get(
+    db: &DatabaseConnection,
+    ctx: &RequestContext,
+    r: &TemplateRef,
+) -> Result<message_template::Model> {
+    find_visible(db, &ctx.actor, r).await
+}
+
+/// `templateVersions(templateId)`: the stored previous versions, newest first.
+pub async fn versions(
+    db: &DatabaseConnection,
+    ctx: &RequestContext,
+    template_id: Uuid,
+) -> Result<Vec<template_version::Model>> {
+    find_visible(db, &ctx.actor, &TemplateRef::Id(template_id)).await?;
+    Ok(Versions::find()
+        .filter(template_version::Column::TemplateId.eq(template_id))
+        .order_by_desc(template_version::Column::Version)
+        .all(db)
+        .await?)
+}
+
+fn content_columns(am: &mut message_template::ActiveModel, c: &TemplateContent) {
+    am.kind = Set(c.kind);
+    am.body = Set(c.body.clone());
+    am.header = Set(c.header.clone().filter(|s| !s.is_empty()));
+    am.footer = Set(c.footer.clone().filter(|s| !s.is_empty()));
+    am.button_text = Set(c.button_text.clone().filter(|s| !s.is_empty()));
+    am.buttons = Set(json!(c.buttons));
+    am.sections = Set(json!(c.sections));
+    am.media = Set(c.media.as_ref().map(|m| json!(m)));
+    am.variables = Set(json!(engine::extract_variables(c)));
+}
+
+async fn name_taken<Db: ConnectionTrait>(
+    db: &Db,
+    name: &str,
+    except: Option<Uuid>,
+) -> Result<bool> {
+    let mut q = Templates::find().filter(C::Name.eq(name));
+    if let Some(id) = except {
+        q = q.filter(C::Id.ne(id));
+    }
+    Ok(q.count(db).await? > 0)
+}
+
+fn conflict(name: &str) -> Error {
+    Error::Conflict(format!("a template named {name:?} already exists"))
+}
+
+/// `createTemplate`: validates, inserts, and audits in one transaction.
+pub async fn create(
+    db: &DatabaseConnection,
+    ctx: &RequestContext,
+    input: NewTemplate,
+) -> Result<message_template::Model> {
+    ctx.actor.require_authenticated()?;
+    let name = validate_name(&input.name)?;
+    check_content(&input.content)?;
+    let merchant_id = match &ctx.actor {
+        Actor::Merchant { merchant_id, .. } => {
+            if input
+                .merchant_id
+                .as_deref()
+                .is_some_and(|m| m != merchant_id)
+            {
+                return Err(Error::Forbidden(
+                    "a merchant can only create its own templates".into(),
+                ));
+            }
+            Some(merchant_id.clone())
+        }
+        _ => input.merchant_id.filter(|m| !m.is_empty()),
+    };
+    let now = chrono::Utc::now();
+    let mut am = message_template::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        name: Set(name.clone()),
+        version: Set(1),
+        status: Set(input.status.unwrap_or(TemplateStatus::Active)),
+        merchant_id: Set(merchant_id.clone()),
+        created_by: Set(ctx.actor.id().map(str::to_owned)),
+        created_at: Set(now),
+        updated_at: Set(now),
+        ..Default::default()
+    };
+    content_columns(&mut am, &input.content);
+
+    let txn = db.begin().await?;
+    if name_taken(&txn, &name, None).await? {
+        return Err(conflict(&name));
+    }
+    let model = am.insert(&txn).await.map_err(|e| match Error::from(e) {
+        Error::Conflict(_) => conflict(&name),
+        other => other,
+    })?;
+    audit::record(
+        &txn,
+        ctx,
+        audit::Change {
+            action: "template.create",
+            target_type: "template",
+            target_id: model.id.to_string(),
+            merchant_id,
+            before: None,
+            after: Some(to_json(&model)),
+        },
+    )
+    .await?;
+    txn.commit().await?;
+    Ok(model)
+}
+
+/// `updateTemplate`: applies the patch, stores the previous content as a version, bumps
+/// `version`, and audits. A patch that changes nothing changes nothing.
+pub async fn update(
+    db: &DatabaseConnection,
+    ctx: &RequestContext,
+    id: Uuid,
+    patch: TemplatePatch,
+) -> Result<message_template::Model> {
+    ctx.actor.require_authenticated()?;
+    let txn = db.begin().await?;
+    let current = find_visible(&txn, &ctx.actor, &TemplateRef::Id(id)).await?;
+    can_write(&ctx.actor, &current)?;
+
+    let mut content = content_of(&current);
+    let name = match &patch.name {
+        Some(n) => validate_name(n)?,
+        None => current.name.clone(),
+    };
+    if let Some(k) = patch.kind {
+        content.kind = k;
+    }
+    if let Some(b) = patch.body {
+        content.body = b;
+    }
+    if let Some(h) = patch.header {
+        content.header = h;
+    }
+    if let Some(f) = patch.footer {
+        content.footer = f;
+    }
+    if let Some(t) = patch.button_text {
+        content.button_text = t;
+    }
+    if let Some(b) = patch.buttons {
+        content.buttons = b;
+    }
+    if let Some(s) = patch.sections {
+        content.sections = s;
+    }
+    if let Some(m) = patch.media {
+        content.media = m;
+    }
+    check_content(&content)?;
+    if name == current.name && content == content_of(&current) {
+        return Ok(current);
+    }
+    if name != current.name && name_taken(&txn, &name, Some(id)).await? {
+        return Err(conflict(&name));
+    }
+
+    template_version::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        template_id: Set(current.id),
+        version: Set(current.version),
+        content: Set(json!({ "name": current.name, "content": content_of(&current) })),
+        status: Set(current.status),
+        created_by: Set(ctx.actor.id().map(str::to_owned)),
+        created_at: Set(chrono::Utc::now()),
+    }
+    .insert(&txn)
+    .await?;
+
+    let mut am: message_template::ActiveModel = current.clone().into();
+    am.name = Set(name.clone());
+    content_columns(&mut am, &content);
+    am.version = Set(current.version + 1);
+    am.updated_at = Set(chrono::Utc::now());
+    let model = am.update(&txn).await.map_err(|e| match Error::from(e) {
+        Error::Conflict(_) => conflict(&name),
+        other => other,
+    })?;
+    audit::record(
+        &txn,
+        ctx,
+        audit::Change {
+            action: "template.update",
+            target_type: "template",
+            target_id: model.id.to_string(),
+            merchant_id: model.merchant_id.clone(),
+            before: Some(to_json(&current)),
+            after: Some(to_json(&model)),
+        },
+    )
+    .await?;
+    txn.commit().await?;
+    Ok(model)
+}
+
+/// `setTemplateStatus`: draft, active or archived. Not a content change, so no new version.
+pub async fn set_status(
+    db: &DatabaseConnection,
+    ctx: &RequestContext,
+    id: Uuid,
+    status: TemplateStatus,
+) -> Result<message_template::Model> {
+    ctx.actor.require_authenticated()?;
+    let txn = db.begin().await?;
+    let current = find_visible(&txn, &ctx.actor, &TemplateRef::Id(id)).await?;
+    can_write(&ctx.actor, &current)?;
+    if current.status == status {
+        return Ok(current);
+    }
+    let mut am: message_template::ActiveModel = current.clone().into();
+    am.status = Set(status);
+    am.updated_at = Set(chrono::Utc::now());
+    let model = am.update(&txn).await?;
+    audit::record(
+        &txn,
+        ctx,
+        audit::Change {
+            action: "template.set_status",
+            target_type: "template",
+            target_id: model.id.to_string(),
+            merchant_id: model.merchant_id.clone(),
+            before: Some(json!({ "status": current.status.as_str() })),
+            after: Some(json!({ "status": model.status.as_str() })),
+        },
+    )
+    .await?;
+    txn.commit().await?;
+    Ok(model)
+}
+
+/// `deleteTemplate`: removes the template and (by cascade) its versions.
+pub async fn delete(
+    db: &DatabaseConnection,
+    ctx: &RequestContext,
+    id: Uuid,
+) -> Result<message_template::Model> {
+    ctx.actor.require_authenticated()?;
+    let txn = db.begin().await?;
+    let current = find_visible(&txn, &ctx.actor, &TemplateRef::Id(id)).await?;
+    can_write(&ctx.actor, &current)?;
+    Templates::delete_by_id(current.id).exec(&txn).await?;
+    audit::record(
+        &txn,
+        ctx,
+        audit::Change {
+            action: "template.delete",
+            target_type: "template",
+            target_id: current.id.to_string(),
+            merchant_id: current.merchant_id.clone(),
+            before: Some(to_json(&current)),
+            after: None,
+        },
+    )
+    .await?;
+    txn.commit().await?;
+    Ok(current)
+}
+
+/// Renders `content` with `vars`: a missing variable is a VALIDATION error on `variables` that
+/// names every missing one; limit violations of the rendered message are returned, not raised.
+pub fn render_preview(
+    content: &TemplateContent,
+    vars: &Map<String, Value>,
+    to: Option<&str>,
+) -> Result<Preview> {
+    let rendered = engine::render(content, vars).map_err(|missing| {
+        Error::violations(
+            missing
+                .0
+                .iter()
+                .map(|n| FieldError {
+                    field: "variables".into(),
+                    message: format!("missing template variable {n:?}"),
+                })
+                .collect(),
+        )
+        .with_message(missing.to_string())
+    })?;
+    Ok(Preview {
+        text: engine::text(&rendered),
+        payload: engine::payload(&rendered, to),
+        violations: engine::validate(&rendered),
+        variables: engine::extract_variables(content),
+    })
+}
+
+/// `previewTemplate`: a stored template (visible to the caller) or an inline one.
+pub async fn preview(
+    db: &DatabaseConnection,
+    ctx: &RequestContext,
+    source: PreviewSource,
+    vars: &Map<String, Value>,
+    to: Option<&str>,
+) -> Result<Preview> {
+    let content = match source {
+        PreviewSource::Stored(r) => content_of(&find_visible(db, &ctx.actor, &r).await?),
+        PreviewSource::Inline(c) => c,
+    };
+    render_preview(&content, vars, to)
+}
+
+impl Error {
+    /// Replaces a VALIDATION error's message, keeping its field and details.
+    fn with_message(self, message: String) -> Self {
+        match self {
+            Error::Validation { field, details, .. } => Error::Validation {
+                field,
+                message,
+                details,
+            },
+            other => other,
+        }
+    }
+}
