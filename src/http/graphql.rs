@@ -13,13 +13,15 @@ use std::sync::{
 };
 
 use async_graphql::{
-    Data,
-    http::{ALL_WEBSOCKET_PROTOCOLS, WebSocketProtocols},
+    Data, ParseRequestError,
+    http::{ALL_WEBSOCKET_PROTOCOLS, MultipartOptions, WebSocketProtocols},
 };
-use async_graphql_axum::{GraphQLRequest, GraphQLResponse, rejection::GraphQLRejection};
+use async_graphql_axum::GraphQLResponse;
 use axum::{
+    body::Bytes,
     extract::{
         State,
+        rejection::BytesRejection,
         ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade},
     },
     http::{StatusCode, request::Parts},
@@ -41,27 +43,38 @@ fn bad_request(message: String) -> Response {
     (StatusCode::BAD_REQUEST, axum::Json(body)).into_response()
 }
 
+/// The body is buffered by axum (so BODY_LIMIT applies to streamed bodies too and is reported as
+/// PAYLOAD_TOO_LARGE) and then parsed by async-graphql.
 pub async fn graphql_post(
     State(state): State<AppState>,
     parts: Parts,
-    req: Result<GraphQLRequest, GraphQLRejection>,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let ctx = match request_context(&parts, &state) {
         Ok(ctx) => ctx,
         Err(e) => return e.into_graphql_response(),
     };
-    let req = match req {
-        Ok(r) => r.into_inner(),
-        Err(rejection) => {
-            let why = match rejection.0 {
-                async_graphql::ParseRequestError::PayloadTooLarge => {
-                    return Error::PayloadTooLarge("request body is too large".into())
-                        .into_graphql_response();
-                }
-                other => other.to_string(),
-            };
-            return bad_request(format!("malformed GraphQL request: {why}"));
-        }
+    let too_large =
+        || Error::PayloadTooLarge("request body is too large".into()).into_graphql_response();
+    let body = match body {
+        Ok(b) => b,
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => return too_large(),
+        Err(e) => return bad_request(format!("malformed GraphQL request: {}", e.body_text())),
+    };
+    let content_type = parts
+        .headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let req = match async_graphql::http::receive_body(
+        content_type,
+        futures::io::Cursor::new(body),
+        MultipartOptions::default(),
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(ParseRequestError::PayloadTooLarge) => return too_large(),
+        Err(other) => return bad_request(format!("malformed GraphQL request: {other}")),
     };
     // A syntax error is a malformed request: answer 400, not 200 with errors.
     if let Err(e) = async_graphql::parser::parse_query(&req.query) {

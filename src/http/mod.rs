@@ -75,6 +75,30 @@ async fn rate_limit(State(state): State<AppState>, req: Request, next: Next) -> 
     next.run(Request::from_parts(parts, body)).await
 }
 
+/// Refuses a body whose Content-Length is over BODY_LIMIT with PAYLOAD_TOO_LARGE in the API's own
+/// shape (GraphQL or REST). `RequestBodyLimitLayer` would answer a bare text/plain 413 here; it still
+/// cuts off streamed bodies, which the extractors then report as PAYLOAD_TOO_LARGE.
+async fn body_limit(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let too_big = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .is_some_and(|len| len > state.config.body_limit as u64);
+    if too_big {
+        let err = Error::PayloadTooLarge(format!(
+            "request body is larger than {} bytes",
+            state.config.body_limit
+        ));
+        return if req.uri().path().starts_with("/graphql") {
+            err.into_graphql_response()
+        } else {
+            err.into_response()
+        };
+    }
+    next.run(req).await
+}
+
 /// The caller of a REST request. A bad token is rejected (UNAUTHENTICATED), never anonymous.
 pub struct Ctx(pub RequestContext);
 
@@ -132,6 +156,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), rate_limit))
         .layer(RequestBodyLimitLayer::new(body_limit))
+        .layer(middleware::from_fn_with_state(state.clone(), self::body_limit))
         .layer(axum::extract::DefaultBodyLimit::max(body_limit))
         .layer(CatchPanicLayer::custom(|_| Error::Internal("handler panicked".into()).into_response()))
         .layer(CorsLayer::permissive().max_age(Duration::from_secs(3600)))

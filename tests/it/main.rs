@@ -1,4 +1,13 @@
 //! One integration-test binary (faster to link than one per file), with a module per area.
 
+mod access;
 mod common;
+mod explorer;
+mod limits;
+mod pagination;
+mod preview;
+mod rest;
+mod schema;
 mod templates;
+mod validation;
+mod ws;

@@ -1,0 +1,306 @@
+//! Request limits: the per-IP rate limit, the body size limit, malformed and too-deep GraphQL, and
+//! the request id every response carries. SQLite only: none of this touches the database shape.
+
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode, header};
+use serde_json::{Value, json};
+use smartbot::config::RateLimit;
+
+use crate::common::{Db, TestApp};
+
+fn three_per_minute(c: &mut smartbot::Config) {
+    c.rate_limit = Some(RateLimit {
+        max: 3,
+        window: Duration::from_secs(60),
+    });
+}
+
+fn retry_after(res: &reqwest::Response) -> u64 {
+    res.headers()
+        .get(header::RETRY_AFTER)
+        .unwrap_or_else(|| panic!("no Retry-After on {}", res.status()))
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn rest_rate_limit() {
+    let app = TestApp::spawn_with(Db::Sqlite, three_per_minute).await;
+
+    // Health checks are exempt and do not use up the allowance.
+    for _ in 0..10 {
+        let res = app.client.get(app.url("/health")).send().await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+    }
+    for i in 0..3 {
+        let (status, body) = app.rest(Method::GET, "/api/templates", None, None).await;
+        assert_eq!(status, StatusCode::OK, "request {i}: {body}");
+    }
+    let res = app
+        .client
+        .get(app.url("/api/templates"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    let wait = retry_after(&res);
+    assert!((1..=60).contains(&wait), "Retry-After {wait}");
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["success"], false, "{body}");
+    assert_eq!(body["code"], "RATE_LIMITED", "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("rate limit")),
+        "{body}"
+    );
+
+    // Still limited for other routes, still not for /health.
+    let (status, body) = app
+        .rest(Method::GET, "/api/templates/welcome", None, None)
+        .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(body["code"], "RATE_LIMITED");
+    let res = app.client.get(app.url("/health")).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn graphql_rate_limit() {
+    let app = TestApp::spawn_with(Db::Sqlite, three_per_minute).await;
+    for i in 0..3 {
+        let (status, body) = app.gql(None, "{ version }", json!({})).await;
+        assert_eq!(status, StatusCode::OK, "request {i}: {body}");
+    }
+    let res = app
+        .client
+        .post(app.url("/graphql"))
+        .json(&json!({ "query": "{ version }" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(retry_after(&res) >= 1);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"], "RATE_LIMITED",
+        "{body}"
+    );
+    assert!(
+        body["errors"][0]["extensions"]["retryAfter"]
+            .as_u64()
+            .is_some_and(|s| s >= 1),
+        "{body}"
+    );
+    assert!(body["data"].is_null());
+    let res = app.client.get(app.url("/health")).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn no_rate_limit_when_off() {
+    let app = TestApp::spawn(Db::Sqlite).await;
+    for _ in 0..20 {
+        let (status, _) = app.gql(None, "{ version }", json!({})).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+}
+
+#[tokio::test]
+async fn body_limit() {
+    let app = TestApp::spawn_with(Db::Sqlite, |c| c.body_limit = 2048).await;
+    let big = "x".repeat(4096);
+
+    // REST, with a Content-Length the server can refuse up front.
+    let res = app
+        .client
+        .post(app.url("/api/templates"))
+        .bearer_auth(&app.admin)
+        .json(&json!({ "name": "big", "type": "text", "body": big }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(res.headers().contains_key("x-request-id"));
+    let text = res.text().await.unwrap();
+    let body: Value =
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("413 body is not JSON: {text:?}"));
+    assert_eq!(body["success"], false, "{body}");
+    assert_eq!(body["code"], "PAYLOAD_TOO_LARGE", "{body}");
+
+    // GraphQL.
+    let res = app
+        .client
+        .post(app.url("/graphql"))
+        .bearer_auth(&app.admin)
+        .json(&json!({
+            "query": "mutation($b: String!) { createTemplate(input: { name: \"big\", type: TEXT, body: $b }) { id } }",
+            "variables": { "b": big }
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let text = res.text().await.unwrap();
+    let body: Value =
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("413 body is not JSON: {text:?}"));
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"], "PAYLOAD_TOO_LARGE",
+        "{body}"
+    );
+
+    // Streamed bodies (no Content-Length) are cut off as well.
+    for path in ["/api/templates", "/graphql"] {
+        let chunks: Vec<Result<String, std::io::Error>> = vec![
+            Ok(r#"{"query":"{ version }","name":""#.to_owned()),
+            Ok("y".repeat(4096)),
+            Ok(r#""}"#.to_owned()),
+        ];
+        let res = app
+            .client
+            .post(app.url(path))
+            .bearer_auth(&app.admin)
+            .header("content-type", "application/json")
+            .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE, "{path}");
+        let body: Value = res.json().await.unwrap();
+        let code = if path == "/graphql" {
+            &body["errors"][0]["extensions"]["code"]
+        } else {
+            &body["code"]
+        };
+        assert_eq!(code, "PAYLOAD_TOO_LARGE", "{path}: {body}");
+    }
+
+    // Nothing was created, and small bodies still work.
+    let data = app
+        .gql_ok(Some(&app.admin), "{ templates { totalCount } }", json!({}))
+        .await;
+    assert_eq!(data["templates"]["totalCount"], 4);
+}
+
+#[tokio::test]
+async fn malformed_graphql_requests() {
+    let app = TestApp::spawn_with(Db::Sqlite, |c| c.graphql_max_depth = 4).await;
+
+    // Not JSON.
+    let res = app
+        .client
+        .post(app.url("/graphql"))
+        .header("content-type", "application/json")
+        .body(r#"{"query": "{ version }""#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    let body: Value = res.json().await.unwrap();
+    let message = body["errors"][0]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("malformed GraphQL request"),
+        "{message}"
+    );
+    assert_eq!(body["errors"][0]["extensions"]["code"], "VALIDATION");
+
+    // JSON, but not a GraphQL request.
+    let res = app
+        .client
+        .post(app.url("/graphql"))
+        .json(&json!({ "nothing": true }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+
+    // A syntax error.
+    let (status, body) = app.gql(None, "{ templates { ", json!({})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["errors"][0]["extensions"]["code"], "VALIDATION");
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("malformed GraphQL query"),
+        "{body}"
+    );
+
+    // Valid syntax, unknown field: a normal GraphQL error, not a crash.
+    let (status, body) = app.gql(None, "{ nope }", json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("nope")
+    );
+
+    // Depth: templates > edges > node > buttons > id is 5 deep with max 4.
+    let (_, body) = app
+        .gql(
+            None,
+            "{ templates { edges { node { buttons { id } } } } }",
+            json!({}),
+        )
+        .await;
+    let message = body["errors"][0]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("nested too deep"), "{body}");
+    assert!(body.get("data").is_none_or(Value::is_null), "{body}");
+    // Four deep is fine.
+    let data = app
+        .gql_ok(None, "{ templates { edges { node { name } } } }", json!({}))
+        .await;
+    assert_eq!(data["templates"]["edges"].as_array().unwrap().len(), 4);
+}
+
+#[tokio::test]
+async fn every_response_has_a_request_id() {
+    let app = TestApp::spawn_with(Db::Sqlite, |c| {
+        c.rate_limit = Some(RateLimit {
+            max: 1,
+            window: Duration::from_secs(60),
+        })
+    })
+    .await;
+    let mut ids = Vec::new();
+    let requests = [
+        app.client.get(app.url("/health")),
+        app.client.get(app.url("/api/templates")),
+        // Rate limited from here on.
+        app.client.get(app.url("/api/templates")),
+        app.client
+            .post(app.url("/graphql"))
+            .json(&json!({ "query": "{ version }" })),
+        app.client.get(app.url("/ready")),
+        app.client.get(app.url("/no/such/route")),
+        app.client.get(app.url("/explorer/assets/nope.js")),
+    ];
+    for req in requests {
+        let res = req.send().await.unwrap();
+        let id = res
+            .headers()
+            .get("x-request-id")
+            .unwrap_or_else(|| panic!("no x-request-id on {} {}", res.status(), res.url()))
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(!id.is_empty());
+        ids.push(id);
+    }
+    let unique: std::collections::BTreeSet<_> = ids.iter().collect();
+    assert_eq!(unique.len(), ids.len(), "request ids repeat: {ids:?}");
+
+    // A client-supplied id is echoed back.
+    let res = app
+        .client
+        .get(app.url("/health"))
+        .header("x-request-id", "trace-me-123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.headers()["x-request-id"], "trace-me-123");
+}

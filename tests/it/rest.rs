@@ -1,0 +1,460 @@
+//! The seed's REST API under /api: shapes, filters, errors, and agreement with GraphQL.
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::{
+    both_dbs,
+    common::{Db, TestApp},
+};
+
+fn template_names(body: &Value) -> Vec<&str> {
+    body["templates"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no templates in {body}"))
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect()
+}
+
+async fn list_shape_and_filters(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let (status, body) = app.rest(Method::GET, "/api/templates", None, None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["success"], true);
+    let templates = body["templates"].as_array().unwrap();
+    assert_eq!(body["count"], templates.len());
+    assert_eq!(templates.len(), 4);
+    // Ordered by name.
+    assert_eq!(
+        template_names(&body),
+        vec!["catalog", "order_confirmation", "product_photo", "welcome"]
+    );
+
+    let order = templates
+        .iter()
+        .find(|t| t["name"] == "order_confirmation")
+        .unwrap();
+    assert!(
+        order["id"]
+            .as_str()
+            .is_some_and(|id| uuid::Uuid::parse_str(id).is_ok()),
+        "{order}"
+    );
+    assert_eq!(order["type"], "buttons");
+    assert_eq!(order["status"], "active");
+    assert_eq!(order["version"], 1);
+    assert_eq!(order["header"], "Order {{ order_id }}");
+    assert_eq!(order["footer"], "Reply within 24 hours");
+    assert!(order["button_text"].is_null());
+    assert!(order["merchant_id"].is_null());
+    assert_eq!(order["created_by"], "system");
+    assert!(order["created_at"].is_string() && order["updated_at"].is_string());
+    assert_eq!(
+        order["variables"],
+        json!(["order_id", "customer_name", "total"])
+    );
+    assert_eq!(
+        order["buttons"],
+        json!([
+            { "id": "confirm_order", "title": "Confirm" },
+            { "id": "change_order", "title": "Change order" },
+            { "id": "cancel_order", "title": "Cancel" }
+        ])
+    );
+    let mut keys: Vec<&str> = order
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        vec![
+            "body",
+            "button_text",
+            "buttons",
+            "created_at",
+            "created_by",
+            "footer",
+            "header",
+            "id",
+            "media",
+            "merchant_id",
+            "name",
+            "sections",
+            "status",
+            "type",
+            "updated_at",
+            "variables",
+            "version",
+        ]
+    );
+    let catalog = templates.iter().find(|t| t["name"] == "catalog").unwrap();
+    assert_eq!(catalog["button_text"], "View catalog");
+    assert_eq!(catalog["type"], "list");
+
+    // Filters.
+    let (status, body) = app
+        .rest(
+            Method::GET,
+            "/api/templates?type=list&status=active",
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(template_names(&body), vec!["catalog"]);
+    assert_eq!(body["count"], 1);
+    let (_, body) = app
+        .rest(Method::GET, "/api/templates?status=draft", None, None)
+        .await;
+    assert_eq!(body["count"], 0, "{body}");
+    assert_eq!(body["templates"], json!([]));
+    let (_, body) = app
+        .rest(Method::GET, "/api/templates?search=WELCOME", None, None)
+        .await;
+    assert_eq!(template_names(&body), vec!["welcome"], "{body}");
+
+    for (query, field) in [("type=bogus", "type"), ("status=gone", "status")] {
+        let (status, body) = app
+            .rest(Method::GET, &format!("/api/templates?{query}"), None, None)
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {body}");
+        assert_eq!(body["success"], false, "{body}");
+        assert_eq!(body["code"], "VALIDATION", "{body}");
+        assert_eq!(body["field"], field, "{body}");
+        assert!(body["error"].as_str().is_some_and(|e| !e.is_empty()));
+    }
+}
+
+async fn create_read_update_delete(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let admin = Some(app.admin.as_str());
+
+    // The seed's body, buttons as objects.
+    let (status, body) = app
+        .rest(
+            Method::POST,
+            "/api/templates",
+            admin,
+            Some(json!({
+                "name": "rest_buttons", "type": "buttons", "body": "Hi {{ who }}",
+                "buttons": [{ "id": "y", "title": "Yes" }, { "id": "n", "title": "No" }]
+            })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["success"], true);
+    let t = &body["template"];
+    assert_eq!(t["name"], "rest_buttons");
+    assert_eq!(t["type"], "buttons");
+    assert_eq!(t["status"], "active");
+    assert_eq!(t["version"], 1);
+    assert_eq!(t["variables"], json!(["who"]));
+    assert_eq!(
+        t["buttons"],
+        json!([{ "id": "y", "title": "Yes" }, { "id": "n", "title": "No" }])
+    );
+    let id = t["id"].as_str().unwrap().to_owned();
+
+    // Buttons as bare strings get ids from their titles.
+    let (status, body) = app
+        .rest(
+            Method::POST,
+            "/api/templates",
+            admin,
+            Some(json!({
+                "name": "rest_bare", "type": "buttons", "body": "Pick",
+                "buttons": ["Yes please", "No thanks"]
+            })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(
+        body["template"]["buttons"],
+        json!([
+            { "id": "yes_please", "title": "Yes please" },
+            { "id": "no_thanks", "title": "No thanks" }
+        ])
+    );
+
+    // No token.
+    let (status, body) = app
+        .rest(
+            Method::POST,
+            "/api/templates",
+            None,
+            Some(json!({ "name": "anon", "type": "text", "body": "x" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert_eq!(body["success"], false);
+    assert_eq!(body["code"], "UNAUTHENTICATED");
+
+    // Duplicate name.
+    let (status, body) = app
+        .rest(
+            Method::POST,
+            "/api/templates",
+            admin,
+            Some(json!({ "name": "rest_buttons", "type": "text", "body": "x" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["success"], false);
+    assert_eq!(body["code"], "CONFLICT");
+
+    // Malformed JSON, and JSON of the wrong shape.
+    let res = app
+        .client
+        .post(app.url("/api/templates"))
+        .bearer_auth(&app.admin)
+        .header("content-type", "application/json")
+        .body(r#"{"name": "broken", "type": "#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["success"], false, "{body}");
+    assert_eq!(body["code"], "VALIDATION", "{body}");
+    assert_eq!(body["field"], "body", "{body}");
+    let (status, body) = app
+        .rest(
+            Method::POST,
+            "/api/templates",
+            admin,
+            Some(json!({ "name": "no_type", "body": "x" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["success"], false);
+    assert_eq!(body["code"], "VALIDATION");
+
+    // GET by id and by name.
+    let (status, body) = app
+        .rest(Method::GET, &format!("/api/templates/{id}"), None, None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["success"], true);
+    assert_eq!(body["template"]["id"], id.as_str());
+    let (_, body) = app
+        .rest(Method::GET, "/api/templates/rest_buttons", None, None)
+        .await;
+    assert_eq!(body["template"]["id"], id.as_str(), "{body}");
+    let (status, body) = app
+        .rest(Method::GET, "/api/templates/not_there", None, None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(body["success"], false);
+    assert_eq!(body["code"], "NOT_FOUND");
+
+    // PUT: content, null clears, status.
+    let (status, body) = app
+        .rest(
+            Method::PUT,
+            &format!("/api/templates/{id}"),
+            admin,
+            Some(json!({ "body": "Hello {{ who }} and {{ other }}", "footer": "Bye", "status": "draft" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["success"], true);
+    let t = &body["template"];
+    assert_eq!(t["version"], 2);
+    assert_eq!(t["footer"], "Bye");
+    assert_eq!(t["status"], "draft");
+    assert_eq!(t["variables"], json!(["who", "other"]));
+    let (_, body) = app
+        .rest(
+            Method::PUT,
+            &format!("/api/templates/{id}"),
+            admin,
+            Some(json!({ "footer": null })),
+        )
+        .await;
+    assert!(body["template"]["footer"].is_null(), "{body}");
+    assert_eq!(body["template"]["version"], 3);
+    assert_eq!(body["template"]["body"], "Hello {{ who }} and {{ other }}");
+
+    // The draft is hidden from anonymous REST readers now.
+    let (status, _) = app
+        .rest(Method::GET, &format!("/api/templates/{id}"), None, None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // DELETE.
+    let (status, body) = app
+        .rest(Method::DELETE, &format!("/api/templates/{id}"), admin, None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["success"], true);
+    let (status, body) = app
+        .rest(Method::GET, &format!("/api/templates/{id}"), admin, None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let (status, _) = app
+        .rest(Method::DELETE, &format!("/api/templates/{id}"), admin, None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // Unknown routes answer in the same shape.
+    let (status, body) = app.rest(Method::GET, "/api/nothing", None, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body["success"], false, "{body}");
+    assert_eq!(body["code"], "NOT_FOUND");
+}
+
+async fn preview_over_rest(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let (status, body) = app
+        .rest(
+            Method::POST,
+            "/api/templates/preview",
+            None,
+            Some(json!({
+                "templateName": "welcome",
+                "variables": { "customer_name": "Tari", "store_name": "Mbare Mart" }
+            })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["success"], true);
+    let text = "Hi Tari! Welcome to Mbare Mart. Reply MENU to see our catalog.";
+    assert_eq!(body["preview"]["text"], text);
+    assert_eq!(
+        body["preview"]["payload"],
+        json!({
+            "messaging_product": "whatsapp",
+            "recipient_type": "individual",
+            "type": "text",
+            "text": { "preview_url": false, "body": text }
+        })
+    );
+    assert_eq!(
+        body["preview"]["variables"],
+        json!(["customer_name", "store_name"])
+    );
+    assert_eq!(body["preview"]["violations"], json!([]));
+
+    // With `to`, inline.
+    let (status, body) = app
+        .rest(
+            Method::POST,
+            "/api/templates/preview",
+            None,
+            Some(json!({
+                "template": { "type": "text", "body": "Yo {{ n }}" },
+                "variables": { "n": 1 },
+                "to": "263700000000"
+            })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["preview"]["payload"]["to"], "263700000000");
+    assert_eq!(body["preview"]["payload"]["text"]["body"], "Yo 1");
+
+    // A missing variable.
+    let (status, body) = app
+        .rest(
+            Method::POST,
+            "/api/templates/preview",
+            None,
+            Some(json!({ "templateName": "welcome", "variables": { "customer_name": "Tari" } })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["success"], false);
+    assert_eq!(body["code"], "VALIDATION");
+    assert_eq!(body["field"], "variables");
+    assert_eq!(body["error"], "missing template variables: store_name");
+}
+
+async fn rest_and_graphql_agree(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let admin = Some(app.admin.as_str());
+
+    let (status, body) = app
+        .rest(
+            Method::POST,
+            "/api/templates",
+            admin,
+            Some(json!({
+                "name": "from_rest", "type": "list", "body": "Choose", "buttonText": "Open",
+                "sections": [{ "title": "S", "rows": [{ "id": "r1", "title": "One", "description": "First" }] }]
+            })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let rest_id = body["template"]["id"].as_str().unwrap().to_owned();
+    let data = app
+        .gql_ok(
+            None,
+            r#"{ template(name: "from_rest") { id type buttonText sections { title rows { id title description } } } }"#,
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        data["template"],
+        json!({
+            "id": rest_id, "type": "LIST", "buttonText": "Open",
+            "sections": [{ "title": "S", "rows": [{ "id": "r1", "title": "One", "description": "First" }] }]
+        })
+    );
+
+    let data = app
+        .gql_ok(
+            admin,
+            r#"mutation { createTemplate(input: { name: "from_gql", type: MEDIA, body: "Pic", media: { link: "https://x.example/p.png" } }) { id } }"#,
+            json!({}),
+        )
+        .await;
+    let gql_id = data["createTemplate"]["id"].as_str().unwrap().to_owned();
+    let (status, body) = app
+        .rest(Method::GET, &format!("/api/templates/{gql_id}"), None, None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["template"]["name"], "from_gql");
+    assert_eq!(body["template"]["type"], "media");
+    assert_eq!(
+        body["template"]["media"],
+        json!({ "type": "image", "link": "https://x.example/p.png" })
+    );
+    let (_, body) = app.rest(Method::GET, "/api/templates", None, None).await;
+    assert_eq!(body["count"], 6);
+    let names = template_names(&body);
+    assert!(names.contains(&"from_rest") && names.contains(&"from_gql"));
+
+    // A REST update shows up over GraphQL with its version history.
+    let (status, _) = app
+        .rest(
+            Method::PUT,
+            &format!("/api/templates/{gql_id}"),
+            admin,
+            Some(json!({ "body": "New pic" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let data = app
+        .gql_ok(
+            None,
+            r#"query($id: ID!) { template(id: $id) { body version } templateVersions(templateId: $id) { version content } }"#,
+            json!({ "id": gql_id }),
+        )
+        .await;
+    assert_eq!(data["template"], json!({ "body": "New pic", "version": 2 }));
+    assert_eq!(data["templateVersions"][0]["version"], 1);
+    assert_eq!(
+        data["templateVersions"][0]["content"]["content"]["body"],
+        "Pic"
+    );
+}
+
+both_dbs!(
+    list_shape_and_filters,
+    create_read_update_delete,
+    preview_over_rest,
+    rest_and_graphql_agree,
+);

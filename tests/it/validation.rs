@@ -1,0 +1,332 @@
+//! Every WhatsApp Cloud API limit is refused with VALIDATION naming the offending field, over
+//! GraphQL (`extensions.field`) and REST (`field`), and nothing is written.
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::{
+    both_dbs,
+    common::{Db, TestApp},
+};
+
+const CREATE: &str =
+    r#"mutation($input: CreateTemplateInput!) { createTemplate(input: $input) { id } }"#;
+
+fn buttons(titles: &[&str]) -> Value {
+    Value::Array(
+        titles
+            .iter()
+            .enumerate()
+            .map(|(i, t)| json!({ "id": format!("b{i}"), "title": t }))
+            .collect(),
+    )
+}
+
+fn rows(n: usize) -> Value {
+    Value::Array(
+        (0..n)
+            .map(|i| json!({ "id": format!("r{i}"), "title": format!("Row {i}") }))
+            .collect(),
+    )
+}
+
+fn list(sections: Value) -> Value {
+    json!({ "type": "LIST", "body": "Pick", "buttonText": "Open", "sections": sections })
+}
+
+/// (what, the template content without a name, the expected field of every violation in order).
+fn cases() -> Vec<(&'static str, Value, Vec<&'static str>)> {
+    let x = |n: usize| "x".repeat(n);
+    let mut out = vec![];
+    out.push((
+        "4 buttons",
+        json!({ "type": "BUTTONS", "body": "Pick", "buttons": buttons(&["A", "B", "C", "D"]) }),
+        vec!["buttons"],
+    ));
+    out.push((
+        "button title 21",
+        json!({ "type": "BUTTONS", "body": "Pick", "buttons": buttons(&[&x(21), "B"]) }),
+        vec!["buttons[0].title"],
+    ));
+    out.push((
+        "duplicate titles",
+        json!({ "type": "BUTTONS", "body": "Pick", "buttons": buttons(&["Yes", "yes"]) }),
+        vec!["buttons[1].title"],
+    ));
+    out.push((
+        "button id 257",
+        json!({ "type": "BUTTONS", "body": "Pick", "buttons": [{ "id": x(257), "title": "Ok" }] }),
+        vec!["buttons[0].id"],
+    ));
+    let eleven_sections: Vec<Value> = (0..11)
+        .map(|i| json!({ "title": format!("S{i}"), "rows": [{ "id": format!("r{i}"), "title": "Row" }] }))
+        .collect();
+    out.push((
+        "11 sections",
+        list(json!(eleven_sections)),
+        // 11 sections of one row each are also 11 rows.
+        vec!["sections", "sections"],
+    ));
+    out.push((
+        "11 rows",
+        list(json!([{ "title": "All", "rows": rows(11) }])),
+        vec!["sections"],
+    ));
+    out.push((
+        "list buttonText 21",
+        json!({ "type": "LIST", "body": "Pick", "buttonText": x(21), "sections": [{ "title": "S", "rows": rows(1) }] }),
+        vec!["buttonText"],
+    ));
+    out.push((
+        "row title 25",
+        list(json!([{ "title": "S", "rows": [{ "id": "r", "title": x(25) }] }])),
+        vec!["sections[0].rows[0].title"],
+    ));
+    out.push((
+        "row description 73",
+        list(
+            json!([{ "title": "S", "rows": [{ "id": "r", "title": "Row", "description": x(73) }] }]),
+        ),
+        vec!["sections[0].rows[0].description"],
+    ));
+    out.push((
+        "section title 25",
+        list(json!([{ "title": x(25), "rows": rows(1) }])),
+        vec!["sections[0].title"],
+    ));
+    out.push((
+        "body 1025",
+        json!({ "type": "TEXT", "body": x(1025) }),
+        vec!["body"],
+    ));
+    out.push((
+        "header 61",
+        json!({ "type": "TEXT", "body": "b", "header": x(61) }),
+        vec!["header"],
+    ));
+    out.push((
+        "footer 61",
+        json!({ "type": "TEXT", "body": "b", "footer": x(61) }),
+        vec!["footer"],
+    ));
+    out.push((
+        "media without media",
+        json!({ "type": "MEDIA", "body": "caption" }),
+        vec!["media"],
+    ));
+    out
+}
+
+/// The GraphQL input as the seed's REST body: lowercase type.
+fn rest_body(name: &str, content: &Value) -> Value {
+    let mut b = content.clone();
+    b["name"] = json!(name);
+    b["type"] = json!(content["type"].as_str().unwrap().to_lowercase());
+    b
+}
+
+async fn count(app: &TestApp) -> u64 {
+    let data = app
+        .gql_ok(Some(&app.admin), "{ templates { totalCount } }", json!({}))
+        .await;
+    data["templates"]["totalCount"].as_u64().unwrap()
+}
+
+async fn every_limit_names_its_field(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let before = count(&app).await;
+    assert_eq!(before, 4);
+
+    for (i, (what, content, fields)) in cases().into_iter().enumerate() {
+        let name = format!("bad_{i}");
+
+        // GraphQL.
+        let mut input = content.clone();
+        input["name"] = json!(name);
+        let (code, body) = app
+            .gql_err(Some(&app.admin), CREATE, json!({ "input": input }))
+            .await;
+        assert_eq!(code, "VALIDATION", "{what}: {body:#}");
+        let ext = &body["errors"][0]["extensions"];
+        assert_eq!(ext["field"], fields[0], "{what}: {body:#}");
+        let got: Vec<&str> = ext["violations"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{what}: no violations in {body:#}"))
+            .iter()
+            .map(|v| v["field"].as_str().unwrap())
+            .collect();
+        assert_eq!(got, fields, "{what}: {body:#}");
+        assert!(
+            ext["violations"][0]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{what}: {body:#}"
+        );
+        assert!(body["data"].is_null(), "{what}: {body:#}");
+
+        // REST.
+        let (status, body) = app
+            .rest(
+                Method::POST,
+                "/api/templates",
+                Some(&app.admin),
+                Some(rest_body(&name, &content)),
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{what}: {body}");
+        assert_eq!(body["success"], false, "{what}: {body}");
+        assert_eq!(body["code"], "VALIDATION", "{what}: {body}");
+        assert_eq!(body["field"], fields[0], "{what}: {body}");
+        let got: Vec<&str> = body["details"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{what}: no details in {body}"))
+            .iter()
+            .map(|v| v["field"].as_str().unwrap())
+            .collect();
+        assert_eq!(got, fields, "{what}: {body}");
+    }
+
+    assert_eq!(count(&app).await, before, "a refused create wrote a row");
+
+    // An update to an invalid shape is refused too and leaves the template as it was.
+    let data = app
+        .gql_ok(
+            Some(&app.admin),
+            r#"{ template(name: "order_confirmation") { id version } }"#,
+            json!({}),
+        )
+        .await;
+    let id = data["template"]["id"].as_str().unwrap().to_owned();
+    let (code, body) = app
+        .gql_err(
+            Some(&app.admin),
+            r#"mutation($id: ID!, $footer: String) { updateTemplate(id: $id, input: { footer: $footer }) { id } }"#,
+            json!({ "id": id, "footer": "f".repeat(61) }),
+        )
+        .await;
+    assert_eq!(code, "VALIDATION");
+    assert_eq!(body["errors"][0]["extensions"]["field"], "footer");
+    let data = app
+        .gql_ok(
+            Some(&app.admin),
+            r#"query($id: ID!) { template(id: $id) { version footer } templateVersions(templateId: $id) { id } }"#,
+            json!({ "id": id }),
+        )
+        .await;
+    assert_eq!(data["template"]["version"], 1);
+    assert_eq!(data["template"]["footer"], "Reply within 24 hours");
+    assert_eq!(data["templateVersions"], json!([]));
+}
+
+async fn several_violations_are_all_listed(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let (code, body) = app
+        .gql_err(
+            Some(&app.admin),
+            CREATE,
+            json!({ "input": {
+                "name": "many", "type": "BUTTONS", "body": "x".repeat(1025), "header": "h".repeat(61),
+                "buttons": [
+                    { "id": "a", "title": "t".repeat(21) },
+                    { "id": "a", "title": "Same" },
+                    { "id": "c", "title": "same" },
+                    { "id": "d", "title": "Four" }
+                ]
+            }}),
+        )
+        .await;
+    assert_eq!(code, "VALIDATION");
+    let ext = &body["errors"][0]["extensions"];
+    assert_eq!(ext["field"], "body");
+    let fields: Vec<&str> = ext["violations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        fields,
+        vec![
+            "body",
+            "header",
+            "buttons",
+            "buttons[0].title",
+            "buttons[1].id",
+            "buttons[2].title",
+        ],
+        "{body:#}"
+    );
+    let message = body["errors"][0]["message"].as_str().unwrap();
+    assert!(message.contains("(and 5 more)"), "{message}");
+    assert_eq!(count(&app).await, 4);
+}
+
+async fn bad_ids_and_page_sizes(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let admin = Some(app.admin.as_str());
+    for query in [
+        r#"{ template(id: "nope") { id } }"#,
+        r#"mutation { updateTemplate(id: "nope", input: { body: "x" }) { id } }"#,
+        r#"mutation { deleteTemplate(id: "nope") { id } }"#,
+        r#"mutation { setTemplateStatus(id: "nope", status: DRAFT) { id } }"#,
+    ] {
+        let (code, body) = app.gql_err(admin, query, json!({})).await;
+        assert_eq!(code, "VALIDATION", "{query}: {body:#}");
+        assert_eq!(
+            body["errors"][0]["extensions"]["field"], "id",
+            "{query}: {body:#}"
+        );
+    }
+    let (code, body) = app
+        .gql_err(
+            admin,
+            r#"{ templateVersions(templateId: "nope") { id } }"#,
+            json!({}),
+        )
+        .await;
+    assert_eq!(code, "VALIDATION");
+    assert_eq!(body["errors"][0]["extensions"]["field"], "templateId");
+
+    for method in [Method::PUT, Method::DELETE] {
+        let (status, body) = app
+            .rest(
+                method,
+                "/api/templates/nope",
+                admin,
+                Some(json!({ "body": "x" })),
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(body["success"], false, "{body}");
+        assert_eq!(body["code"], "VALIDATION", "{body}");
+        assert_eq!(body["field"], "id", "{body}");
+    }
+
+    for first in [0, -1, 101] {
+        let (code, body) = app
+            .gql_err(
+                admin,
+                "query($first: Int) { templates(first: $first) { totalCount } }",
+                json!({ "first": first }),
+            )
+            .await;
+        assert_eq!(code, "VALIDATION", "first: {first}: {body:#}");
+        assert_eq!(body["errors"][0]["extensions"]["field"], "first");
+    }
+    let (code, body) = app
+        .gql_err(admin, "{ auditLogs(first: 0) { totalCount } }", json!({}))
+        .await;
+    assert_eq!(code, "VALIDATION");
+    assert_eq!(body["errors"][0]["extensions"]["field"], "first");
+    // The bounds are inclusive.
+    let data = app
+        .gql_ok(admin, "{ templates(first: 100) { totalCount } }", json!({}))
+        .await;
+    assert_eq!(data["templates"]["totalCount"], 4);
+}
+
+both_dbs!(
+    every_limit_names_its_field,
+    several_violations_are_all_listed,
+    bad_ids_and_page_sizes,
+);
