@@ -4,9 +4,9 @@
 //! Setting `DATABASE_URL=postgres://…` and `REDIS_URL=redis://…` switches the same binary to scale-out.
 //! Nothing else in the program reads the environment.
 
-use std::{net::IpAddr, path::PathBuf, time::Duration};
+use std::{collections::HashMap, net::IpAddr, path::PathBuf, time::Duration};
 
-use crate::error::Error;
+use crate::{error::Error, queue::QueueName};
 
 /// How logs are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,6 +74,19 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// `SEED_TEMPLATES` (default true): insert the default templates into an empty database.
     pub seed_templates: bool,
+    /// `REDIS_PREFIX` (default `smartbot:`): namespaces every Redis key.
+    pub redis_prefix: String,
+    /// `QUEUE_CONCURRENCY`, e.g. `media_processing=3,message_sending=5` (unset queues keep the
+    /// seed's defaults: 3, 5, 2, 5).
+    pub queue_concurrency: HashMap<QueueName, usize>,
+    /// `JOB_LEASE` (default 30s): how long a job stays leased without renewal; a crashed worker's
+    /// job is reclaimed after this.
+    pub job_lease: Duration,
+    /// `QUEUE_POLL_INTERVAL` (default 250ms): how often the embedded queue looks for work that
+    /// other processes enqueued.
+    pub queue_poll_interval: Duration,
+    /// `RUN_WORKERS` (default true): `serve` runs the workers in-process.
+    pub run_workers: bool,
 }
 
 impl Config {
@@ -99,6 +112,11 @@ impl Config {
             graphql_max_complexity: 2000,
             shutdown_grace: Duration::from_secs(10),
             seed_templates: true,
+            redis_prefix: "smartbot:".into(),
+            queue_concurrency: HashMap::new(),
+            job_lease: Duration::from_secs(30),
+            queue_poll_interval: Duration::from_millis(250),
+            run_workers: true,
         }
     }
 
@@ -164,6 +182,25 @@ impl Config {
         if let Some(v) = get("SEED_TEMPLATES") {
             c.seed_templates = parse_bool("SEED_TEMPLATES", &v)?;
         }
+        if let Some(v) = get("REDIS_PREFIX") {
+            c.redis_prefix = v;
+        }
+        if let Some(v) = get("QUEUE_CONCURRENCY") {
+            c.queue_concurrency = parse_concurrency(&v)?;
+        }
+        if let Some(v) = get("JOB_LEASE") {
+            c.job_lease = humantime::parse_duration(&v).map_err(|e| invalid("JOB_LEASE", e))?;
+            if c.job_lease < Duration::from_secs(1) {
+                return Err(invalid("JOB_LEASE", "must be at least 1s"));
+            }
+        }
+        if let Some(v) = get("QUEUE_POLL_INTERVAL") {
+            c.queue_poll_interval =
+                humantime::parse_duration(&v).map_err(|e| invalid("QUEUE_POLL_INTERVAL", e))?;
+        }
+        if let Some(v) = get("RUN_WORKERS") {
+            c.run_workers = parse_bool("RUN_WORKERS", &v)?;
+        }
         Ok(c)
     }
 
@@ -175,6 +212,35 @@ impl Config {
     pub fn media_dir(&self) -> PathBuf {
         self.data_dir.join("uploads")
     }
+}
+
+/// `media_processing=3,message_sending=5` → per-queue worker counts.
+pub fn parse_concurrency(v: &str) -> Result<HashMap<QueueName, usize>, Error> {
+    let mut out = HashMap::new();
+    for part in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (q, n) = part.split_once('=').ok_or_else(|| {
+            invalid(
+                "QUEUE_CONCURRENCY",
+                format!("expected queue=N, got {part:?}"),
+            )
+        })?;
+        let queue: QueueName = q
+            .parse()
+            .map_err(|e: Error| invalid("QUEUE_CONCURRENCY", e))?;
+        let n: usize = n
+            .trim()
+            .parse()
+            .ok()
+            .filter(|n| (1..=1000).contains(n))
+            .ok_or_else(|| {
+                invalid(
+                    "QUEUE_CONCURRENCY",
+                    format!("{n:?} is not a count between 1 and 1000"),
+                )
+            })?;
+        out.insert(queue, n);
+    }
+    Ok(out)
 }
 
 fn sqlite_url(data_dir: &std::path::Path) -> String {
@@ -257,6 +323,23 @@ mod tests {
         let err = from(&[("PORT", "http")]).unwrap_err();
         assert!(err.to_string().contains("PORT"), "{err}");
         assert!(from(&[("RATE_LIMIT", "0/1m")]).is_err());
+        let c = from(&[(
+            "QUEUE_CONCURRENCY",
+            "media_processing=7, webhook_delivery=1",
+        )])
+        .unwrap();
+        assert_eq!(
+            c.queue_concurrency.get(&QueueName::MediaProcessing),
+            Some(&7)
+        );
+        assert_eq!(c.queue_concurrency.len(), 2);
+        assert!(
+            from(&[("QUEUE_CONCURRENCY", "nope=1")])
+                .unwrap_err()
+                .to_string()
+                .contains("QUEUE_CONCURRENCY")
+        );
+        assert!(from(&[("QUEUE_CONCURRENCY", "media_processing=0")]).is_err());
         assert_eq!(
             "5/1s".parse::<RateLimit>().unwrap(),
             RateLimit {

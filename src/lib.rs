@@ -9,7 +9,9 @@ pub mod db;
 pub mod error;
 pub mod graphql;
 pub mod http;
+pub mod jobs;
 pub mod pagination;
+pub mod queue;
 pub mod templates;
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
@@ -23,6 +25,10 @@ use crate::{
     auth::{Role, rate_limit::RateLimiter, token::TokenKeys},
     error::{Error, Result},
     graphql::AppSchema,
+    queue::{
+        JobQueue, QueueBackend, QueueName,
+        worker::{WorkerConfig, Workers},
+    },
 };
 
 /// Everything a request handler or resolver needs. Cheap to clone.
@@ -32,6 +38,7 @@ pub struct AppState {
     pub db: DatabaseConnection,
     pub keys: TokenKeys,
     pub rate_limiter: RateLimiter,
+    pub queue: JobQueue,
     schema: AppSchema,
 }
 
@@ -70,8 +77,10 @@ pub async fn build(config: Config) -> Result<App> {
     };
     let rate_limiter = RateLimiter::new(config.rate_limit);
     let schema = graphql::build_schema(&config);
+    let queue = JobQueue::new(queue_backend(&config, &db).await?);
     Ok(App {
         state: AppState {
+            queue,
             config: Arc::new(config),
             db,
             keys,
@@ -80,6 +89,42 @@ pub async fn build(config: Config) -> Result<App> {
         },
         admin_token,
     })
+}
+
+/// Redis when `REDIS_URL` is set, else the embedded SQL queue in the app database.
+pub async fn queue_backend(
+    config: &Config,
+    db: &DatabaseConnection,
+) -> Result<Arc<dyn QueueBackend>> {
+    Ok(match &config.redis_url {
+        Some(url) => Arc::new(queue::redis::RedisQueue::connect(url, &config.redis_prefix).await?),
+        None => Arc::new(queue::sql::SqlQueue::new(
+            db.clone(),
+            config.queue_poll_interval,
+        )),
+    })
+}
+
+/// Worker settings from Config; `queues` empty means every queue with a handler.
+pub fn worker_config(config: &Config, queues: Vec<QueueName>) -> WorkerConfig {
+    WorkerConfig {
+        queues,
+        concurrency: config.queue_concurrency.clone(),
+        lease: config.job_lease,
+        stall_interval: (config.job_lease / 4).max(Duration::from_millis(250)),
+        shutdown_grace: config.shutdown_grace,
+        ..WorkerConfig::default()
+    }
+}
+
+/// Starts this process's workers for `queues` (all with handlers when empty).
+pub fn start_workers(state: &AppState, queues: Vec<QueueName>) -> Workers {
+    let handlers = jobs::handlers(state);
+    Workers::start(
+        state.queue.backend().clone(),
+        &handlers,
+        worker_config(&state.config, queues),
+    )
 }
 
 /// Serves on an already-bound listener until `shutdown` resolves, then drains in-flight requests.
@@ -99,13 +144,15 @@ pub async fn serve_on(
     .map_err(Error::from)
 }
 
-/// A server running in the background (tests, examples).
+/// A server running in the background (tests, examples), with its workers when
+/// `config.run_workers` is set.
 pub struct RunningServer {
     pub addr: SocketAddr,
     pub state: AppState,
     pub admin_token: Option<String>,
     shutdown: CancellationToken,
     handle: tokio::task::JoinHandle<Result<()>>,
+    workers: Option<Workers>,
 }
 
 impl RunningServer {
@@ -113,9 +160,12 @@ impl RunningServer {
         format!("http://{}{}", self.addr, path)
     }
 
-    /// Stops accepting, lets in-flight requests finish, and waits.
+    /// Stops accepting, lets in-flight requests and jobs finish, and waits.
     pub async fn stop(self) -> Result<()> {
         self.shutdown.cancel();
+        if let Some(w) = self.workers {
+            w.stop().await;
+        }
         self.handle.await.map_err(Error::internal)?
     }
 }
@@ -127,6 +177,10 @@ pub async fn spawn(config: Config) -> Result<RunningServer> {
     let App { state, admin_token } = build(config).await?;
     let shutdown = CancellationToken::new();
     let token = shutdown.clone();
+    let workers = state
+        .config
+        .run_workers
+        .then(|| start_workers(&state, vec![]));
     let handle = tokio::spawn(serve_on(listener, state.clone(), async move {
         token.cancelled().await
     }));
@@ -136,6 +190,7 @@ pub async fn spawn(config: Config) -> Result<RunningServer> {
         admin_token,
         shutdown,
         handle,
+        workers,
     })
 }
 

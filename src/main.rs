@@ -26,8 +26,22 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve GraphQL, REST and WebSockets (the default). Migrates the database first.
-    Serve,
+    /// Serve GraphQL, REST and WebSockets (the default), with the queue workers in-process.
+    /// Migrates the database first.
+    Serve {
+        /// Do not run queue workers in this process (run `smartbot worker` elsewhere).
+        #[arg(long)]
+        no_workers: bool,
+    },
+    /// Run queue workers only (no HTTP), so workers scale out to other machines.
+    Worker {
+        /// Comma-separated queues to work (default: all with a handler), e.g. media_processing.
+        #[arg(long, value_delimiter = ',')]
+        queues: Vec<String>,
+        /// Per-queue concurrency for this process, e.g. media_processing=4,message_sending=10.
+        #[arg(long)]
+        concurrency: Option<String>,
+    },
     /// Run database migrations.
     Migrate {
         #[command(subcommand)]
@@ -87,7 +101,7 @@ async fn main() {
 
 async fn run() -> Result<(), smartbot::error::Error> {
     let cli = Cli::parse();
-    let command = cli.command.unwrap_or(Command::Serve);
+    let command = cli.command.unwrap_or(Command::Serve { no_workers: false });
     if let Command::Schema = command {
         print!("{}", smartbot::graphql::sdl());
         return Ok(());
@@ -96,7 +110,29 @@ async fn run() -> Result<(), smartbot::error::Error> {
     init_tracing(config.log_format);
     match command {
         Command::Schema => unreachable!("handled above"),
-        Command::Serve => serve(config).await,
+        Command::Serve { no_workers } => {
+            let mut config = config;
+            if no_workers {
+                config.run_workers = false;
+            }
+            serve(config).await
+        }
+        Command::Worker {
+            queues,
+            concurrency,
+        } => {
+            let mut config = config;
+            if let Some(c) = concurrency {
+                config
+                    .queue_concurrency
+                    .extend(smartbot::config::parse_concurrency(&c)?);
+            }
+            let queues = queues
+                .iter()
+                .map(|q| q.parse())
+                .collect::<Result<Vec<smartbot::queue::QueueName>, _>>()?;
+            worker(config, queues).await
+        }
         Command::Migrate { action } => {
             let db = smartbot::db::connect(&config).await?;
             match action.unwrap_or(MigrateAction::Up) {
@@ -145,5 +181,28 @@ async fn serve(config: Config) -> Result<(), smartbot::error::Error> {
         );
         println!("{token}");
     }
-    smartbot::serve_on(listener, state, smartbot::shutdown_signal()).await
+    let workers = state
+        .config
+        .run_workers
+        .then(|| smartbot::start_workers(&state, vec![]));
+    let served = smartbot::serve_on(listener, state, smartbot::shutdown_signal()).await;
+    if let Some(w) = workers {
+        w.stop().await;
+    }
+    served
+}
+
+async fn worker(
+    config: Config,
+    queues: Vec<smartbot::queue::QueueName>,
+) -> Result<(), smartbot::error::Error> {
+    let smartbot::App { state, .. } = smartbot::build(config).await?;
+    tracing::info!(
+        backend = state.queue.backend().kind(),
+        "smartbot worker running"
+    );
+    let workers = smartbot::start_workers(&state, queues);
+    smartbot::shutdown_signal().await;
+    workers.stop().await;
+    Ok(())
 }

@@ -5,9 +5,11 @@
 pub mod audit_log;
 pub mod delivery_task;
 pub mod enums;
+pub mod job;
 pub mod media_file;
 pub mod message_template;
 pub mod product_media;
+pub mod queue_control;
 pub mod template_version;
 pub mod webhook;
 pub mod webhook_log;

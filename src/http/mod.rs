@@ -152,6 +152,7 @@ pub fn router(state: AppState) -> Router {
         .route("/explorer/assets/{name}", get(explorer::asset))
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))
+        .route("/metrics", get(health::metrics))
         .merge(rest::router())
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), rate_limit))

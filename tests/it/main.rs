@@ -6,6 +6,8 @@ mod explorer;
 mod limits;
 mod pagination;
 mod preview;
+mod queue;
+mod queue_api;
 mod rest;
 mod schema;
 mod templates;

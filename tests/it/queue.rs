@@ -11,12 +11,13 @@ use std::{
     time::Duration,
 };
 
-use fred::interfaces::{ClientLike, KeysInterface, SetsInterface};
+use fred::interfaces::{ClientInterface, ClientLike, KeysInterface, SetsInterface};
 use serde_json::{Value, json};
 use smartbot::{
     error::Error,
     queue::{
-        JobOptions, JobQueue, JobState, NewJob, Outcome, Priority, QueueBackend, QueueName, Retention,
+        JobOptions, JobQueue, JobState, NewJob, Outcome, Priority, QueueBackend, QueueName,
+        Retention,
         redis::RedisQueue,
         sql::SqlQueue,
         worker::{FnHandler, Handlers, JobError, WorkerConfig, Workers},
@@ -50,19 +51,34 @@ impl Backend {
                 let dir = tempfile::tempdir().unwrap();
                 let url = format!("sqlite://{}?mode=rwc", dir.path().join("q.db").display());
                 let queue = sql_queue(&url).await;
-                Self { queue, spec: format!("sql {url}"), _dir: Some(dir), _pg: None }
+                Self {
+                    queue,
+                    spec: format!("sql {url}"),
+                    _dir: Some(dir),
+                    _pg: None,
+                }
             }
             Kind::Postgres => {
                 let pg = PgDatabase::create().await;
                 let queue = sql_queue(&pg.url).await;
-                Self { queue, spec: format!("sql {}", pg.url), _dir: None, _pg: Some(pg) }
+                Self {
+                    queue,
+                    spec: format!("sql {}", pg.url),
+                    _dir: None,
+                    _pg: Some(pg),
+                }
             }
             Kind::Redis => {
                 let prefix = format!("test:{}:", uuid::Uuid::new_v4().simple());
                 let queue = RedisQueue::connect(&redis_url(), &prefix).await.unwrap_or_else(|e| {
                     panic!("Redis is required for this test but {} is unreachable: {e}. Run ./scripts/test.sh.", redis_url())
                 });
-                Self { queue: Arc::new(queue), spec: format!("redis {} {prefix}", redis_url()), _dir: None, _pg: None }
+                Self {
+                    queue: Arc::new(queue),
+                    spec: format!("redis {} {prefix}", redis_url()),
+                    _dir: None,
+                    _pg: None,
+                }
             }
         }
     }
@@ -110,9 +126,19 @@ const LEASE: Duration = Duration::from_secs(30);
 async fn lifecycle_and_idempotent_ids(kind: Kind) {
     let b = Backend::new(kind).await;
     let q = &b.queue;
-    let opts = JobOptions { job_id: Some("order-42".into()), ..Default::default() };
-    assert!(q.enqueue(Q, job(json!({"n": 1}), opts.clone())).await.unwrap());
-    assert!(!q.enqueue(Q, job(json!({"n": 2}), opts)).await.unwrap(), "same id twice is one job");
+    let opts = JobOptions {
+        job_id: Some("order-42".into()),
+        ..Default::default()
+    };
+    assert!(
+        q.enqueue(Q, job(json!({"n": 1}), opts.clone()))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !q.enqueue(Q, job(json!({"n": 2}), opts)).await.unwrap(),
+        "same id twice is one job"
+    );
     let c = q.counts(Q).await.unwrap();
     assert_eq!((c.waiting, c.active, c.completed), (1, 0, 0));
 
@@ -123,12 +149,35 @@ async fn lifecycle_and_idempotent_ids(kind: Kind) {
     assert_eq!(l.job.payload, json!({"n": 1}), "the first payload wins");
     assert_eq!(l.job.attempts_made, 1);
     assert_eq!(l.job.state, JobState::Active);
-    assert!(q.fetch(Q, 5, LEASE).await.unwrap().is_empty(), "a leased job is not handed out twice");
+    assert!(
+        q.fetch(Q, 5, LEASE).await.unwrap().is_empty(),
+        "a leased job is not handed out twice"
+    );
     assert_eq!(q.counts(Q).await.unwrap().active, 1);
 
-    assert!(!q.finish(Q, "order-42", "wrong-token", 1, Outcome::Completed(json!(1))).await.unwrap());
+    assert!(
+        !q.finish(
+            Q,
+            "order-42",
+            "wrong-token",
+            1,
+            Outcome::Completed(json!(1))
+        )
+        .await
+        .unwrap()
+    );
     assert!(q.extend(Q, "order-42", &l.token, LEASE).await.unwrap());
-    assert!(q.finish(Q, "order-42", &l.token, 1, Outcome::Completed(json!({"ok": true}))).await.unwrap());
+    assert!(
+        q.finish(
+            Q,
+            "order-42",
+            &l.token,
+            1,
+            Outcome::Completed(json!({"ok": true}))
+        )
+        .await
+        .unwrap()
+    );
     let info = q.get(Q, "order-42").await.unwrap().unwrap();
     assert_eq!(info.state, JobState::Completed);
     assert_eq!(info.result, Some(json!({"ok": true})));
@@ -137,47 +186,124 @@ async fn lifecycle_and_idempotent_ids(kind: Kind) {
     assert_eq!((c.waiting, c.active, c.completed), (0, 0, 1));
     assert!(q.get(Q, "nope").await.unwrap().is_none());
     // Same id after completion is still the same job (within retention).
-    assert!(!q.enqueue(Q, job(json!({}), JobOptions { job_id: Some("order-42".into()), ..Default::default() })).await.unwrap());
+    assert!(
+        !q.enqueue(
+            Q,
+            job(
+                json!({}),
+                JobOptions {
+                    job_id: Some("order-42".into()),
+                    ..Default::default()
+                }
+            )
+        )
+        .await
+        .unwrap()
+    );
 }
 
 async fn priority_and_delay(kind: Kind) {
     let b = Backend::new(kind).await;
     let q = &b.queue;
-    for (id, p) in [("low", Priority::Low), ("normal", Priority::Normal), ("high", Priority::High)] {
-        let opts = JobOptions { job_id: Some(id.into()), priority: Some(p), ..Default::default() };
+    for (id, p) in [
+        ("low", Priority::Low),
+        ("normal", Priority::Normal),
+        ("high", Priority::High),
+    ] {
+        let opts = JobOptions {
+            job_id: Some(id.into()),
+            priority: Some(p),
+            ..Default::default()
+        };
         q.enqueue(Q, job(json!({}), opts)).await.unwrap();
     }
-    let delayed = JobOptions { job_id: Some("later".into()), delay_ms: Some(600), ..Default::default() };
+    let delayed = JobOptions {
+        job_id: Some("later".into()),
+        delay_ms: Some(600),
+        ..Default::default()
+    };
     q.enqueue(Q, job(json!({}), delayed)).await.unwrap();
     assert_eq!(q.counts(Q).await.unwrap().delayed, 1);
-    assert_eq!(q.get(Q, "later").await.unwrap().unwrap().state, JobState::Delayed);
+    assert_eq!(
+        q.get(Q, "later").await.unwrap().unwrap().state,
+        JobState::Delayed
+    );
 
-    let ids: Vec<String> = q.fetch(Q, 10, LEASE).await.unwrap().into_iter().map(|l| l.job.id).collect();
+    let ids: Vec<String> = q
+        .fetch(Q, 10, LEASE)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| l.job.id)
+        .collect();
     assert_eq!(ids, vec!["high", "normal", "low"]);
     tokio::time::sleep(Duration::from_millis(700)).await;
-    let ids: Vec<String> = q.fetch(Q, 10, LEASE).await.unwrap().into_iter().map(|l| l.job.id).collect();
+    let ids: Vec<String> = q
+        .fetch(Q, 10, LEASE)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| l.job.id)
+        .collect();
     assert_eq!(ids, vec!["later"], "the delayed job runs once due");
 }
 
 async fn failures_backoff_and_retry(kind: Kind) {
     let b = Backend::new(kind).await;
     let q = &b.queue;
-    let opts = JobOptions { job_id: Some("poison".into()), attempts: Some(2), ..Default::default() };
+    let opts = JobOptions {
+        job_id: Some("poison".into()),
+        attempts: Some(2),
+        ..Default::default()
+    };
     q.enqueue(Q, job(json!({}), opts)).await.unwrap();
     let l = q.fetch(Q, 1, LEASE).await.unwrap().remove(0);
     let retry = Some(Duration::from_millis(200));
-    assert!(q.finish(Q, "poison", &l.token, 1, Outcome::Failed { error: "boom 1".into(), retry_in: retry }).await.unwrap());
+    assert!(
+        q.finish(
+            Q,
+            "poison",
+            &l.token,
+            1,
+            Outcome::Failed {
+                error: "boom 1".into(),
+                retry_in: retry
+            }
+        )
+        .await
+        .unwrap()
+    );
     let info = q.get(Q, "poison").await.unwrap().unwrap();
     assert_eq!(info.state, JobState::Delayed);
     assert_eq!(info.last_error.as_deref(), Some("boom 1"));
-    assert!(q.fetch(Q, 1, LEASE).await.unwrap().is_empty(), "backoff holds the job back");
+    assert!(
+        q.fetch(Q, 1, LEASE).await.unwrap().is_empty(),
+        "backoff holds the job back"
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     let l = q.fetch(Q, 1, LEASE).await.unwrap().remove(0);
     assert_eq!(l.job.attempts_made, 2);
-    assert!(q.finish(Q, "poison", &l.token, 2, Outcome::Failed { error: "boom 2".into(), retry_in: None }).await.unwrap());
+    assert!(
+        q.finish(
+            Q,
+            "poison",
+            &l.token,
+            2,
+            Outcome::Failed {
+                error: "boom 2".into(),
+                retry_in: None
+            }
+        )
+        .await
+        .unwrap()
+    );
     let info = q.get(Q, "poison").await.unwrap().unwrap();
     assert_eq!(info.state, JobState::Failed);
-    let errors: Vec<(u32, &str)> = info.errors.iter().map(|e| (e.attempt, e.error.as_str())).collect();
+    let errors: Vec<(u32, &str)> = info
+        .errors
+        .iter()
+        .map(|e| (e.attempt, e.error.as_str()))
+        .collect();
     assert_eq!(errors, vec![(1, "boom 1"), (2, "boom 2")]);
     let failed = q.list_failed(Q, 0, 10).await.unwrap();
     assert_eq!(failed.len(), 1);
@@ -186,60 +312,142 @@ async fn failures_backoff_and_retry(kind: Kind) {
     // retryJob brings it back with fresh attempts; the history stays.
     q.retry(Q, "poison").await.unwrap();
     let info = q.get(Q, "poison").await.unwrap().unwrap();
-    assert_eq!((info.state, info.attempts_made, info.errors.len()), (JobState::Waiting, 0, 2));
-    assert!(matches!(q.retry(Q, "poison").await, Err(Error::Conflict(_))));
-    assert!(matches!(q.retry(Q, "missing").await, Err(Error::NotFound(_))));
+    assert_eq!(
+        (info.state, info.attempts_made, info.errors.len()),
+        (JobState::Waiting, 0, 2)
+    );
+    assert!(matches!(
+        q.retry(Q, "poison").await,
+        Err(Error::Conflict(_))
+    ));
+    assert!(matches!(
+        q.retry(Q, "missing").await,
+        Err(Error::NotFound(_))
+    ));
 }
 
 async fn stalled_leases_are_reclaimed_and_fenced(kind: Kind) {
     let b = Backend::new(kind).await;
     let q = &b.queue;
-    q.enqueue(Q, job(json!({}), JobOptions { job_id: Some("s".into()), ..Default::default() })).await.unwrap();
-    let old = q.fetch(Q, 1, Duration::from_millis(200)).await.unwrap().remove(0);
-    assert_eq!(q.recover_stalled(Q).await.unwrap(), 0, "a live lease is left alone");
+    q.enqueue(
+        Q,
+        job(
+            json!({}),
+            JobOptions {
+                job_id: Some("s".into()),
+                ..Default::default()
+            },
+        ),
+    )
+    .await
+    .unwrap();
+    let old = q
+        .fetch(Q, 1, Duration::from_millis(200))
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(
+        q.recover_stalled(Q).await.unwrap(),
+        0,
+        "a live lease is left alone"
+    );
     tokio::time::sleep(Duration::from_millis(350)).await;
     assert_eq!(q.recover_stalled(Q).await.unwrap(), 1);
     let info = q.get(Q, "s").await.unwrap().unwrap();
     assert_eq!(info.state, JobState::Waiting);
-    assert!(info.errors[0].error.contains("stalled"), "{:?}", info.errors);
+    assert!(
+        info.errors[0].error.contains("stalled"),
+        "{:?}",
+        info.errors
+    );
     let new = q.fetch(Q, 1, LEASE).await.unwrap().remove(0);
-    assert_eq!(new.job.attempts_made, 2, "the lost run counts as an attempt");
-    assert!(!q.finish(Q, "s", &old.token, 1, Outcome::Completed(json!(null))).await.unwrap(), "the old worker is fenced off");
+    assert_eq!(
+        new.job.attempts_made, 2,
+        "the lost run counts as an attempt"
+    );
+    assert!(
+        !q.finish(Q, "s", &old.token, 1, Outcome::Completed(json!(null)))
+            .await
+            .unwrap(),
+        "the old worker is fenced off"
+    );
     assert!(!q.extend(Q, "s", &old.token, LEASE).await.unwrap());
-    assert!(q.finish(Q, "s", &new.token, 2, Outcome::Completed(json!(null))).await.unwrap());
+    assert!(
+        q.finish(Q, "s", &new.token, 2, Outcome::Completed(json!(null)))
+            .await
+            .unwrap()
+    );
 
     // Out of attempts: a stalled job ends in failed.
-    q.enqueue(Q, job(json!({}), JobOptions { job_id: Some("once".into()), attempts: Some(1), ..Default::default() }))
-        .await
-        .unwrap();
+    q.enqueue(
+        Q,
+        job(
+            json!({}),
+            JobOptions {
+                job_id: Some("once".into()),
+                attempts: Some(1),
+                ..Default::default()
+            },
+        ),
+    )
+    .await
+    .unwrap();
     q.fetch(Q, 1, Duration::from_millis(100)).await.unwrap();
     tokio::time::sleep(Duration::from_millis(250)).await;
     q.recover_stalled(Q).await.unwrap();
-    assert_eq!(q.get(Q, "once").await.unwrap().unwrap().state, JobState::Failed);
+    assert_eq!(
+        q.get(Q, "once").await.unwrap().unwrap().state,
+        JobState::Failed
+    );
 }
 
 async fn pause_remove_and_retention(kind: Kind) {
     let b = Backend::new(kind).await;
     let q = &b.queue;
     for i in 0..5 {
-        q.enqueue(Q, job(json!({}), JobOptions { job_id: Some(format!("j{i}")), ..Default::default() })).await.unwrap();
+        q.enqueue(
+            Q,
+            job(
+                json!({}),
+                JobOptions {
+                    job_id: Some(format!("j{i}")),
+                    ..Default::default()
+                },
+            ),
+        )
+        .await
+        .unwrap();
     }
     q.set_paused(Q, true).await.unwrap();
     assert!(q.counts(Q).await.unwrap().paused);
-    assert!(q.fetch(Q, 5, LEASE).await.unwrap().is_empty(), "a paused queue hands out nothing");
+    assert!(
+        q.fetch(Q, 5, LEASE).await.unwrap().is_empty(),
+        "a paused queue hands out nothing"
+    );
     q.set_paused(Q, false).await.unwrap();
     assert!(q.remove(Q, "j4").await.unwrap());
     assert!(!q.remove(Q, "j4").await.unwrap());
     let leased = q.fetch(Q, 5, LEASE).await.unwrap();
     assert_eq!(leased.len(), 4);
-    assert!(matches!(q.remove(Q, "j0").await, Err(Error::Conflict(_))), "an active job cannot be removed");
+    assert!(
+        matches!(q.remove(Q, "j0").await, Err(Error::Conflict(_))),
+        "an active job cannot be removed"
+    );
     for l in &leased {
-        q.finish(Q, &l.job.id, &l.token, 1, Outcome::Completed(json!(null))).await.unwrap();
+        q.finish(Q, &l.job.id, &l.token, 1, Outcome::Completed(json!(null)))
+            .await
+            .unwrap();
     }
-    let keep_two = Retention { completed_count: 2, ..Default::default() };
+    let keep_two = Retention {
+        completed_count: 2,
+        ..Default::default()
+    };
     assert_eq!(q.clean(Q, keep_two).await.unwrap(), 2);
     assert_eq!(q.counts(Q).await.unwrap().completed, 2);
-    let by_age = Retention { completed_age: Duration::ZERO, ..Default::default() };
+    let by_age = Retention {
+        completed_age: Duration::ZERO,
+        ..Default::default()
+    };
     tokio::time::sleep(Duration::from_millis(5)).await;
     assert_eq!(q.clean(Q, by_age).await.unwrap(), 2);
     assert_eq!(q.counts(Q).await.unwrap().completed, 0);
@@ -251,22 +459,49 @@ async fn bad_input_enqueues_nothing(kind: Kind) {
     let err = "bogus".parse::<QueueName>().unwrap_err();
     assert_eq!((err.code(), err.field()), ("VALIDATION", Some("queue")));
     let err = jq
-        .enqueue(Q, "x", &json!({}), &JobOptions { attempts: Some(0), ..Default::default() })
+        .enqueue(
+            Q,
+            "x",
+            &json!({}),
+            &JobOptions {
+                attempts: Some(0),
+                ..Default::default()
+            },
+        )
         .await
         .unwrap_err();
     assert_eq!(err.field(), Some("attempts"));
     let err = jq
-        .enqueue(Q, "x", &json!({}), &JobOptions { delay_ms: Some(1), run_at: Some(chrono::Utc::now()), ..Default::default() })
+        .enqueue(
+            Q,
+            "x",
+            &json!({}),
+            &JobOptions {
+                delay_ms: Some(1),
+                run_at: Some(chrono::Utc::now()),
+                ..Default::default()
+            },
+        )
         .await
         .unwrap_err();
     assert_eq!(err.field(), Some("delayMs"));
     let big = json!({ "blob": "x".repeat(smartbot::queue::MAX_PAYLOAD_BYTES + 1) });
-    let err = jq.enqueue(Q, "x", &big, &JobOptions::default()).await.unwrap_err();
+    let err = jq
+        .enqueue(Q, "x", &big, &JobOptions::default())
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), "PAYLOAD_TOO_LARGE");
-    let err = jq.queue_message_sending("  ", json!({}), &JobOptions::default()).await.unwrap_err();
+    let err = jq
+        .queue_message_sending("  ", json!({}), &JobOptions::default())
+        .await
+        .unwrap_err();
     assert_eq!(err.field(), Some("to"));
     let c = b.queue.counts(Q).await.unwrap();
-    assert_eq!((c.waiting, c.delayed, c.active), (0, 0, 0), "nothing was enqueued");
+    assert_eq!(
+        (c.waiting, c.delayed, c.active),
+        (0, 0, 0),
+        "nothing was enqueued"
+    );
 }
 
 fn fast_workers(queues: Vec<QueueName>) -> WorkerConfig {
@@ -316,19 +551,29 @@ async fn workers_run_panics_and_timeouts(kind: Kind) {
         }),
     );
     let workers = Workers::start(b.queue.clone(), &handlers, fast_workers(vec![Q]));
+    // Generous timeouts except for the job that must time out: printing a panic's backtrace
+    // alone can take longer than 300 ms in a debug build on a busy machine.
     let fast = |id: &str, attempts: u32| JobOptions {
         job_id: Some(id.into()),
         attempts: Some(attempts),
         backoff_ms: Some(20),
-        timeout_ms: Some(300),
+        timeout_ms: Some(if id == "slow" { 300 } else { 10_000 }),
         ..Default::default()
     };
     for i in 0..20 {
-        jq.enqueue(Q, "ok", &json!({ "i": i }), &fast(&format!("ok{i}"), 3)).await.unwrap();
+        jq.enqueue(Q, "ok", &json!({ "i": i }), &fast(&format!("ok{i}"), 3))
+            .await
+            .unwrap();
     }
-    jq.enqueue(Q, "p", &json!({ "mode": "panic" }), &fast("panic", 2)).await.unwrap();
-    jq.enqueue(Q, "s", &json!({ "mode": "slow" }), &fast("slow", 1)).await.unwrap();
-    jq.enqueue(Q, "x", &json!({ "mode": "permanent" }), &fast("perm", 5)).await.unwrap();
+    jq.enqueue(Q, "p", &json!({ "mode": "panic" }), &fast("panic", 2))
+        .await
+        .unwrap();
+    jq.enqueue(Q, "s", &json!({ "mode": "slow" }), &fast("slow", 1))
+        .await
+        .unwrap();
+    jq.enqueue(Q, "x", &json!({ "mode": "permanent" }), &fast("perm", 5))
+        .await
+        .unwrap();
 
     let q = b.queue.clone();
     wait_until("all jobs to settle", Duration::from_secs(20), || {
@@ -340,13 +585,35 @@ async fn workers_run_panics_and_timeouts(kind: Kind) {
     })
     .await;
     let panic = jq.job_status(Q, "panic").await.unwrap();
-    assert_eq!(panic.attempts_made, 2, "a panic is a failed attempt, then backoff and retry");
-    assert!(panic.errors.iter().all(|e| e.error.contains("panicked: kaboom")), "{:?}", panic.errors);
+    assert_eq!(
+        panic.attempts_made, 2,
+        "a panic is a failed attempt, then backoff and retry"
+    );
+    assert!(
+        panic
+            .errors
+            .iter()
+            .all(|e| e.error.contains("panicked: kaboom")),
+        "{:?}",
+        panic.errors
+    );
     let slow = jq.job_status(Q, "slow").await.unwrap();
-    assert!(slow.last_error.as_deref().unwrap().contains("timed out after 300 ms"), "{slow:?}");
+    assert!(
+        slow.last_error
+            .as_deref()
+            .unwrap()
+            .contains("timed out after 300 ms"),
+        "{slow:?}"
+    );
     let perm = jq.job_status(Q, "perm").await.unwrap();
-    assert_eq!(perm.attempts_made, 1, "a permanent error skips the remaining attempts");
-    assert_eq!(jq.job_status(Q, "ok7").await.unwrap().result, Some(json!({ "echo": { "i": 7 } })));
+    assert_eq!(
+        perm.attempts_made, 1,
+        "a permanent error skips the remaining attempts"
+    );
+    assert_eq!(
+        jq.job_status(Q, "ok7").await.unwrap().result,
+        Some(json!({ "echo": { "i": 7 } }))
+    );
     workers.stop().await;
 }
 
@@ -361,7 +628,17 @@ async fn graceful_shutdown_finishes_running_jobs(kind: Kind) {
         }),
     );
     let workers = Workers::start(b.queue.clone(), &handlers, fast_workers(vec![Q]));
-    jq.enqueue(Q, "x", &json!({}), &JobOptions { job_id: Some("g".into()), ..Default::default() }).await.unwrap();
+    jq.enqueue(
+        Q,
+        "x",
+        &json!({}),
+        &JobOptions {
+            job_id: Some("g".into()),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
     let q = b.queue.clone();
     wait_until("the job to start", Duration::from_secs(5), || {
         let q = q.clone();
@@ -369,7 +646,10 @@ async fn graceful_shutdown_finishes_running_jobs(kind: Kind) {
     })
     .await;
     workers.stop().await;
-    assert_eq!(jq.job_status(Q, "g").await.unwrap().state, JobState::Completed);
+    assert_eq!(
+        jq.job_status(Q, "g").await.unwrap().state,
+        JobState::Completed
+    );
 }
 
 all_backends!(
@@ -391,7 +671,13 @@ const CHILD_ENV: &str = "SMARTBOT_TEST_CHILD_WORKER";
 /// Starts this test binary again as a worker process (see `child_worker_entry`).
 fn spawn_child(spec: &str, mode: &str) -> Child {
     Command::new(std::env::current_exe().unwrap())
-        .args(["queue::child_worker_entry", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
+        .args([
+            "queue::child_worker_entry",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(CHILD_ENV, format!("{mode}|{spec}"))
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
@@ -403,7 +689,9 @@ fn spawn_child(spec: &str, mode: &str) -> Child {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "runs only as a child process of the queue tests"]
 async fn child_worker_entry() {
-    let Ok(arg) = std::env::var(CHILD_ENV) else { return };
+    let Ok(arg) = std::env::var(CHILD_ENV) else {
+        return;
+    };
     let (mode, spec) = arg.split_once('|').unwrap();
     let backend = backend_from_spec(spec).await;
     let mode = mode.to_owned();
@@ -433,7 +721,10 @@ async fn child_worker_entry() {
 /// (Redis backend) or a table in the same database (SQL backends).
 #[derive(Clone)]
 enum EffectSink {
-    Redis { client: fred::clients::Client, prefix: String },
+    Redis {
+        client: fred::clients::Client,
+        prefix: String,
+    },
     Sql(sea_orm::DatabaseConnection),
 }
 
@@ -442,16 +733,25 @@ impl EffectSink {
         let parts: Vec<&str> = spec.split(' ').collect();
         match parts.as_slice() {
             ["redis", url, prefix] => {
-                let client = fred::prelude::Builder::from_config(fred::prelude::Config::from_url(url).unwrap()).build().unwrap();
+                let client = fred::prelude::Builder::from_config(
+                    fred::prelude::Config::from_url(url).unwrap(),
+                )
+                .build()
+                .unwrap();
                 client.init().await.unwrap();
-                Self::Redis { client, prefix: prefix.to_string() }
+                Self::Redis {
+                    client,
+                    prefix: prefix.to_string(),
+                }
             }
             ["sql", url] => {
                 use sea_orm::ConnectionTrait;
                 let db = sea_orm::Database::connect(*url).await.unwrap();
-                db.execute_unprepared("CREATE TABLE IF NOT EXISTS test_effects (job_id VARCHAR(128) NOT NULL)")
-                    .await
-                    .unwrap();
+                db.execute_unprepared(
+                    "CREATE TABLE IF NOT EXISTS test_effects (job_id VARCHAR(128) NOT NULL)",
+                )
+                .await
+                .unwrap();
                 Self::Sql(db)
             }
             _ => panic!("bad spec"),
@@ -498,14 +798,20 @@ impl EffectSink {
                     .await
                     .unwrap()
                     .unwrap();
-                (row.try_get::<i64>("", "n").unwrap() as u64, row.try_get::<i64>("", "d").unwrap() as u64)
+                (
+                    row.try_get::<i64>("", "n").unwrap() as u64,
+                    row.try_get::<i64>("", "d").unwrap() as u64,
+                )
             }
         }
     }
 
     async fn contains(&self, id: &str) -> bool {
         match self {
-            Self::Redis { client, prefix } => client.sismember(format!("{prefix}effects"), id).await.unwrap(),
+            Self::Redis { client, prefix } => client
+                .sismember(format!("{prefix}effects"), id)
+                .await
+                .unwrap(),
             Self::Sql(db) => {
                 use sea_orm::ConnectionTrait;
                 let sql = if db.get_database_backend() == sea_orm::DbBackend::Postgres {
@@ -514,7 +820,11 @@ impl EffectSink {
                     "SELECT COUNT(*) AS n FROM test_effects WHERE job_id = ?"
                 };
                 let row = db
-                    .query_one_raw(sea_orm::Statement::from_sql_and_values(db.get_database_backend(), sql, [id.into()]))
+                    .query_one_raw(sea_orm::Statement::from_sql_and_values(
+                        db.get_database_backend(),
+                        sql,
+                        [id.into()],
+                    ))
                     .await
                     .unwrap()
                     .unwrap();
@@ -539,19 +849,34 @@ async fn sigkill_mid_job_is_reclaimed(kind: Kind) {
     let b = Backend::new(kind).await;
     let effects = EffectSink::connect(&b.spec).await;
     let jq = JobQueue::new(b.queue.clone());
-    jq.enqueue(Q, "x", &json!({}), &JobOptions { job_id: Some("victim".into()), ..Default::default() })
-        .await
-        .unwrap();
+    jq.enqueue(
+        Q,
+        "x",
+        &json!({}),
+        &JobOptions {
+            job_id: Some("victim".into()),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
     let mut children = KillOnDrop(vec![spawn_child(&b.spec, "hang")]);
-    wait_until("the child to start the job", Duration::from_secs(30), || {
-        let e = effects.clone();
-        async move { e.contains("started:victim").await }
-    })
+    wait_until(
+        "the child to start the job",
+        Duration::from_secs(30),
+        || {
+            let e = effects.clone();
+            async move { e.contains("started:victim").await }
+        },
+    )
     .await;
     // SIGKILL: no chance to clean up.
     children.0[0].kill().unwrap();
     children.0[0].wait().unwrap();
-    assert_eq!(jq.job_status(Q, "victim").await.unwrap().state, JobState::Active);
+    assert_eq!(
+        jq.job_status(Q, "victim").await.unwrap().state,
+        JobState::Active
+    );
 
     // A healthy worker in this process reclaims the job after its lease and completes it.
     let done = Arc::new(AtomicUsize::new(0));
@@ -568,10 +893,14 @@ async fn sigkill_mid_job_is_reclaimed(kind: Kind) {
     );
     let workers = Workers::start(b.queue.clone(), &handlers, fast_workers(vec![Q]));
     let q = b.queue.clone();
-    wait_until("the reclaimed job to complete", Duration::from_secs(15), || {
-        let q = q.clone();
-        async move { q.get(Q, "victim").await.unwrap().unwrap().state == JobState::Completed }
-    })
+    wait_until(
+        "the reclaimed job to complete",
+        Duration::from_secs(15),
+        || {
+            let q = q.clone();
+            async move { q.get(Q, "victim").await.unwrap().unwrap().state == JobState::Completed }
+        },
+    )
     .await;
     workers.stop().await;
     let info = jq.job_status(Q, "victim").await.unwrap();
@@ -585,7 +914,12 @@ async fn ten_thousand_jobs_over_three_processes(kind: Kind) {
     let b = Backend::new(kind).await;
     let effects = EffectSink::connect(&b.spec).await;
     let jq = JobQueue::new(b.queue.clone());
-    let opts: Vec<JobOptions> = (0..N).map(|i| JobOptions { job_id: Some(format!("j{i}")), ..Default::default() }).collect();
+    let opts: Vec<JobOptions> = (0..N)
+        .map(|i| JobOptions {
+            job_id: Some(format!("j{i}")),
+            ..Default::default()
+        })
+        .collect();
     // Enqueue concurrently in chunks.
     let mut tasks = tokio::task::JoinSet::new();
     for chunk in opts.chunks(500) {
@@ -638,12 +972,26 @@ mod processes {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_connection_drop_is_survived() {
     let prefix = format!("test:{}:", uuid::Uuid::new_v4().simple());
-    let backend = Arc::new(RedisQueue::connect(&redis_url(), &prefix).await.expect("redis"));
+    let backend = Arc::new(
+        RedisQueue::connect(&redis_url(), &prefix)
+            .await
+            .expect("redis"),
+    );
     let names = backend.client_names();
     let jq = JobQueue::new(backend.clone());
     let handlers = Handlers::new().register(Q, FnHandler(|_job| async { Ok(json!(null)) }));
     let workers = Workers::start(backend.clone(), &handlers, fast_workers(vec![Q]));
-    jq.enqueue(Q, "x", &json!({}), &JobOptions { job_id: Some("before".into()), ..Default::default() }).await.unwrap();
+    jq.enqueue(
+        Q,
+        "x",
+        &json!({}),
+        &JobOptions {
+            job_id: Some("before".into()),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
     let q: Arc<dyn QueueBackend> = backend.clone();
     wait_until("the first job", Duration::from_secs(10), || {
         let q = q.clone();
@@ -651,38 +999,70 @@ async fn redis_connection_drop_is_survived() {
     })
     .await;
 
-    let admin = fred::prelude::Builder::from_config(fred::prelude::Config::from_url(&redis_url()).unwrap()).build().unwrap();
+    let admin =
+        fred::prelude::Builder::from_config(fred::prelude::Config::from_url(&redis_url()).unwrap())
+            .build()
+            .unwrap();
     admin.init().await.unwrap();
     let mut killed = 0;
-    let list: String = admin.client_list(None, None).await.unwrap();
+    let list: String = admin.client_list::<String, ()>(None, None).await.unwrap();
     let by_name: HashMap<String, String> = list
         .lines()
         .filter_map(|line| {
-            let fields: HashMap<&str, &str> = line.split(' ').filter_map(|kv| kv.split_once('=')).collect();
-            Some((fields.get("name")?.to_string(), fields.get("id")?.to_string()))
+            let fields: HashMap<&str, &str> = line
+                .split(' ')
+                .filter_map(|kv| kv.split_once('='))
+                .collect();
+            Some((
+                fields.get("name")?.to_string(),
+                fields.get("id")?.to_string(),
+            ))
         })
         .collect();
     for name in &names {
         if let Some(id) = by_name.get(name) {
             let _: Value = admin
-                .custom(fred::types::CustomCommand::new_static("CLIENT", None, false), vec!["KILL", "ID", id.as_str()])
+                .custom(
+                    fred::types::CustomCommand::new_static("CLIENT", None, false),
+                    vec!["KILL", "ID", id.as_str()],
+                )
                 .await
                 .map(|v: fred::types::Value| json!(format!("{v:?}")))
                 .unwrap_or(json!(null));
             killed += 1;
         }
     }
-    assert!(killed >= 2, "expected to find and kill the backend's connections, found {killed} of {names:?}");
+    assert!(
+        killed >= 2,
+        "expected to find and kill the backend's connections, found {killed} of {names:?}"
+    );
 
     for i in 0..20 {
-        jq.enqueue(Q, "x", &json!({}), &JobOptions { job_id: Some(format!("after{i}")), ..Default::default() })
-            .await
-            .unwrap();
+        jq.enqueue(
+            Q,
+            "x",
+            &json!({}),
+            &JobOptions {
+                job_id: Some(format!("after{i}")),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
     }
-    wait_until("jobs after the connection drop", Duration::from_secs(20), || {
-        let q = q.clone();
-        async move { q.counts(Q).await.map(|c| c.completed == 21).unwrap_or(false) }
-    })
+    wait_until(
+        "jobs after the connection drop",
+        Duration::from_secs(20),
+        || {
+            let q = q.clone();
+            async move {
+                q.counts(Q)
+                    .await
+                    .map(|c| c.completed == 21)
+                    .unwrap_or(false)
+            }
+        },
+    )
     .await;
     workers.stop().await;
     let _: () = admin.quit().await.unwrap();

@@ -1,0 +1,716 @@
+//! The Redis queue backend (fred).
+//!
+//! ## Design, and why not Streams
+//!
+//! The issue suggests one Stream per queue read by a consumer group. Streams deliver in arrival
+//! order only, while jobs here have priorities, delays, caller-chosen ids and per-job leases, so
+//! a Stream would need a sorted set beside it anyway and two structures to keep consistent. This
+//! backend keeps the same safety properties with plain sorted sets, each change in one Lua script:
+//!
+//! * `job:<id>` — a hash with the job's fields (payload, state, attempts, lease token, errors …).
+//! * `wait` — ready jobs, scored `priority·10¹³ + sequence`: ZPOPMIN takes the highest priority,
+//!   first in first out.
+//! * `delayed` — jobs and backoffs scored by run time; promoted atomically by the fetch script.
+//! * `active` — leased jobs scored by lease deadline. Workers extend the lease while a job runs;
+//!   the recover script moves expired leases back to `wait` (the XAUTOCLAIM of this design).
+//! * `completed` / `failed` — scored by finish time, trimmed by count and age.
+//! * `notify` — a list that enqueue pushes to; idle workers BLPOP it on their own connection, so
+//!   an idle queue picks a job up within a round trip instead of a poll interval.
+//! * `paused` — a flag the fetch script honours.
+//!
+//! Every key of a queue shares the hash tag `{q:<queue>}`, so the scripts touch one slot and a
+//! cluster would work. Scripts run by EVALSHA and are reloaded on NOSCRIPT (after a Redis restart).
+//! All times come from Redis `TIME`, so workers on different machines agree. Every lease has a
+//! fresh token that complete/fail/extend check, so a worker that lost its lease changes nothing.
+
+use std::{collections::HashMap, time::Duration};
+
+use async_trait::async_trait;
+use fred::{
+    clients::{Client, Pool},
+    interfaces::{ClientLike, KeysInterface, ListInterface, LuaInterface, SortedSetsInterface},
+    prelude::{Builder, Config as RedisConfig, ReconnectPolicy},
+    types::Value as RedisValue,
+};
+
+use super::{
+    AttemptError, JobInfo, JobState, Leased, NewJob, Outcome, Priority, QueueBackend, QueueName,
+    Retention, StateCounts,
+};
+use crate::error::{Error, Result};
+
+const LUA_NOW: &str = r#"
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+"#;
+
+const ENQUEUE: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local now = now_ms()
+local delay = tonumber(ARGV[8])
+local run_at = now + delay
+local state = 'waiting'
+if delay > 0 then state = 'delayed' end
+redis.call('HSET', KEYS[1], 'id', ARGV[1], 'name', ARGV[2], 'payload', ARGV[3], 'state', state,
+  'prio', ARGV[4], 'attempts', 0, 'max', ARGV[5], 'backoff', ARGV[6], 'timeout', ARGV[7],
+  'created', now, 'run_at', run_at, 'errors', '[]')
+if delay > 0 then
+  redis.call('ZADD', KEYS[3], run_at, ARGV[1])
+else
+  local seq = redis.call('INCR', KEYS[5])
+  redis.call('ZADD', KEYS[2], tonumber(ARGV[4]) * 1e13 + seq, ARGV[1])
+  redis.call('LPUSH', KEYS[4], 1)
+  redis.call('LTRIM', KEYS[4], 0, 999)
+end
+return 1
+"#;
+
+const FETCH: &str = r#"
+if redis.call('EXISTS', KEYS[4]) == 1 then return {} end
+local now = now_ms()
+local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 1000)
+for _, id in ipairs(due) do
+  redis.call('ZREM', KEYS[2], id)
+  local jk = ARGV[1] .. id
+  local prio = tonumber(redis.call('HGET', jk, 'prio') or 1)
+  local seq = redis.call('INCR', KEYS[5])
+  redis.call('ZADD', KEYS[1], prio * 1e13 + seq, id)
+  redis.call('HSET', jk, 'state', 'waiting')
+end
+local popped = redis.call('ZPOPMIN', KEYS[1], tonumber(ARGV[2]))
+local out = {}
+local lease_until = now + tonumber(ARGV[3])
+for i = 1, #popped, 2 do
+  local id = popped[i]
+  local jk = ARGV[1] .. id
+  if redis.call('EXISTS', jk) == 1 then
+    redis.call('HINCRBY', jk, 'attempts', 1)
+    redis.call('HSET', jk, 'state', 'active', 'token', ARGV[4], 'lease', lease_until, 'started', now)
+    redis.call('ZADD', KEYS[3], lease_until, id)
+    out[#out + 1] = redis.call('HGETALL', jk)
+  end
+end
+return out
+"#;
+
+const EXTEND: &str = r#"
+if redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] or redis.call('HGET', KEYS[1], 'state') ~= 'active' then return 0 end
+local lease = now_ms() + tonumber(ARGV[2])
+redis.call('HSET', KEYS[1], 'lease', lease)
+redis.call('ZADD', KEYS[2], 'XX', lease, ARGV[3])
+return 1
+"#;
+
+const COMPLETE: &str = r#"
+if redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] or redis.call('HGET', KEYS[1], 'state') ~= 'active' then return 0 end
+local now = now_ms()
+redis.call('ZREM', KEYS[2], ARGV[3])
+redis.call('HSET', KEYS[1], 'state', 'completed', 'result', ARGV[2], 'finished', now)
+redis.call('HDEL', KEYS[1], 'token', 'lease')
+redis.call('ZADD', KEYS[3], now, ARGV[3])
+return 1
+"#;
+
+const FAIL: &str = r#"
+if redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] or redis.call('HGET', KEYS[1], 'state') ~= 'active' then return 0 end
+local now = now_ms()
+local errs = cjson.decode(redis.call('HGET', KEYS[1], 'errors') or '[]')
+if type(errs) ~= 'table' then errs = {} end
+table.insert(errs, {attempt = tonumber(ARGV[3]), error = ARGV[2], at = now})
+if #errs > 50 then table.remove(errs, 11) end
+redis.call('ZREM', KEYS[2], ARGV[5])
+redis.call('HDEL', KEYS[1], 'token', 'lease')
+local retry = tonumber(ARGV[4])
+if retry >= 0 then
+  redis.call('HSET', KEYS[1], 'state', 'delayed', 'run_at', now + retry, 'errors', cjson.encode(errs), 'last_error', ARGV[2])
+  redis.call('ZADD', KEYS[3], now + retry, ARGV[5])
+else
+  redis.call('HSET', KEYS[1], 'state', 'failed', 'finished', now, 'errors', cjson.encode(errs), 'last_error', ARGV[2])
+  redis.call('ZADD', KEYS[4], now, ARGV[5])
+end
+return 1
+"#;
+
+const RECOVER: &str = r#"
+local now = now_ms()
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, 500)
+local n = 0
+local msg = 'stalled: the worker stopped renewing its lease (crashed or hung)'
+for _, id in ipairs(ids) do
+  local jk = ARGV[1] .. id
+  redis.call('ZREM', KEYS[1], id)
+  if redis.call('EXISTS', jk) == 1 then
+    local attempts = tonumber(redis.call('HGET', jk, 'attempts') or 0)
+    local max = tonumber(redis.call('HGET', jk, 'max') or 1)
+    local errs = cjson.decode(redis.call('HGET', jk, 'errors') or '[]')
+    if type(errs) ~= 'table' then errs = {} end
+    table.insert(errs, {attempt = attempts, error = msg, at = now})
+    redis.call('HDEL', jk, 'token', 'lease')
+    if attempts >= max then
+      redis.call('HSET', jk, 'state', 'failed', 'finished', now, 'errors', cjson.encode(errs), 'last_error', msg)
+      redis.call('ZADD', KEYS[3], now, id)
+    else
+      local prio = tonumber(redis.call('HGET', jk, 'prio') or 1)
+      local seq = redis.call('INCR', KEYS[4])
+      redis.call('HSET', jk, 'state', 'waiting', 'run_at', now, 'errors', cjson.encode(errs), 'last_error', msg)
+      redis.call('ZADD', KEYS[2], prio * 1e13 + seq, id)
+      redis.call('LPUSH', KEYS[5], 1)
+    end
+    n = n + 1
+  end
+end
+return n
+"#;
+
+const RETRY: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+if redis.call('HGET', KEYS[1], 'state') ~= 'failed' then return 0 end
+redis.call('ZREM', KEYS[2], ARGV[1])
+local prio = tonumber(redis.call('HGET', KEYS[1], 'prio') or 1)
+local seq = redis.call('INCR', KEYS[4])
+redis.call('HSET', KEYS[1], 'state', 'waiting', 'attempts', 0, 'run_at', now_ms())
+redis.call('HDEL', KEYS[1], 'finished')
+redis.call('ZADD', KEYS[3], prio * 1e13 + seq, ARGV[1])
+redis.call('LPUSH', KEYS[5], 1)
+return 1
+"#;
+
+const REMOVE: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if redis.call('HGET', KEYS[1], 'state') == 'active' then return -1 end
+redis.call('DEL', KEYS[1])
+for i = 2, 6 do redis.call('ZREM', KEYS[i], ARGV[1]) end
+return 1
+"#;
+
+const CLEAN: &str = r#"
+local now = now_ms()
+local removed = 0
+local function trim(key, keep, age)
+  local old = redis.call('ZRANGEBYSCORE', key, '-inf', now - age, 'LIMIT', 0, 1000)
+  for _, id in ipairs(old) do
+    redis.call('DEL', ARGV[1] .. id)
+    redis.call('ZREM', key, id)
+    removed = removed + 1
+  end
+  local extra = redis.call('ZCARD', key) - keep
+  if extra > 0 then
+    local ids = redis.call('ZRANGE', key, 0, math.min(extra, 1000) - 1)
+    for _, id in ipairs(ids) do
+      redis.call('DEL', ARGV[1] .. id)
+      redis.call('ZREM', key, id)
+      removed = removed + 1
+    end
+  end
+end
+trim(KEYS[1], tonumber(ARGV[2]), tonumber(ARGV[3]))
+trim(KEYS[2], tonumber(ARGV[4]), tonumber(ARGV[5]))
+return removed
+"#;
+
+/// A Lua script with its SHA1, run by EVALSHA and loaded again on NOSCRIPT.
+struct Script {
+    body: String,
+    sha: String,
+}
+
+impl Script {
+    fn new(body: &str) -> Self {
+        use sha1::Digest;
+        let body = format!("{LUA_NOW}{body}");
+        let sha = hex::encode(sha1::Sha1::digest(body.as_bytes()));
+        Self { body, sha }
+    }
+
+    async fn run<R: fred::types::FromValue>(
+        &self,
+        client: &Client,
+        keys: Vec<String>,
+        args: Vec<RedisValue>,
+    ) -> Result<R> {
+        match client
+            .evalsha::<R, _, _, _>(self.sha.as_str(), keys.clone(), args.clone())
+            .await
+        {
+            Err(e) if e.details().starts_with("NOSCRIPT") => {
+                let _: String = client
+                    .script_load(self.body.as_str())
+                    .await
+                    .map_err(redis_err)?;
+                client
+                    .evalsha(self.sha.as_str(), keys, args)
+                    .await
+                    .map_err(redis_err)
+            }
+            other => other.map_err(redis_err),
+        }
+    }
+}
+
+fn redis_err(e: fred::error::Error) -> Error {
+    Error::Internal(format!("redis: {e}"))
+}
+
+struct Scripts {
+    enqueue: Script,
+    fetch: Script,
+    extend: Script,
+    complete: Script,
+    fail: Script,
+    recover: Script,
+    retry: Script,
+    remove: Script,
+    clean: Script,
+}
+
+pub struct RedisQueue {
+    pool: Pool,
+    /// One connection per queue for its blocking wait, so a BLPOP never holds up commands.
+    blocking: HashMap<QueueName, Client>,
+    prefix: String,
+    scripts: Scripts,
+}
+
+/// Connects with reconnection forever (exponential, capped at 2 s), so workers resume by
+/// themselves after a dropped connection or a Redis restart.
+pub async fn connect_client(url: &str, pool_size: usize) -> Result<Pool> {
+    let config = RedisConfig::from_url(url)
+        .map_err(|e| Error::validation("REDIS_URL", format!("invalid REDIS_URL: {e}")))?;
+    let pool = Builder::from_config(config)
+        .with_connection_config(|c| {
+            c.connection_timeout = Duration::from_secs(5);
+            c.max_command_attempts = 5;
+            c.auto_client_setname = true;
+        })
+        .set_policy(ReconnectPolicy::new_exponential(0, 50, 2000, 2))
+        .build_pool(pool_size)
+        .map_err(redis_err)?;
+    pool.init()
+        .await
+        .map_err(|e| Error::Internal(format!("cannot connect to Redis at {url}: {e}")))?;
+    Ok(pool)
+}
+
+async fn connect_single(url: &str) -> Result<Client> {
+    let config = RedisConfig::from_url(url)
+        .map_err(|e| Error::validation("REDIS_URL", format!("invalid REDIS_URL: {e}")))?;
+    let client = Builder::from_config(config)
+        .with_connection_config(|c| {
+            c.connection_timeout = Duration::from_secs(5);
+            c.auto_client_setname = true;
+        })
+        .set_policy(ReconnectPolicy::new_exponential(0, 50, 2000, 2))
+        .build()
+        .map_err(redis_err)?;
+    client
+        .init()
+        .await
+        .map_err(|e| Error::Internal(format!("cannot connect to Redis at {url}: {e}")))?;
+    Ok(client)
+}
+
+impl RedisQueue {
+    /// `prefix` namespaces every key (tests give each run its own).
+    pub async fn connect(url: &str, prefix: &str) -> Result<Self> {
+        let pool = connect_client(url, 4).await?;
+        let mut blocking = HashMap::new();
+        for q in QueueName::ALL {
+            blocking.insert(q, connect_single(url).await?);
+        }
+        Ok(Self {
+            pool,
+            blocking,
+            prefix: prefix.to_owned(),
+            scripts: Scripts {
+                enqueue: Script::new(ENQUEUE),
+                fetch: Script::new(FETCH),
+                extend: Script::new(EXTEND),
+                complete: Script::new(COMPLETE),
+                fail: Script::new(FAIL),
+                recover: Script::new(RECOVER),
+                retry: Script::new(RETRY),
+                remove: Script::new(REMOVE),
+                clean: Script::new(CLEAN),
+            },
+        })
+    }
+
+    /// The names Redis knows this backend's connections by (for operators and tests).
+    pub fn client_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .pool
+            .clients()
+            .iter()
+            .map(|c| c.id().to_string())
+            .collect();
+        names.extend(self.blocking.values().map(|c| c.id().to_string()));
+        names
+    }
+
+    fn key(&self, q: QueueName, suffix: &str) -> String {
+        format!("{}{{q:{}}}:{}", self.prefix, q.as_str(), suffix)
+    }
+
+    fn job_prefix(&self, q: QueueName) -> String {
+        self.key(q, "job:")
+    }
+
+    fn client(&self) -> &Client {
+        self.pool.next()
+    }
+}
+
+fn to_info(queue: QueueName, pairs: Vec<String>) -> Result<JobInfo> {
+    let mut m: HashMap<String, String> = HashMap::with_capacity(pairs.len() / 2);
+    let mut it = pairs.into_iter();
+    while let (Some(k), Some(v)) = (it.next(), it.next()) {
+        m.insert(k, v);
+    }
+    let num = |k: &str| {
+        m.get(k)
+            .and_then(|v| v.parse::<f64>().ok())
+            .map(|f| f as i64)
+    };
+    let state = JobState::parse(m.get("state").map(String::as_str).unwrap_or("waiting"))?;
+    let errors: Vec<AttemptError> = m
+        .get("errors")
+        .and_then(|e| serde_json::from_str::<Vec<AttemptError>>(e).ok())
+        .unwrap_or_default();
+    Ok(JobInfo {
+        queue,
+        id: m.get("id").cloned().unwrap_or_default(),
+        name: m.get("name").cloned().unwrap_or_default(),
+        payload: m
+            .get("payload")
+            .map(|p| serde_json::from_str(p).map_err(Error::internal))
+            .transpose()?
+            .unwrap_or(serde_json::Value::Null),
+        state,
+        priority: Priority::from_rank(num("prio").unwrap_or(1)),
+        attempts_made: num("attempts").unwrap_or(0).max(0) as u32,
+        max_attempts: num("max").unwrap_or(1).max(0) as u32,
+        backoff: Duration::from_millis(num("backoff").unwrap_or(1000).max(0) as u64),
+        timeout: Duration::from_millis(num("timeout").unwrap_or(30_000).max(0) as u64),
+        errors,
+        last_error: m.get("last_error").cloned(),
+        result: m.get("result").and_then(|r| serde_json::from_str(r).ok()),
+        created_at: num("created").unwrap_or(0),
+        run_at: num("run_at").unwrap_or(0),
+        started_at: num("started"),
+        finished_at: num("finished"),
+    })
+}
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4)
+}
+
+#[async_trait]
+impl QueueBackend for RedisQueue {
+    async fn enqueue(&self, queue: QueueName, job: NewJob) -> Result<bool> {
+        let keys = vec![
+            format!("{}{}", self.job_prefix(queue), job.id),
+            self.key(queue, "wait"),
+            self.key(queue, "delayed"),
+            self.key(queue, "notify"),
+            self.key(queue, "seq"),
+        ];
+        let args: Vec<RedisValue> = vec![
+            job.id.into(),
+            job.name.into(),
+            job.payload.into(),
+            i64::from(job.priority.rank()).into(),
+            i64::from(job.max_attempts).into(),
+            ms(job.backoff).into(),
+            ms(job.timeout).into(),
+            ms(job.delay).into(),
+        ];
+        let created: i64 = self.scripts.enqueue.run(self.client(), keys, args).await?;
+        Ok(created == 1)
+    }
+
+    async fn fetch(&self, queue: QueueName, n: usize, lease: Duration) -> Result<Vec<Leased>> {
+        if n == 0 {
+            return Ok(vec![]);
+        }
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        let keys = vec![
+            self.key(queue, "wait"),
+            self.key(queue, "delayed"),
+            self.key(queue, "active"),
+            self.key(queue, "paused"),
+            self.key(queue, "seq"),
+        ];
+        let args: Vec<RedisValue> = vec![
+            self.job_prefix(queue).into(),
+            (n as i64).into(),
+            ms(lease).into(),
+            token.clone().into(),
+        ];
+        let rows: Vec<Vec<String>> = self.scripts.fetch.run(self.client(), keys, args).await?;
+        rows.into_iter()
+            .map(|pairs| {
+                Ok(Leased {
+                    job: to_info(queue, pairs)?,
+                    token: token.clone(),
+                })
+            })
+            .collect()
+    }
+
+    async fn extend(
+        &self,
+        queue: QueueName,
+        id: &str,
+        token: &str,
+        lease: Duration,
+    ) -> Result<bool> {
+        let keys = vec![
+            format!("{}{id}", self.job_prefix(queue)),
+            self.key(queue, "active"),
+        ];
+        let args: Vec<RedisValue> = vec![token.into(), ms(lease).into(), id.into()];
+        let ok: i64 = self.scripts.extend.run(self.client(), keys, args).await?;
+        Ok(ok == 1)
+    }
+
+    async fn finish(
+        &self,
+        queue: QueueName,
+        id: &str,
+        token: &str,
+        attempt: u32,
+        outcome: Outcome,
+    ) -> Result<bool> {
+        let job_key = format!("{}{id}", self.job_prefix(queue));
+        let ok: i64 = match outcome {
+            Outcome::Completed(result) => {
+                let keys = vec![
+                    job_key,
+                    self.key(queue, "active"),
+                    self.key(queue, "completed"),
+                ];
+                let args: Vec<RedisValue> =
+                    vec![token.into(), result.to_string().into(), id.into()];
+                self.scripts.complete.run(self.client(), keys, args).await?
+            }
+            Outcome::Failed { error, retry_in } => {
+                let keys = vec![
+                    job_key,
+                    self.key(queue, "active"),
+                    self.key(queue, "delayed"),
+                    self.key(queue, "failed"),
+                ];
+                let retry = retry_in.map(ms).unwrap_or(-1);
+                let args: Vec<RedisValue> = vec![
+                    token.into(),
+                    error.into(),
+                    i64::from(attempt).into(),
+                    retry.into(),
+                    id.into(),
+                ];
+                self.scripts.fail.run(self.client(), keys, args).await?
+            }
+        };
+        Ok(ok == 1)
+    }
+
+    async fn recover_stalled(&self, queue: QueueName) -> Result<u64> {
+        let keys = vec![
+            self.key(queue, "active"),
+            self.key(queue, "wait"),
+            self.key(queue, "failed"),
+            self.key(queue, "seq"),
+            self.key(queue, "notify"),
+        ];
+        let n: i64 = self
+            .scripts
+            .recover
+            .run(self.client(), keys, vec![self.job_prefix(queue).into()])
+            .await?;
+        Ok(n.max(0) as u64)
+    }
+
+    async fn wait_for_work(&self, queue: QueueName, timeout: Duration) -> Result<()> {
+        let client = &self.blocking[&queue];
+        let secs = timeout.as_secs_f64().max(0.01);
+        let _: Option<(String, String)> = client
+            .blpop(self.key(queue, "notify"), secs)
+            .await
+            .map_err(redis_err)?;
+        Ok(())
+    }
+
+    async fn get(&self, queue: QueueName, id: &str) -> Result<Option<JobInfo>> {
+        let pairs: Vec<String> = self
+            .client()
+            .custom(
+                fred::types::CustomCommand::new_static("HGETALL", None, false),
+                vec![format!("{}{id}", self.job_prefix(queue))],
+            )
+            .await
+            .map_err(redis_err)?;
+        if pairs.is_empty() {
+            return Ok(None);
+        }
+        to_info(queue, pairs).map(Some)
+    }
+
+    async fn counts(&self, queue: QueueName) -> Result<StateCounts> {
+        let c = self.client();
+        let pipe = c.pipeline();
+        let _: () = pipe
+            .zcard(self.key(queue, "wait"))
+            .await
+            .map_err(redis_err)?;
+        let _: () = pipe
+            .zcard(self.key(queue, "active"))
+            .await
+            .map_err(redis_err)?;
+        let _: () = pipe
+            .zcard(self.key(queue, "delayed"))
+            .await
+            .map_err(redis_err)?;
+        let _: () = pipe
+            .zcard(self.key(queue, "completed"))
+            .await
+            .map_err(redis_err)?;
+        let _: () = pipe
+            .zcard(self.key(queue, "failed"))
+            .await
+            .map_err(redis_err)?;
+        let _: () = pipe
+            .exists(self.key(queue, "paused"))
+            .await
+            .map_err(redis_err)?;
+        let (waiting, active, delayed, completed, failed, paused): (u64, u64, u64, u64, u64, u64) =
+            pipe.all().await.map_err(redis_err)?;
+        Ok(StateCounts {
+            waiting,
+            active,
+            delayed,
+            completed,
+            failed,
+            paused: paused > 0,
+        })
+    }
+
+    async fn list_failed(&self, queue: QueueName, offset: u64, limit: u64) -> Result<Vec<JobInfo>> {
+        if limit == 0 {
+            return Ok(vec![]);
+        }
+        let ids: Vec<String> = self
+            .client()
+            .zrange(
+                self.key(queue, "failed"),
+                offset as i64,
+                (offset + limit - 1) as i64,
+                None,
+                true,
+                None,
+                false,
+            )
+            .await
+            .map_err(redis_err)?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(j) = self.get(queue, &id).await? {
+                out.push(j);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn retry(&self, queue: QueueName, id: &str) -> Result<()> {
+        let keys = vec![
+            format!("{}{id}", self.job_prefix(queue)),
+            self.key(queue, "failed"),
+            self.key(queue, "wait"),
+            self.key(queue, "seq"),
+            self.key(queue, "notify"),
+        ];
+        let r: i64 = self
+            .scripts
+            .retry
+            .run(self.client(), keys, vec![id.into()])
+            .await?;
+        match r {
+            1 => Ok(()),
+            -1 => Err(Error::not_found(format_args!("job {id} in {queue}"))),
+            _ => {
+                let state = self
+                    .get(queue, id)
+                    .await?
+                    .map(|j| j.state.as_str())
+                    .unwrap_or("gone");
+                Err(Error::Conflict(format!(
+                    "job {id} is {state}, only failed jobs can be retried"
+                )))
+            }
+        }
+    }
+
+    async fn remove(&self, queue: QueueName, id: &str) -> Result<bool> {
+        let keys = vec![
+            format!("{}{id}", self.job_prefix(queue)),
+            self.key(queue, "wait"),
+            self.key(queue, "delayed"),
+            self.key(queue, "active"),
+            self.key(queue, "completed"),
+            self.key(queue, "failed"),
+        ];
+        let r: i64 = self
+            .scripts
+            .remove
+            .run(self.client(), keys, vec![id.into()])
+            .await?;
+        match r {
+            1 => Ok(true),
+            -1 => Err(Error::Conflict(format!(
+                "job {id} is active; it can be removed once it finishes"
+            ))),
+            _ => Ok(false),
+        }
+    }
+
+    async fn set_paused(&self, queue: QueueName, paused: bool) -> Result<()> {
+        let c = self.client();
+        if paused {
+            let _: () = c
+                .set(self.key(queue, "paused"), 1, None, None, false)
+                .await
+                .map_err(redis_err)?;
+        } else {
+            let _: () = c.del(self.key(queue, "paused")).await.map_err(redis_err)?;
+            let _: () = c
+                .lpush(self.key(queue, "notify"), 1)
+                .await
+                .map_err(redis_err)?;
+        }
+        Ok(())
+    }
+
+    async fn clean(&self, queue: QueueName, r: Retention) -> Result<u64> {
+        let keys = vec![self.key(queue, "completed"), self.key(queue, "failed")];
+        let args: Vec<RedisValue> = vec![
+            self.job_prefix(queue).into(),
+            (r.completed_count as i64).into(),
+            ms(r.completed_age).into(),
+            (r.failed_count as i64).into(),
+            ms(r.failed_age).into(),
+        ];
+        let n: i64 = self.scripts.clean.run(self.client(), keys, args).await?;
+        Ok(n.max(0) as u64)
+    }
+
+    async fn ping(&self) -> Result<()> {
+        let _: String = self.client().ping(None).await.map_err(redis_err)?;
+        Ok(())
+    }
+
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+}
