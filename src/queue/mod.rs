@@ -356,14 +356,57 @@ pub enum Outcome {
     },
 }
 
+/// A successful run waiting to be recorded; workers batch these.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    pub id: String,
+    pub token: String,
+    pub result: Value,
+}
+
 /// The storage and state machine behind the queue. All time comparisons use the backend's
 /// clock (Redis TIME, or the database host's clock through the app) so workers agree.
 #[async_trait]
 pub trait QueueBackend: Send + Sync + 'static {
     /// Adds a job; returns `false` when a job with that id already existed (nothing changed).
     async fn enqueue(&self, queue: QueueName, job: NewJob) -> Result<bool>;
+    /// Adds many jobs in as few round trips as the backend can; one flag per job as `enqueue`.
+    async fn enqueue_many(&self, queue: QueueName, jobs: Vec<NewJob>) -> Result<Vec<bool>> {
+        let mut out = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            out.push(self.enqueue(queue, job).await?);
+        }
+        Ok(out)
+    }
     /// Leases up to `n` ready jobs (none while paused).
     async fn fetch(&self, queue: QueueName, n: usize, lease: Duration) -> Result<Vec<Leased>>;
+    /// Records `done`, then leases up to `n` ready jobs, in as few round trips as the backend
+    /// can (Redis: one script). Returns how many completions landed (the others had lost their
+    /// lease) and the new leases.
+    async fn complete_and_fetch(
+        &self,
+        queue: QueueName,
+        done: &[Completion],
+        n: usize,
+        lease: Duration,
+    ) -> Result<(usize, Vec<Leased>)> {
+        let mut landed = 0;
+        for c in done {
+            if self
+                .finish(
+                    queue,
+                    &c.id,
+                    &c.token,
+                    0,
+                    Outcome::Completed(c.result.clone()),
+                )
+                .await?
+            {
+                landed += 1;
+            }
+        }
+        Ok((landed, self.fetch(queue, n, lease).await?))
+    }
     /// Extends a lease; `false` when the lease was lost (reclaimed by someone else).
     async fn extend(
         &self,
@@ -398,6 +441,21 @@ pub trait QueueBackend: Send + Sync + 'static {
     async fn clean(&self, queue: QueueName, retention: Retention) -> Result<u64>;
     /// A round trip, for /ready.
     async fn ping(&self) -> Result<()>;
+    /// Returns a leased job that never started to waiting, without using an attempt
+    /// (prefetched jobs at shutdown). `false` when the lease was already lost.
+    async fn release(&self, queue: QueueName, id: &str, token: &str) -> Result<bool>;
+    /// How many jobs beyond `concurrency` a worker may hold leased, ready for the next free
+    /// slot. Prefetching lets one round trip record a batch of completions and refill them.
+    fn prefetch(&self, concurrency: usize) -> usize {
+        let _ = concurrency;
+        0
+    }
+    /// How many independent fetch loops a worker should split `concurrency` into. Round trips of
+    /// separate loops overlap; one loop batches more per trip.
+    fn lanes(&self, concurrency: usize) -> usize {
+        let _ = concurrency;
+        1
+    }
     fn kind(&self) -> &'static str;
 }
 
@@ -437,6 +495,26 @@ impl JobQueue {
         let created = self.backend.enqueue(queue, job).await?;
         metrics::global().enqueued(queue, created);
         Ok(id)
+    }
+
+    /// Enqueues many jobs of one name at once (like BullMQ's addBulk); all are validated first,
+    /// so a bad one enqueues nothing. Returns their ids in order.
+    pub async fn enqueue_bulk(
+        &self,
+        queue: QueueName,
+        name: &str,
+        jobs: &[(Value, JobOptions)],
+    ) -> Result<Vec<String>> {
+        let jobs = jobs
+            .iter()
+            .map(|(payload, opts)| NewJob::new(name, payload, opts))
+            .collect::<Result<Vec<_>>>()?;
+        let ids: Vec<String> = jobs.iter().map(|j| j.id.clone()).collect();
+        let created = self.backend.enqueue_many(queue, jobs).await?;
+        for c in created {
+            metrics::global().enqueued(queue, c);
+        }
+        Ok(ids)
     }
 
     /// The seed's `queueMediaProcessing(id, path, {sizes, quality})`.

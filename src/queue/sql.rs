@@ -85,7 +85,8 @@ impl SqlQueue {
 
     fn wake(&self, queue: QueueName) {
         if let Some(n) = self.notify.get(&queue) {
-            n.notify_waiters();
+            // A stored permit means a wake-up between two waits is never lost.
+            n.notify_one();
         }
     }
 }
@@ -300,6 +301,21 @@ impl QueueBackend for SqlQueue {
                 Ok(res.rows_affected() == 1)
             }
         }
+    }
+
+    async fn release(&self, queue: QueueName, id: &str, token: &str) -> Result<bool> {
+        let res = self
+            .db
+            .execute_raw(self.stmt(
+                "UPDATE jobs SET state = 'waiting', attempts_made = attempts_made - 1, lease_token = NULL, lease_until = NULL, started_at = NULL \
+                 WHERE queue = ? AND id = ? AND lease_token = ? AND state = 'active'",
+                vec![queue.as_str().into(), id.into(), token.into()],
+            ))
+            .await?;
+        if res.rows_affected() == 1 {
+            self.wake(queue);
+        }
+        Ok(res.rows_affected() == 1)
     }
 
     async fn recover_stalled(&self, queue: QueueName) -> Result<u64> {

@@ -5,14 +5,26 @@
 //! Shutdown stops fetching and lets running jobs finish within the grace period; whatever is still
 //! running then is abandoned and its lease expires, so another worker reclaims it. Nothing is lost.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::Arc,
+    time::Duration,
+};
 
 use async_trait::async_trait;
+use futures::FutureExt;
 use serde_json::Value;
-use tokio::{sync::Semaphore, task::JoinSet, time::Instant};
+use tokio::{
+    sync::{Semaphore, mpsc},
+    task::JoinSet,
+    time::Instant,
+};
 use tokio_util::sync::CancellationToken;
 
-use super::{JobInfo, Leased, Outcome, QueueBackend, QueueName, Retention, backoff_delay, metrics};
+use super::{
+    Completion, JobInfo, Leased, Outcome, QueueBackend, QueueName, Retention, backoff_delay,
+    metrics,
+};
 
 /// Why a handler failed. `Permanent` skips the remaining attempts (bad input will not get better).
 #[derive(Debug, Clone, thiserror::Error)]
@@ -176,6 +188,9 @@ impl Workers {
     }
 }
 
+/// Splits a queue's concurrency into lanes. Each lane has its own fetch loop, so while one
+/// waits on a round trip another is already recording and fetching: the round trips overlap
+/// instead of queueing behind each other.
 async fn run_queue(
     queue: QueueName,
     backend: Arc<dyn QueueBackend>,
@@ -183,59 +198,128 @@ async fn run_queue(
     config: WorkerConfig,
     shutdown: CancellationToken,
 ) {
-    let concurrency = config.concurrency_of(queue);
+    let total = config.concurrency_of(queue);
+    let lanes = backend.lanes(total).clamp(1, total);
+    let mut set = JoinSet::new();
+    for i in 0..lanes {
+        // Spread the slots as evenly as possible: 5 over 2 lanes is 3 + 2.
+        let share = total / lanes + usize::from(i < total % lanes);
+        set.spawn(run_lane(
+            queue,
+            backend.clone(),
+            handler.clone(),
+            share,
+            config.clone(),
+            shutdown.clone(),
+        ));
+    }
+    while set.join_next().await.is_some() {}
+}
+
+async fn run_lane(
+    queue: QueueName,
+    backend: Arc<dyn QueueBackend>,
+    handler: Arc<dyn JobHandler>,
+    concurrency: usize,
+    config: WorkerConfig,
+    shutdown: CancellationToken,
+) {
+    type Sync = futures::future::BoxFuture<
+        'static,
+        (
+            Vec<Completion>,
+            usize,
+            crate::error::Result<(usize, Vec<Leased>)>,
+        ),
+    >;
+    let prefetch = backend.prefetch(concurrency);
+    let lease = config.lease;
     let slots = Arc::new(Semaphore::new(concurrency));
     let mut running: JoinSet<()> = JoinSet::new();
+    // Finished runs report here; they are recorded with the next round trip, in a batch.
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Completion>();
+    let mut pending: Vec<Completion> = Vec::new();
+    // Leased jobs waiting for a free slot (at most `prefetch`), with when they were leased.
+    let mut buffer: VecDeque<(Leased, Instant)> = VecDeque::new();
+    // At most one round trip in flight; jobs keep starting and finishing meanwhile, so the next
+    // trip carries everything that happened during this one.
+    let mut inflight: Option<Sync> = None;
+    let mut idle = false;
     let mut error_backoff = Duration::from_millis(50);
-    while !shutdown.is_cancelled() {
-        while running.try_join_next().is_some() {}
-        let free = slots.available_permits();
-        if free == 0 {
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                _ = running.join_next() => continue,
+
+    loop {
+        let stopping = shutdown.is_cancelled();
+        if stopping && inflight.is_none() {
+            break;
+        }
+        while slots.available_permits() > 0 && !stopping {
+            let Some((leased, leased_at)) = buffer.pop_front() else {
+                break;
+            };
+            let permit = slots.clone().try_acquire_owned().expect("a permit is free");
+            let (backend, handler, done_tx) = (backend.clone(), handler.clone(), done_tx.clone());
+            running.spawn(run_one(
+                queue, backend, handler, leased, leased_at, lease, done_tx, permit,
+            ));
+        }
+        if inflight.is_none() && !stopping {
+            let busy = concurrency - slots.available_permits();
+            let want = (concurrency + prefetch).saturating_sub(busy + buffer.len());
+            let want = if idle { 0 } else { want };
+            if !pending.is_empty() || want > 0 {
+                let done = std::mem::take(&mut pending);
+                let backend = backend.clone();
+                inflight = Some(Box::pin(async move {
+                    let r = backend.complete_and_fetch(queue, &done, want, lease).await;
+                    (done, want, r)
+                }));
             }
         }
-        match backend.fetch(queue, free, config.lease).await {
-            Ok(jobs) if jobs.is_empty() => {
-                error_backoff = Duration::from_millis(50);
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    r = backend.wait_for_work(queue, config.idle_wait) => {
-                        if let Err(e) = r {
-                            tracing::warn!(queue = %queue, error = %e, "waiting for work failed; retrying");
-                            tokio::time::sleep(error_backoff).await;
+        tokio::select! {
+            biased;
+            (done, want, r) = async { inflight.as_mut().expect("guarded").await }, if inflight.is_some() => {
+                inflight = None;
+                match r {
+                    Ok((landed, jobs)) => {
+                        if landed < done.len() {
+                            tracing::warn!(queue = %queue, lost = done.len() - landed, "completions arrived after their lease was lost");
                         }
+                        error_backoff = Duration::from_millis(50);
+                        idle = want > 0 && jobs.is_empty();
+                        let now = Instant::now();
+                        buffer.extend(jobs.into_iter().map(|j| (j, now)));
+                    }
+                    Err(e) => {
+                        tracing::warn!(queue = %queue, error = %e, backoff_ms = error_backoff.as_millis() as u64, "queue round trip failed; retrying");
+                        pending.splice(0..0, done);
+                        tokio::select! {
+                            _ = shutdown.cancelled() => {}
+                            _ = tokio::time::sleep(error_backoff) => {}
+                        }
+                        error_backoff = (error_backoff * 2).min(Duration::from_secs(2));
                     }
                 }
             }
-            Ok(jobs) => {
-                error_backoff = Duration::from_millis(50);
-                for leased in jobs {
-                    let permit = slots
-                        .clone()
-                        .acquire_owned()
-                        .await
-                        .expect("semaphore is never closed");
-                    let (backend, handler, lease) =
-                        (backend.clone(), handler.clone(), config.lease);
-                    running.spawn(async move {
-                        run_one(queue, backend, handler, leased, lease).await;
-                        drop(permit);
-                    });
+            Some(c) = done_rx.recv() => pending.push(c),
+            Some(_) = running.join_next(), if !running.is_empty() => {}
+            _ = shutdown.cancelled(), if !stopping => {}
+            r = backend.wait_for_work(queue, config.idle_wait), if idle && inflight.is_none() && pending.is_empty() && !stopping => {
+                if let Err(e) = r {
+                    tracing::warn!(queue = %queue, error = %e, "waiting for work failed; retrying");
+                    tokio::time::sleep(error_backoff).await;
                 }
-            }
-            Err(e) => {
-                tracing::warn!(queue = %queue, error = %e, backoff_ms = error_backoff.as_millis() as u64, "fetch failed; retrying");
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(error_backoff) => {}
-                }
-                error_backoff = (error_backoff * 2).min(Duration::from_secs(2));
+                idle = false;
             }
         }
     }
-    // Drain: running jobs get the grace period; the rest are reclaimed after their lease.
+
+    // Leased jobs that never started go back to the queue at once, without using an attempt.
+    for (leased, _) in buffer.drain(..) {
+        if let Err(e) = backend.release(queue, &leased.job.id, &leased.token).await {
+            tracing::warn!(queue = %queue, job = %leased.job.id, error = %e, "could not release a prefetched job; it returns after its lease");
+        }
+    }
+    // Running jobs get the grace period; the rest are reclaimed after their lease.
     let drained = tokio::time::timeout(config.shutdown_grace, async {
         while running.join_next().await.is_some() {}
     })
@@ -243,6 +327,22 @@ async fn run_queue(
     if drained.is_err() {
         tracing::warn!(queue = %queue, left = running.len(), "grace period over; abandoning running jobs to lease expiry");
         running.abort_all();
+    }
+    drop(done_tx);
+    while let Some(c) = done_rx.recv().await {
+        pending.push(c);
+    }
+    for attempt in 0..5u32 {
+        if pending.is_empty() {
+            break;
+        }
+        match backend.complete_and_fetch(queue, &pending, 0, lease).await {
+            Ok(_) => pending.clear(),
+            Err(e) => {
+                tracing::warn!(queue = %queue, error = %e, "recording completions at shutdown failed; retrying");
+                tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+            }
+        }
     }
 }
 
@@ -282,14 +382,32 @@ fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run_one(
     queue: QueueName,
     backend: Arc<dyn QueueBackend>,
     handler: Arc<dyn JobHandler>,
     leased: Leased,
+    leased_at: Instant,
     lease: Duration,
+    done: mpsc::UnboundedSender<Completion>,
+    slot: tokio::sync::OwnedSemaphorePermit,
 ) {
     let Leased { job, token } = leased;
+    // A prefetched job may have waited for its slot: renew an aging lease before starting, and
+    // never start a job whose lease is gone.
+    if leased_at.elapsed() > lease / 3 {
+        match backend.extend(queue, &job.id, &token, lease).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(queue = %queue, job = %job.id, "prefetched job's lease expired before it started; skipping");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(queue = %queue, job = %job.id, error = %e, "lease renewal failed")
+            }
+        }
+    }
     if let Some(started) = job.started_at {
         metrics::global().picked_up(
             queue,
@@ -297,8 +415,12 @@ async fn run_one(
         );
     }
     let started = Instant::now();
+    // Polled inline (no extra task per job); a panic is caught and becomes a failed attempt, and
+    // dropping the future cancels the run on timeout or a lost lease.
     let task_job = job.clone();
-    let mut task = tokio::spawn(async move { handler.handle(&task_job).await });
+    let task =
+        std::panic::AssertUnwindSafe(async move { handler.handle(&task_job).await }).catch_unwind();
+    tokio::pin!(task);
     let mut renew = tokio::time::interval_at(Instant::now() + lease / 3, lease / 3);
     let deadline = tokio::time::sleep(job.timeout);
     tokio::pin!(deadline);
@@ -307,17 +429,14 @@ async fn run_one(
         tokio::select! {
             r = &mut task => break match r {
                 Ok(r) => r,
-                Err(e) if e.is_panic() => Err(JobError::Retryable(format!("handler panicked: {}", panic_message(e.into_panic())))),
-                Err(e) => Err(JobError::Retryable(format!("handler task ended: {e}"))),
+                Err(panic) => Err(JobError::Retryable(format!("handler panicked: {}", panic_message(panic)))),
             },
             _ = &mut deadline => {
-                task.abort();
                 break Err(JobError::Retryable(format!("timed out after {} ms", job.timeout.as_millis())));
             }
             _ = renew.tick() => match backend.extend(queue, &job.id, &token, lease).await {
                 Ok(true) => {}
                 Ok(false) => {
-                    task.abort();
                     tracing::warn!(queue = %queue, job = %job.id, "lease lost (reclaimed elsewhere); abandoning this run");
                     return;
                 }
@@ -329,7 +448,17 @@ async fn run_one(
     let outcome = match result {
         Ok(value) => {
             metrics::global().completed(queue, secs);
-            Outcome::Completed(value)
+            // The worker loop records it with its next fetch; the slot frees now.
+            drop(slot);
+            let c = Completion {
+                id: job.id.clone(),
+                token: token.clone(),
+                result: value,
+            };
+            match done.send(c) {
+                Ok(()) => return,
+                Err(mpsc::error::SendError(c)) => Outcome::Completed(c.result),
+            }
         }
         Err(err) => {
             let retry_in = match &err {

@@ -652,7 +652,44 @@ async fn graceful_shutdown_finishes_running_jobs(kind: Kind) {
     );
 }
 
+async fn release_returns_a_job_without_an_attempt(kind: Kind) {
+    let b = Backend::new(kind).await;
+    let q = &b.queue;
+    for id in ["a", "b"] {
+        q.enqueue(
+            Q,
+            job(
+                json!({}),
+                JobOptions {
+                    job_id: Some(id.into()),
+                    ..Default::default()
+                },
+            ),
+        )
+        .await
+        .unwrap();
+    }
+    let leased = q.fetch(Q, 2, LEASE).await.unwrap();
+    assert!(!q.release(Q, "b", "not-the-token").await.unwrap());
+    assert!(q.release(Q, "b", &leased[1].token).await.unwrap());
+    let info = q.get(Q, "b").await.unwrap().unwrap();
+    assert_eq!((info.state, info.attempts_made), (JobState::Waiting, 0));
+    assert!(
+        !q.finish(Q, "b", &leased[1].token, 1, Outcome::Completed(json!(null)))
+            .await
+            .unwrap(),
+        "the released lease is void"
+    );
+    let again = q.fetch(Q, 2, LEASE).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(
+        (again[0].job.id.as_str(), again[0].job.attempts_made),
+        ("b", 1)
+    );
+}
+
 all_backends!(
+    release_returns_a_job_without_an_attempt,
     lifecycle_and_idempotent_ids,
     priority_and_delay,
     failures_backoff_and_retry,
