@@ -87,6 +87,8 @@ pub struct Config {
     pub queue_poll_interval: Duration,
     /// `RUN_WORKERS` (default true): `serve` runs the workers in-process.
     pub run_workers: bool,
+    /// `MEDIA_MAX_BYTES` (default 5 MiB): the largest file an upload may be.
+    pub media_max_bytes: usize,
 }
 
 impl Config {
@@ -117,6 +119,7 @@ impl Config {
             job_lease: Duration::from_secs(30),
             queue_poll_interval: Duration::from_millis(250),
             run_workers: true,
+            media_max_bytes: 5 * 1024 * 1024,
         }
     }
 
@@ -200,6 +203,12 @@ impl Config {
         }
         if let Some(v) = get("RUN_WORKERS") {
             c.run_workers = parse_bool("RUN_WORKERS", &v)?;
+        }
+        if let Some(v) = get("MEDIA_MAX_BYTES") {
+            c.media_max_bytes = parse("MEDIA_MAX_BYTES", &v)?;
+            if c.media_max_bytes == 0 {
+                return Err(invalid("MEDIA_MAX_BYTES", "must be greater than zero"));
+            }
         }
         Ok(c)
     }
@@ -297,6 +306,14 @@ mod tests {
             })
         );
         assert!(c.redis_url.is_none());
+        assert_eq!(c.media_max_bytes, 5 * 1024 * 1024);
+        assert_eq!(
+            from(&[("MEDIA_MAX_BYTES", "1024")])
+                .unwrap()
+                .media_max_bytes,
+            1024
+        );
+        assert!(from(&[("MEDIA_MAX_BYTES", "0")]).is_err());
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod error;
 pub mod graphql;
 pub mod http;
 pub mod jobs;
+pub mod media;
 pub mod pagination;
 pub mod queue;
 pub mod templates;
@@ -39,6 +40,7 @@ pub struct AppState {
     pub keys: TokenKeys,
     pub rate_limiter: RateLimiter,
     pub queue: JobQueue,
+    pub storage: Arc<dyn media::storage::Storage>,
     schema: AppSchema,
 }
 
@@ -78,9 +80,11 @@ pub async fn build(config: Config) -> Result<App> {
     let rate_limiter = RateLimiter::new(config.rate_limit);
     let schema = graphql::build_schema(&config);
     let queue = JobQueue::new(queue_backend(&config, &db).await?);
+    let storage = Arc::new(media::storage::LocalStorage::new(config.media_dir()));
     Ok(App {
         state: AppState {
             queue,
+            storage,
             config: Arc::new(config),
             db,
             keys,

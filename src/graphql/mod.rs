@@ -2,6 +2,7 @@
 //! parse input, call the domain service with the request's [`RequestContext`], and shape output.
 
 pub mod audit;
+pub mod media;
 pub mod queue;
 pub mod system;
 pub mod templates;
@@ -13,13 +14,18 @@ use crate::{AppState, auth::RequestContext};
 #[derive(MergedObject, Default)]
 pub struct QueryRoot(
     templates::TemplateQuery,
+    media::MediaQuery,
     queue::QueueQuery,
     audit::AuditQuery,
     system::SystemQuery,
 );
 
 #[derive(MergedObject, Default)]
-pub struct MutationRoot(templates::TemplateMutation, queue::QueueMutation);
+pub struct MutationRoot(
+    templates::TemplateMutation,
+    media::MediaMutation,
+    queue::QueueMutation,
+);
 
 #[derive(MergedSubscription, Default)]
 pub struct SubscriptionRoot(system::SystemSubscription);

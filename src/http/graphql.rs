@@ -68,7 +68,9 @@ pub async fn graphql_post(
     let req = match async_graphql::http::receive_body(
         content_type,
         futures::io::Cursor::new(body),
-        MultipartOptions::default(),
+        MultipartOptions::default()
+            .max_file_size(state.config.media_max_bytes)
+            .max_num_files(1),
     )
     .await
     {
@@ -76,6 +78,10 @@ pub async fn graphql_post(
         Err(ParseRequestError::PayloadTooLarge) => return too_large(),
         Err(other) => return bad_request(format!("malformed GraphQL request: {other}")),
     };
+    // async-graphql only turns max_num_files into a whole-stream byte limit: count the files too.
+    if req.uploads.len() > 1 {
+        return bad_request("at most one file may be uploaded per request".into());
+    }
     // A syntax error is a malformed request: answer 400, not 200 with errors.
     if let Err(e) = async_graphql::parser::parse_query(&req.query) {
         return bad_request(format!("malformed GraphQL query: {e}"));

@@ -4,6 +4,7 @@
 pub mod explorer;
 pub mod graphql;
 pub mod health;
+pub mod media;
 pub mod rest;
 
 use std::{
@@ -154,6 +155,7 @@ pub fn router(state: AppState) -> Router {
         .route("/ready", get(health::ready))
         .route("/metrics", get(health::metrics))
         .merge(rest::router())
+        .merge(media::router())
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), rate_limit))
         .layer(RequestBodyLimitLayer::new(body_limit))

@@ -1,9 +1,24 @@
 //! One handler per queue. A queue gets workers in a process only when it has a handler here;
 //! jobs enqueued for the others wait, durably, until a process that has one picks them up.
 
-use crate::{AppState, queue::worker::Handlers};
+pub mod media_processing;
+
+use crate::{
+    AppState,
+    queue::{
+        QueueName,
+        worker::{FnHandler, Handlers},
+    },
+};
 
 /// The handlers this build provides.
-pub fn handlers(_state: &AppState) -> Handlers {
-    Handlers::new()
+pub fn handlers(state: &AppState) -> Handlers {
+    let media = state.clone();
+    Handlers::new().register(
+        QueueName::MediaProcessing,
+        FnHandler(move |job| {
+            let state = media.clone();
+            async move { media_processing::handle(&state, &job).await }
+        }),
+    )
 }

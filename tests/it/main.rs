@@ -4,6 +4,7 @@ mod access;
 mod common;
 mod explorer;
 mod limits;
+mod media;
 mod pagination;
 mod preview;
 mod queue;

@@ -1,0 +1,293 @@
+//! Media and product media over GraphQL: thin resolvers over [`crate::media::service`].
+
+use async_graphql::{
+    Context, ID, InputObject, Json, Object, Upload,
+    connection::{Connection, Edge},
+};
+use serde_json::Value;
+
+use super::{audit::CountFields, parse_id, req};
+use crate::{
+    error::Error,
+    http::media::decode_file_data,
+    media::service::{self, MediaFilter},
+    pagination::PageArgs,
+};
+use entity::{MediaStatus, media_file, product_media};
+
+pub struct Media(pub media_file::Model);
+
+#[Object]
+impl Media {
+    async fn id(&self) -> ID {
+        ID(self.0.id.to_string())
+    }
+    /// The md5 of the content (hex).
+    async fn hash(&self) -> &str {
+        &self.0.hash
+    }
+    async fn sha256(&self) -> &str {
+        &self.0.sha256
+    }
+    async fn original_name(&self) -> &str {
+        &self.0.original_name
+    }
+    async fn file_name(&self) -> &str {
+        &self.0.file_name
+    }
+    async fn mime_type(&self) -> &str {
+        &self.0.mime_type
+    }
+    async fn size(&self) -> i64 {
+        self.0.size
+    }
+    async fn width(&self) -> Option<i32> {
+        self.0.width
+    }
+    async fn height(&self) -> Option<i32> {
+        self.0.height
+    }
+    async fn url(&self) -> &str {
+        &self.0.url
+    }
+    async fn thumbnail_url(&self) -> Option<&str> {
+        self.0.thumbnail_url.as_deref()
+    }
+    /// Further sizes: `[{name, width, height, url}]`, filled in by the media_processing queue.
+    async fn variants(&self) -> Json<Value> {
+        Json(self.0.variants.clone())
+    }
+    async fn owner_id(&self) -> Option<&str> {
+        self.0.owner_id.as_deref()
+    }
+    async fn merchant_id(&self) -> Option<&str> {
+        self.0.merchant_id.as_deref()
+    }
+    async fn status(&self) -> MediaStatus {
+        self.0.status
+    }
+    async fn error(&self) -> Option<&str> {
+        self.0.error.as_deref()
+    }
+    async fn created_at(&self) -> chrono::DateTime<chrono::Utc> {
+        self.0.created_at
+    }
+    async fn updated_at(&self) -> chrono::DateTime<chrono::Utc> {
+        self.0.updated_at
+    }
+}
+
+pub struct ProductMedia(pub product_media::Model);
+
+#[Object]
+impl ProductMedia {
+    async fn id(&self) -> ID {
+        ID(self.0.id.to_string())
+    }
+    async fn product_id(&self) -> &str {
+        &self.0.product_id
+    }
+    async fn media_id(&self) -> ID {
+        ID(self.0.media_id.to_string())
+    }
+    async fn merchant_id(&self) -> Option<&str> {
+        self.0.merchant_id.as_deref()
+    }
+    async fn position(&self) -> i32 {
+        self.0.position
+    }
+    async fn is_primary(&self) -> bool {
+        self.0.is_primary
+    }
+    async fn created_at(&self) -> chrono::DateTime<chrono::Utc> {
+        self.0.created_at
+    }
+    async fn media(&self, ctx: &Context<'_>) -> async_graphql::Result<Media> {
+        let (state, rc) = req(ctx);
+        Ok(Media(service::get(&state.db, rc, self.0.media_id).await?))
+    }
+}
+
+/// The seed's base64 upload.
+#[derive(InputObject)]
+pub struct UploadMediaBase64Input {
+    /// Base64, or a `data:` URL.
+    pub file_data: String,
+    pub file_name: Option<String>,
+    pub mime_type: Option<String>,
+    pub merchant_id: Option<String>,
+}
+
+#[derive(Default)]
+pub struct MediaQuery;
+
+#[Object]
+impl MediaQuery {
+    async fn media(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Media> {
+        let (state, rc) = req(ctx);
+        Ok(Media(
+            service::get(&state.db, rc, parse_id(&id, "id")?).await?,
+        ))
+    }
+
+    /// Media, newest first.
+    async fn media_list(
+        &self,
+        ctx: &Context<'_>,
+        merchant_id: Option<String>,
+        status: Option<MediaStatus>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> async_graphql::Result<Connection<String, Media, CountFields>> {
+        let (state, rc) = req(ctx);
+        let page_args = PageArgs { first, after };
+        let page = service::list(
+            &state.db,
+            rc,
+            &MediaFilter {
+                merchant_id,
+                status,
+            },
+            &page_args,
+        )
+        .await?;
+        let mut conn = Connection::with_additional_fields(
+            page_args.after.is_some(),
+            page.has_next_page,
+            CountFields {
+                total_count: page.total_count,
+            },
+        );
+        conn.edges.extend(
+            page.items
+                .into_iter()
+                .map(|m| Edge::new(service::cursor(&m), Media(m))),
+        );
+        Ok(conn)
+    }
+
+    /// The media attached to a product, by position.
+    async fn product_media(
+        &self,
+        ctx: &Context<'_>,
+        product_id: String,
+    ) -> async_graphql::Result<Vec<ProductMedia>> {
+        let (state, _) = req(ctx);
+        Ok(service::product_media(&state.db, &product_id)
+            .await?
+            .into_iter()
+            .map(ProductMedia)
+            .collect())
+    }
+}
+
+#[derive(Default)]
+pub struct MediaMutation;
+
+#[Object]
+impl MediaMutation {
+    /// Uploads an image (GraphQL multipart request). JPEG, PNG or WebP.
+    async fn upload_media(
+        &self,
+        ctx: &Context<'_>,
+        file: Upload,
+        merchant_id: Option<String>,
+    ) -> async_graphql::Result<Media> {
+        let (state, rc) = req(ctx);
+        rc.actor.require_authenticated()?;
+        let value = file
+            .value(ctx)
+            .map_err(|e| Error::validation("file", e.to_string()))?;
+        let (name, claimed) = (value.filename.clone(), value.content_type.clone());
+        let limit = state.config.media_max_bytes as u64;
+        let bytes = tokio::task::spawn_blocking(move || {
+            use std::io::Read;
+            let mut buf = Vec::new();
+            value.into_read().take(limit + 1).read_to_end(&mut buf)?;
+            Ok::<_, std::io::Error>(buf)
+        })
+        .await
+        .map_err(Error::internal)?
+        .map_err(Error::from)?;
+        // Multipart clients often send application/octet-stream: only an image/* claim is checked.
+        let claimed = claimed.filter(|c| c.trim().to_ascii_lowercase().starts_with("image/"));
+        Ok(Media(
+            service::upload(state, rc, bytes, &name, claimed, merchant_id).await?,
+        ))
+    }
+
+    /// The seed's base64 upload.
+    async fn upload_media_base64(
+        &self,
+        ctx: &Context<'_>,
+        input: UploadMediaBase64Input,
+    ) -> async_graphql::Result<Media> {
+        let (state, rc) = req(ctx);
+        rc.actor.require_authenticated()?;
+        let (bytes, claimed) = decode_file_data(&input.file_data, input.mime_type)?;
+        Ok(Media(
+            service::upload(
+                state,
+                rc,
+                bytes,
+                input.file_name.as_deref().unwrap_or("upload"),
+                claimed,
+                input.merchant_id,
+            )
+            .await?,
+        ))
+    }
+
+    async fn delete_media(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<bool> {
+        let (state, rc) = req(ctx);
+        service::delete(state, rc, parse_id(&id, "id")?).await?;
+        Ok(true)
+    }
+
+    /// Attaches media to a product; `isPrimary: true` unsets the product's previous primary.
+    async fn attach_media_to_product(
+        &self,
+        ctx: &Context<'_>,
+        product_id: String,
+        media_id: ID,
+        position: Option<i32>,
+        is_primary: Option<bool>,
+    ) -> async_graphql::Result<ProductMedia> {
+        let (state, rc) = req(ctx);
+        let media_id = parse_id(&media_id, "mediaId")?;
+        Ok(ProductMedia(
+            service::attach(state, rc, &product_id, media_id, position, is_primary).await?,
+        ))
+    }
+
+    async fn detach_media_from_product(
+        &self,
+        ctx: &Context<'_>,
+        product_id: String,
+        media_id: ID,
+    ) -> async_graphql::Result<bool> {
+        let (state, rc) = req(ctx);
+        let media_id = parse_id(&media_id, "mediaId")?;
+        service::detach(state, rc, &product_id, media_id).await?;
+        Ok(true)
+    }
+
+    /// Sets the order of a product's media; `mediaIds` lists every attached media once.
+    async fn reorder_product_media(
+        &self,
+        ctx: &Context<'_>,
+        product_id: String,
+        media_ids: Vec<ID>,
+    ) -> async_graphql::Result<Vec<ProductMedia>> {
+        let (state, rc) = req(ctx);
+        let ids = media_ids
+            .iter()
+            .map(|id| parse_id(id, "mediaIds"))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(service::reorder(state, rc, &product_id, &ids)
+            .await?
+            .into_iter()
+            .map(ProductMedia)
+            .collect())
+    }
+}

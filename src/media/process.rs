@@ -1,0 +1,744 @@
+//! Image validation and resizing: pure functions, CPU-bound (call them from `spawn_blocking`).
+//!
+//! * [`probe`] judges a file by its content only: magic bytes, a real header decode, strict
+//!   container bounds (nothing may follow the image, so an HTML-after-JPEG polyglot is refused),
+//!   and dimension / pixel-area limits checked *before* any pixel buffer is allocated.
+//! * [`render`] decodes once, at the smallest size that still covers every requested output
+//!   (JPEG: libjpeg's DCT scaling to 1/2, 1/4 or 1/8; WebP: libwebp's scaler), then resizes each output with
+//!   fast_image_resize (SIMD) and encodes it in the input's format: JPEG q85, PNG (fast deflate),
+//!   lossy WebP.
+
+use fast_image_resize::{
+    FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer,
+    images::{Image, ImageRef},
+};
+
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum Format {
+    Jpeg,
+    Png,
+    Webp,
+}
+
+impl Format {
+    pub fn mime(self) -> &'static str {
+        match self {
+            Format::Jpeg => "image/jpeg",
+            Format::Png => "image/png",
+            Format::Webp => "image/webp",
+        }
+    }
+
+    pub fn ext(self) -> &'static str {
+        match self {
+            Format::Jpeg => "jpg",
+            Format::Png => "png",
+            Format::Webp => "webp",
+        }
+    }
+
+    pub fn from_mime(mime: &str) -> Option<Self> {
+        match mime.trim().to_ascii_lowercase().as_str() {
+            "image/jpeg" | "image/jpg" | "image/pjpeg" => Some(Format::Jpeg),
+            "image/png" => Some(Format::Png),
+            "image/webp" => Some(Format::Webp),
+            _ => None,
+        }
+    }
+}
+
+/// What uploads may be.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_bytes: usize,
+    pub max_width: u32,
+    pub max_height: u32,
+    pub max_pixels: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_bytes: 5 * 1024 * 1024,
+            max_width: 8192,
+            max_height: 8192,
+            max_pixels: 40_000_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Probe {
+    pub format: Format,
+    pub width: u32,
+    pub height: u32,
+    pub has_alpha: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Fit {
+    /// Fill the box exactly, cropping the overflow (centred).
+    Cover,
+    /// Fit inside the box, keeping the aspect ratio.
+    Inside,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SizeSpec {
+    pub name: String,
+    pub width: u32,
+    pub height: u32,
+    pub fit: Fit,
+}
+
+impl SizeSpec {
+    pub fn new(name: &str, width: u32, height: u32, fit: Fit) -> Self {
+        Self {
+            name: name.into(),
+            width,
+            height,
+            fit,
+        }
+    }
+
+    pub fn thumbnail() -> Self {
+        Self::new("thumbnail", 200, 200, Fit::Cover)
+    }
+
+    pub fn medium() -> Self {
+        Self::new("medium", 600, 600, Fit::Inside)
+    }
+
+    /// The output dimensions for a `w`×`h` source. `Inside` never enlarges.
+    pub fn output_dims(&self, w: u32, h: u32) -> (u32, u32) {
+        match self.fit {
+            Fit::Cover => (self.width, self.height),
+            Fit::Inside => {
+                let r = (self.width as f64 / w as f64)
+                    .min(self.height as f64 / h as f64)
+                    .min(1.0);
+                (
+                    ((w as f64 * r).round() as u32).max(1),
+                    ((h as f64 * r).round() as u32).max(1),
+                )
+            }
+        }
+    }
+
+    /// The smallest source size from which this output is a downscale.
+    fn needed(&self, w: u32, h: u32) -> (u32, u32) {
+        let r = match self.fit {
+            Fit::Cover => (self.width as f64 / w as f64).max(self.height as f64 / h as f64),
+            Fit::Inside => (self.width as f64 / w as f64).min(self.height as f64 / h as f64),
+        }
+        .min(1.0);
+        ((w as f64 * r).ceil() as u32, (h as f64 * r).ceil() as u32)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Output {
+    pub name: String,
+    pub format: Format,
+    pub width: u32,
+    pub height: u32,
+    pub bytes: Vec<u8>,
+}
+
+fn unsupported(msg: impl Into<String>) -> Error {
+    Error::UnsupportedMedia(msg.into())
+}
+
+/// Which format the bytes are, by magic number alone.
+pub fn sniff(bytes: &[u8]) -> Option<Format> {
+    if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
+        Some(Format::Jpeg)
+    } else if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
+        Some(Format::Png)
+    } else if bytes.len() >= 12 && &bytes[0..4] == b"RIFF" && &bytes[8..12] == b"WEBP" {
+        Some(Format::Webp)
+    } else {
+        None
+    }
+}
+
+fn describe_unknown(bytes: &[u8]) -> &'static str {
+    let head = &bytes[..bytes.len().min(256)];
+    let text = String::from_utf8_lossy(head).to_ascii_lowercase();
+    if bytes.starts_with(b"GIF8") {
+        "GIF is not accepted; upload JPEG, PNG or WebP"
+    } else if text.contains("<svg") || text.contains("<?xml") {
+        "SVG is not accepted; upload JPEG, PNG or WebP"
+    } else if text.contains("<html") || text.contains("<!doctype") || text.contains("<script") {
+        "HTML is not an image; upload JPEG, PNG or WebP"
+    } else {
+        "the file is not a JPEG, PNG or WebP image"
+    }
+}
+
+/// Where the JPEG's EOI marker ends, walking the segment structure (so markers inside entropy data
+/// or thumbnails are not mistaken for the end).
+fn jpeg_end(b: &[u8]) -> Option<usize> {
+    let mut i = 2;
+    loop {
+        // Find the next marker.
+        while i < b.len() && b[i] != 0xFF {
+            i += 1;
+        }
+        while i < b.len() && b[i] == 0xFF {
+            i += 1;
+        }
+        let m = *b.get(i)?;
+        i += 1;
+        match m {
+            0xD9 => return Some(i),
+            0x01 | 0xD0..=0xD7 => continue,
+            0xDA => {
+                // Start of scan: skip the header, then entropy-coded data up to the next real marker.
+                let len = u16::from_be_bytes([*b.get(i)?, *b.get(i + 1)?]) as usize;
+                i += len;
+                loop {
+                    let p = i + b.get(i..)?.iter().position(|&x| x == 0xFF)?;
+                    let next = *b.get(p + 1)?;
+                    if next == 0x00 || (0xD0..=0xD7).contains(&next) || next == 0xFF {
+                        i = p + 1;
+                        continue;
+                    }
+                    i = p;
+                    break;
+                }
+            }
+            _ => {
+                let len = u16::from_be_bytes([*b.get(i)?, *b.get(i + 1)?]) as usize;
+                if len < 2 {
+                    return None;
+                }
+                i += len;
+            }
+        }
+    }
+}
+
+/// Where the PNG's IEND chunk ends.
+fn png_end(b: &[u8]) -> Option<usize> {
+    let mut i = 8;
+    loop {
+        let len = u32::from_be_bytes(b.get(i..i + 4)?.try_into().ok()?) as usize;
+        let kind = b.get(i + 4..i + 8)?;
+        let end = i.checked_add(12)?.checked_add(len)?;
+        if end > b.len() {
+            return None;
+        }
+        if kind == b"IEND" {
+            return Some(end);
+        }
+        i = end;
+    }
+}
+
+/// Checks everything about a file that can be checked without decoding its pixels.
+pub fn probe(bytes: &[u8], limits: &Limits) -> Result<Probe> {
+    if bytes.len() > limits.max_bytes {
+        return Err(Error::PayloadTooLarge(format!(
+            "the file is {} bytes; the limit is {}",
+            bytes.len(),
+            limits.max_bytes
+        )));
+    }
+    if bytes.is_empty() {
+        return Err(Error::validation("file", "the file is empty"));
+    }
+    let format = sniff(bytes).ok_or_else(|| unsupported(describe_unknown(bytes)))?;
+    let (width, height, has_alpha, end) = match format {
+        Format::Jpeg => {
+            let mut dec = jpeg_decoder::Decoder::new(bytes);
+            dec.read_info()
+                .map_err(|e| unsupported(format!("invalid JPEG: {e}")))?;
+            let info = dec
+                .info()
+                .ok_or_else(|| unsupported("invalid JPEG header"))?;
+            if info.pixel_format == jpeg_decoder::PixelFormat::L16 {
+                return Err(unsupported("16-bit JPEG is not supported"));
+            }
+            let end = jpeg_end(bytes)
+                .ok_or_else(|| unsupported("the JPEG is truncated (no end marker)"))?;
+            (info.width as u32, info.height as u32, false, end)
+        }
+        Format::Png => {
+            let dec = png::Decoder::new(std::io::Cursor::new(bytes));
+            let reader = dec
+                .read_info()
+                .map_err(|e| unsupported(format!("invalid PNG: {e}")))?;
+            let info = reader.info();
+            let alpha = matches!(
+                info.color_type,
+                png::ColorType::Rgba | png::ColorType::GrayscaleAlpha
+            ) || info.trns.is_some();
+            if info.animation_control.is_some() {
+                return Err(unsupported("animated PNG is not supported"));
+            }
+            let end = png_end(bytes)
+                .ok_or_else(|| unsupported("the PNG is truncated (no IEND chunk)"))?;
+            (info.width, info.height, alpha, end)
+        }
+        Format::Webp => {
+            let riff = u32::from_le_bytes(bytes[4..8].try_into().expect("length checked by sniff"))
+                as usize
+                + 8;
+            if riff > bytes.len() {
+                return Err(unsupported("the WebP is truncated"));
+            }
+            let f = webp::features(bytes).ok_or_else(|| unsupported("invalid WebP"))?;
+            if f.has_animation {
+                return Err(unsupported("animated WebP is not supported"));
+            }
+            (f.width, f.height, f.has_alpha, riff)
+        }
+    };
+    if bytes[end..].iter().any(|&b| b != 0) {
+        return Err(unsupported(format!(
+            "{} bytes of other data follow the image (a polyglot file); refused",
+            bytes.len() - end
+        )));
+    }
+    if width == 0 || height == 0 {
+        return Err(unsupported("the image has no pixels"));
+    }
+    if width > limits.max_width || height > limits.max_height {
+        return Err(Error::validation(
+            "file",
+            format!(
+                "the image is {width}x{height}; the limit is {}x{}",
+                limits.max_width, limits.max_height
+            ),
+        ));
+    }
+    if u64::from(width) * u64::from(height) > limits.max_pixels {
+        return Err(Error::validation(
+            "file",
+            format!(
+                "the image has {} pixels; the limit is {}",
+                u64::from(width) * u64::from(height),
+                limits.max_pixels
+            ),
+        ));
+    }
+    Ok(Probe {
+        format,
+        width,
+        height,
+        has_alpha,
+    })
+}
+
+/// Decoded pixels: RGB8 or RGBA8.
+struct Pixels {
+    width: u32,
+    height: u32,
+    alpha: bool,
+    data: Vec<u8>,
+}
+
+/// The size to decode at so every output is still a downscale.
+fn needed(specs: &[SizeSpec], w: u32, h: u32) -> (u32, u32) {
+    specs.iter().fold((1, 1), |(aw, ah), s| {
+        let (nw, nh) = s.needed(w, h);
+        (aw.max(nw), ah.max(nh))
+    })
+}
+
+/// libjpeg (mozjpeg's build of libjpeg-turbo) decodes at 1/8, 1/4 or 1/2 scale in the DCT domain;
+/// at 1/8 it does not even keep the AC coefficients. Its fatal errors unwind as panics, caught here.
+fn decode_jpeg(bytes: &[u8], p: &Probe, need: (u32, u32)) -> Result<Pixels> {
+    // The smallest DCT scale (1/8, 1/4, 1/2) with both axes still at least the needed size.
+    let num = [1u32, 2, 4]
+        .into_iter()
+        .find(|n| (p.width * n).div_ceil(8) >= need.0 && (p.height * n).div_ceil(8) >= need.1)
+        .unwrap_or(8);
+    let decoded = std::panic::catch_unwind(|| -> std::io::Result<(u32, u32, Vec<u8>)> {
+        let mut d = mozjpeg::Decompress::new_mem(bytes)?;
+        d.scale(num as u8);
+        let mut started = d.rgb()?;
+        let (w, h) = (started.width() as u32, started.height() as u32);
+        let data = started.read_scanlines::<u8>()?;
+        started.finish()?;
+        Ok((w, h, data))
+    });
+    let (w, h, data) = match decoded {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => return Err(unsupported(format!("the JPEG cannot be decoded: {e}"))),
+        Err(_) => {
+            return Err(unsupported(
+                "the JPEG cannot be decoded (corrupt or truncated)",
+            ));
+        }
+    };
+    if data.len() != (w * h * 3) as usize {
+        return Err(unsupported("the JPEG is truncated"));
+    }
+    Ok(Pixels {
+        width: w,
+        height: h,
+        alpha: false,
+        data,
+    })
+}
+
+fn decode_png(bytes: &[u8]) -> Result<Pixels> {
+    let mut dec = png::Decoder::new(std::io::Cursor::new(bytes));
+    dec.set_transformations(png::Transformations::normalize_to_color8());
+    dec.set_ignore_text_chunk(true);
+    let mut reader = dec
+        .read_info()
+        .map_err(|e| unsupported(format!("invalid PNG: {e}")))?;
+    let size = reader
+        .output_buffer_size()
+        .ok_or_else(|| unsupported("the PNG is too large"))?;
+    let mut buf = vec![0; size];
+    let frame = reader
+        .next_frame(&mut buf)
+        .map_err(|e| unsupported(format!("the PNG cannot be decoded: {e}")))?;
+    buf.truncate(frame.buffer_size());
+    let (w, h) = (frame.width, frame.height);
+    let (alpha, data) = match frame.color_type {
+        png::ColorType::Rgb => (false, buf),
+        png::ColorType::Rgba => (true, buf),
+        png::ColorType::Grayscale => (false, buf.iter().flat_map(|&l| [l, l, l]).collect()),
+        png::ColorType::GrayscaleAlpha => (
+            true,
+            buf.chunks_exact(2)
+                .flat_map(|c| [c[0], c[0], c[0], c[1]])
+                .collect(),
+        ),
+        png::ColorType::Indexed => return Err(unsupported("unexpected indexed PNG output")),
+    };
+    Ok(Pixels {
+        width: w,
+        height: h,
+        alpha,
+        data,
+    })
+}
+
+/// Drops a fully opaque alpha channel (cheaper to resize and encode).
+fn drop_opaque_alpha(p: Pixels) -> Pixels {
+    if p.alpha && p.data.chunks_exact(4).all(|c| c[3] == 255) {
+        let data = p
+            .data
+            .chunks_exact(4)
+            .flat_map(|c| [c[0], c[1], c[2]])
+            .collect();
+        Pixels {
+            alpha: false,
+            data,
+            ..p
+        }
+    } else {
+        p
+    }
+}
+
+fn resize(src: &Pixels, spec: &SizeSpec, resizer: &mut Resizer) -> Result<Pixels> {
+    let pt = if src.alpha {
+        PixelType::U8x4
+    } else {
+        PixelType::U8x3
+    };
+    let (ow, oh) = spec.output_dims(src.width, src.height);
+    let image = ImageRef::new(src.width, src.height, &src.data, pt).map_err(Error::internal)?;
+    let mut dst = Image::new(ow, oh, pt);
+    let mut opts = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Lanczos3));
+    if spec.fit == Fit::Cover {
+        opts = opts.fit_into_destination(None);
+    }
+    resizer
+        .resize(&image, &mut dst, &opts)
+        .map_err(Error::internal)?;
+    Ok(Pixels {
+        width: ow,
+        height: oh,
+        alpha: src.alpha,
+        data: dst.into_vec(),
+    })
+}
+
+fn encode(p: &Pixels, format: Format, quality: u8) -> Result<Vec<u8>> {
+    match format {
+        Format::Jpeg => {
+            let rgb: std::borrow::Cow<[u8]> = if p.alpha {
+                p.data
+                    .chunks_exact(4)
+                    .flat_map(|c| [c[0], c[1], c[2]])
+                    .collect::<Vec<u8>>()
+                    .into()
+            } else {
+                (&p.data[..]).into()
+            };
+            let mut out = Vec::with_capacity(64 * 1024);
+            let mut enc = jpeg_encoder::Encoder::new(&mut out, quality);
+            enc.set_optimized_huffman_tables(true);
+            enc.encode(
+                &rgb,
+                p.width as u16,
+                p.height as u16,
+                jpeg_encoder::ColorType::Rgb,
+            )
+            .map_err(Error::internal)?;
+            Ok(out)
+        }
+        Format::Png => {
+            let mut out = Vec::with_capacity(128 * 1024);
+            let mut enc = png::Encoder::new(&mut out, p.width, p.height);
+            enc.set_color(if p.alpha {
+                png::ColorType::Rgba
+            } else {
+                png::ColorType::Rgb
+            });
+            enc.set_depth(png::BitDepth::Eight);
+            enc.set_compression(png::Compression::Fast);
+            let mut w = enc.write_header().map_err(Error::internal)?;
+            w.write_image_data(&p.data).map_err(Error::internal)?;
+            w.finish().map_err(Error::internal)?;
+            Ok(out)
+        }
+        Format::Webp => webp::encode(&p.data, p.width, p.height, p.alpha, f32::from(quality)),
+    }
+}
+
+/// Decodes once and makes every requested size, in the input's format.
+pub fn render(bytes: &[u8], p: &Probe, specs: &[SizeSpec], quality: u8) -> Result<Vec<Output>> {
+    let need = needed(specs, p.width, p.height);
+    let pixels = match p.format {
+        Format::Jpeg => decode_jpeg(bytes, p, need)?,
+        Format::Png => drop_opaque_alpha(decode_png(bytes)?),
+        Format::Webp => {
+            // libwebp's scaler averages areas: decode straight to an integer shrink of the source.
+            let shrink = (p.width / need.0.max(1))
+                .min(p.height / need.1.max(1))
+                .max(1);
+            let (dw, dh) = (p.width.div_ceil(shrink), p.height.div_ceil(shrink));
+            let data = webp::decode_scaled(bytes, dw, dh, p.has_alpha)?;
+            drop_opaque_alpha(Pixels {
+                width: dw,
+                height: dh,
+                alpha: p.has_alpha,
+                data,
+            })
+        }
+    };
+    let mut resizer = Resizer::new();
+    specs
+        .iter()
+        .map(|spec| {
+            let out = resize(&pixels, spec, &mut resizer)?;
+            Ok(Output {
+                name: spec.name.clone(),
+                format: p.format,
+                width: out.width,
+                height: out.height,
+                bytes: encode(&out, p.format, quality)?,
+            })
+        })
+        .collect()
+}
+
+/// libwebp through libwebp-sys: header features, scaled decoding, lossy encoding.
+mod webp {
+    use libwebp_sys as w;
+
+    use crate::error::{Error, Result};
+
+    pub struct Features {
+        pub width: u32,
+        pub height: u32,
+        pub has_alpha: bool,
+        pub has_animation: bool,
+    }
+
+    pub fn features(d: &[u8]) -> Option<Features> {
+        // SAFETY: WebPGetFeatures reads at most `d.len()` bytes and writes only `f`.
+        let mut f: w::WebPBitstreamFeatures = unsafe { std::mem::zeroed() };
+        let ok = unsafe { w::WebPGetFeatures(d.as_ptr(), d.len(), &mut f) }
+            == w::VP8StatusCode::VP8_STATUS_OK;
+        ok.then(|| Features {
+            width: f.width.max(0) as u32,
+            height: f.height.max(0) as u32,
+            has_alpha: f.has_alpha != 0,
+            has_animation: f.has_animation != 0,
+        })
+    }
+
+    /// Decodes to exactly `ow`×`oh` (RGB or RGBA) with libwebp's built-in rescaler.
+    pub fn decode_scaled(d: &[u8], ow: u32, oh: u32, alpha: bool) -> Result<Vec<u8>> {
+        let bpp = if alpha { 4 } else { 3 };
+        let stride = ow as usize * bpp;
+        let mut px = vec![0u8; stride * oh as usize];
+        let mut cfg =
+            w::WebPDecoderConfig::new().map_err(|_| Error::internal("libwebp ABI mismatch"))?;
+        cfg.options.use_scaling = 1;
+        cfg.options.scaled_width = ow as i32;
+        cfg.options.scaled_height = oh as i32;
+        cfg.output.colorspace = if alpha {
+            w::WEBP_CSP_MODE::MODE_RGBA
+        } else {
+            w::WEBP_CSP_MODE::MODE_RGB
+        };
+        cfg.output.is_external_memory = 1;
+        cfg.output.u.RGBA = w::WebPRGBABuffer {
+            rgba: px.as_mut_ptr(),
+            stride: stride as i32,
+            size: px.len(),
+        };
+        // SAFETY: the output buffer is ours, sized stride×oh, and outlives the call.
+        let status = unsafe { w::WebPDecode(d.as_ptr(), d.len(), &mut cfg) };
+        unsafe { w::WebPFreeDecBuffer(&mut cfg.output) };
+        if status != w::VP8StatusCode::VP8_STATUS_OK {
+            return Err(Error::UnsupportedMedia(format!(
+                "the WebP cannot be decoded ({status:?})"
+            )));
+        }
+        Ok(px)
+    }
+
+    /// Lossy encode at `quality` (sharp's defaults: method 4).
+    pub fn encode(px: &[u8], wd: u32, ht: u32, alpha: bool, quality: f32) -> Result<Vec<u8>> {
+        // SAFETY: every libwebp object is initialised by its constructor and freed on every path.
+        unsafe {
+            let mut cfg =
+                w::WebPConfig::new_with_preset(w::WebPPreset::WEBP_PRESET_DEFAULT, quality)
+                    .map_err(|_| Error::internal("libwebp config"))?;
+            cfg.method = 4;
+            if w::WebPValidateConfig(&cfg) == 0 {
+                return Err(Error::internal("invalid libwebp config"));
+            }
+            let mut pic = w::WebPPicture::new().map_err(|_| Error::internal("libwebp picture"))?;
+            pic.use_argb = 0;
+            pic.width = wd as i32;
+            pic.height = ht as i32;
+            let ok = if alpha {
+                w::WebPPictureImportRGBA(&mut pic, px.as_ptr(), (wd * 4) as i32)
+            } else {
+                w::WebPPictureImportRGB(&mut pic, px.as_ptr(), (wd * 3) as i32)
+            };
+            if ok == 0 {
+                w::WebPPictureFree(&mut pic);
+                return Err(Error::internal("libwebp import failed"));
+            }
+            let mut mw: w::WebPMemoryWriter = std::mem::zeroed();
+            w::WebPMemoryWriterInit(&mut mw);
+            pic.writer = Some(w::WebPMemoryWrite);
+            pic.custom_ptr = &mut mw as *mut _ as *mut std::ffi::c_void;
+            let ok = w::WebPEncode(&cfg, &mut pic);
+            let err = pic.error_code;
+            w::WebPPictureFree(&mut pic);
+            let out = if ok != 0 {
+                Ok(std::slice::from_raw_parts(mw.mem, mw.size).to_vec())
+            } else {
+                Err(Error::internal(format!("libwebp encode failed: {err:?}")))
+            };
+            w::WebPMemoryWriterClear(&mut mw);
+            out
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(format: Format, w: u32, h: u32) -> Vec<u8> {
+        let p = Pixels {
+            width: w,
+            height: h,
+            alpha: false,
+            data: (0..w * h)
+                .flat_map(|i| [(i % 251) as u8, (i / 7 % 256) as u8, 90])
+                .collect(),
+        };
+        encode(&p, format, 90).unwrap()
+    }
+
+    #[test]
+    fn each_format_round_trips_with_the_right_sizes() {
+        for format in [Format::Jpeg, Format::Png, Format::Webp] {
+            let bytes = sample(format, 800, 500);
+            let p = probe(&bytes, &Limits::default()).unwrap();
+            assert_eq!((p.format, p.width, p.height), (format, 800, 500));
+            let out = render(&bytes, &p, &[SizeSpec::thumbnail(), SizeSpec::medium()], 85).unwrap();
+            assert_eq!((out[0].width, out[0].height), (200, 200));
+            assert_eq!((out[1].width, out[1].height), (600, 375));
+            for o in &out {
+                let again = probe(&o.bytes, &Limits::default()).unwrap();
+                assert_eq!(
+                    (again.format, again.width, again.height),
+                    (format, o.width, o.height)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn small_images_are_not_enlarged_by_inside() {
+        let bytes = sample(Format::Png, 300, 100);
+        let p = probe(&bytes, &Limits::default()).unwrap();
+        let out = render(&bytes, &p, &[SizeSpec::medium()], 85).unwrap();
+        assert_eq!((out[0].width, out[0].height), (300, 100));
+    }
+
+    #[test]
+    fn bad_inputs_are_refused_with_a_reason() {
+        let jpeg = sample(Format::Jpeg, 64, 64);
+        let code = |b: &[u8]| probe(b, &Limits::default()).unwrap_err().code();
+        assert_eq!(code(b"GIF89a......"), "UNSUPPORTED_MEDIA");
+        assert_eq!(
+            code(b"<svg xmlns='http://www.w3.org/2000/svg'></svg>"),
+            "UNSUPPORTED_MEDIA"
+        );
+        let mut polyglot = jpeg.clone();
+        polyglot.extend_from_slice(b"<html><script>alert(1)</script></html>");
+        let err = probe(&polyglot, &Limits::default()).unwrap_err();
+        assert!(err.to_string().contains("polyglot"), "{err}");
+        assert_eq!(code(&jpeg[..jpeg.len() / 2]), "UNSUPPORTED_MEDIA");
+        let png = sample(Format::Png, 64, 64);
+        assert_eq!(code(&png[..png.len() - 20]), "UNSUPPORTED_MEDIA");
+        let small = Limits {
+            max_bytes: 10,
+            ..Limits::default()
+        };
+        assert_eq!(
+            probe(&jpeg, &small).unwrap_err().code(),
+            "PAYLOAD_TOO_LARGE"
+        );
+        let tiny_dims = Limits {
+            max_width: 32,
+            ..Limits::default()
+        };
+        assert_eq!(probe(&jpeg, &tiny_dims).unwrap_err().code(), "VALIDATION");
+    }
+
+    #[test]
+    fn decompression_bombs_are_refused_before_decoding() {
+        // A valid 20000x20000 PNG header with almost no data: refused from the header alone.
+        let mut enc_out = Vec::new();
+        {
+            let mut enc = png::Encoder::new(&mut enc_out, 20000, 20000);
+            enc.set_color(png::ColorType::Grayscale);
+            let mut w = enc.write_header().unwrap();
+            let row = vec![0u8; 20000];
+            let mut sw = w.stream_writer().unwrap();
+            for _ in 0..20000 {
+                std::io::Write::write_all(&mut sw, &row).unwrap();
+            }
+            sw.finish().unwrap();
+        }
+        let limits = Limits {
+            max_bytes: usize::MAX,
+            ..Limits::default()
+        };
+        let err = probe(&enc_out, &limits).unwrap_err();
+        assert_eq!(err.code(), "VALIDATION", "{err}");
+    }
+}

@@ -1,0 +1,168 @@
+//! Where media bytes live. Keys are content-addressed (`ab/cd/<sha256>[_<size>].<ext>`) and made by
+//! the server only; a client's file name never reaches a path. [`LocalStorage`] writes atomically
+//! (temp file in the same directory, fsync, rename), so a reader never sees half a file.
+
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use tokio::io::AsyncWriteExt;
+
+use crate::error::{Error, Result};
+
+#[async_trait]
+pub trait Storage: Send + Sync + 'static {
+    async fn put(&self, key: &str, bytes: &[u8]) -> Result<()>;
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>>;
+    /// Removing a missing key is not an error.
+    async fn delete(&self, key: &str) -> Result<()>;
+    async fn exists(&self, key: &str) -> Result<bool> {
+        Ok(self.get(key).await?.is_some())
+    }
+    fn path_ok(key: &str) -> bool
+    where
+        Self: Sized,
+    {
+        key_ok(key)
+    }
+}
+
+/// A safe key: relative, no `..`, no backslash, only `[a-z0-9_./-]`, no empty segment.
+pub fn key_ok(key: &str) -> bool {
+    !key.is_empty()
+        && key.len() <= 255
+        && !key.starts_with('/')
+        && key
+            .bytes()
+            .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_' | b'.' | b'/' | b'-'))
+        && key
+            .split('/')
+            .all(|seg| !seg.is_empty() && seg != "." && seg != "..")
+        && !key.contains("..")
+}
+
+/// `ab/cd/<sha256>.<ext>`, or `ab/cd/<sha256>_<variant>.<ext>` for a derived size.
+pub fn key_for(sha256: &str, variant: Option<&str>, ext: &str) -> String {
+    let base = match variant {
+        Some(v) => format!("{sha256}_{v}"),
+        None => sha256.to_owned(),
+    };
+    format!("{}/{}/{base}.{ext}", &sha256[0..2], &sha256[2..4])
+}
+
+/// The public URL of a key.
+pub fn url_for(key: &str) -> String {
+    format!("/uploads/{key}")
+}
+
+/// The key of a `/uploads/<key>` URL.
+pub fn key_of_url(url: &str) -> Option<&str> {
+    url.strip_prefix("/uploads/")
+}
+
+/// Files under a local directory (DATA_DIR/uploads).
+#[derive(Debug, Clone)]
+pub struct LocalStorage {
+    root: PathBuf,
+}
+
+impl LocalStorage {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn path(&self, key: &str) -> Result<PathBuf> {
+        if !key_ok(key) {
+            return Err(Error::validation("key", "invalid storage key"));
+        }
+        Ok(self.root.join(key))
+    }
+}
+
+#[async_trait]
+impl Storage for LocalStorage {
+    async fn put(&self, key: &str, bytes: &[u8]) -> Result<()> {
+        let path = self.path(key)?;
+        let dir = path
+            .parent()
+            .ok_or_else(|| Error::internal("storage key has no directory"))?;
+        tokio::fs::create_dir_all(dir).await?;
+        let tmp = dir.join(format!(".tmp-{}", uuid::Uuid::new_v4().simple()));
+        let write = async {
+            let mut f = tokio::fs::File::create(&tmp).await?;
+            f.write_all(bytes).await?;
+            f.sync_all().await?;
+            drop(f);
+            tokio::fs::rename(&tmp, &path).await
+        };
+        if let Err(e) = write.await {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let path = self.path(key)?;
+        match tokio::fs::read(&path).await {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        let path = self.path(key)?;
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn exists(&self, key: &str) -> Result<bool> {
+        Ok(tokio::fs::try_exists(self.path(key)?).await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_checked() {
+        let sha = "ab".repeat(32);
+        let k = key_for(&sha, Some("thumbnail"), "jpg");
+        assert_eq!(k, format!("ab/ab/{sha}_thumbnail.jpg"));
+        assert!(key_ok(&k));
+        for bad in [
+            "",
+            "../x",
+            "a/../b",
+            "/etc/passwd",
+            "a\\b",
+            "A/b",
+            "a//b",
+            "a/./b",
+            "a/b%2e",
+            "a/b c",
+        ] {
+            assert!(!key_ok(bad), "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn put_get_delete() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = LocalStorage::new(dir.path());
+        s.put("ab/cd/x.png", b"hi").await.unwrap();
+        assert_eq!(s.get("ab/cd/x.png").await.unwrap().unwrap(), b"hi");
+        s.delete("ab/cd/x.png").await.unwrap();
+        assert!(s.get("ab/cd/x.png").await.unwrap().is_none());
+        s.delete("ab/cd/x.png").await.unwrap();
+        assert!(s.put("../x", b"no").await.is_err());
+    }
+}

@@ -1,0 +1,660 @@
+//! Media: uploads over REST (base64) and GraphQL (multipart), validation by content, dedupe,
+//! shared files on delete, the `/uploads` file server, product media rules and the
+//! media_processing job. Test images are made in code.
+
+use std::{path::Path, time::Duration};
+
+use base64::Engine;
+use reqwest::{Method, StatusCode, header};
+use serde_json::{Value, json};
+use smartbot::media::process::{self, Format, Limits};
+
+use crate::{
+    both_dbs,
+    common::{Db, TestApp},
+};
+
+fn pixels(w: u32, h: u32) -> Vec<u8> {
+    let mut v = Vec::with_capacity((w * h * 3) as usize);
+    for y in 0..h {
+        for x in 0..w {
+            v.extend_from_slice(&[
+                (x * 255 / w) as u8,
+                (y * 255 / h) as u8,
+                ((x ^ y) & 0xff) as u8,
+            ]);
+        }
+    }
+    v
+}
+
+fn png_bytes(w: u32, h: u32) -> Vec<u8> {
+    png_of(w, h, &pixels(w, h))
+}
+
+fn png_of(w: u32, h: u32, px: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut enc = png::Encoder::new(&mut out, w, h);
+    enc.set_color(png::ColorType::Rgb);
+    enc.set_depth(png::BitDepth::Eight);
+    let mut wr = enc.write_header().unwrap();
+    wr.write_image_data(px).unwrap();
+    wr.finish().unwrap();
+    out
+}
+
+fn jpeg_bytes(w: u32, h: u32) -> Vec<u8> {
+    let mut out = Vec::new();
+    jpeg_encoder::Encoder::new(&mut out, 85)
+        .encode(
+            &pixels(w, h),
+            w as u16,
+            h as u16,
+            jpeg_encoder::ColorType::Rgb,
+        )
+        .unwrap();
+    out
+}
+
+fn webp_bytes(w: u32, h: u32) -> Vec<u8> {
+    let px = pixels(w, h);
+    // SAFETY: libwebp reads w*h*3 bytes and returns a buffer we copy and free.
+    unsafe {
+        let mut out: *mut u8 = std::ptr::null_mut();
+        let n = libwebp_sys::WebPEncodeRGB(
+            px.as_ptr(),
+            w as i32,
+            h as i32,
+            (w * 3) as i32,
+            80.0,
+            &mut out,
+        );
+        assert!(n > 0);
+        let v = std::slice::from_raw_parts(out, n).to_vec();
+        libwebp_sys::WebPFree(out as *mut std::ffi::c_void);
+        v
+    }
+}
+
+fn image(f: Format, w: u32, h: u32) -> Vec<u8> {
+    match f {
+        Format::Jpeg => jpeg_bytes(w, h),
+        Format::Png => png_bytes(w, h),
+        Format::Webp => webp_bytes(w, h),
+    }
+}
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn count_files(dir: &Path) -> usize {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    rd.flatten()
+        .map(|e| {
+            let p = e.path();
+            if p.is_dir() { count_files(&p) } else { 1 }
+        })
+        .sum()
+}
+
+fn uploads(app: &TestApp) -> usize {
+    count_files(&app.server.state.config.media_dir())
+}
+
+fn no_workers(c: &mut smartbot::Config) {
+    c.run_workers = false;
+}
+
+async fn rest_upload(app: &TestApp, token: &str, body: Value) -> (StatusCode, Value) {
+    app.rest(Method::POST, "/api/media/upload", Some(token), Some(body))
+        .await
+}
+
+async fn upload_ok(app: &TestApp, token: &str, bytes: &[u8], merchant: Option<&str>) -> Value {
+    let (s, b) = rest_upload(
+        app,
+        token,
+        json!({ "fileData": b64(bytes), "fileName": "a.img", "merchantId": merchant }),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    b["media"].clone()
+}
+
+async fn media_rows(app: &TestApp) -> u64 {
+    let d = app
+        .gql_ok(Some(&app.admin), "{ mediaList { totalCount } }", json!({}))
+        .await;
+    d["mediaList"]["totalCount"].as_u64().unwrap()
+}
+
+/// Fetches a `/uploads` URL and probes it.
+async fn fetch_image(app: &TestApp, url: &str) -> (process::Probe, reqwest::header::HeaderMap) {
+    let res = app.client.get(app.url(url)).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK, "{url}");
+    let headers = res.headers().clone();
+    let bytes = res.bytes().await.unwrap();
+    (process::probe(&bytes, &Limits::default()).unwrap(), headers)
+}
+
+const FORMATS: [Format; 3] = [Format::Jpeg, Format::Png, Format::Webp];
+
+async fn rest_round_trip(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let m1 = app.merchant("m1");
+    for f in FORMATS {
+        let bytes = image(f, 640, 480);
+        let data = if f == Format::Png {
+            format!("data:image/png;base64,{}", b64(&bytes))
+        } else {
+            b64(&bytes)
+        };
+        let (s, b) = rest_upload(
+            &app,
+            &m1,
+            json!({ "fileData": data, "fileName": "../../evil name", "mimeType": f.mime() }),
+        )
+        .await;
+        assert_eq!(s, StatusCode::CREATED, "{b}");
+        assert_eq!(b["success"], true);
+        let m = &b["media"];
+        assert_eq!(m["mime_type"], f.mime());
+        assert_eq!(m["merchant_id"], "m1");
+        assert_eq!(m["width"], 640);
+        assert_eq!(m["height"], 480);
+        assert_eq!(m["status"], "ready");
+        assert_eq!(m["size"], bytes.len());
+        assert_eq!(m["original_name"], "../../evil name");
+        let url = m["url"].as_str().unwrap();
+        assert!(
+            url.starts_with("/uploads/") && !url.contains("evil"),
+            "{url}"
+        );
+        let (p, _) = fetch_image(&app, url).await;
+        assert_eq!((p.format, p.width, p.height), (f, 640, 480));
+        let thumb = m["thumbnail_url"].as_str().unwrap();
+        let (p, h) = fetch_image(&app, thumb).await;
+        assert_eq!((p.format, p.width, p.height), (f, 200, 200));
+        assert_eq!(h[header::CONTENT_TYPE], f.mime());
+        assert_eq!(h[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+        assert_eq!(
+            h[header::CACHE_CONTROL],
+            "public, max-age=31536000, immutable"
+        );
+        let etag = h[header::ETAG].to_str().unwrap().to_owned();
+        assert_eq!(etag, format!("\"{}\"", m["sha256"].as_str().unwrap()));
+        let res = app
+            .client
+            .get(app.url(thumb))
+            .header(header::IF_NONE_MATCH, &etag)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::NOT_MODIFIED);
+
+        let id = m["id"].as_str().unwrap();
+        let (s, got) = app
+            .rest(Method::GET, &format!("/api/media/{id}"), None, None)
+            .await;
+        assert_eq!(s, StatusCode::OK, "{got}");
+        assert_eq!(got["media"]["id"], id);
+    }
+    // Anonymous uploads and another merchant's id are refused.
+    let png = png_bytes(10, 10);
+    let (s, b) = app
+        .rest(
+            Method::POST,
+            "/api/media/upload",
+            None,
+            Some(json!({ "fileData": b64(&png) })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{b}");
+    let (s, b) = rest_upload(
+        &app,
+        &m1,
+        json!({ "fileData": b64(&png), "merchantId": "m2" }),
+    )
+    .await;
+    assert_eq!(
+        (s, b["code"].as_str()),
+        (StatusCode::FORBIDDEN, Some("FORBIDDEN")),
+        "{b}"
+    );
+}
+
+/// A GraphQL multipart request (operations / map / 0) with `files` parts.
+async fn gql_multipart(
+    app: &TestApp,
+    token: &str,
+    files: Vec<(Vec<u8>, &str)>,
+) -> (StatusCode, Value) {
+    let (query, variables, map) = if files.len() == 1 {
+        (
+            "mutation($file: Upload!) { uploadMedia(file: $file) { id mimeType width height thumbnailUrl merchantId } }",
+            json!({ "file": null }),
+            json!({ "0": ["variables.file"] }),
+        )
+    } else {
+        (
+            "mutation($a: Upload!, $b: Upload!) { a: uploadMedia(file: $a) { id } b: uploadMedia(file: $b) { id } }",
+            json!({ "a": null, "b": null }),
+            json!({ "0": ["variables.a"], "1": ["variables.b"] }),
+        )
+    };
+    let mut form = reqwest::multipart::Form::new()
+        .text(
+            "operations",
+            json!({ "query": query, "variables": variables }).to_string(),
+        )
+        .text("map", map.to_string());
+    for (i, (bytes, mime)) in files.into_iter().enumerate() {
+        form = form.part(
+            i.to_string(),
+            reqwest::multipart::Part::bytes(bytes)
+                .file_name(format!("f{i}"))
+                .mime_str(mime)
+                .unwrap(),
+        );
+    }
+    let res = app
+        .client
+        .post(app.url("/graphql"))
+        .bearer_auth(token)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    let status = res.status();
+    (status, res.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn graphql_multipart_round_trip() {
+    let app = TestApp::spawn_with(Db::Sqlite, no_workers).await;
+    let m1 = app.merchant("m1");
+    for f in FORMATS {
+        let (s, b) = gql_multipart(&app, &m1, vec![(image(f, 320, 240), f.mime())]).await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        let m = &b["data"]["uploadMedia"];
+        assert_eq!(m["mimeType"], f.mime(), "{b}");
+        assert_eq!(
+            (m["width"].as_i64(), m["height"].as_i64()),
+            (Some(320), Some(240))
+        );
+        assert_eq!(m["merchantId"], "m1");
+        let (p, _) = fetch_image(&app, m["thumbnailUrl"].as_str().unwrap()).await;
+        assert_eq!((p.format, p.width, p.height), (f, 200, 200));
+    }
+    // Base64 over GraphQL too.
+    let d = app
+        .gql_ok(
+            Some(&m1),
+            "mutation($i: UploadMediaBase64Input!) { uploadMediaBase64(input: $i) { mimeType width } }",
+            json!({ "i": { "fileData": b64(&png_bytes(30, 20)), "fileName": "x.png" } }),
+        )
+        .await;
+    assert_eq!(d["uploadMediaBase64"]["width"], 30);
+}
+
+#[tokio::test]
+async fn multipart_limits() {
+    let app = TestApp::spawn_with(Db::Sqlite, |c| {
+        c.run_workers = false;
+        c.media_max_bytes = 10_000;
+    })
+    .await;
+    let m1 = app.merchant("m1");
+    let big = noise_png(200, 200);
+    assert!(big.len() > 10_000);
+    let (_, b) = gql_multipart(&app, &m1, vec![(big, "image/png")]).await;
+    assert_eq!(
+        b["errors"][0]["extensions"]["code"], "PAYLOAD_TOO_LARGE",
+        "{b}"
+    );
+    let small = png_bytes(8, 8);
+    let (s, b) = gql_multipart(
+        &app,
+        &m1,
+        vec![(small.clone(), "image/png"), (small, "image/png")],
+    )
+    .await;
+    assert!(b.get("errors").is_some() && s.is_client_error(), "{s} {b}");
+    assert_eq!(media_rows(&app).await, 0);
+    assert_eq!(uploads(&app), 0);
+}
+
+fn noise_png(w: u32, h: u32) -> Vec<u8> {
+    let mut x: u32 = 12345;
+    let px: Vec<u8> = (0..w * h * 3)
+        .map(|_| {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            (x >> 16) as u8
+        })
+        .collect();
+    png_of(w, h, &px)
+}
+
+#[tokio::test]
+async fn bad_inputs_leave_nothing() {
+    let app = TestApp::spawn_with(Db::Sqlite, |c| {
+        c.run_workers = false;
+        c.media_max_bytes = 50_000;
+    })
+    .await;
+    let m1 = app.merchant("m1");
+    let jpeg = jpeg_bytes(64, 64);
+    let mut truncated = jpeg.clone();
+    truncated.truncate(jpeg.len() / 2);
+    let mut polyglot = jpeg.clone();
+    polyglot.extend_from_slice(b"<html><script>alert(1)</script></html>");
+    let svg =
+        br#"<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"/>"#
+            .to_vec();
+    let gif = b"GIF89a\x01\x00\x01\x00\x80\x00\x00\xff\xff\xff\x00\x00\x00!\xf9\x04\x01\x00\x00\x00\x00,\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;".to_vec();
+    let big = noise_png(200, 200);
+    assert!(big.len() > 50_000);
+    let cases: Vec<(&str, Value, StatusCode, &str)> = vec![
+        (
+            "bad base64",
+            json!({ "fileData": "!!!not base64***" }),
+            StatusCode::BAD_REQUEST,
+            "VALIDATION",
+        ),
+        (
+            "claimed png",
+            json!({ "fileData": b64(&jpeg), "mimeType": "image/png" }),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UNSUPPORTED_MEDIA",
+        ),
+        (
+            "truncated",
+            json!({ "fileData": b64(&truncated) }),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UNSUPPORTED_MEDIA",
+        ),
+        (
+            "polyglot",
+            json!({ "fileData": b64(&polyglot) }),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UNSUPPORTED_MEDIA",
+        ),
+        (
+            "svg",
+            json!({ "fileData": b64(&svg), "mimeType": "image/svg+xml" }),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UNSUPPORTED_MEDIA",
+        ),
+        (
+            "gif",
+            json!({ "fileData": b64(&gif) }),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UNSUPPORTED_MEDIA",
+        ),
+        (
+            "oversized",
+            json!({ "fileData": b64(&big) }),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "PAYLOAD_TOO_LARGE",
+        ),
+    ];
+    for (name, body, status, code) in cases {
+        let (s, b) = rest_upload(&app, &m1, body).await;
+        assert_eq!(s, status, "{name}: {b}");
+        assert_eq!(b["code"], code, "{name}: {b}");
+        if name == "bad base64" {
+            assert_eq!(b["field"], "fileData");
+        }
+        if name == "claimed png" {
+            assert!(
+                b["error"]
+                    .as_str()
+                    .unwrap()
+                    .contains("claimed image/png but the content is JPEG"),
+                "{b}"
+            );
+        }
+    }
+    assert_eq!(media_rows(&app).await, 0);
+    assert_eq!(uploads(&app), 0);
+}
+
+async fn dedupe_and_shared_delete(db: Db) {
+    let app = TestApp::spawn_with(db, no_workers).await;
+    let (m1, m2) = (app.merchant("m1"), app.merchant("m2"));
+    let png = png_bytes(300, 200);
+    let a = upload_ok(&app, &m1, &png, None).await;
+    assert_eq!(uploads(&app), 2);
+    let again = upload_ok(&app, &m1, &png, None).await;
+    assert_eq!(again["id"], a["id"]);
+    assert_eq!(uploads(&app), 2);
+    let b = upload_ok(&app, &m2, &png, None).await;
+    assert_ne!(b["id"], a["id"]);
+    assert_eq!(b["url"], a["url"]);
+    assert_eq!(uploads(&app), 2);
+    assert_eq!(media_rows(&app).await, 2);
+
+    let (aid, bid) = (a["id"].as_str().unwrap(), b["id"].as_str().unwrap());
+    let (s, body) = app
+        .rest(
+            Method::DELETE,
+            &format!("/api/media/{aid}"),
+            Some(&m2),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{body}");
+    let (code, _) = app
+        .gql_err(
+            Some(&m2),
+            "mutation($id: ID!) { deleteMedia(id: $id) }",
+            json!({ "id": aid }),
+        )
+        .await;
+    assert_eq!(code, "FORBIDDEN");
+
+    let (s, body) = app
+        .rest(
+            Method::DELETE,
+            &format!("/api/media/{aid}"),
+            Some(&m1),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(uploads(&app), 2);
+    fetch_image(&app, b["url"].as_str().unwrap()).await;
+    let (s, _) = app
+        .rest(Method::GET, &format!("/api/media/{aid}"), None, None)
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+
+    let d = app
+        .gql_ok(
+            Some(&m2),
+            "mutation($id: ID!) { deleteMedia(id: $id) }",
+            json!({ "id": bid }),
+        )
+        .await;
+    assert_eq!(d["deleteMedia"], true);
+    assert_eq!(uploads(&app), 0);
+    assert_eq!(media_rows(&app).await, 0);
+    // One audit row per real upload (not for the duplicate) and per delete.
+    for (action, n) in [("media.upload", 2), ("media.delete", 2)] {
+        let d = app
+            .gql_ok(
+                Some(&app.admin),
+                "query($a: String) { auditLogs(filter: { action: $a }) { totalCount } }",
+                json!({ "a": action }),
+            )
+            .await;
+        assert_eq!(d["auditLogs"]["totalCount"], n, "{action}: {d}");
+    }
+    let res = app
+        .client
+        .get(app.url(b["url"].as_str().unwrap()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn uploads_refuse_traversal() {
+    let app = TestApp::spawn_with(Db::Sqlite, no_workers).await;
+    let m1 = app.merchant("m1");
+    upload_ok(&app, &m1, &png_bytes(20, 20), None).await;
+    for path in [
+        "/uploads/%2e%2e/smartbot.db",
+        "/uploads/%2e%2e%2fsmartbot.db",
+        "/uploads/..%2fsmartbot.db",
+        "/uploads/%2e%2e/%2e%2e/etc/passwd",
+        "/uploads/%2Fetc%2Fpasswd",
+        "/uploads//etc/passwd",
+        "/uploads/ab/..%5c..%5csmartbot.db",
+        "/uploads/../smartbot.db",
+        "/uploads/ab/cd/../../../jwt_secret",
+    ] {
+        let res = app.client.get(app.url(path)).send().await.unwrap();
+        assert!(
+            matches!(
+                res.status(),
+                StatusCode::BAD_REQUEST | StatusCode::NOT_FOUND
+            ),
+            "{path}: {}",
+            res.status()
+        );
+    }
+}
+
+async fn product_media_rules(db: Db) {
+    let app = TestApp::spawn_with(db, no_workers).await;
+    let (m1, m2) = (app.merchant("m1"), app.merchant("m2"));
+    let a = upload_ok(&app, &m1, &png_bytes(20, 20), None).await;
+    let b = upload_ok(&app, &m1, &png_bytes(21, 20), None).await;
+    let (aid, bid) = (a["id"].as_str().unwrap(), b["id"].as_str().unwrap());
+    let attach = "mutation($p: String!, $m: ID!, $primary: Boolean) { attachMediaToProduct(productId: $p, mediaId: $m, isPrimary: $primary) { mediaId position isPrimary media { id } } }";
+    let (code, _) = app
+        .gql_err(Some(&m2), attach, json!({ "p": "prod-1", "m": aid }))
+        .await;
+    assert_eq!(code, "FORBIDDEN");
+    let d = app
+        .gql_ok(
+            Some(&m1),
+            attach,
+            json!({ "p": "prod-1", "m": aid, "primary": true }),
+        )
+        .await;
+    assert_eq!(d["attachMediaToProduct"]["isPrimary"], true);
+    assert_eq!(d["attachMediaToProduct"]["position"], 0);
+    let d = app
+        .gql_ok(
+            Some(&m1),
+            attach,
+            json!({ "p": "prod-1", "m": bid, "primary": true }),
+        )
+        .await;
+    assert_eq!(d["attachMediaToProduct"]["position"], 1);
+    let list = "query($p: String!) { productMedia(productId: $p) { mediaId position isPrimary } }";
+    let d = app.gql_ok(None, list, json!({ "p": "prod-1" })).await;
+    let rows = d["productMedia"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0]["mediaId"], aid);
+    assert_eq!(rows[0]["isPrimary"], false);
+    assert_eq!(rows[1]["isPrimary"], true);
+
+    let reorder = "mutation($p: String!, $ids: [ID!]!) { reorderProductMedia(productId: $p, mediaIds: $ids) { mediaId position } }";
+    let (code, _) = app
+        .gql_err(
+            Some(&m2),
+            reorder,
+            json!({ "p": "prod-1", "ids": [bid, aid] }),
+        )
+        .await;
+    assert_eq!(code, "FORBIDDEN");
+    let (code, _) = app
+        .gql_err(Some(&m1), reorder, json!({ "p": "prod-1", "ids": [bid] }))
+        .await;
+    assert_eq!(code, "VALIDATION");
+    let d = app
+        .gql_ok(
+            Some(&m1),
+            reorder,
+            json!({ "p": "prod-1", "ids": [bid, aid] }),
+        )
+        .await;
+    assert_eq!(d["reorderProductMedia"][0]["mediaId"], bid);
+    assert_eq!(d["reorderProductMedia"][1]["position"], 1);
+
+    let detach =
+        "mutation($p: String!, $m: ID!) { detachMediaFromProduct(productId: $p, mediaId: $m) }";
+    let (code, _) = app
+        .gql_err(Some(&m2), detach, json!({ "p": "prod-1", "m": aid }))
+        .await;
+    assert_eq!(code, "FORBIDDEN");
+    let d = app
+        .gql_ok(Some(&m1), detach, json!({ "p": "prod-1", "m": aid }))
+        .await;
+    assert_eq!(d["detachMediaFromProduct"], true);
+    // Deleting media detaches it.
+    app.gql_ok(
+        Some(&m1),
+        "mutation($id: ID!) { deleteMedia(id: $id) }",
+        json!({ "id": bid }),
+    )
+    .await;
+    let d = app.gql_ok(None, list, json!({ "p": "prod-1" })).await;
+    assert_eq!(d["productMedia"].as_array().unwrap().len(), 0);
+    // Every change is audited.
+    let d = app
+        .gql_ok(
+            Some(&app.admin),
+            "{ auditLogs(filter: { targetType: \"product_media\" }) { totalCount } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(d["auditLogs"]["totalCount"], 3, "{d}");
+}
+
+#[tokio::test]
+async fn processing_job_makes_medium_variant() {
+    let app = TestApp::spawn(Db::Sqlite).await;
+    let m1 = app.merchant("m1");
+    let m = upload_ok(&app, &m1, &jpeg_bytes(1200, 900), None).await;
+    let id = m["id"].as_str().unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let variant = loop {
+        let d = app
+            .gql_ok(
+                None,
+                "query($id: ID!) { media(id: $id) { status variants } }",
+                json!({ "id": id }),
+            )
+            .await;
+        let v = &d["media"]["variants"];
+        if d["media"]["status"] == "READY" && v.as_array().is_some_and(|a| !a.is_empty()) {
+            break v[0].clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no variant after 20s: {d}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(variant["name"], "medium");
+    assert_eq!(
+        (variant["width"].as_i64(), variant["height"].as_i64()),
+        (Some(600), Some(450))
+    );
+    let (p, _) = fetch_image(&app, variant["url"].as_str().unwrap()).await;
+    assert_eq!((p.format, p.width, p.height), (Format::Jpeg, 600, 450));
+}
+
+both_dbs!(
+    rest_round_trip,
+    dedupe_and_shared_delete,
+    product_media_rules
+);
