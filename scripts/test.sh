@@ -66,4 +66,14 @@ export TEST_REDIS_URL="${TEST_REDIS_URL:-redis://127.0.0.1:$REDIS_PORT}"
 echo "PostgreSQL: $TEST_POSTGRES_URL"
 echo "Redis:      $TEST_REDIS_URL"
 
-exec cargo test --workspace "$@"
+# Run the suite, then close with one summary line over every test binary (cargo prints a
+# "test result" per binary, and the last one is often a crate with no tests).
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --workspace "$@" 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed;/) p += $i; if ($(i+1) ~ /^failed;/) f += $i } }
+     END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+exit "$status"

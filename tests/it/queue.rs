@@ -620,11 +620,19 @@ async fn workers_run_panics_and_timeouts(kind: Kind) {
 async fn graceful_shutdown_finishes_running_jobs(kind: Kind) {
     let b = Backend::new(kind).await;
     let jq = JobQueue::new(b.queue.clone());
+    // "Active" also counts a leased job still waiting in a worker's prefetch buffer (released at
+    // shutdown), so wait until the handler itself is running.
+    let started = Arc::new(AtomicUsize::new(0));
+    let s = started.clone();
     let handlers = Handlers::new().register(
         Q,
-        FnHandler(|_job| async {
-            tokio::time::sleep(Duration::from_millis(400)).await;
-            Ok(json!("done"))
+        FnHandler(move |_job| {
+            let s = s.clone();
+            async move {
+                s.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(400)).await;
+                Ok(json!("done"))
+            }
         }),
     );
     let workers = Workers::start(b.queue.clone(), &handlers, fast_workers(vec![Q]));
@@ -639,10 +647,9 @@ async fn graceful_shutdown_finishes_running_jobs(kind: Kind) {
     )
     .await
     .unwrap();
-    let q = b.queue.clone();
-    wait_until("the job to start", Duration::from_secs(5), || {
-        let q = q.clone();
-        async move { q.counts(Q).await.unwrap().active == 1 }
+    wait_until("the handler to start", Duration::from_secs(5), || {
+        let started = started.clone();
+        async move { started.load(Ordering::SeqCst) == 1 }
     })
     .await;
     workers.stop().await;
