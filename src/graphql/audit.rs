@@ -1,9 +1,6 @@
 //! `auditLogs(filter, first, after)`: admin only.
 
-use async_graphql::{
-    Context, ID, InputObject, Json, Object, SimpleObject,
-    connection::{Connection, Edge},
-};
+use async_graphql::{Context, ID, InputObject, Json, Object, SimpleObject, connection::Connection};
 
 use super::req;
 use crate::{
@@ -94,18 +91,11 @@ impl AuditQuery {
         };
         let page_args = PageArgs { first, after };
         let page = audit::list(&state.db, rc, &filter, &page_args).await?;
-        let mut conn = Connection::with_additional_fields(
+        Ok(super::connection(
+            page,
             page_args.after.is_some(),
-            page.has_next_page,
-            CountFields {
-                total_count: page.total_count,
-            },
-        );
-        conn.edges.extend(
-            page.items
-                .into_iter()
-                .map(|m| Edge::new(audit::cursor(&m), AuditLog(m))),
-        );
-        Ok(conn)
+            audit::cursor,
+            AuditLog,
+        ))
     }
 }

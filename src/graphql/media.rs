@@ -1,9 +1,6 @@
 //! Media and product media over GraphQL: thin resolvers over [`crate::media::service`].
 
-use async_graphql::{
-    Context, ID, InputObject, Json, Object, Upload,
-    connection::{Connection, Edge},
-};
+use async_graphql::{Context, ID, InputObject, Json, Object, Upload, connection::Connection};
 use serde_json::Value;
 
 use super::{audit::CountFields, parse_id, req};
@@ -151,19 +148,12 @@ impl MediaQuery {
             &page_args,
         )
         .await?;
-        let mut conn = Connection::with_additional_fields(
+        Ok(super::connection(
+            page,
             page_args.after.is_some(),
-            page.has_next_page,
-            CountFields {
-                total_count: page.total_count,
-            },
-        );
-        conn.edges.extend(
-            page.items
-                .into_iter()
-                .map(|m| Edge::new(service::cursor(&m), Media(m))),
-        );
-        Ok(conn)
+            service::cursor,
+            Media,
+        ))
     }
 
     /// The media attached to a product, by position.

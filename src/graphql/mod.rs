@@ -68,3 +68,25 @@ pub(crate) fn parse_id(id: &async_graphql::ID, field: &str) -> crate::error::Res
     uuid::Uuid::parse_str(id.as_str())
         .map_err(|_| crate::error::Error::validation(field, format!("{field} is not a valid id")))
 }
+
+/// A Relay connection with `totalCount` over one page of a service list.
+pub(crate) fn connection<T, N: async_graphql::OutputType>(
+    page: crate::pagination::Page<T>,
+    has_previous_page: bool,
+    cursor: impl Fn(&T) -> String,
+    node: impl Fn(T) -> N,
+) -> async_graphql::connection::Connection<String, N, audit::CountFields> {
+    let mut conn = async_graphql::connection::Connection::with_additional_fields(
+        has_previous_page,
+        page.has_next_page,
+        audit::CountFields {
+            total_count: page.total_count,
+        },
+    );
+    conn.edges.extend(
+        page.items
+            .into_iter()
+            .map(|m| async_graphql::connection::Edge::new(cursor(&m), node(m))),
+    );
+    conn
+}

@@ -1,8 +1,7 @@
 //! Templates over GraphQL. The names here are a contract with the dashboard's codegen.
 
 use async_graphql::{
-    Context, ID, InputObject, Json, MaybeUndefined, Object, SimpleObject,
-    connection::{Connection, Edge},
+    Context, ID, InputObject, Json, MaybeUndefined, Object, SimpleObject, connection::Connection,
 };
 use serde_json::{Map, Value};
 
@@ -268,19 +267,12 @@ impl TemplateQuery {
             &page_args,
         )
         .await?;
-        let mut conn = Connection::with_additional_fields(
+        Ok(super::connection(
+            page,
             page_args.after.is_some(),
-            page.has_next_page,
-            CountFields {
-                total_count: page.total_count,
-            },
-        );
-        conn.edges.extend(
-            page.items
-                .into_iter()
-                .map(|m| Edge::new(service::cursor(&m), Template(m))),
-        );
-        Ok(conn)
+            service::cursor,
+            Template,
+        ))
     }
 
     /// One template by `id` or `name`.
