@@ -35,6 +35,33 @@ impl Role {
     }
 }
 
+/// The widest merchant id (the `merchant_id` columns).
+pub const MAX_MERCHANT_ID: usize = 64;
+
+/// A merchant id: 1 to 64 characters of letters, digits, `.`, `_`, `-`, `:` and `@`.
+pub fn valid_merchant_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_MERCHANT_ID
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':' | b'@'))
+}
+
+/// Checks a merchant id given as input (`field` names it in the error).
+pub fn parse_merchant_id(field: &str, id: &str) -> Result<String> {
+    let id = id.trim();
+    if valid_merchant_id(id) {
+        Ok(id.to_owned())
+    } else {
+        Err(Error::validation(
+            field,
+            format!(
+                "{field} must have 1 to {MAX_MERCHANT_ID} characters of letters, digits, '.', '_', '-', ':' or '@'"
+            ),
+        ))
+    }
+}
+
 /// The caller of a service function. Tenant data is always scoped by it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Actor {

@@ -3,6 +3,7 @@
 mod access;
 mod common;
 mod explorer;
+mod hardening;
 mod limits;
 mod media;
 mod pagination;
@@ -14,3 +15,4 @@ mod schema;
 mod templates;
 mod validation;
 mod ws;
+mod ws_rules;
