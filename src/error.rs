@@ -233,10 +233,35 @@ impl From<sea_orm::DbErr> for Error {
             }
             _ => {}
         }
+        if let Some(code) = sqlstate(&err)
+            && code.starts_with("22")
+        {
+            // SQLSTATE class 22, "data exception": a value the column cannot hold (a NUL byte in
+            // text, an out-of-range number or date, a string over the column width). The input
+            // is at fault, and the transaction it was in is rolled back.
+            tracing::debug!(%code, error = %err, "database refused a value");
+            return Self::validation(
+                "input",
+                format!("a value is not valid for storage (SQLSTATE {code})"),
+            );
+        }
         match err {
             DbErr::RecordNotFound(what) => Self::NotFound(what),
             other => Self::Internal(format!("database: {other}")),
         }
+    }
+}
+
+/// The SQLSTATE of a database error, when the driver reported one.
+fn sqlstate(err: &sea_orm::DbErr) -> Option<String> {
+    use sea_orm::{DbErr, RuntimeErr};
+    let (DbErr::Query(RuntimeErr::SqlxError(e)) | DbErr::Exec(RuntimeErr::SqlxError(e))) = err
+    else {
+        return None;
+    };
+    match e.as_ref() {
+        sea_orm::sqlx::Error::Database(db) => db.code().map(|c| c.into_owned()),
+        _ => None,
     }
 }
 

@@ -3,6 +3,7 @@
 mod access;
 mod common;
 mod explorer;
+mod fuzz;
 mod hardening;
 mod limits;
 mod media;
