@@ -100,6 +100,11 @@ pub struct Config {
     pub run_workers: bool,
     /// `MEDIA_MAX_BYTES` (default 5 MiB): the largest file an upload may be.
     pub media_max_bytes: usize,
+    /// `EVENT_HISTORY` (default 1000): events kept per merchant for replay and `recentEvents`.
+    pub event_history: usize,
+    /// `EVENT_BUFFER` (default 1024): how far a live subscriber may fall behind before it is cut
+    /// off with LAGGED (and resumes with `after`).
+    pub event_buffer: usize,
 }
 
 impl Config {
@@ -135,6 +140,8 @@ impl Config {
             queue_poll_interval: Duration::from_millis(250),
             run_workers: true,
             media_max_bytes: 5 * 1024 * 1024,
+            event_history: 1000,
+            event_buffer: 1024,
         }
     }
 
@@ -247,6 +254,18 @@ impl Config {
             c.media_max_bytes = parse("MEDIA_MAX_BYTES", &v)?;
             if c.media_max_bytes == 0 {
                 return Err(invalid("MEDIA_MAX_BYTES", "must be greater than zero"));
+            }
+        }
+        if let Some(v) = get("EVENT_HISTORY") {
+            c.event_history = parse("EVENT_HISTORY", &v)?;
+            if c.event_history == 0 {
+                return Err(invalid("EVENT_HISTORY", "must be greater than zero"));
+            }
+        }
+        if let Some(v) = get("EVENT_BUFFER") {
+            c.event_buffer = parse("EVENT_BUFFER", &v)?;
+            if c.event_buffer == 0 {
+                return Err(invalid("EVENT_BUFFER", "must be greater than zero"));
             }
         }
         Ok(c)

@@ -42,6 +42,12 @@ pub enum Error {
     PayloadTooLarge(String),
     #[error("{0}")]
     UnsupportedMedia(String),
+    /// A resume point (`after`) older than the event history holds.
+    #[error("{0}")]
+    HistoryExpired(String),
+    /// A subscriber fell a whole buffer behind and was cut off; it resumes with `after`.
+    #[error("{0}")]
+    Lagged(String),
     /// The message is for the log only; clients see "internal error".
     #[error("internal error: {0}")]
     Internal(String),
@@ -92,6 +98,8 @@ impl Error {
             Self::RateLimited { .. } => "RATE_LIMITED",
             Self::PayloadTooLarge(_) => "PAYLOAD_TOO_LARGE",
             Self::UnsupportedMedia(_) => "UNSUPPORTED_MEDIA",
+            Self::HistoryExpired(_) => "HISTORY_EXPIRED",
+            Self::Lagged(_) => "LAGGED",
             Self::Internal(_) => "INTERNAL",
         }
     }
@@ -106,6 +114,8 @@ impl Error {
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMedia(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::HistoryExpired(_) => StatusCode::GONE,
+            Self::Lagged(_) => StatusCode::CONFLICT,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -6,6 +6,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261125_000001_create_tables;
 mod m20261125_000002_create_jobs;
 mod m20261126_000003_template_names_per_merchant;
+mod m20261126_000004_create_events;
 
 pub struct Migrator;
 
@@ -16,6 +17,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261125_000001_create_tables::Migration),
             Box::new(m20261125_000002_create_jobs::Migration),
             Box::new(m20261126_000003_template_names_per_merchant::Migration),
+            Box::new(m20261126_000004_create_events::Migration),
         ]
     }
 }

@@ -1,6 +1,7 @@
 //! HTTP routes and the middleware every request passes through: request id, tracing, body limit,
 //! per-IP rate limit, panic catching and CORS. Handlers are thin; they call domain services.
 
+pub mod events;
 pub mod explorer;
 pub mod graphql;
 pub mod health;
@@ -213,6 +214,7 @@ pub fn router(state: AppState) -> Router {
         .route("/ready", get(health::ready))
         .route("/metrics", get(health::metrics))
         .merge(rest::router())
+        .merge(events::router())
         .merge(media::router())
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), rate_limit))
