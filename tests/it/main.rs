@@ -12,5 +12,6 @@ mod queue_api;
 mod rest;
 mod schema;
 mod templates;
+mod traversal;
 mod validation;
 mod ws;
