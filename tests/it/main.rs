@@ -14,6 +14,7 @@ mod queue_api;
 mod rest;
 mod schema;
 mod templates;
+mod traversal;
 mod validation;
 mod ws;
 mod ws_rules;
