@@ -100,7 +100,7 @@ impl RedisBus {
         publisher.init().await.map_err(redis)?;
         subscriber.init().await.map_err(redis)?;
         // Re-subscribes by itself after a reconnect.
-        let _ = subscriber.manage_subscriptions();
+        drop(subscriber.manage_subscriptions());
         let channel = format!("{prefix}events");
         let (tx, _) = broadcast::channel(capacity.max(1));
         let mut messages = subscriber.message_rx();
@@ -133,7 +133,10 @@ impl RedisBus {
                 }
             }
         });
-        subscriber.subscribe(channel.as_str()).await.map_err(redis)?;
+        subscriber
+            .subscribe(channel.as_str())
+            .await
+            .map_err(redis)?;
         Ok(Self {
             publisher,
             _subscriber: subscriber,

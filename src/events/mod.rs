@@ -263,12 +263,18 @@ impl Checks {
             && digits.bytes().all(|b| b.is_ascii_digit())
             && !digits.starts_with('0');
         if !ok {
-            self.bad(field, "must be a phone number in E.164 form (7 to 15 digits)");
+            self.bad(
+                field,
+                "must be a phone number in E.164 form (7 to 15 digits)",
+            );
         }
     }
     fn amount(&mut self, field: &str, v: i64) {
         if !(0..=MAX_AMOUNT).contains(&v) {
-            self.bad(field, "must be a whole amount in minor units, from 0 to 2^53-1");
+            self.bad(
+                field,
+                "must be a whole amount in minor units, from 0 to 2^53-1",
+            );
         }
     }
     fn currency(&mut self, field: &str, v: &str) {
@@ -287,7 +293,10 @@ impl Checks {
 /// Parses and checks a payload for `kind`: its typed form, or VALIDATION naming the field.
 pub fn validate_payload(kind: EventType, payload: &Value) -> Result<EventData> {
     if !payload.is_object() {
-        return Err(Error::validation("payload", "payload must be a JSON object"));
+        return Err(Error::validation(
+            "payload",
+            "payload must be a JSON object",
+        ));
     }
     if payload.to_string().len() > MAX_PAYLOAD_BYTES {
         return Err(Error::validation(
@@ -398,19 +407,31 @@ mod tests {
             other => panic!("expected VALIDATION, got {other:?}"),
         };
         assert_eq!(
-            field(EventType::OrderCreated, json!({"customerPhone": "263781564004", "totalAmount": 5, "currency": "USD"})),
+            field(
+                EventType::OrderCreated,
+                json!({"customerPhone": "263781564004", "totalAmount": 5, "currency": "USD"})
+            ),
             "payload.orderId"
         );
         assert_eq!(
-            field(EventType::OrderCreated, json!({"orderId": "o1", "customerPhone": "263781564004", "totalAmount": 1.5, "currency": "USD"})),
+            field(
+                EventType::OrderCreated,
+                json!({"orderId": "o1", "customerPhone": "263781564004", "totalAmount": 1.5, "currency": "USD"})
+            ),
             "payload.totalAmount"
         );
         assert_eq!(
-            field(EventType::PaymentReceived, json!({"orderId": "o1", "amount": 100, "currency": "usd", "reference": "r"})),
+            field(
+                EventType::PaymentReceived,
+                json!({"orderId": "o1", "amount": 100, "currency": "usd", "reference": "r"})
+            ),
             "payload.currency"
         );
         assert_eq!(
-            field(EventType::MessageReceived, json!({"messageId": "m", "from": "12ab"})),
+            field(
+                EventType::MessageReceived,
+                json!({"messageId": "m", "from": "12ab"})
+            ),
             "payload.from"
         );
         assert_eq!(field(EventType::BotConnected, json!([1])), "payload");

@@ -110,7 +110,12 @@ impl Events {
     }
 
     /// The one entry point: validates, stores, publishes. Durable when it returns.
-    pub async fn emit(&self, kind: EventType, merchant: &MerchantId, payload: Value) -> Result<Event> {
+    pub async fn emit(
+        &self,
+        kind: EventType,
+        merchant: &MerchantId,
+        payload: Value,
+    ) -> Result<Event> {
         let e = record(&self.db, kind, merchant, payload).await?;
         self.publish(e.clone()).await;
         if self.emitted.fetch_add(1, Ordering::Relaxed) % TRIM_EVERY == TRIM_EVERY - 1
@@ -167,7 +172,11 @@ impl Events {
                 .map_err(|_| Error::validation("after", "after is not a valid cursor"))?;
             q = q.filter(C::Id.lt(after));
         }
-        let rows = q.order_by_desc(C::Id).limit(limit + 1).all(&self.db).await?;
+        let rows = q
+            .order_by_desc(C::Id)
+            .limit(limit + 1)
+            .all(&self.db)
+            .await?;
         let has_next_page = rows.len() as u64 > limit;
         let items = rows
             .into_iter()

@@ -63,7 +63,9 @@ impl EventQuery {
         after: Option<String>,
     ) -> async_graphql::Result<Connection<String, EventNode, CountFields>> {
         let (state, rc) = req(ctx);
-        let scope = rc.actor.merchant_scope(merchant_id.as_ref().map(|m| m.as_str()))?;
+        let scope = rc
+            .actor
+            .merchant_scope(merchant_id.as_ref().map(|m| m.as_str()))?;
         let page = state
             .events
             .recent(
@@ -94,8 +96,12 @@ impl EventMutation {
     ) -> async_graphql::Result<EventNode> {
         let (state, rc) = req(ctx);
         require_trusted(&rc.actor)?;
-        let merchant = rc.actor.owning_merchant(merchant_id.as_ref().map(|m| m.as_str()))?;
-        Ok(EventNode(state.events.emit(kind, &merchant, payload.0).await?))
+        let merchant = rc
+            .actor
+            .owning_merchant(merchant_id.as_ref().map(|m| m.as_str()))?;
+        Ok(EventNode(
+            state.events.emit(kind, &merchant, payload.0).await?,
+        ))
     }
 }
 
@@ -127,7 +133,9 @@ impl EventSubscription {
         after: Option<ID>,
     ) -> async_graphql::Result<impl Stream<Item = async_graphql::Result<EventNode>>> {
         let (state, rc) = req(ctx);
-        let scope = rc.actor.merchant_scope(merchant_id.as_ref().map(|m| m.as_str()))?;
+        let scope = rc
+            .actor
+            .merchant_scope(merchant_id.as_ref().map(|m| m.as_str()))?;
         let after = parse_after(after)?;
         let stream = state.events.stream(scope, types.unwrap_or_default(), after);
         Ok(stream.map(|r| r.map(EventNode).map_err(async_graphql::Error::from)))

@@ -2,6 +2,7 @@
 
 mod access;
 mod common;
+mod events;
 mod explorer;
 mod fuzz;
 mod hardening;

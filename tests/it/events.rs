@@ -1,0 +1,477 @@
+//! Events end to end: emitted through GraphQL and REST, streamed over both WebSocket protocols,
+//! scoped by merchant, resumable from the history (across a restart too), cut off when lagging,
+//! and shared between two instances over Redis.
+
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use smartbot::{
+    auth::{MerchantId, MerchantScope},
+    events::EventType,
+};
+
+use crate::{
+    both_dbs,
+    common::{Db, TestApp},
+    ws::{Ws, connect, next_within, recv, send},
+};
+
+const SUB: &str = r#"subscription($types: [EventType!], $m: ID, $after: ID) {
+  events(types: $types, merchantId: $m, after: $after) {
+    id type merchantId payload data { __typename }
+  }
+}"#;
+
+const EMIT: &str = r#"mutation($t: EventType!, $m: ID, $p: JSON!) {
+  emitEvent(type: $t, merchantId: $m, payload: $p) { id type }
+}"#;
+
+/// A valid payload for each type.
+fn payload(t: EventType, n: usize) -> Value {
+    match t {
+        EventType::MessageReceived => {
+            json!({ "messageId": format!("in-{n}"), "from": "263781564004", "text": "hi" })
+        }
+        EventType::MessageSent => json!({ "messageId": format!("out-{n}"), "to": "263781564004" }),
+        EventType::OrderCreated => {
+            json!({ "orderId": format!("o-{n}"), "customerPhone": "263781564004", "totalAmount": 1250, "currency": "USD" })
+        }
+        EventType::OrderStatusChanged => {
+            json!({ "orderId": format!("o-{n}"), "oldStatus": "PENDING", "newStatus": "CONFIRMED" })
+        }
+        EventType::ProductUpdated => json!({ "productId": format!("sku-{n}") }),
+        EventType::PaymentReceived => {
+            json!({ "orderId": format!("o-{n}"), "amount": 1250, "currency": "USD", "reference": format!("ref-{n}") })
+        }
+        EventType::DeliveryStarted => {
+            json!({ "deliveryId": format!("d-{n}"), "orderId": format!("o-{n}") })
+        }
+        EventType::DeliveryCompleted => {
+            json!({ "deliveryId": format!("d-{n}"), "orderId": format!("o-{n}") })
+        }
+        EventType::BotConnected | EventType::BotDisconnected => json!({ "reason": "test" }),
+    }
+}
+
+fn gql_name(t: EventType) -> String {
+    t.as_str().to_ascii_uppercase()
+}
+
+async fn emit_gql(app: &TestApp, t: EventType, merchant: &str, n: usize) -> String {
+    let data = app
+        .gql_ok(
+            Some(&app.admin),
+            EMIT,
+            json!({ "t": gql_name(t), "m": merchant, "p": payload(t, n) }),
+        )
+        .await;
+    data["emitEvent"]["id"].as_str().unwrap().to_owned()
+}
+
+async fn emit_rest(app: &TestApp, t: EventType, merchant: &str, n: usize) -> String {
+    let (status, body) = app
+        .rest(
+            Method::POST,
+            "/api/events",
+            Some(&app.admin),
+            Some(json!({ "event_type": t.as_str(), "payload": payload(t, n), "merchant_id": merchant })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body:#}");
+    assert_eq!(body["event"]["type"], t.as_str(), "{body:#}");
+    body["event"]["id"].as_str().unwrap().to_owned()
+}
+
+/// Opens a socket, inits with `token` and subscribes as operation "s".
+async fn subscribe(app: &TestApp, protocol: &str, token: &str, vars: Value) -> Ws {
+    let mut ws = connect(app, "/graphql/ws", protocol).await;
+    send(
+        &mut ws,
+        json!({ "type": "connection_init", "payload": { "token": token } }),
+    )
+    .await;
+    assert_eq!(recv(&mut ws).await["type"], "connection_ack");
+    let kind = if protocol == "graphql-ws" {
+        "start"
+    } else {
+        "subscribe"
+    };
+    send(
+        &mut ws,
+        json!({ "type": kind, "id": "s", "payload": { "query": SUB, "variables": vars } }),
+    )
+    .await;
+    // Let the server register the subscription before the test emits.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    ws
+}
+
+/// The next event on the socket, or the error that ended the subscription.
+async fn next_event(ws: &mut Ws) -> Result<Value, Value> {
+    let v = recv(ws).await;
+    match v["type"].as_str() {
+        Some("next" | "data") if v["payload"]["errors"].is_null() => {
+            Ok(v["payload"]["data"]["events"].clone())
+        }
+        _ => Err(v),
+    }
+}
+
+fn error_code(v: &Value) -> String {
+    let p = &v["payload"];
+    let e = if p["errors"].is_array() {
+        &p["errors"][0]
+    } else if p.is_array() {
+        &p[0]
+    } else {
+        p
+    };
+    e["extensions"]["code"]
+        .as_str()
+        .unwrap_or("<none>")
+        .to_owned()
+}
+
+#[tokio::test]
+async fn every_type_arrives_over_both_protocols() {
+    let app = TestApp::spawn(Db::Sqlite).await;
+    for protocol in ["graphql-transport-ws", "graphql-ws"] {
+        let mut ws = subscribe(&app, protocol, &app.admin, json!({})).await;
+        let mut sent = vec![];
+        for (n, t) in EventType::ALL.into_iter().enumerate() {
+            // Half through GraphQL, half through the seed's REST endpoint.
+            let id = if n % 2 == 0 {
+                emit_gql(&app, t, "m-1", n).await
+            } else {
+                emit_rest(&app, t, "m-1", n).await
+            };
+            sent.push((id, t));
+        }
+        for (id, t) in sent {
+            let e = next_event(&mut ws)
+                .await
+                .unwrap_or_else(|e| panic!("{protocol}: {e}"));
+            assert_eq!(e["id"], id.as_str(), "{protocol}");
+            assert_eq!(e["type"], gql_name(t), "{protocol}");
+            assert_eq!(e["merchantId"], "m-1");
+            let typename = format!("{:?}Data", t);
+            assert_eq!(e["data"]["__typename"], typename.as_str(), "{e}");
+        }
+    }
+}
+
+async fn merchants_see_only_their_own(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let (a, b) = (app.merchant("m-a"), app.merchant("m-b"));
+    // Naming another merchant is refused, on the socket and in the history.
+    let mut ws = subscribe(&app, "graphql-transport-ws", &a, json!({ "m": "m-b" })).await;
+    let err = next_event(&mut ws).await.unwrap_err();
+    assert_eq!(error_code(&err), "FORBIDDEN", "{err}");
+    let q = r#"query($m: ID) { recentEvents(merchantId: $m) { totalCount nodes { merchantId } } }"#;
+    let (_, body) = app.gql(Some(&a), q, json!({ "m": "m-b" })).await;
+    assert_eq!(body["errors"][0]["extensions"]["code"], "FORBIDDEN");
+    let (_, body) = app.gql(None, q, json!({})).await;
+    assert_eq!(body["errors"][0]["extensions"]["code"], "UNAUTHENTICATED");
+
+    let mut ws_a = subscribe(&app, "graphql-transport-ws", &a, json!({})).await;
+    let mut ws_b = subscribe(&app, "graphql-ws", &b, json!({})).await;
+    emit_gql(&app, EventType::OrderCreated, "m-b", 1).await;
+    let mine = emit_gql(&app, EventType::OrderCreated, "m-a", 2).await;
+    emit_rest(&app, EventType::PaymentReceived, "m-b", 3).await;
+    let got = next_event(&mut ws_a).await.unwrap();
+    assert_eq!(got["id"], mine.as_str(), "A got B's event first: {got}");
+    assert!(
+        next_within(&mut ws_a, Duration::from_millis(500))
+            .await
+            .is_none()
+    );
+    for _ in 0..2 {
+        assert_eq!(next_event(&mut ws_b).await.unwrap()["merchantId"], "m-b");
+    }
+    let data = app.gql_ok(Some(&a), q, json!({})).await;
+    assert_eq!(data["recentEvents"]["totalCount"], 1);
+    let data = app.gql_ok(Some(&app.admin), q, json!({})).await;
+    assert_eq!(data["recentEvents"]["totalCount"], 3);
+    // Merchants cannot emit, even for themselves.
+    let (_, body) = app
+        .gql(Some(&a), EMIT, json!({ "t": "BOT_CONNECTED", "p": {} }))
+        .await;
+    assert_eq!(body["errors"][0]["extensions"]["code"], "FORBIDDEN");
+}
+
+async fn resume_replays_exactly_what_was_missed(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let first = emit_gql(&app, EventType::MessageReceived, "m-r", 0).await;
+    let mut missed = vec![];
+    for n in 1..=5 {
+        missed.push(emit_rest(&app, EventType::MessageReceived, "m-r", n).await);
+    }
+    // Another merchant's events in between are not replayed to m-r.
+    emit_gql(&app, EventType::MessageReceived, "m-other", 9).await;
+    let token = app.merchant("m-r");
+    let mut ws = subscribe(
+        &app,
+        "graphql-transport-ws",
+        &token,
+        json!({ "after": first }),
+    )
+    .await;
+    for id in &missed {
+        assert_eq!(next_event(&mut ws).await.unwrap()["id"], id.as_str());
+    }
+    // Then live, with no duplicate at the seam.
+    let live = emit_gql(&app, EventType::MessageSent, "m-r", 6).await;
+    assert_eq!(next_event(&mut ws).await.unwrap()["id"], live.as_str());
+    assert!(
+        next_within(&mut ws, Duration::from_millis(500))
+            .await
+            .is_none()
+    );
+    // recentEvents pages the same history, newest first.
+    let data = app
+        .gql_ok(
+            Some(&token),
+            r#"{ recentEvents(first: 2) { nodes { id } pageInfo { hasNextPage } } }"#,
+            json!({}),
+        )
+        .await;
+    assert_eq!(data["recentEvents"]["nodes"][0]["id"], live.as_str());
+    assert_eq!(data["recentEvents"]["nodes"][1]["id"], missed[4].as_str());
+}
+
+async fn payload_errors_name_their_field(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let (_, body) = app
+        .gql(
+            Some(&app.admin),
+            EMIT,
+            json!({ "t": "ORDER_CREATED", "m": "m-1", "p": { "orderId": "o", "customerPhone": "263781564004", "totalAmount": 12.5, "currency": "USD" } }),
+        )
+        .await;
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"], "VALIDATION",
+        "{body:#}"
+    );
+    assert_eq!(
+        body["errors"][0]["extensions"]["field"],
+        "payload.totalAmount"
+    );
+    let (status, body) = app
+        .rest(
+            Method::POST,
+            "/api/events",
+            Some(&app.admin),
+            Some(json!({ "event_type": "payment_received", "merchant_id": "m-1", "payload": { "orderId": "o", "amount": 5, "currency": "USD" } })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["field"], "payload.reference", "{body:#}");
+    let (status, body) = app
+        .rest(
+            Method::POST,
+            "/api/events",
+            Some(&app.admin),
+            Some(json!({ "event_type": "order_shipped", "merchant_id": "m-1", "payload": {} })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body:#}");
+    // Admins must name the merchant.
+    let (_, body) = app
+        .gql(
+            Some(&app.admin),
+            EMIT,
+            json!({ "t": "BOT_CONNECTED", "p": {} }),
+        )
+        .await;
+    assert_eq!(
+        body["errors"][0]["extensions"]["field"], "merchantId",
+        "{body:#}"
+    );
+    // Nothing was stored by any of these.
+    let data = app
+        .gql_ok(
+            Some(&app.admin),
+            "{ recentEvents { totalCount } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(data["recentEvents"]["totalCount"], 0);
+}
+
+both_dbs!(
+    merchants_see_only_their_own,
+    resume_replays_exactly_what_was_missed,
+    payload_errors_name_their_field,
+);
+
+/// `after` older than the history holds is an error, never a silent skip.
+#[tokio::test]
+async fn an_expired_resume_point_is_an_error() {
+    let app = TestApp::spawn_with(Db::Sqlite, |c| c.event_history = 3).await;
+    let first = emit_gql(&app, EventType::BotConnected, "m-h", 0).await;
+    // The history is trimmed every 32 emits: past that, `first` is gone.
+    for n in 1..40 {
+        emit_gql(&app, EventType::BotConnected, "m-h", n).await;
+    }
+    for after in [first, uuid::Uuid::now_v7().to_string()] {
+        let mut ws = subscribe(
+            &app,
+            "graphql-transport-ws",
+            &app.admin,
+            json!({ "after": after }),
+        )
+        .await;
+        let err = next_event(&mut ws).await.unwrap_err();
+        assert_eq!(error_code(&err), "HISTORY_EXPIRED", "{err}");
+    }
+    let data = app
+        .gql_ok(
+            Some(&app.admin),
+            "{ recentEvents(first: 100) { totalCount } }",
+            json!({}),
+        )
+        .await;
+    let kept = data["recentEvents"]["totalCount"].as_u64().unwrap();
+    assert!((3..=3 + 32).contains(&kept), "kept {kept}");
+}
+
+/// A consumer that falls a whole buffer behind is cut off with LAGGED; others keep receiving.
+#[tokio::test]
+async fn a_lagging_consumer_is_cut_off() {
+    use futures::StreamExt;
+    let app = TestApp::spawn_with(Db::Sqlite, |c| c.event_buffer = 4).await;
+    let events = app.server.state.events.clone();
+    let m = MerchantId::parse("m", "m-lag").unwrap();
+    let slow = events.stream(MerchantScope::All, vec![], None);
+    let fast = events.stream(MerchantScope::All, vec![], None);
+    futures::pin_mut!(slow, fast);
+    let mut got = 0;
+    for n in 0..12 {
+        events
+            .emit(
+                EventType::BotConnected,
+                &m,
+                json!({ "reason": format!("{n}") }),
+            )
+            .await
+            .unwrap();
+        let e = tokio::time::timeout(Duration::from_secs(5), fast.next())
+            .await
+            .unwrap();
+        assert!(e.unwrap().is_ok());
+        got += 1;
+    }
+    assert_eq!(got, 12);
+    let cut = tokio::time::timeout(Duration::from_secs(5), slow.next())
+        .await
+        .unwrap();
+    match cut {
+        Some(Err(e)) => assert_eq!(e.code(), "LAGGED", "{e}"),
+        other => panic!("expected LAGGED, got {other:?}"),
+    }
+    assert!(slow.next().await.is_none(), "the stream ends after LAGGED");
+}
+
+/// The history survives a restart: resume works against a new process on the same database.
+#[tokio::test]
+async fn resume_works_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = || {
+        let mut c = smartbot::Config::embedded(dir.path());
+        c.bind_addr = [127, 0, 0, 1].into();
+        c.port = 0;
+        c.run_workers = false;
+        c.rate_limit = None;
+        c.jwt_secret = Some("test-secret-test-secret-test-secret".into());
+        c.shutdown_grace = Duration::from_secs(1);
+        c
+    };
+    let m = MerchantId::parse("m", "m-restart").unwrap();
+    let server = smartbot::spawn(config()).await.unwrap();
+    let first = server
+        .state
+        .events
+        .emit(EventType::BotConnected, &m, json!({}))
+        .await
+        .unwrap();
+    let second = server
+        .state
+        .events
+        .emit(EventType::BotDisconnected, &m, json!({}))
+        .await
+        .unwrap();
+    server.stop().await.unwrap();
+
+    let server = smartbot::spawn(config()).await.unwrap();
+    use futures::StreamExt;
+    let stream = server
+        .state
+        .events
+        .stream(MerchantScope::One(m), vec![], Some(first.id));
+    futures::pin_mut!(stream);
+    let replayed = tokio::time::timeout(Duration::from_secs(5), stream.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(replayed.id, second.id);
+    server.stop().await.unwrap();
+}
+
+/// Two instances on one PostgreSQL and one Redis: an event emitted on A reaches a subscriber on
+/// B exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_cross_instances_over_redis() {
+    let prefix = format!("smartbot-test-{}:", uuid::Uuid::new_v4().simple());
+    let redis = crate::common::redis_url();
+    let a = TestApp::spawn_with(Db::Postgres, |c| {
+        c.redis_url = Some(redis.clone());
+        c.redis_prefix = prefix.clone();
+        c.run_workers = false;
+    })
+    .await;
+    let mut config = (*a.server.state.config).clone();
+    let dir = tempfile::tempdir().unwrap();
+    config.data_dir = dir.path().into();
+    config.port = 0;
+    let b = smartbot::spawn(config).await.unwrap();
+    assert_eq!(b.state.events.bus().backend(), "redis");
+
+    let mut ws = connect_to(&b, &a.admin).await;
+    let id = emit_gql(&a, EventType::OrderCreated, "m-x", 1).await;
+    let e = next_event(&mut ws).await.unwrap();
+    assert_eq!(e["id"], id.as_str());
+    assert!(
+        next_within(&mut ws, Duration::from_millis(700))
+            .await
+            .is_none(),
+        "delivered more than once"
+    );
+    b.stop().await.unwrap();
+}
+
+async fn connect_to(server: &smartbot::RunningServer, token: &str) -> Ws {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = format!("ws://{}/graphql/ws", server.addr)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        "graphql-transport-ws".parse().unwrap(),
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    send(
+        &mut ws,
+        json!({ "type": "connection_init", "payload": { "token": token } }),
+    )
+    .await;
+    assert_eq!(recv(&mut ws).await["type"], "connection_ack");
+    send(
+        &mut ws,
+        json!({ "type": "subscribe", "id": "s", "payload": { "query": SUB, "variables": {} } }),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    ws
+}
