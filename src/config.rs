@@ -89,6 +89,8 @@ pub struct Config {
     pub run_workers: bool,
     /// `MEDIA_MAX_BYTES` (default 5 MiB): the largest file an upload may be.
     pub media_max_bytes: usize,
+    /// `METRICS_TOKEN` (default none): when set, `/metrics` needs `Authorization: Bearer <token>`.
+    pub metrics_token: Option<String>,
 }
 
 impl Config {
@@ -120,6 +122,7 @@ impl Config {
             queue_poll_interval: Duration::from_millis(250),
             run_workers: true,
             media_max_bytes: 5 * 1024 * 1024,
+            metrics_token: None,
         }
     }
 
@@ -210,6 +213,7 @@ impl Config {
                 return Err(invalid("MEDIA_MAX_BYTES", "must be greater than zero"));
             }
         }
+        c.metrics_token = get("METRICS_TOKEN");
         Ok(c)
     }
 
