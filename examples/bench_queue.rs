@@ -1,12 +1,14 @@
 //! Queue benchmark: enqueue N no-op jobs and drain them with one worker process at concurrency C,
-//! like `../shared/peers/bench-queue.js` does for BullMQ; then measure idle pickup latency.
+//! like `benches/peers/bench-bullmq.js` and `bench-graphile.js` do for the Node peers; then
+//! measure idle pickup latency (enqueue -> handler running, one job at a time).
 //!
 //!     cargo run --release --example bench_queue -- redis 20000 5
 //!     cargo run --release --example bench_queue -- sqlite 20000 5
 //!     cargo run --release --example bench_queue -- postgres 20000 5   # TEST_POSTGRES_URL or DATABASE_URL
 //!
-//! Prints one JSON line per measurement: jobs/s end to end, pickup latency p50/p99 under load and
-//! when idle, and the peak RSS of the process.
+//! It runs on the same runtime as `smartbot worker` (`queue::worker::runtime`), so the figures
+//! are those of the default configuration. Prints one JSON line per measurement: jobs/s end to
+//! end, pickup latency p50/p99 under load and when idle, and the peak RSS of the process.
 
 use std::{
     sync::{
@@ -85,8 +87,12 @@ async fn backend(kind: &str) -> (Arc<dyn QueueBackend>, Option<tempfile::TempDir
     }
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
+    let runtime = smartbot::queue::worker::runtime().expect("runtime");
+    runtime.block_on(bench());
+}
+
+async fn bench() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let kind = args
         .first()

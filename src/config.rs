@@ -105,6 +105,8 @@ pub struct Config {
     /// `EVENT_BUFFER` (default 1024): how far a live subscriber may fall behind before it is cut
     /// off with LAGGED (and resumes with `after`).
     pub event_buffer: usize,
+    /// `METRICS_TOKEN` (default none): when set, `/metrics` needs `Authorization: Bearer <token>`.
+    pub metrics_token: Option<String>,
 }
 
 impl Config {
@@ -142,6 +144,7 @@ impl Config {
             media_max_bytes: 5 * 1024 * 1024,
             event_history: 1000,
             event_buffer: 1024,
+            metrics_token: None,
         }
     }
 
@@ -268,6 +271,7 @@ impl Config {
                 return Err(invalid("EVENT_BUFFER", "must be greater than zero"));
             }
         }
+        c.metrics_token = get("METRICS_TOKEN");
         Ok(c)
     }
 

@@ -142,11 +142,9 @@ pub fn worker_config(config: &Config, queues: Vec<QueueName>) -> WorkerConfig {
 /// Starts this process's workers for `queues` (all with handlers when empty).
 pub fn start_workers(state: &AppState, queues: Vec<QueueName>) -> Workers {
     let handlers = jobs::handlers(state);
-    Workers::start(
-        state.queue.backend().clone(),
-        &handlers,
-        worker_config(&state.config, queues),
-    )
+    let mut config = worker_config(&state.config, queues);
+    config.metrics = state.queue.metrics().clone();
+    Workers::start(state.queue.backend().clone(), &handlers, config)
 }
 
 /// Serves on an already-bound listener until `shutdown` resolves, then drains in-flight requests.

@@ -91,9 +91,16 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
-#[tokio::main]
-async fn main() {
-    if let Err(e) = run().await {
+fn main() {
+    // The runtime shape is picked from the machine (see `queue::worker::runtime`).
+    let runtime = match smartbot::queue::worker::runtime() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = runtime.block_on(run()) {
         eprintln!("error: {}", e);
         std::process::exit(1);
     }

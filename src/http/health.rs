@@ -1,10 +1,15 @@
 //! `/health` (the process is alive), `/ready` (its dependencies answer) and `/metrics`
-//! (Prometheus text).
+//! (Prometheus text, served from memory; optionally behind `METRICS_TOKEN`).
 
-use axum::{Json, extract::State, http::StatusCode, http::header, response::IntoResponse};
+use axum::{
+    Json,
+    extract::State,
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Response},
+};
 use serde_json::json;
 
-use crate::AppState;
+use crate::{AppState, error::Error};
 
 pub async fn health() -> impl IntoResponse {
     Json(json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") }))
@@ -25,10 +30,10 @@ pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     let backend = state.queue.backend();
     let mut checks = json!({ "database": database });
     let mut ok = database == "ok";
-    if backend.kind() == "redis" {
-        let redis = check("redis", backend.ping().await);
-        ok &= redis == "ok";
-        checks["redis"] = json!(redis);
+    if let Some(name) = backend.dependency() {
+        let answer = check(name, backend.ping().await);
+        ok &= answer == "ok";
+        checks[name] = json!(answer);
     }
     let status = if ok {
         StatusCode::OK
@@ -41,10 +46,26 @@ pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     )
 }
 
-pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    let body = crate::queue::metrics::global()
-        .render(state.queue.backend().as_ref())
-        .await;
+/// Compares in time independent of where the first difference is.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if let Some(token) = &state.config.metrics_token {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !same(given.trim().as_bytes(), token.as_bytes()) {
+            return Error::Unauthenticated(
+                "metrics need `Authorization: Bearer <METRICS_TOKEN>`".into(),
+            )
+            .into_response();
+        }
+    }
+    let body = state.queue.metrics().render(state.queue.backend()).await;
     (
         [(
             header::CONTENT_TYPE,
@@ -52,4 +73,5 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         )],
         body,
     )
+        .into_response()
 }

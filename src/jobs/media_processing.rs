@@ -28,12 +28,57 @@ struct Payload {
     options: Options,
 }
 
+/// The largest output a job may ask for, per side, and how many sizes one job may render.
+/// Anything bigger is refused when the payload is parsed, before any pixel is allocated
+/// (a 100000×100000 request would otherwise abort the process, and lease recovery would repeat it).
+pub const MAX_SIZE_SIDE: u32 = 4096;
+pub const MAX_SIZES: usize = 8;
+
+/// Options as they arrive; [`Options`] is what is left after the bounds hold.
 #[derive(Deserialize)]
-struct Options {
+struct RawOptions {
     #[serde(default = "default_sizes")]
     sizes: Vec<SizeSpec>,
     #[serde(default = "default_quality")]
     quality: u8,
+}
+
+#[derive(Deserialize)]
+#[serde(try_from = "RawOptions")]
+struct Options {
+    sizes: Vec<SizeSpec>,
+    quality: u8,
+}
+
+impl TryFrom<RawOptions> for Options {
+    type Error = String;
+
+    fn try_from(raw: RawOptions) -> Result<Self, String> {
+        if raw.sizes.is_empty() || raw.sizes.len() > MAX_SIZES {
+            return Err(format!("sizes must list 1 to {MAX_SIZES} sizes"));
+        }
+        for (i, s) in raw.sizes.iter().enumerate() {
+            if !size_name_ok(&s.name) {
+                return Err(format!(
+                    "sizes[{i}].name must be 1-32 characters of a-z 0-9 _ -"
+                ));
+            }
+            let side = 1..=MAX_SIZE_SIDE;
+            if !side.contains(&s.width) || !side.contains(&s.height) {
+                return Err(format!(
+                    "sizes[{i}] asks for {}x{}; each side must be between 1 and {MAX_SIZE_SIDE}",
+                    s.width, s.height
+                ));
+            }
+        }
+        if !(1..=100).contains(&raw.quality) {
+            return Err("quality must be between 1 and 100".into());
+        }
+        Ok(Self {
+            sizes: raw.sizes,
+            quality: raw.quality,
+        })
+    }
 }
 
 impl Default for Options {
@@ -88,18 +133,11 @@ async fn set_status(
 }
 
 pub async fn handle(state: &AppState, job: &JobInfo) -> Result<Value, JobError> {
+    // Every bound is checked here, at parse; a bad payload fails once, permanently.
     let p: Payload = serde_json::from_value(job.payload.clone())
         .map_err(|e| JobError::permanent(format!("bad payload: {e}")))?;
     let id = Uuid::parse_str(&p.media_id)
         .map_err(|_| JobError::permanent("mediaId is not a valid id"))?;
-    if p.options.sizes.is_empty()
-        || p.options
-            .sizes
-            .iter()
-            .any(|s| s.width == 0 || s.height == 0 || !size_name_ok(&s.name))
-    {
-        return Err(JobError::permanent("bad sizes"));
-    }
     let Some(row) = media_file::Entity::find_by_id(id)
         .one(&state.db)
         .await
@@ -205,4 +243,43 @@ async fn render(
         }));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(v: Value) -> Result<Payload, String> {
+        serde_json::from_value::<Payload>(v).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn sizes_are_bounded_at_parse() {
+        let id = "0191d5b2-0000-7000-8000-000000000000";
+        let huge = json!({ "mediaId": id, "options": { "sizes": [
+            { "name": "huge", "width": 100000, "height": 100000, "fit": "cover" }
+        ] } });
+        let err = parse(huge).err().expect("100000x100000 is refused");
+        assert!(
+            err.contains("100000x100000") && err.contains("4096"),
+            "{err}"
+        );
+        let at_limit = json!({ "mediaId": id, "options": { "sizes": [
+            { "name": "big", "width": MAX_SIZE_SIDE, "height": 1, "fit": "inside" }
+        ] } });
+        assert!(parse(at_limit).is_ok());
+        for bad in [
+            json!({ "sizes": [] }),
+            json!({ "sizes": [{ "name": "a", "width": 0, "height": 10, "fit": "cover" }] }),
+            json!({ "sizes": [{ "name": "../x", "width": 10, "height": 10, "fit": "cover" }] }),
+            json!({ "sizes": (0..=MAX_SIZES).map(|i| json!({ "name": format!("s{i}"), "width": 10, "height": 10, "fit": "cover" })).collect::<Vec<_>>() }),
+            json!({ "quality": 0 }),
+        ] {
+            assert!(parse(json!({ "mediaId": id, "options": bad })).is_err());
+        }
+        assert!(
+            parse(json!({ "mediaId": id })).is_ok(),
+            "defaults hold the bounds"
+        );
+    }
 }

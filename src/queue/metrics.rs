@@ -1,9 +1,14 @@
 //! Prometheus metrics for the queue (prometheus-client), served at `/metrics`.
 //!
-//! Counters and histograms count what this process did; queue depth per state is read from the
-//! backend at scrape time, so every instance reports the shared truth.
+//! Counters and histograms count what this process did through one [`super::JobQueue`] and its
+//! workers (each app has its own registry). Queue depth per state is a gauge that a background
+//! task refreshes from the backend every [`GAUGE_REFRESH`], so a scrape costs no database or
+//! Redis round trip however often it comes; every instance still reports the shared truth.
 
-use std::sync::{LazyLock, Mutex};
+use std::{
+    sync::{Arc, OnceLock, Weak},
+    time::Duration,
+};
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
@@ -12,6 +17,9 @@ use prometheus_client::{
 };
 
 use super::{QueueBackend, QueueName};
+
+/// How often the depth gauges are read from the backend.
+pub const GAUGE_REFRESH: Duration = Duration::from_secs(2);
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct QueueLabel {
@@ -25,7 +33,7 @@ pub struct StateLabel {
 }
 
 pub struct QueueMetrics {
-    registry: Mutex<Registry>,
+    registry: Registry,
     enqueued: Family<QueueLabel, Counter>,
     duplicates: Family<QueueLabel, Counter>,
     processed: Family<QueueLabel, Counter>,
@@ -34,6 +42,14 @@ pub struct QueueMetrics {
     duration: Family<QueueLabel, Histogram>,
     pickup: Family<QueueLabel, Histogram>,
     depth: Family<StateLabel, Gauge>,
+    /// Set once the background refresher runs (started by the first scrape).
+    refresher: OnceLock<()>,
+}
+
+impl std::fmt::Debug for QueueMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueueMetrics").finish_non_exhaustive()
+    }
 }
 
 fn label(q: QueueName) -> QueueLabel {
@@ -42,22 +58,22 @@ fn label(q: QueueName) -> QueueLabel {
     }
 }
 
-static GLOBAL: LazyLock<QueueMetrics> = LazyLock::new(QueueMetrics::new);
-
-pub fn global() -> &'static QueueMetrics {
-    &GLOBAL
+impl Default for QueueMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl QueueMetrics {
-    fn new() -> Self {
+    pub fn new() -> Self {
         let buckets = || {
             Histogram::new([
                 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
                 60.0,
             ])
         };
-        let m = Self {
-            registry: Mutex::new(Registry::with_prefix("smartbot")),
+        let mut m = Self {
+            registry: Registry::with_prefix("smartbot"),
             enqueued: Family::default(),
             duplicates: Family::default(),
             processed: Family::default(),
@@ -66,34 +82,37 @@ impl QueueMetrics {
             duration: Family::new_with_constructor(buckets),
             pickup: Family::new_with_constructor(buckets),
             depth: Family::default(),
+            refresher: OnceLock::new(),
         };
-        {
-            let mut r = m.registry.lock().expect("metrics registry");
-            r.register("jobs_enqueued", "Jobs added to a queue", m.enqueued.clone());
-            r.register(
-                "jobs_duplicate",
-                "Enqueues ignored because the job id existed",
-                m.duplicates.clone(),
-            );
-            r.register("jobs_processed", "Jobs completed", m.processed.clone());
-            r.register("jobs_failed", "Jobs that ended in failed", m.failed.clone());
-            r.register(
-                "jobs_retried",
-                "Failed attempts scheduled for retry",
-                m.retried.clone(),
-            );
-            r.register(
-                "job_duration_seconds",
-                "Handler run time per attempt",
-                m.duration.clone(),
-            );
-            r.register(
-                "job_pickup_latency_seconds",
-                "Time from ready to picked up",
-                m.pickup.clone(),
-            );
-            r.register("queue_jobs", "Jobs per queue and state", m.depth.clone());
-        }
+        let r = &mut m.registry;
+        r.register("jobs_enqueued", "Jobs added to a queue", m.enqueued.clone());
+        r.register(
+            "jobs_duplicate",
+            "Enqueues ignored because the job id existed",
+            m.duplicates.clone(),
+        );
+        r.register("jobs_processed", "Jobs completed", m.processed.clone());
+        r.register("jobs_failed", "Jobs that ended in failed", m.failed.clone());
+        r.register(
+            "jobs_retried",
+            "Failed attempts scheduled for retry",
+            m.retried.clone(),
+        );
+        r.register(
+            "job_duration_seconds",
+            "Handler run time per attempt",
+            m.duration.clone(),
+        );
+        r.register(
+            "job_pickup_latency_seconds",
+            "Time from ready to picked up",
+            m.pickup.clone(),
+        );
+        r.register(
+            "queue_jobs",
+            "Jobs per queue and state (refreshed in the background)",
+            m.depth.clone(),
+        );
         // Every queue appears from the first scrape, at zero, so dashboards need no special cases.
         for q in QueueName::ALL {
             let l = label(q);
@@ -134,8 +153,8 @@ impl QueueMetrics {
         self.pickup.get_or_create(&label(q)).observe(secs.max(0.0));
     }
 
-    /// Reads the depth of every queue from the backend, then renders the text exposition.
-    pub async fn render(&self, backend: &dyn QueueBackend) -> String {
+    /// Reads every queue's depth from the backend into the gauges.
+    pub async fn refresh(&self, backend: &dyn QueueBackend) {
         for q in QueueName::ALL {
             match backend.counts(q).await {
                 Ok(c) => {
@@ -159,11 +178,33 @@ impl QueueMetrics {
                 }
             }
         }
+    }
+
+    /// The text exposition. The first call reads the depth once and starts the background
+    /// refresher; later calls touch no backend. The refresher ends when the app is dropped.
+    pub async fn render(self: &Arc<Self>, backend: &Arc<dyn QueueBackend>) -> String {
+        if self.refresher.set(()).is_ok() {
+            self.refresh(backend.as_ref()).await;
+            let (metrics, backend) = (Arc::downgrade(self), Arc::downgrade(backend));
+            tokio::spawn(refresh_loop(metrics, backend));
+        }
         let mut out = String::new();
-        let registry = self.registry.lock().expect("metrics registry");
-        if let Err(e) = encode(&mut out, &registry) {
+        if let Err(e) = encode(&mut out, &self.registry) {
             tracing::error!(error = %e, "metrics: encoding failed");
         }
         out
+    }
+}
+
+async fn refresh_loop(metrics: Weak<QueueMetrics>, backend: Weak<dyn QueueBackend>) {
+    let mut tick = tokio::time::interval(GAUGE_REFRESH);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let (Some(m), Some(b)) = (metrics.upgrade(), backend.upgrade()) else {
+            return;
+        };
+        m.refresh(b.as_ref()).await;
     }
 }

@@ -278,11 +278,21 @@ impl NewJob {
 
 /// One failed attempt, kept in the job's history.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, async_graphql::SimpleObject)]
+#[graphql(complex)]
 pub struct AttemptError {
     pub attempt: u32,
     pub error: String,
-    /// Epoch milliseconds.
+    /// Epoch milliseconds in storage; GraphQL shows a DateTime (an Int is only 32-bit).
+    #[graphql(skip)]
     pub at: i64,
+}
+
+#[async_graphql::ComplexObject]
+impl AttemptError {
+    /// When the attempt failed.
+    async fn at(&self) -> chrono::DateTime<chrono::Utc> {
+        chrono::DateTime::from_timestamp_millis(self.at).unwrap_or_default()
+    }
 }
 
 /// Everything known about a job.
@@ -441,6 +451,11 @@ pub trait QueueBackend: Send + Sync + 'static {
     async fn clean(&self, queue: QueueName, retention: Retention) -> Result<u64>;
     /// A round trip, for /ready.
     async fn ping(&self) -> Result<()>;
+    /// The service this backend needs beyond the app database, as `/ready` names it (`None`
+    /// when the queue lives in the app database, which `/ready` checks anyway).
+    fn dependency(&self) -> Option<&'static str> {
+        None
+    }
     /// Returns a leased job that never started to waiting, without using an attempt
     /// (prefetched jobs at shutdown). `false` when the lease was already lost.
     async fn release(&self, queue: QueueName, id: &str, token: &str) -> Result<bool>;
@@ -471,15 +486,25 @@ pub fn backoff_delay(base: Duration, attempts_made: u32) -> Duration {
 #[derive(Clone)]
 pub struct JobQueue {
     backend: Arc<dyn QueueBackend>,
+    metrics: Arc<metrics::QueueMetrics>,
 }
 
 impl JobQueue {
+    /// A queue over `backend`, with its own metrics registry (give it to this app's workers).
     pub fn new(backend: Arc<dyn QueueBackend>) -> Self {
-        Self { backend }
+        Self {
+            backend,
+            metrics: Arc::new(metrics::QueueMetrics::new()),
+        }
     }
 
     pub fn backend(&self) -> &Arc<dyn QueueBackend> {
         &self.backend
+    }
+
+    /// What this queue and the workers given the same registry did; served at `/metrics`.
+    pub fn metrics(&self) -> &Arc<metrics::QueueMetrics> {
+        &self.metrics
     }
 
     /// Enqueues a job; returns its id (the existing one when `jobId` was already used).
@@ -493,7 +518,7 @@ impl JobQueue {
         let job = NewJob::new(name, payload, opts)?;
         let id = job.id.clone();
         let created = self.backend.enqueue(queue, job).await?;
-        metrics::global().enqueued(queue, created);
+        self.metrics.enqueued(queue, created);
         Ok(id)
     }
 
@@ -512,7 +537,7 @@ impl JobQueue {
         let ids: Vec<String> = jobs.iter().map(|j| j.id.clone()).collect();
         let created = self.backend.enqueue_many(queue, jobs).await?;
         for c in created {
-            metrics::global().enqueued(queue, c);
+            self.metrics.enqueued(queue, c);
         }
         Ok(ids)
     }
@@ -655,9 +680,27 @@ mod tests {
     #[test]
     fn backoff_grows_with_jitter() {
         for n in 1..6 {
-            let d = backoff_delay(Duration::from_secs(1), n);
             let full = Duration::from_secs(1 << (n - 1));
-            assert!(d >= full / 2 && d <= full, "attempt {n}: {d:?}");
+            // Many samples: every one inside [full/2, full], and spread across that range
+            // (a delay without jitter gives one value and fails here).
+            let samples: Vec<Duration> = (0..400)
+                .map(|_| backoff_delay(Duration::from_secs(1), n))
+                .collect();
+            for d in &samples {
+                assert!(*d >= full / 2 && *d <= full, "attempt {n}: {d:?}");
+            }
+            let (lo, hi) = (samples.iter().min().unwrap(), samples.iter().max().unwrap());
+            assert!(
+                *hi - *lo >= full / 4,
+                "attempt {n}: delays span only {lo:?}..{hi:?}; jitter should spread them over {:?}..{full:?}",
+                full / 2
+            );
+            let distinct: std::collections::HashSet<_> = samples.iter().collect();
+            assert!(
+                distinct.len() > 300,
+                "attempt {n}: only {} distinct delays",
+                distinct.len()
+            );
         }
         assert!(backoff_delay(Duration::from_secs(1), 40) <= Duration::from_secs(3600));
     }

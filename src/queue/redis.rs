@@ -33,8 +33,8 @@ use async_trait::async_trait;
 use fred::{
     clients::{Client, Pool},
     interfaces::{ClientLike, KeysInterface, ListInterface, LuaInterface, SortedSetsInterface},
-    prelude::{Builder, Config as RedisConfig, ReconnectPolicy},
-    types::Value as RedisValue,
+    prelude::{Builder, Config as RedisConfig, Options, ReconnectPolicy},
+    types::{ClusterHash, CustomCommand, Value as RedisValue},
 };
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -254,29 +254,34 @@ for i = 2, 6 do redis.call('ZREM', KEYS[i], ARGV[1]) end
 return 1
 "#;
 
+/// Trims one call's worth (at most ARGV[6] jobs per state) and returns {removed, more}; the
+/// caller repeats while `more` is 1, so one clean catches up however far behind it is, while
+/// each script stays short.
 const CLEAN: &str = r#"
 local now = now_ms()
+local cap = tonumber(ARGV[6])
 local removed = 0
-local function trim(key, keep, age)
-  local old = redis.call('ZRANGEBYSCORE', key, '-inf', now - age, 'LIMIT', 0, 1000)
-  for _, id in ipairs(old) do
+local more = 0
+local function drop(key, ids)
+  for _, id in ipairs(ids) do
     redis.call('DEL', ARGV[1] .. id)
     redis.call('ZREM', key, id)
     removed = removed + 1
   end
+end
+local function trim(key, keep, age)
+  local old = redis.call('ZRANGEBYSCORE', key, '-inf', now - age, 'LIMIT', 0, cap)
+  drop(key, old)
   local extra = redis.call('ZCARD', key) - keep
   if extra > 0 then
-    local ids = redis.call('ZRANGE', key, 0, math.min(extra, 1000) - 1)
-    for _, id in ipairs(ids) do
-      redis.call('DEL', ARGV[1] .. id)
-      redis.call('ZREM', key, id)
-      removed = removed + 1
-    end
+    drop(key, redis.call('ZRANGE', key, 0, math.min(extra, cap) - 1))
+    if extra > cap then more = 1 end
   end
+  if #old == cap then more = 1 end
 end
 trim(KEYS[1], tonumber(ARGV[2]), tonumber(ARGV[3]))
 trim(KEYS[2], tonumber(ARGV[4]), tonumber(ARGV[5]))
-return removed
+return {removed, more}
 "#;
 
 /// A Lua script with its SHA1, run by EVALSHA and loaded again on NOSCRIPT.
@@ -304,10 +309,7 @@ impl Script {
             .await
         {
             Err(e) if e.details().starts_with("NOSCRIPT") => {
-                let _: String = client
-                    .script_load(self.body.as_str())
-                    .await
-                    .map_err(redis_err)?;
+                self.load(client).await?;
                 client
                     .evalsha(self.sha.as_str(), keys, args)
                     .await
@@ -315,6 +317,43 @@ impl Script {
             }
             other => other.map_err(redis_err),
         }
+    }
+
+    /// Runs a script that must never run twice for one call (a lease): fred re-sends a command
+    /// whose reply was lost to a dropped connection, which would lease a second batch, so this
+    /// one is written at most once and a lost reply is an error (its leases expire and recover).
+    async fn run_once<R: fred::types::FromValue>(
+        &self,
+        client: &Client,
+        keys: Vec<String>,
+        args: Vec<RedisValue>,
+    ) -> Result<R> {
+        let once = client.with_options(&Options {
+            max_attempts: Some(1),
+            ..Default::default()
+        });
+        let mut argv: Vec<RedisValue> = Vec::with_capacity(2 + keys.len() + args.len());
+        argv.push(self.sha.as_str().into());
+        argv.push((keys.len() as i64).into());
+        argv.extend(keys.into_iter().map(RedisValue::from));
+        argv.extend(args);
+        // Offset 2: route by the first key (after the SHA and the key count), as EVALSHA does.
+        let cmd = CustomCommand::new_static("EVALSHA", ClusterHash::Offset(2), false);
+        match once.custom::<R, _>(cmd.clone(), argv.clone()).await {
+            Err(e) if e.details().starts_with("NOSCRIPT") => {
+                self.load(client).await?;
+                once.custom(cmd, argv).await.map_err(redis_err)
+            }
+            other => other.map_err(redis_err),
+        }
+    }
+
+    async fn load(&self, client: &Client) -> Result<()> {
+        let _: String = client
+            .script_load(self.body.as_str())
+            .await
+            .map_err(redis_err)?;
+        Ok(())
     }
 }
 
@@ -356,7 +395,9 @@ impl Drop for RedisQueue {
 }
 
 /// Connects with reconnection forever (exponential, capped at 2 s), so workers resume by
-/// themselves after a dropped connection or a Redis restart.
+/// themselves after a dropped connection or a Redis restart. Commands are re-sent after a lost
+/// reply (`max_command_attempts`) because every script but the lease scripts is safe to repeat
+/// (token- and state-checked); leases go through `Script::run_once`.
 pub async fn connect_client(url: &str, pool_size: usize) -> Result<Pool> {
     let config = RedisConfig::from_url(url)
         .map_err(|e| Error::validation("REDIS_URL", format!("invalid REDIS_URL: {e}")))?;
@@ -373,6 +414,21 @@ pub async fn connect_client(url: &str, pool_size: usize) -> Result<Pool> {
         .await
         .map_err(|e| Error::Internal(format!("cannot connect to Redis at {url}: {e}")))?;
     Ok(pool)
+}
+
+/// The server's `maxmemory-policy`, read with `CONFIG GET`.
+pub async fn eviction_policy(client: &Client) -> Result<String> {
+    let reply: HashMap<String, String> = client
+        .custom(
+            CustomCommand::new_static("CONFIG", None, false),
+            vec!["GET", "maxmemory-policy"],
+        )
+        .await
+        .map_err(redis_err)?;
+    reply
+        .get("maxmemory-policy")
+        .cloned()
+        .ok_or_else(|| Error::Internal("redis: CONFIG GET maxmemory-policy gave no value".into()))
 }
 
 async fn connect_single(url: &str) -> Result<Client> {
@@ -393,10 +449,32 @@ async fn connect_single(url: &str) -> Result<Client> {
     Ok(client)
 }
 
+/// Why anything but `noeviction` is dangerous for a queue, in the words an operator needs.
+pub fn eviction_warning(policy: &str) -> Option<String> {
+    (policy != "noeviction").then(|| {
+        format!(
+            "IMPORTANT! Redis maxmemory-policy is {policy:?}; the job queue needs \"noeviction\". \
+             With any other policy Redis silently deletes jobs when memory fills. \
+             Run `CONFIG SET maxmemory-policy noeviction` and put it in redis.conf."
+        )
+    })
+}
+
 impl RedisQueue {
     /// `prefix` namespaces every key (tests give each run its own).
     pub async fn connect(url: &str, prefix: &str) -> Result<Self> {
         let pool = connect_client(url, 4).await?;
+        match eviction_policy(pool.next()).await {
+            Ok(policy) => {
+                if let Some(w) = eviction_warning(&policy) {
+                    tracing::warn!(maxmemory_policy = %policy, "{w}");
+                }
+            }
+            Err(e) => tracing::warn!(
+                error = %e,
+                "could not read Redis maxmemory-policy (CONFIG may be disabled); make sure it is \"noeviction\", or Redis may delete queued jobs"
+            ),
+        }
         let mut blocking = HashMap::new();
         for q in QueueName::ALL {
             blocking.insert(q, connect_single(url).await?);
@@ -424,6 +502,11 @@ impl RedisQueue {
                 clean: Script::new(CLEAN),
             },
         })
+    }
+
+    /// The server's `maxmemory-policy` (checked at connect; see [`eviction_warning`]).
+    pub async fn maxmemory_policy(&self) -> Result<String> {
+        eviction_policy(self.client()).await
     }
 
     /// The names Redis knows this backend's connections by (for operators and tests).
@@ -579,7 +662,11 @@ impl QueueBackend for RedisQueue {
             ms(lease).into(),
             token.clone().into(),
         ];
-        let rows: Vec<Vec<String>> = self.scripts.fetch.run(self.client(), keys, args).await?;
+        let rows: Vec<Vec<String>> = self
+            .scripts
+            .fetch
+            .run_once(self.client(), keys, args)
+            .await?;
         rows.into_iter()
             .map(|pairs| {
                 Ok(Leased {
@@ -700,7 +787,7 @@ impl QueueBackend for RedisQueue {
         let reply: Vec<RedisValue> = self
             .scripts
             .complete_fetch
-            .run(self.client(), keys, args)
+            .run_once(self.client(), keys, args)
             .await?;
         let mut it = reply.into_iter();
         let landed = it.next().and_then(|v| v.as_i64()).unwrap_or(0).max(0) as usize;
@@ -872,9 +959,20 @@ impl QueueBackend for RedisQueue {
             ms(r.completed_age).into(),
             (r.failed_count as i64).into(),
             ms(r.failed_age).into(),
+            2000.into(),
         ];
-        let n: i64 = self.scripts.clean.run(self.client(), keys, args).await?;
-        Ok(n.max(0) as u64)
+        let mut total = 0;
+        loop {
+            let (removed, more): (i64, i64) = self
+                .scripts
+                .clean
+                .run(self.client(), keys.clone(), args.clone())
+                .await?;
+            total += removed.max(0) as u64;
+            if more != 1 {
+                return Ok(total);
+            }
+        }
     }
 
     async fn ping(&self) -> Result<()> {
@@ -884,6 +982,10 @@ impl QueueBackend for RedisQueue {
 
     fn kind(&self) -> &'static str {
         "redis"
+    }
+
+    fn dependency(&self) -> Option<&'static str> {
+        Some("redis")
     }
 
     async fn release(&self, queue: QueueName, id: &str, token: &str) -> Result<bool> {

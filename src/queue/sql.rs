@@ -7,30 +7,69 @@
 //! statement, which makes it just as atomic. Every later write re-checks `lease_token`, so a
 //! worker whose lease was reclaimed changes nothing.
 //!
-//! Times are epoch milliseconds from the application host's clock. Workers in one process are
-//! woken at once by a local notification; other processes poll every `poll_interval`.
+//! Round trips are batched: a batch of jobs is one multi-row `INSERT`, and a batch of
+//! completions is one `UPDATE … FROM (VALUES …)`, sent together with the next fetch.
+//!
+//! Wake-ups: workers in one process are woken at once by a local notification. On PostgreSQL
+//! every change that makes work ready also sends `NOTIFY smartbot_jobs, '<queue>'`, and one
+//! `LISTEN` connection per process wakes its workers, so other processes pick work up within a
+//! round trip too. `poll_interval` remains as the fallback for delayed jobs and lost
+//! notifications (SQLite has no cross-process signal, so other processes poll).
+//!
+//! Times are epoch milliseconds from the application host's clock.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Once},
+    time::Duration,
+};
 
 use async_trait::async_trait;
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait,
-    QueryFilter, QueryOrder, QuerySelect, Statement, TransactionTrait, Value as DbValue,
-    sea_query::OnConflict,
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction,
+    DbBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect, SqliteTransactionMode, Statement,
+    TransactionOptions, TransactionTrait, Value as DbValue, sea_query::OnConflict,
 };
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use super::{
-    AttemptError, JobInfo, JobState, Leased, NewJob, Outcome, Priority, QueueBackend, QueueName,
-    Retention, StateCounts,
+    AttemptError, Completion, JobInfo, JobState, Leased, NewJob, Outcome, Priority, QueueBackend,
+    QueueName, Retention, StateCounts,
 };
 use crate::error::{Error, Result};
 use entity::{job, queue_control};
 
+/// The PostgreSQL channel that carries "work is ready in <queue>" between processes.
+const CHANNEL: &str = "smartbot_jobs";
+
+/// Rows per multi-row statement: 19 columns × 500 stays far below both databases' parameter caps.
+const BATCH_ROWS: usize = 500;
+
+type Wakers = Arc<HashMap<QueueName, Arc<Notify>>>;
+
 pub struct SqlQueue {
     db: DatabaseConnection,
-    notify: HashMap<QueueName, Arc<Notify>>,
+    notify: Wakers,
     poll_interval: Duration,
+    /// Starts the LISTEN task (PostgreSQL) the first time a worker waits.
+    listening: Once,
+    stop: CancellationToken,
+}
+
+impl Drop for SqlQueue {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Wakes every worker waiting on `queue`, and leaves a permit for one that is about to wait,
+/// so a wake-up between a worker's empty fetch and its wait is never lost.
+fn wake_all(notify: &Wakers, queue: QueueName) {
+    if let Some(n) = notify.get(&queue) {
+        n.notify_waiters();
+        n.notify_one();
+    }
 }
 
 fn now_ms() -> i64 {
@@ -52,9 +91,100 @@ impl SqlQueue {
             .collect();
         Self {
             db,
-            notify,
+            notify: Arc::new(notify),
             poll_interval,
+            listening: Once::new(),
+            stop: CancellationToken::new(),
         }
+    }
+
+    /// A transaction that will write. On SQLite it takes the write lock at BEGIN (IMMEDIATE), so
+    /// it waits its turn under `busy_timeout` instead of failing with "database is locked" when
+    /// a read-then-write transaction would have to upgrade its lock.
+    async fn begin_write(&self) -> Result<DatabaseTransaction> {
+        Ok(self
+            .db
+            .begin_with_options(TransactionOptions {
+                sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+                ..Default::default()
+            })
+            .await?)
+    }
+
+    /// Tells workers that `queue` has ready work: local ones at once, and on PostgreSQL those of
+    /// every process through NOTIFY.
+    async fn signal(&self, queue: QueueName) -> Result<()> {
+        wake_all(&self.notify, queue);
+        if self.backend() == DbBackend::Postgres {
+            self.db
+                .execute_raw(self.stmt(
+                    "SELECT pg_notify(?, ?)",
+                    vec![CHANNEL.into(), queue.as_str().into()],
+                ))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// LISTEN on PostgreSQL: one connection per process wakes this process's workers.
+    fn start_listener(&self) {
+        if self.backend() != DbBackend::Postgres {
+            return;
+        }
+        self.listening.call_once(|| {
+            let pool = self.db.get_postgres_connection_pool().clone();
+            let (notify, stop) = (self.notify.clone(), self.stop.clone());
+            tokio::spawn(async move {
+                use sea_orm::sqlx::postgres::PgListener;
+                let mut retry = Duration::from_millis(100);
+                while !stop.is_cancelled() {
+                    let listener = async {
+                        let mut l = PgListener::connect_with(&pool).await?;
+                        l.listen(CHANNEL).await?;
+                        Ok::<_, sea_orm::sqlx::Error>(l)
+                    };
+                    let mut listener = match listener.await {
+                        Ok(l) => l,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "queue: LISTEN failed; polling until it is back");
+                            tokio::select! {
+                                _ = stop.cancelled() => return,
+                                _ = tokio::time::sleep(retry) => {}
+                            }
+                            retry = (retry * 2).min(Duration::from_secs(5));
+                            continue;
+                        }
+                    };
+                    retry = Duration::from_millis(100);
+                    // Anything sent while we were not listening is unknown: look once.
+                    for q in QueueName::ALL {
+                        wake_all(&notify, q);
+                    }
+                    loop {
+                        tokio::select! {
+                            _ = stop.cancelled() => return,
+                            r = listener.try_recv() => match r {
+                                Ok(Some(n)) => {
+                                    if let Ok(q) = n.payload().parse::<QueueName>() {
+                                        wake_all(&notify, q);
+                                    }
+                                }
+                                // The connection dropped and reconnects; notifications may be lost.
+                                Ok(None) => {
+                                    for q in QueueName::ALL {
+                                        wake_all(&notify, q);
+                                    }
+                                }
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "queue: LISTEN connection failed; reconnecting");
+                                    break;
+                                }
+                            },
+                        }
+                    }
+                }
+            });
+        });
     }
 
     fn backend(&self) -> DbBackend {
@@ -81,13 +211,6 @@ impl SqlQueue {
             sql.to_owned()
         };
         Statement::from_sql_and_values(backend, sql, values)
-    }
-
-    fn wake(&self, queue: QueueName) {
-        if let Some(n) = self.notify.get(&queue) {
-            // A stored permit means a wake-up between two waits is never lost.
-            n.notify_one();
-        }
     }
 }
 
@@ -139,43 +262,101 @@ fn push_error(errors_json: &str, attempt: u32, error: &str, at: i64) -> String {
 #[async_trait]
 impl QueueBackend for SqlQueue {
     async fn enqueue(&self, queue: QueueName, job: NewJob) -> Result<bool> {
+        Ok(self
+            .enqueue_many(queue, vec![job])
+            .await?
+            .first()
+            .copied()
+            .unwrap_or(false))
+    }
+
+    /// One multi-row `INSERT … ON CONFLICT DO NOTHING RETURNING id` per batch: a repeated job id
+    /// is a no-op, atomically, and the returned ids say which jobs are new.
+    async fn enqueue_many(&self, queue: QueueName, jobs: Vec<NewJob>) -> Result<Vec<bool>> {
         let now = now_ms();
-        let delayed = !job.delay.is_zero();
-        let am = job::ActiveModel {
-            queue: Set(queue.as_str().to_owned()),
-            id: Set(job.id),
-            name: Set(job.name),
-            payload: Set(job.payload),
-            state: Set(if delayed { "delayed" } else { "waiting" }.to_owned()),
-            priority: Set(job.priority.rank()),
-            attempts_made: Set(0),
-            max_attempts: Set(job.max_attempts as i32),
-            backoff_ms: Set(ms(job.backoff)),
-            timeout_ms: Set(ms(job.timeout)),
-            run_at: Set(now + ms(job.delay)),
-            lease_until: Set(None),
-            lease_token: Set(None),
-            errors: Set("[]".into()),
-            last_error: Set(None),
-            result: Set(None),
-            created_at: Set(now),
-            started_at: Set(None),
-            finished_at: Set(None),
-        };
-        // ON CONFLICT DO NOTHING makes a repeated job id a no-op, atomically.
-        let res = job::Entity::insert(am)
-            .on_conflict(
-                OnConflict::columns([job::Column::Queue, job::Column::Id])
-                    .do_nothing()
-                    .to_owned(),
-            )
-            .exec_without_returning(&self.db)
-            .await?;
-        let created = res > 0;
-        if created && !delayed {
-            self.wake(queue);
+        let q = queue.as_str();
+        let mut created = Vec::with_capacity(jobs.len());
+        let mut ready = false;
+        for chunk in jobs.chunks(BATCH_ROWS) {
+            let mut sql = format!("INSERT INTO jobs ({COLUMNS}) VALUES ");
+            let mut values: Vec<DbValue> = Vec::with_capacity(chunk.len() * 19);
+            for (i, job) in chunk.iter().enumerate() {
+                if i > 0 {
+                    sql.push(',');
+                }
+                sql.push_str("(?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, NULL, NULL, '[]', NULL, NULL, ?, NULL, NULL)");
+                let delayed = !job.delay.is_zero();
+                values.extend([
+                    q.into(),
+                    job.id.clone().into(),
+                    job.name.clone().into(),
+                    job.payload.clone().into(),
+                    if delayed { "delayed" } else { "waiting" }.into(),
+                    job.priority.rank().into(),
+                    (job.max_attempts as i32).into(),
+                    ms(job.backoff).into(),
+                    ms(job.timeout).into(),
+                    (now + ms(job.delay)).into(),
+                    now.into(),
+                ]);
+            }
+            sql.push_str(" ON CONFLICT (queue, id) DO NOTHING RETURNING id");
+            let rows = self.db.query_all_raw(self.stmt(&sql, values)).await?;
+            let mut new: HashSet<String> = HashSet::with_capacity(rows.len());
+            for row in rows {
+                new.insert(row.try_get::<String>("", "id")?);
+            }
+            for job in chunk {
+                // `remove`: a second copy of one id within the batch is a duplicate.
+                let is_new = new.remove(&job.id);
+                ready |= is_new && job.delay.is_zero();
+                created.push(is_new);
+            }
+        }
+        if ready {
+            self.signal(queue).await?;
         }
         Ok(created)
+    }
+
+    /// Records a batch of completions in one `UPDATE … FROM (VALUES …)`, then fetches.
+    async fn complete_and_fetch(
+        &self,
+        queue: QueueName,
+        done: &[Completion],
+        n: usize,
+        lease: Duration,
+    ) -> Result<(usize, Vec<Leased>)> {
+        let now = now_ms();
+        let mut landed = 0;
+        for chunk in done.chunks(BATCH_ROWS) {
+            let mut sql = String::from(
+                "UPDATE jobs SET state = 'completed', result = v.column3, finished_at = ?, lease_token = NULL, lease_until = NULL FROM (VALUES ",
+            );
+            let mut values: Vec<DbValue> = Vec::with_capacity(2 + chunk.len() * 3);
+            values.push(now.into());
+            for (i, c) in chunk.iter().enumerate() {
+                if i > 0 {
+                    sql.push(',');
+                }
+                sql.push_str("(?, ?, ?)");
+                values.extend([
+                    c.id.clone().into(),
+                    c.token.clone().into(),
+                    c.result.to_string().into(),
+                ]);
+            }
+            sql.push_str(
+                ") AS v WHERE jobs.queue = ? AND jobs.id = v.column1 AND jobs.lease_token = v.column2 AND jobs.state = 'active'",
+            );
+            values.push(queue.as_str().into());
+            landed += self
+                .db
+                .execute_raw(self.stmt(&sql, values))
+                .await?
+                .rows_affected() as usize;
+        }
+        Ok((landed, self.fetch(queue, n, lease).await?))
     }
 
     async fn fetch(&self, queue: QueueName, n: usize, lease: Duration) -> Result<Vec<Leased>> {
@@ -265,7 +446,7 @@ impl QueueBackend for SqlQueue {
                 Ok(res.rows_affected() == 1)
             }
             Outcome::Failed { error, retry_in } => {
-                let txn = self.db.begin().await?;
+                let txn = self.begin_write().await?;
                 let current = job::Entity::find()
                     .filter(job::Column::Queue.eq(q))
                     .filter(job::Column::Id.eq(id))
@@ -313,7 +494,7 @@ impl QueueBackend for SqlQueue {
             ))
             .await?;
         if res.rows_affected() == 1 {
-            self.wake(queue);
+            self.signal(queue).await?;
         }
         Ok(res.rows_affected() == 1)
     }
@@ -358,12 +539,13 @@ impl QueueBackend for SqlQueue {
             recovered += res.rows_affected();
         }
         if recovered > 0 {
-            self.wake(queue);
+            self.signal(queue).await?;
         }
         Ok(recovered)
     }
 
     async fn wait_for_work(&self, queue: QueueName, timeout: Duration) -> Result<()> {
+        self.start_listener();
         let notify = self.notify[&queue].clone();
         let _ = tokio::time::timeout(timeout.min(self.poll_interval), notify.notified()).await;
         Ok(())
@@ -433,7 +615,7 @@ impl QueueBackend for SqlQueue {
             ))
             .await?;
         if res.rows_affected() == 1 {
-            self.wake(queue);
+            self.signal(queue).await?;
             return Ok(());
         }
         match self.get(queue, id).await? {
@@ -481,7 +663,7 @@ impl QueueBackend for SqlQueue {
         .exec_without_returning(&self.db)
         .await?;
         if !paused {
-            self.wake(queue);
+            self.signal(queue).await?;
         }
         Ok(())
     }
@@ -521,5 +703,21 @@ impl QueueBackend for SqlQueue {
 
     fn kind(&self) -> &'static str {
         "sql"
+    }
+
+    /// A batch of leases beyond the free slots, so one round trip records a batch of
+    /// completions and refills them (graphile-worker's local queue does the same).
+    fn prefetch(&self, concurrency: usize) -> usize {
+        concurrency
+    }
+
+    /// PostgreSQL: two fetch loops whose round trips overlap (SKIP LOCKED keeps them disjoint).
+    /// SQLite has one writer, so a second loop would only wait for it.
+    fn lanes(&self, concurrency: usize) -> usize {
+        if self.backend() == DbBackend::Postgres {
+            concurrency.min(2)
+        } else {
+            1
+        }
     }
 }

@@ -7,7 +7,10 @@
 
 use std::{
     collections::{HashMap, VecDeque},
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
@@ -15,7 +18,7 @@ use async_trait::async_trait;
 use futures::FutureExt;
 use serde_json::Value;
 use tokio::{
-    sync::{Semaphore, mpsc},
+    sync::{Notify, Semaphore, mpsc},
     task::JoinSet,
     time::Instant,
 };
@@ -106,7 +109,11 @@ pub struct WorkerConfig {
     pub idle_wait: Duration,
     pub shutdown_grace: Duration,
     pub retention: Retention,
+    /// How often finished jobs are trimmed by age. Trimming by count also runs whenever enough
+    /// jobs finished since the last trim, and when a queue goes idle, so it keeps pace.
     pub clean_interval: Duration,
+    /// Where this process's counters go (the app's `JobQueue::metrics`).
+    pub metrics: Arc<metrics::QueueMetrics>,
 }
 
 impl Default for WorkerConfig {
@@ -120,6 +127,7 @@ impl Default for WorkerConfig {
             shutdown_grace: Duration::from_secs(10),
             retention: Retention::default(),
             clean_interval: Duration::from_secs(60),
+            metrics: Arc::new(metrics::QueueMetrics::new()),
         }
     }
 }
@@ -131,6 +139,37 @@ impl WorkerConfig {
             .copied()
             .unwrap_or_else(|| q.default_concurrency())
             .max(1)
+    }
+}
+
+/// Counts jobs that finished since the last trim and wakes the queue's maintenance task once
+/// enough did, so retention keeps pace with throughput instead of with a clock.
+struct Trim {
+    finished: AtomicU64,
+    threshold: u64,
+    wake: Notify,
+}
+
+impl Trim {
+    fn new(r: &Retention) -> Self {
+        Self {
+            finished: AtomicU64::new(0),
+            threshold: (r.completed_count.min(r.failed_count) / 4).max(32),
+            wake: Notify::new(),
+        }
+    }
+
+    fn add(&self, n: u64) {
+        if n > 0 && self.finished.fetch_add(n, Ordering::Relaxed) + n >= self.threshold {
+            self.wake.notify_one();
+        }
+    }
+
+    /// The queue went idle: trim what finished since the last trim.
+    fn flush(&self) {
+        if self.finished.load(Ordering::Relaxed) > 0 {
+            self.wake.notify_one();
+        }
     }
 }
 
@@ -160,17 +199,20 @@ impl Workers {
                 continue;
             };
             tracing::info!(queue = %q, concurrency = config.concurrency_of(q), "worker started");
+            let trim = Arc::new(Trim::new(&config.retention));
             tasks.spawn(run_queue(
                 q,
                 backend.clone(),
                 handler,
                 config.clone(),
+                trim.clone(),
                 shutdown.clone(),
             ));
             tasks.spawn(maintain(
                 q,
                 backend.clone(),
                 config.clone(),
+                trim,
                 shutdown.clone(),
             ));
         }
@@ -196,6 +238,7 @@ async fn run_queue(
     backend: Arc<dyn QueueBackend>,
     handler: Arc<dyn JobHandler>,
     config: WorkerConfig,
+    trim: Arc<Trim>,
     shutdown: CancellationToken,
 ) {
     let total = config.concurrency_of(queue);
@@ -204,10 +247,16 @@ async fn run_queue(
     for i in 0..lanes {
         // Spread the slots as evenly as possible: 5 over 2 lanes is 3 + 2.
         let share = total / lanes + usize::from(i < total % lanes);
-        set.spawn(run_lane(
+        let lane = Lane {
             queue,
-            backend.clone(),
-            handler.clone(),
+            backend: backend.clone(),
+            handler: handler.clone(),
+            lease: config.lease,
+            metrics: config.metrics.clone(),
+            trim: trim.clone(),
+        };
+        set.spawn(run_lane(
+            Arc::new(lane),
             share,
             config.clone(),
             shutdown.clone(),
@@ -216,14 +265,23 @@ async fn run_queue(
     while set.join_next().await.is_some() {}
 }
 
-async fn run_lane(
+/// What every run in one lane shares.
+struct Lane {
     queue: QueueName,
     backend: Arc<dyn QueueBackend>,
     handler: Arc<dyn JobHandler>,
+    lease: Duration,
+    metrics: Arc<metrics::QueueMetrics>,
+    trim: Arc<Trim>,
+}
+
+async fn run_lane(
+    lane: Arc<Lane>,
     concurrency: usize,
     config: WorkerConfig,
     shutdown: CancellationToken,
 ) {
+    let (queue, backend) = (lane.queue, lane.backend.clone());
     type Sync = futures::future::BoxFuture<
         'static,
         (
@@ -257,9 +315,12 @@ async fn run_lane(
                 break;
             };
             let permit = slots.clone().try_acquire_owned().expect("a permit is free");
-            let (backend, handler, done_tx) = (backend.clone(), handler.clone(), done_tx.clone());
             running.spawn(run_one(
-                queue, backend, handler, leased, leased_at, lease, done_tx, permit,
+                lane.clone(),
+                leased,
+                leased_at,
+                done_tx.clone(),
+                permit,
             ));
         }
         if inflight.is_none() && !stopping {
@@ -285,7 +346,11 @@ async fn run_lane(
                             tracing::warn!(queue = %queue, lost = done.len() - landed, "completions arrived after their lease was lost");
                         }
                         error_backoff = Duration::from_millis(50);
+                        lane.trim.add(landed as u64);
                         idle = want > 0 && jobs.is_empty();
+                        if idle {
+                            lane.trim.flush();
+                        }
                         let now = Instant::now();
                         buffer.extend(jobs.into_iter().map(|j| (j, now)));
                     }
@@ -351,6 +416,7 @@ async fn maintain(
     queue: QueueName,
     backend: Arc<dyn QueueBackend>,
     config: WorkerConfig,
+    trim: Arc<Trim>,
     shutdown: CancellationToken,
 ) {
     let mut stall = tokio::time::interval(config.stall_interval);
@@ -365,10 +431,21 @@ async fn maintain(
                 Ok(n) => tracing::warn!(queue = %queue, jobs = n, "reclaimed stalled jobs"),
                 Err(e) => tracing::warn!(queue = %queue, error = %e, "stall recovery failed"),
             },
-            _ = clean.tick() => if let Err(e) = backend.clean(queue, config.retention).await {
-                tracing::warn!(queue = %queue, error = %e, "retention clean-up failed");
-            },
+            _ = clean.tick() => trim_finished(queue, backend.as_ref(), &config, &trim).await,
+            _ = trim.wake.notified() => trim_finished(queue, backend.as_ref(), &config, &trim).await,
         }
+    }
+}
+
+async fn trim_finished(
+    queue: QueueName,
+    backend: &dyn QueueBackend,
+    config: &WorkerConfig,
+    trim: &Trim,
+) {
+    trim.finished.store(0, Ordering::Relaxed);
+    if let Err(e) = backend.clean(queue, config.retention).await {
+        tracing::warn!(queue = %queue, error = %e, "retention clean-up failed");
     }
 }
 
@@ -382,17 +459,14 @@ fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn run_one(
-    queue: QueueName,
-    backend: Arc<dyn QueueBackend>,
-    handler: Arc<dyn JobHandler>,
+    lane: Arc<Lane>,
     leased: Leased,
     leased_at: Instant,
-    lease: Duration,
     done: mpsc::UnboundedSender<Completion>,
     slot: tokio::sync::OwnedSemaphorePermit,
 ) {
+    let (queue, backend, lease) = (lane.queue, &lane.backend, lane.lease);
     let Leased { job, token } = leased;
     // A prefetched job may have waited for its slot: renew an aging lease before starting, and
     // never start a job whose lease is gone.
@@ -409,7 +483,7 @@ async fn run_one(
         }
     }
     if let Some(started) = job.started_at {
-        metrics::global().picked_up(
+        lane.metrics.picked_up(
             queue,
             (started - job.run_at.max(job.created_at)) as f64 / 1000.0,
         );
@@ -417,7 +491,7 @@ async fn run_one(
     let started = Instant::now();
     // Polled inline (no extra task per job); a panic is caught and becomes a failed attempt, and
     // dropping the future cancels the run on timeout or a lost lease.
-    let task_job = job.clone();
+    let (task_job, handler) = (job.clone(), lane.handler.clone());
     let task =
         std::panic::AssertUnwindSafe(async move { handler.handle(&task_job).await }).catch_unwind();
     tokio::pin!(task);
@@ -447,7 +521,7 @@ async fn run_one(
     let secs = started.elapsed().as_secs_f64();
     let outcome = match result {
         Ok(value) => {
-            metrics::global().completed(queue, secs);
+            lane.metrics.completed(queue, secs);
             // The worker loop records it with its next fetch; the slot frees now.
             drop(slot);
             let c = Completion {
@@ -468,7 +542,7 @@ async fn run_one(
                 }
                 JobError::Retryable(_) => None,
             };
-            metrics::global().failed_attempt(queue, secs, retry_in.is_some());
+            lane.metrics.failed_attempt(queue, secs, retry_in.is_some());
             tracing::warn!(queue = %queue, job = %job.id, attempt = job.attempts_made, error = %err, retry = retry_in.is_some(), "job attempt failed");
             Outcome::Failed {
                 error: err.to_string(),
@@ -478,12 +552,16 @@ async fn run_one(
     };
     // Recording the outcome is retried briefly; if it never lands, the lease expires and the job
     // runs again (at-least-once).
+    let ends = matches!(outcome, Outcome::Failed { retry_in: None, .. });
     for attempt in 0..5u32 {
         match backend
             .finish(queue, &job.id, &token, job.attempts_made, outcome.clone())
             .await
         {
-            Ok(true) => return,
+            Ok(true) => {
+                lane.trim.add(u64::from(ends));
+                return;
+            }
             Ok(false) => {
                 tracing::warn!(queue = %queue, job = %job.id, "lease lost before the outcome was recorded");
                 return;
@@ -494,4 +572,20 @@ async fn run_one(
             }
         }
     }
+}
+
+/// The async runtime `smartbot serve` and `smartbot worker` run on: one thread per core but one,
+/// at least one. The queue's work is short I/O-bound steps between the process and Redis or
+/// PostgreSQL, usually on the same small machine; measured on 2 cores, a second async thread
+/// there mostly adds cross-thread wake-ups and takes CPU from Redis (see the README's
+/// benchmarks). CPU-heavy work (images) runs on the blocking pool either way.
+/// `TOKIO_WORKER_THREADS`, when set, wins.
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        builder.worker_threads(cores.saturating_sub(1).max(1));
+    }
+    builder.build()
 }

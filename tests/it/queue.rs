@@ -11,7 +11,7 @@ use std::{
     time::Duration,
 };
 
-use fred::interfaces::{ClientInterface, ClientLike, KeysInterface, SetsInterface};
+use fred::interfaces::{ClientLike, HashesInterface, KeysInterface, SetsInterface};
 use serde_json::{Value, json};
 use smartbot::{
     error::Error,
@@ -217,11 +217,13 @@ async fn priority_and_delay(kind: Kind) {
         };
         q.enqueue(Q, job(json!({}), opts)).await.unwrap();
     }
+    // The delay is long enough that a stalled machine still fetches before it is due.
     let delayed = JobOptions {
         job_id: Some("later".into()),
-        delay_ms: Some(600),
+        delay_ms: Some(3000),
         ..Default::default()
     };
+    let enqueued_at = tokio::time::Instant::now();
     q.enqueue(Q, job(json!({}), delayed)).await.unwrap();
     assert_eq!(q.counts(Q).await.unwrap().delayed, 1);
     assert_eq!(
@@ -237,14 +239,20 @@ async fn priority_and_delay(kind: Kind) {
         .map(|l| l.job.id)
         .collect();
     assert_eq!(ids, vec!["high", "normal", "low"]);
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    let ids: Vec<String> = q
-        .fetch(Q, 10, LEASE)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|l| l.job.id)
-        .collect();
+    let mut later = vec![];
+    while later.is_empty() {
+        assert!(
+            enqueued_at.elapsed() < Duration::from_secs(30),
+            "the delayed job never became due"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        later = q.fetch(Q, 10, LEASE).await.unwrap();
+    }
+    assert!(
+        enqueued_at.elapsed() >= Duration::from_millis(3000),
+        "the delayed job ran early"
+    );
+    let ids: Vec<String> = later.into_iter().map(|l| l.job.id).collect();
     assert_eq!(ids, vec!["later"], "the delayed job runs once due");
 }
 
@@ -258,7 +266,7 @@ async fn failures_backoff_and_retry(kind: Kind) {
     };
     q.enqueue(Q, job(json!({}), opts)).await.unwrap();
     let l = q.fetch(Q, 1, LEASE).await.unwrap().remove(0);
-    let retry = Some(Duration::from_millis(200));
+    let retry = Some(Duration::from_millis(2000));
     assert!(
         q.finish(
             Q,
@@ -280,8 +288,7 @@ async fn failures_backoff_and_retry(kind: Kind) {
         q.fetch(Q, 1, LEASE).await.unwrap().is_empty(),
         "backoff holds the job back"
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let l = q.fetch(Q, 1, LEASE).await.unwrap().remove(0);
+    let l = fetch_one_within(q, Duration::from_secs(30)).await;
     assert_eq!(l.job.attempts_made, 2);
     assert!(
         q.finish(
@@ -341,8 +348,10 @@ async fn stalled_leases_are_reclaimed_and_fenced(kind: Kind) {
     )
     .await
     .unwrap();
+    // A lease long enough that a stalled machine still checks it while it is live; then wait
+    // for the recovery itself rather than for a clock.
     let old = q
-        .fetch(Q, 1, Duration::from_millis(200))
+        .fetch(Q, 1, Duration::from_secs(2))
         .await
         .unwrap()
         .remove(0);
@@ -351,8 +360,21 @@ async fn stalled_leases_are_reclaimed_and_fenced(kind: Kind) {
         0,
         "a live lease is left alone"
     );
-    tokio::time::sleep(Duration::from_millis(350)).await;
-    assert_eq!(q.recover_stalled(Q).await.unwrap(), 1);
+    let mut recovered = 0;
+    let start = tokio::time::Instant::now();
+    while recovered == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the expired lease was never reclaimed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        recovered = q.recover_stalled(Q).await.unwrap();
+    }
+    assert_eq!(recovered, 1);
+    assert!(
+        start.elapsed() >= Duration::from_millis(1500),
+        "reclaimed before the lease ran out"
+    );
     let info = q.get(Q, "s").await.unwrap().unwrap();
     assert_eq!(info.state, JobState::Waiting);
     assert!(
@@ -393,12 +415,18 @@ async fn stalled_leases_are_reclaimed_and_fenced(kind: Kind) {
     .await
     .unwrap();
     q.fetch(Q, 1, Duration::from_millis(100)).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(250)).await;
-    q.recover_stalled(Q).await.unwrap();
-    assert_eq!(
-        q.get(Q, "once").await.unwrap().unwrap().state,
-        JobState::Failed
-    );
+    wait_until(
+        "the stalled job to end in failed",
+        Duration::from_secs(30),
+        || {
+            let q = q.clone();
+            async move {
+                q.recover_stalled(Q).await.unwrap();
+                q.get(Q, "once").await.unwrap().unwrap().state == JobState::Failed
+            }
+        },
+    )
+    .await;
 }
 
 async fn pause_remove_and_retention(kind: Kind) {
@@ -504,14 +532,32 @@ async fn bad_input_enqueues_nothing(kind: Kind) {
     );
 }
 
+/// Short enough that a crashed worker's job comes back within seconds, long enough (renewed every
+/// third) that a loaded 2-core machine never loses a live lease, nor one whose completion is
+/// still on its way to the backend.
 fn fast_workers(queues: Vec<QueueName>) -> WorkerConfig {
     WorkerConfig {
         queues,
-        lease: Duration::from_millis(600),
-        stall_interval: Duration::from_millis(200),
+        lease: Duration::from_secs(8),
+        stall_interval: Duration::from_millis(250),
         idle_wait: Duration::from_millis(200),
         shutdown_grace: Duration::from_secs(5),
         ..Default::default()
+    }
+}
+
+/// Fetches one job, polling until one is ready (a backoff or delay has run out).
+async fn fetch_one_within(q: &Arc<dyn QueueBackend>, limit: Duration) -> smartbot::queue::Leased {
+    let start = tokio::time::Instant::now();
+    loop {
+        if let Some(l) = q.fetch(Q, 1, LEASE).await.unwrap().pop() {
+            return l;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "no job became ready within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -584,6 +630,9 @@ async fn workers_run_panics_and_timeouts(kind: Kind) {
         }
     })
     .await;
+    // 20 successes, the panic twice, the timeout once, the permanent failure once: no job ran
+    // more often than that (a retried permanent error, a lost lease or a double fetch adds runs).
+    assert_eq!(runs.load(Ordering::SeqCst), 20 + 2 + 1 + 1);
     let panic = jq.job_status(Q, "panic").await.unwrap();
     assert_eq!(
         panic.attempts_made, 2,
@@ -610,6 +659,7 @@ async fn workers_run_panics_and_timeouts(kind: Kind) {
         perm.attempts_made, 1,
         "a permanent error skips the remaining attempts"
     );
+
     assert_eq!(
         jq.job_status(Q, "ok7").await.unwrap().result,
         Some(json!({ "echo": { "i": 7 } }))
@@ -695,6 +745,152 @@ async fn release_returns_a_job_without_an_attempt(kind: Kind) {
     );
 }
 
+/// Retention keeps pace with throughput: with the clock-driven trim out of the way, finished
+/// jobs beyond the configured counts are trimmed as work flows, job records included.
+async fn retention_keeps_pace(kind: Kind) {
+    const N: usize = 4000;
+    const KEEP: u64 = 50;
+    let b = Backend::new(kind).await;
+    let jq = JobQueue::new(b.queue.clone());
+    let runs = Arc::new(AtomicUsize::new(0));
+    let r = runs.clone();
+    let handlers = Handlers::new().register(
+        Q,
+        FnHandler(move |job: smartbot::queue::JobInfo| {
+            let r = r.clone();
+            async move {
+                r.fetch_add(1, Ordering::SeqCst);
+                if job.payload["fail"] == json!(true) {
+                    Err(JobError::permanent("fails on purpose"))
+                } else {
+                    Ok(json!(null))
+                }
+            }
+        }),
+    );
+    let mut config = fast_workers(vec![Q]);
+    config.retention = Retention {
+        completed_count: KEEP,
+        failed_count: KEEP,
+        ..Default::default()
+    };
+    // The hourly tick fires once at start, on an empty queue; any later trim keeps pace.
+    config.clean_interval = Duration::from_secs(3600);
+    config.concurrency.insert(Q, 8);
+    let workers = Workers::start(b.queue.clone(), &handlers, config);
+    let all: Vec<usize> = (0..N).collect();
+    for chunk in all.chunks(500) {
+        let batch: Vec<(Value, JobOptions)> = chunk
+            .iter()
+            .map(|i| {
+                let opts = JobOptions {
+                    attempts: Some(1),
+                    ..Default::default()
+                };
+                (json!({ "i": i, "fail": i % 10 == 0 }), opts)
+            })
+            .collect();
+        jq.enqueue_bulk(Q, "r", &batch).await.unwrap();
+    }
+    let r = runs.clone();
+    wait_until("every job to run", Duration::from_secs(180), || {
+        let r = r.clone();
+        async move { r.load(Ordering::SeqCst) >= N }
+    })
+    .await;
+    let q = b.queue.clone();
+    wait_until(
+        "finished jobs to be trimmed to the retention",
+        Duration::from_secs(30),
+        || {
+            let q = q.clone();
+            async move {
+                let c = q.counts(Q).await.unwrap();
+                c.waiting + c.active + c.delayed == 0 && c.completed <= KEEP && c.failed <= KEEP
+            }
+        },
+    )
+    .await;
+    let c = b.queue.counts(Q).await.unwrap();
+    assert_eq!(
+        (c.completed, c.failed),
+        (KEEP, KEEP),
+        "the most recent {KEEP} of each are kept"
+    );
+    if kind == Kind::Redis {
+        // Trimming deletes the job records, not only their index entries.
+        let prefix = b.spec.rsplit(' ').next().unwrap();
+        let admin = fred::prelude::Builder::from_config(
+            fred::prelude::Config::from_url(&redis_url()).unwrap(),
+        )
+        .build()
+        .unwrap();
+        admin.init().await.unwrap();
+        let keys: Vec<String> = admin
+            .custom(
+                fred::types::CustomCommand::new_static("KEYS", None, false),
+                vec![format!("{prefix}{{q:{}}}:job:*", Q.as_str())],
+            )
+            .await
+            .unwrap();
+        assert_eq!(keys.len() as u64, 2 * KEEP, "job hashes left behind");
+        let _: () = admin.quit().await.unwrap();
+    }
+    workers.stop().await;
+}
+
+/// 64 writers at once (enqueue, fetch, fail with retry, complete) never see a storage error:
+/// on SQLite, a read-then-write transaction must take the write lock up front.
+async fn sixty_four_concurrent_writers(kind: Kind) {
+    let b = Backend::new(kind).await;
+    let jq = JobQueue::new(b.queue.clone());
+    let mut tasks = tokio::task::JoinSet::new();
+    for w in 0..64 {
+        let (q, jq) = (b.queue.clone(), jq.clone());
+        tasks.spawn(async move {
+            for i in 0..5 {
+                let opts = JobOptions {
+                    job_id: Some(format!("w{w}-{i}")),
+                    ..Default::default()
+                };
+                jq.enqueue(Q, "x", &json!({}), &opts).await?;
+                for l in q.fetch(Q, 1, LEASE).await? {
+                    let failed = Outcome::Failed {
+                        error: "once".into(),
+                        retry_in: Some(Duration::ZERO),
+                    };
+                    q.finish(Q, &l.job.id, &l.token, l.job.attempts_made, failed)
+                        .await?;
+                }
+                for l in q.fetch(Q, 1, LEASE).await? {
+                    let done = Outcome::Completed(json!(1));
+                    q.finish(Q, &l.job.id, &l.token, l.job.attempts_made, done)
+                        .await?;
+                }
+            }
+            Ok::<_, Error>(())
+        });
+    }
+    let mut errors = vec![];
+    while let Some(r) = tasks.join_next().await {
+        if let Err(e) = r.unwrap() {
+            errors.push(format!("{e:?}"));
+        }
+    }
+    assert!(
+        errors.is_empty(),
+        "{} of 64 writers failed, e.g. {:?}",
+        errors.len(),
+        &errors[..errors.len().min(3)]
+    );
+    let c = b.queue.counts(Q).await.unwrap();
+    assert_eq!(
+        c.waiting + c.delayed + c.active + c.completed + c.failed,
+        320,
+        "every job is accounted for: {c:?}"
+    );
+}
+
 all_backends!(
     release_returns_a_job_without_an_attempt,
     lifecycle_and_idempotent_ids,
@@ -705,6 +901,8 @@ all_backends!(
     bad_input_enqueues_nothing,
     workers_run_panics_and_timeouts,
     graceful_shutdown_finishes_running_jobs,
+    retention_keeps_pace,
+    sixty_four_concurrent_writers,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -740,6 +938,7 @@ async fn child_worker_entry() {
     let backend = backend_from_spec(spec).await;
     let mode = mode.to_owned();
     let effects = EffectSink::connect(spec).await;
+    let ready_effects = effects.clone();
     let handlers = Handlers::new().register(
         Q,
         FnHandler(move |job: smartbot::queue::JobInfo| {
@@ -755,9 +954,13 @@ async fn child_worker_entry() {
             }
         }),
     );
-    let workers = Workers::start(backend, &handlers, fast_workers(vec![Q]));
-    // Run until killed, or for at most two minutes.
-    tokio::time::sleep(Duration::from_secs(120)).await;
+    // Keep every finished job: the parent counts them.
+    let mut config = fast_workers(vec![Q]);
+    config.retention.completed_count = 1_000_000;
+    let workers = Workers::start(backend, &handlers, config);
+    ready_effects.ready().await;
+    // Run until the parent kills us, or for at most ten minutes (a parent that died).
+    tokio::time::sleep(Duration::from_secs(600)).await;
     workers.stop().await;
 }
 
@@ -791,35 +994,110 @@ impl EffectSink {
             ["sql", url] => {
                 use sea_orm::ConnectionTrait;
                 let db = sea_orm::Database::connect(*url).await.unwrap();
-                db.execute_unprepared(
-                    "CREATE TABLE IF NOT EXISTS test_effects (job_id VARCHAR(128) NOT NULL)",
-                )
-                .await
-                .unwrap();
+                for table in [
+                    "CREATE TABLE IF NOT EXISTS test_effects (job_id VARCHAR(128) NOT NULL, worker VARCHAR(32) NOT NULL)",
+                    "CREATE TABLE IF NOT EXISTS test_ready (worker VARCHAR(32) NOT NULL)",
+                ] {
+                    db.execute_unprepared(table).await.unwrap();
+                }
                 Self::Sql(db)
             }
             _ => panic!("bad spec"),
         }
     }
 
+    /// Records that this process ran job `id`.
     async fn record(&self, id: &str) {
+        let worker = std::process::id().to_string();
         match self {
             Self::Redis { client, prefix } => {
                 let _: () = client.sadd(format!("{prefix}effects"), id).await.unwrap();
                 let _: () = client.incr(format!("{prefix}effects:count")).await.unwrap();
+                let _: () = client
+                    .hincrby(format!("{prefix}effects:by"), worker, 1)
+                    .await
+                    .unwrap();
             }
             Self::Sql(db) => {
                 use sea_orm::ConnectionTrait;
                 let stmt = sea_orm::Statement::from_sql_and_values(
                     db.get_database_backend(),
                     if db.get_database_backend() == sea_orm::DbBackend::Postgres {
-                        "INSERT INTO test_effects (job_id) VALUES ($1)"
+                        "INSERT INTO test_effects (job_id, worker) VALUES ($1, $2)"
                     } else {
-                        "INSERT INTO test_effects (job_id) VALUES (?)"
+                        "INSERT INTO test_effects (job_id, worker) VALUES (?, ?)"
                     },
-                    [id.into()],
+                    [id.into(), worker.into()],
                 );
                 db.execute_raw(stmt).await.unwrap();
+            }
+        }
+    }
+
+    /// Records that this process's workers are running.
+    async fn ready(&self) {
+        let worker = std::process::id().to_string();
+        match self {
+            Self::Redis { client, prefix } => {
+                let _: () = client.sadd(format!("{prefix}ready"), worker).await.unwrap();
+            }
+            Self::Sql(db) => {
+                use sea_orm::ConnectionTrait;
+                let stmt = sea_orm::Statement::from_sql_and_values(
+                    db.get_database_backend(),
+                    if db.get_database_backend() == sea_orm::DbBackend::Postgres {
+                        "INSERT INTO test_ready (worker) VALUES ($1)"
+                    } else {
+                        "INSERT INTO test_ready (worker) VALUES (?)"
+                    },
+                    [worker.into()],
+                );
+                db.execute_raw(stmt).await.unwrap();
+            }
+        }
+    }
+
+    async fn ready_count(&self) -> u64 {
+        match self {
+            Self::Redis { client, prefix } => client.scard(format!("{prefix}ready")).await.unwrap(),
+            Self::Sql(db) => {
+                use sea_orm::ConnectionTrait;
+                let row = db
+                    .query_one_raw(sea_orm::Statement::from_string(
+                        db.get_database_backend(),
+                        "SELECT COUNT(DISTINCT worker) AS n FROM test_ready",
+                    ))
+                    .await
+                    .unwrap()
+                    .unwrap();
+                row.try_get::<i64>("", "n").unwrap() as u64
+            }
+        }
+    }
+
+    /// Jobs run per worker process.
+    async fn by_worker(&self) -> HashMap<String, u64> {
+        match self {
+            Self::Redis { client, prefix } => {
+                client.hgetall(format!("{prefix}effects:by")).await.unwrap()
+            }
+            Self::Sql(db) => {
+                use sea_orm::ConnectionTrait;
+                let rows = db
+                    .query_all_raw(sea_orm::Statement::from_string(
+                        db.get_database_backend(),
+                        "SELECT worker, COUNT(*) AS n FROM test_effects GROUP BY worker",
+                    ))
+                    .await
+                    .unwrap();
+                rows.into_iter()
+                    .map(|r| {
+                        (
+                            r.try_get::<String>("", "worker").unwrap(),
+                            r.try_get::<i64>("", "n").unwrap() as u64,
+                        )
+                    })
+                    .collect()
             }
         }
     }
@@ -939,7 +1217,7 @@ async fn sigkill_mid_job_is_reclaimed(kind: Kind) {
     let q = b.queue.clone();
     wait_until(
         "the reclaimed job to complete",
-        Duration::from_secs(15),
+        Duration::from_secs(60),
         || {
             let q = q.clone();
             async move { q.get(Q, "victim").await.unwrap().unwrap().state == JobState::Completed }
@@ -964,18 +1242,26 @@ async fn ten_thousand_jobs_over_three_processes(kind: Kind) {
             ..Default::default()
         })
         .collect();
-    // Enqueue concurrently in chunks.
+    // Three worker processes first, all running before any job exists, so they compete for
+    // the whole run.
+    let children = KillOnDrop((0..3).map(|_| spawn_child(&b.spec, "effects")).collect());
+    let pids: Vec<String> = children.0.iter().map(|c| c.id().to_string()).collect();
+    wait_until("three worker processes", Duration::from_secs(60), || {
+        let e = effects.clone();
+        async move { e.ready_count().await == 3 }
+    })
+    .await;
+    // Enqueue concurrently in chunks, while the workers already run.
     let mut tasks = tokio::task::JoinSet::new();
     for chunk in opts.chunks(500) {
         let (jq, chunk) = (jq.clone(), chunk.to_vec());
         tasks.spawn(async move {
-            for o in chunk {
-                jq.enqueue(Q, "effect", &json!({}), &o).await.unwrap();
-            }
+            let batch: Vec<(Value, JobOptions)> =
+                chunk.into_iter().map(|o| (json!({}), o)).collect();
+            jq.enqueue_bulk(Q, "effect", &batch).await.unwrap();
         });
     }
     while tasks.join_next().await.is_some() {}
-    let _children = KillOnDrop((0..3).map(|_| spawn_child(&b.spec, "effects")).collect());
     let q = b.queue.clone();
     wait_until("10,000 jobs to complete", Duration::from_secs(240), || {
         let q = q.clone();
@@ -985,6 +1271,17 @@ async fn ten_thousand_jobs_over_three_processes(kind: Kind) {
     let (rows, distinct) = effects.totals().await;
     assert_eq!(distinct, N as u64, "every job's side effect happened");
     assert_eq!(rows, N as u64, "with no crash, no job ran twice");
+    let by = effects.by_worker().await;
+    for pid in &pids {
+        let n = by.get(pid).copied().unwrap_or(0);
+        assert!(n > 0, "worker process {pid} did none of the work: {by:?}");
+    }
+    assert_eq!(
+        by.values().sum::<u64>(),
+        N as u64,
+        "only the three children ran jobs: {by:?}"
+    );
+    drop(children);
 }
 
 mod processes {
@@ -1012,7 +1309,31 @@ mod processes {
     }
 }
 
-/// CLIENT KILL every connection of a running backend: the workers resume by themselves.
+/// `CLIENT LIST` as (id, name) pairs.
+async fn client_list(admin: &fred::clients::Client) -> Vec<(String, String)> {
+    let list: String = admin
+        .custom(
+            fred::types::CustomCommand::new_static("CLIENT", None, false),
+            vec!["LIST"],
+        )
+        .await
+        .unwrap();
+    list.lines()
+        .filter_map(|line| {
+            let fields: HashMap<&str, &str> = line
+                .split(' ')
+                .filter_map(|kv| kv.split_once('='))
+                .collect();
+            Some((
+                fields.get("id")?.to_string(),
+                fields.get("name")?.to_string(),
+            ))
+        })
+        .collect()
+}
+
+/// CLIENT KILL every connection of a running backend: the connections really drop, they come
+/// back with new ids, and the same process's workers resume by themselves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_connection_drop_is_survived() {
     let prefix = format!("test:{}:", uuid::Uuid::new_v4().simple());
@@ -1037,7 +1358,7 @@ async fn redis_connection_drop_is_survived() {
     .await
     .unwrap();
     let q: Arc<dyn QueueBackend> = backend.clone();
-    wait_until("the first job", Duration::from_secs(10), || {
+    wait_until("the first job", Duration::from_secs(20), || {
         let q = q.clone();
         async move { q.counts(Q).await.unwrap().completed == 1 }
     })
@@ -1048,38 +1369,46 @@ async fn redis_connection_drop_is_survived() {
             .build()
             .unwrap();
     admin.init().await.unwrap();
-    let mut killed = 0;
-    let list: String = admin.client_list::<String, ()>(None, None).await.unwrap();
-    let by_name: HashMap<String, String> = list
-        .lines()
-        .filter_map(|line| {
-            let fields: HashMap<&str, &str> = line
-                .split(' ')
-                .filter_map(|kv| kv.split_once('='))
-                .collect();
-            Some((
-                fields.get("name")?.to_string(),
-                fields.get("id")?.to_string(),
-            ))
-        })
+    let ours: Vec<(String, String)> = client_list(&admin)
+        .await
+        .into_iter()
+        .filter(|(_, name)| names.contains(name))
         .collect();
-    for name in &names {
-        if let Some(id) = by_name.get(name) {
-            let _: Value = admin
-                .custom(
-                    fred::types::CustomCommand::new_static("CLIENT", None, false),
-                    vec!["KILL", "ID", id.as_str()],
-                )
-                .await
-                .map(|v: fred::types::Value| json!(format!("{v:?}")))
-                .unwrap_or(json!(null));
-            killed += 1;
-        }
-    }
-    assert!(
-        killed >= 2,
-        "expected to find and kill the backend's connections, found {killed} of {names:?}"
+    assert_eq!(
+        ours.len(),
+        names.len(),
+        "every connection of the backend is listed: {ours:?} for {names:?}"
     );
+    for (id, name) in &ours {
+        let killed: i64 = admin
+            .custom(
+                fred::types::CustomCommand::new_static("CLIENT", None, false),
+                vec!["KILL", "ID", id.as_str()],
+            )
+            .await
+            .unwrap();
+        assert_eq!(killed, 1, "CLIENT KILL ID {id} ({name}) killed nothing");
+    }
+    let killed_ids: Vec<&String> = ours.iter().map(|(id, _)| id).collect();
+    // Every killed connection comes back (fred reconnects) under its name with a new id.
+    wait_until(
+        "every connection to reconnect",
+        Duration::from_secs(30),
+        || {
+            let admin = admin.clone();
+            let (names, killed_ids) = (names.clone(), killed_ids.clone());
+            async move {
+                let now = client_list(&admin).await;
+                let still = now.iter().any(|(id, _)| killed_ids.contains(&id));
+                assert!(!still, "a killed connection is still listed: {now:?}");
+                names.iter().all(|n| {
+                    now.iter()
+                        .any(|(id, name)| name == n && !killed_ids.contains(&id))
+                })
+            }
+        },
+    )
+    .await;
 
     for i in 0..20 {
         jq.enqueue(
@@ -1096,7 +1425,7 @@ async fn redis_connection_drop_is_survived() {
     }
     wait_until(
         "jobs after the connection drop",
-        Duration::from_secs(20),
+        Duration::from_secs(30),
         || {
             let q = q.clone();
             async move {
@@ -1110,4 +1439,180 @@ async fn redis_connection_drop_is_survived() {
     .await;
     workers.stop().await;
     let _: () = admin.quit().await.unwrap();
+}
+
+/// With REDIS_URL set the queue reads `maxmemory-policy`; anything but noeviction is warned about.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_eviction_policy_is_checked() {
+    use smartbot::queue::redis::eviction_warning;
+    assert!(eviction_warning("noeviction").is_none());
+    let w = eviction_warning("allkeys-lru").expect("allkeys-lru is warned about");
+    assert!(w.contains("allkeys-lru") && w.contains("noeviction"), "{w}");
+    let prefix = format!("test:{}:", uuid::Uuid::new_v4().simple());
+    let backend = RedisQueue::connect(&redis_url(), &prefix).await.unwrap();
+    let admin =
+        fred::prelude::Builder::from_config(fred::prelude::Config::from_url(&redis_url()).unwrap())
+            .build()
+            .unwrap();
+    admin.init().await.unwrap();
+    let original = backend.maxmemory_policy().await.unwrap();
+    let set = |policy: String| {
+        let admin = admin.clone();
+        async move {
+            let _: String = admin
+                .custom(
+                    fred::types::CustomCommand::new_static("CONFIG", None, false),
+                    vec!["SET".to_owned(), "maxmemory-policy".to_owned(), policy],
+                )
+                .await
+                .unwrap();
+        }
+    };
+    set("volatile-lru".into()).await;
+    let read = backend.maxmemory_policy().await;
+    set(original).await;
+    assert_eq!(read.unwrap(), "volatile-lru", "the live policy is read");
+    let _: () = admin.quit().await.unwrap();
+}
+
+/// A lost reply must never make fred run a lease script again. A loopback proxy passes one
+/// FETCH script to Redis, swallows its reply and drops the connection, as a network fault would:
+/// the fetch must fail (its lease expires and is recovered later) instead of being re-sent and
+/// leasing a second batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_lost_fetch_reply_is_not_replayed() {
+    use std::sync::atomic::AtomicBool;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let upstream = redis_url()
+        .trim_start_matches("redis://")
+        .trim_end_matches('/')
+        .to_owned();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy = format!("redis://{}", listener.local_addr().unwrap());
+    let armed = Arc::new(AtomicBool::new(false));
+    let tripped = Arc::new(AtomicBool::new(false));
+    let (a, t) = (armed.clone(), tripped.clone());
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let server = tokio::net::TcpStream::connect(&upstream).await.unwrap();
+            let (mut cr, mut cw) = client.into_split();
+            let (mut sr, mut sw) = server.into_split();
+            let cut = Arc::new(AtomicBool::new(false));
+            let (a, t, c) = (a.clone(), t.clone(), cut.clone());
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                while let Ok(n) = cr.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    let chunk = &buf[..n];
+                    let is_fetch = chunk.windows(7).any(|w| w == b"EVALSHA")
+                        && chunk.windows(7).any(|w| w == b":paused");
+                    if is_fetch && a.swap(false, Ordering::SeqCst) {
+                        t.store(true, Ordering::SeqCst);
+                        c.store(true, Ordering::SeqCst);
+                    }
+                    if sw.write_all(chunk).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                while let Ok(n) = sr.read(&mut buf).await {
+                    if n == 0 || cut.load(Ordering::SeqCst) {
+                        // The reply to the armed FETCH is lost with the connection.
+                        break;
+                    }
+                    if cw.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+                let _ = cw.shutdown().await;
+            });
+        }
+    });
+
+    let prefix = format!("test:{}:", uuid::Uuid::new_v4().simple());
+    let backend = RedisQueue::connect(&proxy, &prefix).await.unwrap();
+    for id in ["a", "b"] {
+        let opts = JobOptions {
+            job_id: Some(id.into()),
+            ..Default::default()
+        };
+        backend.enqueue(Q, job(json!({}), opts)).await.unwrap();
+    }
+    armed.store(true, Ordering::SeqCst);
+    let r = backend.fetch(Q, 1, LEASE).await;
+    assert!(
+        tripped.load(Ordering::SeqCst),
+        "the proxy never saw the fetch"
+    );
+    assert!(
+        r.is_err(),
+        "a fetch whose reply was lost must fail, not be re-sent; it returned {:?}",
+        r.map(|v| v.into_iter().map(|l| l.job.id).collect::<Vec<_>>())
+    );
+    let c = backend.counts(Q).await.unwrap();
+    assert_eq!(
+        (c.active, c.waiting),
+        (1, 1),
+        "the lease script ran exactly once: {c:?}"
+    );
+}
+
+/// On PostgreSQL another process's enqueue wakes idle workers through LISTEN/NOTIFY: the worker
+/// polls only once a minute here, yet the job runs long before that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_notify_wakes_other_processes() {
+    let pg = PgDatabase::create().await;
+    let mut config = smartbot::Config::embedded(std::env::temp_dir());
+    config.database_url = pg.url.clone();
+    let connect = || async {
+        let db = smartbot::db::connect(&config).await.expect("database");
+        smartbot::db::migrate(&db).await.expect("migrate");
+        db
+    };
+    // Two queues over two pools: nothing in-process links the producer to the worker.
+    let worker_side: Arc<dyn QueueBackend> =
+        Arc::new(SqlQueue::new(connect().await, Duration::from_secs(60)));
+    let producer: Arc<dyn QueueBackend> =
+        Arc::new(SqlQueue::new(connect().await, Duration::from_secs(60)));
+    let ran = Arc::new(AtomicUsize::new(0));
+    let r = ran.clone();
+    let handlers = Handlers::new().register(
+        Q,
+        FnHandler(move |_job| {
+            let r = r.clone();
+            async move {
+                r.fetch_add(1, Ordering::SeqCst);
+                Ok(json!(null))
+            }
+        }),
+    );
+    let mut wc = fast_workers(vec![Q]);
+    wc.idle_wait = Duration::from_secs(60);
+    let workers = Workers::start(worker_side.clone(), &handlers, wc);
+    // Let the worker go idle (its first fetch finds nothing) and start listening.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for i in 0..3 {
+        let before = ran.load(Ordering::SeqCst);
+        let opts = JobOptions {
+            job_id: Some(format!("n{i}")),
+            ..Default::default()
+        };
+        producer.enqueue(Q, job(json!({}), opts)).await.unwrap();
+        let r = ran.clone();
+        wait_until(
+            "the other process's worker to be woken",
+            Duration::from_secs(30),
+            || {
+                let r = r.clone();
+                async move { r.load(Ordering::SeqCst) > before }
+            },
+        )
+        .await;
+    }
+    workers.stop().await;
 }

@@ -146,17 +146,75 @@ async fn queue_api(redis: bool) {
             .unwrap();
     }
     let failed = app
-        .gql_ok(admin, "{ failedJobs(queue: MESSAGE_SENDING, first: 10) { totalCount edges { node { id state attemptsMade lastError errors { attempt error } finishedAt } } } }", json!({}))
+        .gql_ok(admin, "{ failedJobs(queue: MESSAGE_SENDING, first: 10) { totalCount edges { node { id state attemptsMade lastError errors { attempt error at } finishedAt } } } }", json!({}))
         .await;
     let node = &failed["failedJobs"]["edges"][0]["node"];
     assert_eq!(failed["failedJobs"]["totalCount"], 1);
     assert_eq!(node["state"], "FAILED");
     assert_eq!(node["lastError"], "503 from Cloud API (2)");
+    let errors: Vec<(u64, &str)> = node["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["attempt"].as_u64().unwrap(), e["error"].as_str().unwrap()))
+        .collect();
     assert_eq!(
-        node["errors"],
-        json!([{ "attempt": 1, "error": "503 from Cloud API (1)" }, { "attempt": 2, "error": "503 from Cloud API (2)" }])
+        errors,
+        vec![(1, "503 from Cloud API (1)"), (2, "503 from Cloud API (2)")]
     );
+    // `at` is a DateTime (an epoch-ms Int overflows GraphQL's 32-bit Int), and it is now-ish.
+    for e in node["errors"].as_array().unwrap() {
+        let at = e["at"]
+            .as_str()
+            .unwrap_or_else(|| panic!("at is not a DateTime: {e}"));
+        let at = chrono::DateTime::parse_from_rfc3339(at).unwrap();
+        let age = chrono::Utc::now().signed_duration_since(at);
+        assert!(
+            age >= chrono::Duration::zero() && age < chrono::Duration::minutes(10),
+            "{at}"
+        );
+    }
     assert!(node["finishedAt"].is_string());
+
+    // /metrics reports what this test did: one job enqueued and one duplicate on message_sending,
+    // and (from the background-refreshed gauges) one failed job; two jobs waiting on
+    // order_processing, which has no handler in this build.
+    for i in 0..2 {
+        app.gql_ok(
+            admin,
+            ENQUEUE,
+            json!({ "q": "ORDER_PROCESSING", "data": { "i": i } }),
+        )
+        .await;
+    }
+    let expected = [
+        r#"smartbot_jobs_enqueued_total{queue="message_sending"} 1"#,
+        r#"smartbot_jobs_duplicate_total{queue="message_sending"} 1"#,
+        r#"smartbot_jobs_enqueued_total{queue="order_processing"} 2"#,
+        r#"smartbot_jobs_duplicate_total{queue="order_processing"} 0"#,
+        r#"smartbot_queue_jobs{queue="message_sending",state="failed"} 1"#,
+        r#"smartbot_queue_jobs{queue="message_sending",state="waiting"} 0"#,
+        r#"smartbot_queue_jobs{queue="order_processing",state="waiting"} 2"#,
+    ];
+    let start = std::time::Instant::now();
+    loop {
+        let (status, body) = app.rest(Method::GET, "/metrics", None, None).await;
+        assert_eq!(status, 200);
+        let text = body.as_str().unwrap().to_owned();
+        let missing: Vec<&str> = expected
+            .iter()
+            .copied()
+            .filter(|e| !text.lines().any(|l| l == *e))
+            .collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "missing {missing:?} in:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     let retried = app
         .gql_ok(
@@ -238,14 +296,11 @@ async fn queue_api(redis: bool) {
         .await;
     assert_eq!(code, "FORBIDDEN");
 
-    // /metrics: Prometheus text with depth per state, counters and histograms.
+    // /metrics: the histograms are there too.
     let (status, body) = app.rest(Method::GET, "/metrics", None, None).await;
     assert_eq!(status, 200);
     let text = body.as_str().unwrap();
     for needle in [
-        r#"smartbot_queue_jobs{queue="message_sending",state="waiting"} 0"#,
-        r#"smartbot_queue_jobs{queue="media_processing",state="failed"} 0"#,
-        "# TYPE smartbot_jobs_enqueued counter",
         "# TYPE smartbot_job_duration_seconds histogram",
         "# TYPE smartbot_job_pickup_latency_seconds histogram",
         "# TYPE smartbot_jobs_retried counter",
@@ -257,6 +312,92 @@ async fn queue_api(redis: bool) {
     let (status, body) = app.rest(Method::GET, "/ready", None, None).await;
     assert_eq!(status, 200);
     assert_eq!(body["checks"]["redis"].is_string(), redis, "{body}");
+}
+
+/// With METRICS_TOKEN set, /metrics needs it as a bearer token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_token_guards_metrics() {
+    let app = TestApp::spawn_with(Db::Sqlite, |c| {
+        c.metrics_token = Some("scrape-secret-123".into());
+    })
+    .await;
+    let get = |auth: Option<&'static str>| {
+        let mut req = app.client.get(app.url("/metrics"));
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        req.send()
+    };
+    for auth in [
+        None,
+        Some("Bearer wrong"),
+        Some("Bearer scrape-secret-12"),
+        Some("scrape-secret-123"),
+    ] {
+        let res = get(auth).await.unwrap();
+        assert_eq!(res.status(), 401, "{auth:?}");
+        let body: serde_json::Value = res.json().await.unwrap();
+        assert_eq!(body["code"], "UNAUTHENTICATED", "{body}");
+    }
+    let res = get(Some("Bearer scrape-secret-123")).await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(
+        res.text()
+            .await
+            .unwrap()
+            .contains("smartbot_jobs_enqueued_total")
+    );
+}
+
+/// A media job asking for an enormous size fails once, permanently, with a clear error; it
+/// neither aborts the process nor comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_media_job_fails_permanently() {
+    let app = spawn(false).await;
+    let admin = Some(app.admin.as_str());
+    let data = json!({
+        "mediaId": uuid::Uuid::now_v7().to_string(),
+        "options": { "sizes": [{ "name": "huge", "width": 100000, "height": 100000, "fit": "cover" }] }
+    });
+    let job = app
+        .gql_ok(
+            admin,
+            ENQUEUE,
+            json!({ "q": "MEDIA_PROCESSING", "data": data, "opts": { "jobId": "huge-1", "attempts": 5 } }),
+        )
+        .await;
+    assert_eq!(job["enqueueJob"]["id"], "huge-1");
+    let start = std::time::Instant::now();
+    let node = loop {
+        let j = app
+            .gql_ok(
+                admin,
+                r#"{ job(queue: MEDIA_PROCESSING, id: "huge-1") { state attemptsMade lastError } }"#,
+                json!({}),
+            )
+            .await;
+        if j["job"]["state"] != "WAITING" && j["job"]["state"] != "ACTIVE" {
+            break j["job"].clone();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the job never ran: {j}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(node["state"], "FAILED", "{node}");
+    assert_eq!(
+        node["attemptsMade"], 1,
+        "a bad payload is not retried: {node}"
+    );
+    let err = node["lastError"].as_str().unwrap();
+    assert!(
+        err.contains("100000x100000") && err.contains("4096"),
+        "{err}"
+    );
+    // The process is alive and serving.
+    let (status, _) = app.rest(Method::GET, "/health", None, None).await;
+    assert_eq!(status, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
