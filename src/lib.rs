@@ -79,7 +79,13 @@ pub async fn build(config: Config) -> Result<App> {
     } else {
         None
     };
-    let rate_limiter = RateLimiter::new(config.rate_limit);
+    // With Redis the limit holds across instances; without, per process.
+    let rate_limiter = match &config.redis_url {
+        Some(url) => {
+            RateLimiter::connect_redis(config.rate_limit, url, &config.redis_prefix).await?
+        }
+        None => RateLimiter::new(config.rate_limit),
+    };
     let schema = graphql::build_schema(&config);
     let queue = JobQueue::new(queue_backend(&config, &db).await?);
     let storage = Arc::new(media::storage::LocalStorage::new(config.media_dir()));

@@ -188,7 +188,7 @@ struct SocketState {
 
 /// The HTTP rules, applied per operation: the caller's rate limit and a cap on concurrent
 /// operations. `Some(error frame)` refuses the operation and keeps the socket open.
-fn admit(
+async fn admit(
     state: &AppState,
     shared: &std::sync::Mutex<SocketState>,
     ip: Option<std::net::IpAddr>,
@@ -196,13 +196,21 @@ fn admit(
     frame: &[u8],
 ) -> Option<String> {
     let env: Envelope = serde_json::from_slice(frame).ok()?;
+    // Counted before the lock is taken: the shared limiter may be a Redis round trip.
+    let starts = matches!(env.kind.as_ref(), "subscribe" | "start")
+        && shared.lock().unwrap_or_else(|e| e.into_inner()).initialised;
+    let limited = if starts {
+        state.rate_limiter.check_opt(ip).await.err()
+    } else {
+        None
+    };
     let mut s = shared.lock().unwrap_or_else(|e| e.into_inner());
     s.last_seen = tokio::time::Instant::now();
     let id = env.id.as_deref().unwrap_or_default();
     match env.kind.as_ref() {
         "connection_init" => s.initialised = true,
         "subscribe" | "start" if s.initialised => {
-            let refused = if let Err(e) = state.rate_limiter.check_opt(ip) {
+            let refused = if let Some(e) = limited {
                 Some(e)
             } else if !s.active.contains(id) && s.active.len() >= state.config.ws_max_operations {
                 // Too many at once is a rate: the client may retry when one completes.
@@ -300,7 +308,7 @@ async fn serve_ws(
                             return None;
                         }
                     };
-                    match admit(&state, &shared, ip, legacy, &frame) {
+                    match admit(&state, &shared, ip, legacy, &frame).await {
                         Some(refusal) => {
                             let _ = refusals_tx.send(refusal).await;
                             None

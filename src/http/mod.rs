@@ -124,7 +124,7 @@ async fn rate_limit(State(state): State<AppState>, req: Request, next: Next) -> 
         || parts.method == Method::OPTIONS;
     if !exempt
         && let Some(ip) = ip
-        && let Err(err) = state.rate_limiter.check(ip)
+        && let Err(err) = state.rate_limiter.check(ip).await
     {
         return if parts.uri.path().starts_with("/graphql") {
             err.into_graphql_response()

@@ -475,3 +475,30 @@ async fn connect_to(server: &smartbot::RunningServer, token: &str) -> Ws {
     tokio::time::sleep(Duration::from_millis(500)).await;
     ws
 }
+
+/// With Redis, the rate limit is one allowance across instances, not one per instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rate_limit_is_shared_across_instances() {
+    let prefix = format!("smartbot-test-{}:", uuid::Uuid::new_v4().simple());
+    let redis = crate::common::redis_url();
+    let tweak = |c: &mut smartbot::Config| {
+        c.redis_url = Some(redis.clone());
+        c.redis_prefix = prefix.clone();
+        c.rate_limit = Some("6/15m".parse().unwrap());
+        c.run_workers = false;
+    };
+    let a = TestApp::spawn_with(Db::Sqlite, tweak).await;
+    let b = TestApp::spawn_with(Db::Sqlite, tweak).await;
+    let mut statuses = vec![];
+    for i in 0..10 {
+        let app = if i % 2 == 0 { &a } else { &b };
+        let res = app
+            .client
+            .get(app.url("/api/templates"))
+            .send()
+            .await
+            .unwrap();
+        statuses.push(res.status().as_u16());
+    }
+    assert_eq!(statuses, [200, 200, 200, 200, 200, 200, 429, 429, 429, 429]);
+}
