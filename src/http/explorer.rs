@@ -38,6 +38,11 @@ const ASSETS: &[(&str, &str, &[u8])] = &[
         include_bytes!("explorer/assets/react-dom.production.min.js"),
     ),
     (
+        "graphql-ws.min.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("explorer/assets/graphql-ws.min.js"),
+    ),
+    (
         "middleware.js",
         "text/javascript; charset=utf-8",
         include_bytes!("explorer/assets/middleware.js"),
