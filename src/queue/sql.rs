@@ -370,9 +370,12 @@ impl QueueBackend for SqlQueue {
         } else {
             ""
         };
+        // The outer state check is what makes concurrent fetches disjoint on PostgreSQL: under
+        // READ COMMITTED an UPDATE re-checks its own WHERE (not the subquery's) against a row that
+        // another fetch changed meanwhile, so a job just leased elsewhere is skipped, not re-leased.
         let sql = format!(
             "UPDATE jobs SET state = 'active', attempts_made = attempts_made + 1, lease_token = ?, lease_until = ?, started_at = ? \
-             WHERE queue = ? AND id IN (\
+             WHERE queue = ? AND state IN ('waiting', 'delayed') AND id IN (\
                SELECT id FROM jobs WHERE queue = ? AND state IN ('waiting', 'delayed') AND run_at <= ? \
                AND NOT EXISTS (SELECT 1 FROM queue_controls c WHERE c.queue = ? AND c.paused = ?) \
                ORDER BY priority, run_at, created_at, id LIMIT ?{lock}) \

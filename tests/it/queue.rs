@@ -937,6 +937,7 @@ async fn child_worker_entry() {
     let (mode, spec) = arg.split_once('|').unwrap();
     let backend = backend_from_spec(spec).await;
     let mode = mode.to_owned();
+    let long_lease = mode == "effects";
     let effects = EffectSink::connect(spec).await;
     let ready_effects = effects.clone();
     let handlers = Handlers::new().register(
@@ -957,6 +958,11 @@ async fn child_worker_entry() {
     // Keep every finished job: the parent counts them.
     let mut config = fast_workers(vec![Q]);
     config.retention.completed_count = 1_000_000;
+    if long_lease {
+        // The default lease: on a loaded 2-core box, three processes plus PostgreSQL can stall a
+        // finished job's completion for seconds; "no job ran twice" must not hinge on that.
+        config.lease = Duration::from_secs(30);
+    }
     let workers = Workers::start(backend, &handlers, config);
     ready_effects.ready().await;
     // Run until the parent kills us, or for at most ten minutes (a parent that died).
