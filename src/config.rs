@@ -89,6 +89,9 @@ pub struct Config {
     pub run_workers: bool,
     /// `MEDIA_MAX_BYTES` (default 5 MiB): the largest file an upload may be.
     pub media_max_bytes: usize,
+    /// `MEDIA_DECODE_BUDGET_MB` (default 512): the memory all image decodes may hold at once; a
+    /// burst of large images queues instead of allocating.
+    pub media_decode_budget: u64,
 }
 
 impl Config {
@@ -120,6 +123,7 @@ impl Config {
             queue_poll_interval: Duration::from_millis(250),
             run_workers: true,
             media_max_bytes: 5 * 1024 * 1024,
+            media_decode_budget: crate::media::budget::DEFAULT_DECODE_BUDGET,
         }
     }
 
@@ -209,6 +213,13 @@ impl Config {
             if c.media_max_bytes == 0 {
                 return Err(invalid("MEDIA_MAX_BYTES", "must be greater than zero"));
             }
+        }
+        if let Some(v) = get("MEDIA_DECODE_BUDGET_MB") {
+            let mb: u64 = parse("MEDIA_DECODE_BUDGET_MB", &v)?;
+            if !(16..=1 << 20).contains(&mb) {
+                return Err(invalid("MEDIA_DECODE_BUDGET_MB", "must be 16 to 1048576"));
+            }
+            c.media_decode_budget = mb << 20;
         }
         Ok(c)
     }

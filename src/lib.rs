@@ -41,6 +41,8 @@ pub struct AppState {
     pub rate_limiter: RateLimiter,
     pub queue: JobQueue,
     pub storage: Arc<dyn media::storage::Storage>,
+    /// The decode budget and in-flight uploads, shared by every request and job of the process.
+    pub media: Arc<media::MediaRuntime>,
     schema: AppSchema,
 }
 
@@ -81,10 +83,12 @@ pub async fn build(config: Config) -> Result<App> {
     let schema = graphql::build_schema(&config);
     let queue = JobQueue::new(queue_backend(&config, &db).await?);
     let storage = Arc::new(media::storage::LocalStorage::new(config.media_dir()));
+    let media = Arc::new(media::MediaRuntime::new(config.media_decode_budget));
     Ok(App {
         state: AppState {
             queue,
             storage,
+            media,
             config: Arc::new(config),
             db,
             keys,

@@ -5,6 +5,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261125_000001_create_tables;
 mod m20261125_000002_create_jobs;
+mod m20261126_000001_product_media_per_merchant;
 
 pub struct Migrator;
 
@@ -14,6 +15,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261125_000001_create_tables::Migration),
             Box::new(m20261125_000002_create_jobs::Migration),
+            Box::new(m20261126_000001_product_media_per_merchant::Migration),
         ]
     }
 }
