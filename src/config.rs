@@ -60,8 +60,19 @@ pub struct Config {
     pub jwt_secret: Option<String>,
     /// `RATE_LIMIT` (default 100/15m; `off` disables).
     pub rate_limit: Option<RateLimit>,
-    /// `TRUST_PROXY` (default false): take the client IP from X-Forwarded-For.
+    /// `TRUST_PROXY` (default false): take the client IP from X-Forwarded-For, as the nearest
+    /// trusted proxy saw it.
     pub trust_proxy: bool,
+    /// `TRUSTED_PROXIES`: CIDRs of the proxies in front of the server (comma-separated). The
+    /// client IP is the rightmost X-Forwarded-For hop outside them. Empty: only the direct peer is
+    /// trusted, so the client IP is the last hop it appended.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// `WS_INIT_TIMEOUT` (default 10s): a socket must send `connection_init` within this (4408).
+    pub ws_init_timeout: Duration,
+    /// `WS_MAX_OPERATIONS` (default 100): operations that may run at once on one socket.
+    pub ws_max_operations: usize,
+    /// `WS_KEEPALIVE` (default 15s): ping interval; a peer silent for two intervals is dropped.
+    pub ws_keepalive: Duration,
     /// `LOG_FORMAT` (pretty | json).
     pub log_format: LogFormat,
     /// `BODY_LIMIT` in bytes (default 10 MiB).
@@ -92,6 +103,12 @@ pub struct Config {
     /// `MEDIA_DECODE_BUDGET_MB` (default 512): the memory all image decodes may hold at once; a
     /// burst of large images queues instead of allocating.
     pub media_decode_budget: u64,
+        }
+    /// `EVENT_HISTORY` (default 1000): events kept per merchant for replay and `recentEvents`.
+    pub event_history: usize,
+    /// `EVENT_BUFFER` (default 1024): how far a live subscriber may fall behind before it is cut
+    /// off with LAGGED (and resumes with `after`).
+    pub event_buffer: usize,
 }
 
 impl Config {
@@ -111,6 +128,10 @@ impl Config {
                 window: Duration::from_secs(15 * 60),
             }),
             trust_proxy: false,
+            trusted_proxies: Vec::new(),
+            ws_init_timeout: Duration::from_secs(10),
+            ws_max_operations: 100,
+            ws_keepalive: Duration::from_secs(15),
             log_format: LogFormat::Pretty,
             body_limit: 10 * 1024 * 1024,
             graphql_max_depth: 16,
@@ -124,6 +145,8 @@ impl Config {
             run_workers: true,
             media_max_bytes: 5 * 1024 * 1024,
             media_decode_budget: crate::media::budget::DEFAULT_DECODE_BUDGET,
+            event_history: 1000,
+            event_buffer: 1024,
         }
     }
 
@@ -165,6 +188,30 @@ impl Config {
         }
         if let Some(v) = get("TRUST_PROXY") {
             c.trust_proxy = parse_bool("TRUST_PROXY", &v)?;
+        }
+        if let Some(v) = get("TRUSTED_PROXIES") {
+            c.trusted_proxies = v
+                .split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(|p| {
+                    p.parse::<ipnet::IpNet>()
+                        .or_else(|_| p.parse::<IpAddr>().map(ipnet::IpNet::from))
+                        .map_err(|_| invalid("TRUSTED_PROXIES", format!("{p:?} is not a CIDR")))
+                })
+                .collect::<Result<_, _>>()?;
+        }
+        if let Some(v) = get("WS_INIT_TIMEOUT") {
+            c.ws_init_timeout = duration("WS_INIT_TIMEOUT", &v)?;
+        }
+        if let Some(v) = get("WS_MAX_OPERATIONS") {
+            c.ws_max_operations = parse("WS_MAX_OPERATIONS", &v)?;
+            if c.ws_max_operations == 0 {
+                return Err(invalid("WS_MAX_OPERATIONS", "must be greater than zero"));
+            }
+        }
+        if let Some(v) = get("WS_KEEPALIVE") {
+            c.ws_keepalive = duration("WS_KEEPALIVE", &v)?;
         }
         if let Some(v) = get("LOG_FORMAT") {
             c.log_format = match v.to_ascii_lowercase().as_str() {
@@ -220,6 +267,18 @@ impl Config {
                 return Err(invalid("MEDIA_DECODE_BUDGET_MB", "must be 16 to 1048576"));
             }
             c.media_decode_budget = mb << 20;
+        }
+        if let Some(v) = get("EVENT_HISTORY") {
+            c.event_history = parse("EVENT_HISTORY", &v)?;
+            if c.event_history == 0 {
+                return Err(invalid("EVENT_HISTORY", "must be greater than zero"));
+            }
+        }
+        if let Some(v) = get("EVENT_BUFFER") {
+            c.event_buffer = parse("EVENT_BUFFER", &v)?;
+            if c.event_buffer == 0 {
+                return Err(invalid("EVENT_BUFFER", "must be greater than zero"));
+            }
         }
         Ok(c)
     }
@@ -279,6 +338,14 @@ where
     T::Err: std::fmt::Display,
 {
     v.parse().map_err(|e| invalid(key, e))
+}
+
+fn duration(key: &str, v: &str) -> Result<Duration, Error> {
+    let d = humantime::parse_duration(v).map_err(|e| invalid(key, e))?;
+    if d.is_zero() {
+        return Err(invalid(key, "must be greater than zero"));
+    }
+    Ok(d)
 }
 
 fn parse_bool(key: &str, v: &str) -> Result<bool, Error> {

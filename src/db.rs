@@ -59,3 +59,17 @@ pub async fn ping(db: &DatabaseConnection) -> Result<()> {
         .await
         .map_err(|e| Error::Internal(format!("database: {e}")))
 }
+
+/// Starts a transaction that will write. On SQLite it is `BEGIN IMMEDIATE`: it takes the write
+/// lock up front (waiting up to the busy timeout), because a deferred transaction that reads and
+/// then writes cannot wait for the lock and fails with "database is locked". PostgreSQL ignores
+/// the mode.
+pub async fn begin_write(db: &DatabaseConnection) -> Result<sea_orm::DatabaseTransaction> {
+    use sea_orm::{SqliteTransactionMode, TransactionOptions, TransactionTrait};
+    Ok(db
+        .begin_with_options(TransactionOptions {
+            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+            ..Default::default()
+        })
+        .await?)
+}

@@ -42,6 +42,12 @@ pub enum Error {
     PayloadTooLarge(String),
     #[error("{0}")]
     UnsupportedMedia(String),
+    /// A resume point (`after`) older than the event history holds.
+    #[error("{0}")]
+    HistoryExpired(String),
+    /// A subscriber fell a whole buffer behind and was cut off; it resumes with `after`.
+    #[error("{0}")]
+    Lagged(String),
     /// The message is for the log only; clients see "internal error".
     #[error("internal error: {0}")]
     Internal(String),
@@ -92,6 +98,8 @@ impl Error {
             Self::RateLimited { .. } => "RATE_LIMITED",
             Self::PayloadTooLarge(_) => "PAYLOAD_TOO_LARGE",
             Self::UnsupportedMedia(_) => "UNSUPPORTED_MEDIA",
+            Self::HistoryExpired(_) => "HISTORY_EXPIRED",
+            Self::Lagged(_) => "LAGGED",
             Self::Internal(_) => "INTERNAL",
         }
     }
@@ -106,6 +114,8 @@ impl Error {
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMedia(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::HistoryExpired(_) => StatusCode::GONE,
+            Self::Lagged(_) => StatusCode::CONFLICT,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -233,10 +243,35 @@ impl From<sea_orm::DbErr> for Error {
             }
             _ => {}
         }
+        if let Some(code) = sqlstate(&err)
+            && code.starts_with("22")
+        {
+            // SQLSTATE class 22, "data exception": a value the column cannot hold (a NUL byte in
+            // text, an out-of-range number or date, a string over the column width). The input
+            // is at fault, and the transaction it was in is rolled back.
+            tracing::debug!(%code, error = %err, "database refused a value");
+            return Self::validation(
+                "input",
+                format!("a value is not valid for storage (SQLSTATE {code})"),
+            );
+        }
         match err {
             DbErr::RecordNotFound(what) => Self::NotFound(what),
             other => Self::Internal(format!("database: {other}")),
         }
+    }
+}
+
+/// The SQLSTATE of a database error, when the driver reported one.
+fn sqlstate(err: &sea_orm::DbErr) -> Option<String> {
+    use sea_orm::{DbErr, RuntimeErr};
+    let (DbErr::Query(RuntimeErr::SqlxError(e)) | DbErr::Exec(RuntimeErr::SqlxError(e))) = err
+    else {
+        return None;
+    };
+    match e.as_ref() {
+        sea_orm::sqlx::Error::Database(db) => db.code().map(|c| c.into_owned()),
+        _ => None,
     }
 }
 

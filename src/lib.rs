@@ -7,6 +7,7 @@ pub mod auth;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod events;
 pub mod graphql;
 pub mod http;
 pub mod jobs;
@@ -43,6 +44,7 @@ pub struct AppState {
     pub storage: Arc<dyn media::storage::Storage>,
     /// The decode budget and in-flight uploads, shared by every request and job of the process.
     pub media: Arc<media::MediaRuntime>,
+    pub events: Arc<events::service::Events>,
     schema: AppSchema,
 }
 
@@ -84,11 +86,17 @@ pub async fn build(config: Config) -> Result<App> {
     let queue = JobQueue::new(queue_backend(&config, &db).await?);
     let storage = Arc::new(media::storage::LocalStorage::new(config.media_dir()));
     let media = Arc::new(media::MediaRuntime::new(config.media_decode_budget));
+    let events = Arc::new(events::service::Events::new(
+        db.clone(),
+        event_bus(&config).await?,
+        config.event_history,
+    ));
     Ok(App {
         state: AppState {
             queue,
             storage,
             media,
+            events,
             config: Arc::new(config),
             db,
             keys,
@@ -110,6 +118,16 @@ pub async fn queue_backend(
             db.clone(),
             config.queue_poll_interval,
         )),
+    })
+}
+
+/// Redis pub/sub between instances when `REDIS_URL` is set, else in-process.
+pub async fn event_bus(config: &Config) -> Result<Arc<dyn events::bus::EventBus>> {
+    Ok(match &config.redis_url {
+        Some(url) => Arc::new(
+            events::bus::RedisBus::connect(url, &config.redis_prefix, config.event_buffer).await?,
+        ),
+        None => Arc::new(events::bus::LocalBus::new(config.event_buffer)),
     })
 }
 

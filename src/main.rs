@@ -170,16 +170,32 @@ async fn serve(config: Config) -> Result<(), smartbot::error::Error> {
     } else {
         "postgres"
     };
+    let log_format = config.log_format;
     let smartbot::App { state, admin_token } = smartbot::build(config).await?;
     tracing::info!(%addr, database = backend, "smartbot listening");
     let port = addr.port();
-    println!("GraphiQL:   http://localhost:{port}/graphql");
-    println!("Playground: http://localhost:{port}/playground");
-    if let Some(token) = admin_token {
-        println!(
-            "Admin token (valid 24h; paste {{\"Authorization\": \"Bearer <token>\"}} into GraphiQL's Headers):"
-        );
-        println!("{token}");
+    let banner = format!(
+        "GraphiQL:   http://localhost:{port}/graphql\nPlayground: http://localhost:{port}/playground"
+    );
+    // The token is shown once, when the secret was just generated, and never through the log:
+    // with JSON logs on stdout it goes to stderr, outside the log stream.
+    let token = admin_token.map(|token| {
+        format!(
+            "Admin token (valid 24h; paste {{\"Authorization\": \"Bearer <token>\"}} into GraphiQL's Headers):\n{token}"
+        )
+    });
+    match log_format {
+        LogFormat::Pretty => {
+            println!("{banner}");
+            if let Some(t) = token {
+                println!("{t}");
+            }
+        }
+        LogFormat::Json => {
+            if let Some(t) = token {
+                eprintln!("{t}");
+            }
+        }
     }
     let workers = state
         .config

@@ -5,6 +5,7 @@
 pub mod audit_log;
 pub mod delivery_task;
 pub mod enums;
+pub mod event;
 pub mod job;
 pub mod media_file;
 pub mod message_template;

@@ -5,7 +5,9 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261125_000001_create_tables;
 mod m20261125_000002_create_jobs;
-mod m20261126_000001_product_media_per_merchant;
+mod m20261126_000003_template_names_per_merchant;
+mod m20261126_000004_create_events;
+mod m20261126_000005_product_media_per_merchant;
 
 pub struct Migrator;
 
@@ -15,7 +17,9 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261125_000001_create_tables::Migration),
             Box::new(m20261125_000002_create_jobs::Migration),
-            Box::new(m20261126_000001_product_media_per_merchant::Migration),
+            Box::new(m20261126_000003_template_names_per_merchant::Migration),
+            Box::new(m20261126_000004_create_events::Migration),
+            Box::new(m20261126_000005_product_media_per_merchant::Migration),
         ]
     }
 }

@@ -39,12 +39,17 @@ impl RateLimiter {
         let Some(limiter) = &self.inner else {
             return Ok(());
         };
-        limiter.check_key(&ip).map_err(|not_until| {
+        limiter.check_key(&client_key(ip)).map_err(|not_until| {
             let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
             Error::RateLimited {
                 retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
             }
         })
+    }
+
+    /// Counts one operation on a WebSocket (the same allowance as HTTP requests).
+    pub fn check_opt(&self, ip: Option<IpAddr>) -> Result<(), Error> {
+        ip.map_or(Ok(()), |ip| self.check(ip))
     }
 
     /// Drops state for clients that have fully recovered, so memory stays bounded.
@@ -59,6 +64,19 @@ impl RateLimiter {
                 }
             });
         }
+    }
+}
+
+/// The key a client is counted under: its IPv4 address, or its IPv6 /64 (one subscriber's
+/// allocation, so rotating addresses inside it does not buy a fresh allowance).
+pub fn client_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let mut seg = v6.segments();
+            seg[4..].fill(0);
+            IpAddr::V6(seg.into())
+        }
+        v4 => v4,
     }
 }
 
@@ -85,5 +103,15 @@ mod tests {
         }
         rl.check(b).unwrap();
         assert!(RateLimiter::new(None).check(a).is_ok());
+
+        // IPv6 clients are counted per /64.
+        let v6 = |s: &str| s.parse::<IpAddr>().unwrap();
+        for i in 0..3 {
+            rl.check(v6(&format!("2001:db8:1:2::{i}"))).unwrap();
+        }
+        assert!(rl.check(v6("2001:db8:1:2:ffff::9")).is_err());
+        rl.check(v6("2001:db8:1:3::1")).unwrap();
+        // An IPv4-mapped address is the IPv4 client.
+        assert!(rl.check(v6("::ffff:10.0.0.1")).is_err());
     }
 }

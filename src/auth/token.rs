@@ -59,6 +59,15 @@ impl TokenKeys {
                 "a merchant token needs --merchant-id",
             ));
         }
+        if let Some(m) = merchant_id {
+            super::parse_merchant_id("merchant_id", m)?;
+        }
+        if sub.is_empty() || sub.chars().count() > MAX_SUB {
+            return Err(Error::validation(
+                "sub",
+                format!("the subject must have 1 to {MAX_SUB} characters"),
+            ));
+        }
         let now = chrono::Utc::now().timestamp();
         let claims = Claims {
             sub: sub.to_owned(),
@@ -73,6 +82,11 @@ impl TokenKeys {
 
     /// Verifies a token and returns the actor it stands for. Any failure is UNAUTHENTICATED.
     pub fn verify(&self, token: &str) -> Result<Actor> {
+        self.verify_session(token).map(|s| s.actor)
+    }
+
+    /// Verifies a token and returns the actor with the token's expiry.
+    pub fn verify_session(&self, token: &str) -> Result<Session> {
         use jsonwebtoken::errors::ErrorKind;
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map_err(|e| {
@@ -83,22 +97,42 @@ impl TokenKeys {
                 })
             })?;
         let c = data.claims;
-        Ok(match c.role {
+        // The ids end up in audit rows and owner columns: hold them to those columns' sizes.
+        if c.sub.is_empty() || c.sub.chars().count() > MAX_SUB {
+            return Err(Error::Unauthenticated(format!(
+                "token subject must have 1 to {MAX_SUB} characters"
+            )));
+        }
+        let actor = match c.role {
             Role::Admin => Actor::Admin { sub: c.sub },
             Role::Service => Actor::Service { sub: c.sub },
             Role::Merchant => Actor::Merchant {
                 sub: c.sub,
-                merchant_id: c.merchant_id.filter(|m| !m.is_empty()).ok_or_else(|| {
-                    Error::Unauthenticated("merchant token without merchant_id".into())
-                })?,
+                merchant_id: c
+                    .merchant_id
+                    .filter(|m| super::valid_merchant_id(m))
+                    .ok_or_else(|| {
+                        Error::Unauthenticated("merchant token without a valid merchant_id".into())
+                    })?,
             },
+        };
+        Ok(Session {
+            actor,
+            expires_at: c.exp,
+            leeway: self.validation.leeway,
         })
     }
 
     /// Reads an `Authorization` header value. `None` (no header) is anonymous.
     pub fn actor_from_header(&self, value: Option<&str>) -> Result<Actor> {
+        self.session_from_header(value)
+            .map(|s| s.map_or(Actor::Anonymous, |s| s.actor))
+    }
+
+    /// Like [`Self::actor_from_header`], keeping the expiry; `None` when there is no header.
+    pub fn session_from_header(&self, value: Option<&str>) -> Result<Option<Session>> {
         let Some(value) = value else {
-            return Ok(Actor::Anonymous);
+            return Ok(None);
         };
         let token = value
             .strip_prefix("Bearer ")
@@ -108,12 +142,33 @@ impl TokenKeys {
             .ok_or_else(|| {
                 Error::Unauthenticated("Authorization must be `Bearer <token>`".into())
             })?;
-        self.verify(token)
+        self.verify_session(token).map(Some)
+    }
+}
+
+/// The longest token subject accepted (the width of the `*_by` and `actor_id` columns).
+pub const MAX_SUB: usize = 128;
+
+/// A verified token: who it stands for and until when (epoch seconds, plus `leeway`).
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub actor: Actor,
+    pub expires_at: i64,
+    pub leeway: u64,
+}
+
+impl Session {
+    /// The moment after which the token no longer holds, leeway included (epoch seconds).
+    pub fn valid_until(&self) -> i64 {
+        self.expires_at
+            .saturating_add(i64::try_from(self.leeway).unwrap_or(0))
     }
 }
 
 /// The secret from config, or one generated once and kept in `DATA_DIR/jwt_secret`.
-/// Returns the secret and whether it was generated (then the server prints an admin token).
+/// Returns the secret and whether it was generated just now (then the server prints an admin
+/// token). An existing file that is too short or readable by others is an error: it is never
+/// silently replaced, which would log every holder of a token out.
 pub fn load_or_create_secret(configured: Option<&str>, data_dir: &Path) -> Result<(Vec<u8>, bool)> {
     if let Some(secret) = configured {
         if secret.len() < 16 {
@@ -126,8 +181,19 @@ pub fn load_or_create_secret(configured: Option<&str>, data_dir: &Path) -> Resul
     }
     let path = data_dir.join("jwt_secret");
     match std::fs::read_to_string(&path) {
-        Ok(s) if s.trim().len() >= 32 => return Ok((s.trim().as_bytes().to_vec(), true)),
-        Ok(_) => {}
+        Ok(s) => {
+            check_private(&path)?;
+            if s.trim().len() < 32 {
+                return Err(Error::validation(
+                    "JWT_SECRET",
+                    format!(
+                        "{} holds fewer than 32 characters; replace it with a longer secret or delete it to generate one",
+                        path.display()
+                    ),
+                ));
+            }
+            return Ok((s.trim().as_bytes().to_vec(), false));
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e.into()),
     }
@@ -135,6 +201,26 @@ pub fn load_or_create_secret(configured: Option<&str>, data_dir: &Path) -> Resul
     let secret = hex::encode(rand::random::<[u8; 32]>());
     write_private(&path, secret.as_bytes())?;
     Ok((secret.into_bytes(), true))
+}
+
+/// The secret file must be readable by its owner only.
+fn check_private(path: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path)?.permissions().mode();
+        if mode & 0o077 != 0 {
+            return Err(Error::validation(
+                "JWT_SECRET",
+                format!(
+                    "{} is readable by other users (mode {:o}); run chmod 600 on it",
+                    path.display(),
+                    mode & 0o777
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -200,9 +286,30 @@ mod tests {
     fn generated_secret_is_kept() {
         let dir = tempfile::tempdir().unwrap();
         let (a, gen_a) = load_or_create_secret(None, dir.path()).unwrap();
-        let (b, _) = load_or_create_secret(None, dir.path()).unwrap();
+        let (b, gen_b) = load_or_create_secret(None, dir.path()).unwrap();
         assert!(gen_a);
+        assert!(!gen_b, "an existing secret is not announced as generated");
         assert_eq!(a, b);
         assert!(load_or_create_secret(Some("short"), dir.path()).is_err());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_bad_secret_file_is_an_error_and_is_kept() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jwt_secret");
+        std::fs::write(&path, "too-short").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let err = load_or_create_secret(None, dir.path()).unwrap_err();
+        assert!(err.to_string().contains("fewer than 32"), "{err}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "too-short");
+
+        std::fs::write(&path, "x".repeat(64)).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = load_or_create_secret(None, dir.path()).unwrap_err();
+        assert!(err.to_string().contains("readable by other users"), "{err}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(load_or_create_secret(None, dir.path()).is_ok());
     }
 }

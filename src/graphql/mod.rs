@@ -2,6 +2,7 @@
 //! parse input, call the domain service with the request's [`RequestContext`], and shape output.
 
 pub mod audit;
+pub mod events;
 pub mod media;
 pub mod queue;
 pub mod system;
@@ -17,6 +18,7 @@ pub struct QueryRoot(
     media::MediaQuery,
     queue::QueueQuery,
     audit::AuditQuery,
+    events::EventQuery,
     system::SystemQuery,
 );
 
@@ -25,10 +27,11 @@ pub struct MutationRoot(
     templates::TemplateMutation,
     media::MediaMutation,
     queue::QueueMutation,
+    events::EventMutation,
 );
 
 #[derive(MergedSubscription, Default)]
-pub struct SubscriptionRoot(system::SystemSubscription);
+pub struct SubscriptionRoot(system::SystemSubscription, events::EventSubscription);
 
 pub type AppSchema = Schema<QueryRoot, MutationRoot, SubscriptionRoot>;
 

@@ -188,6 +188,7 @@ impl From<UpdateTemplateInput> for TemplatePatch {
             buttons: i.buttons,
             sections: i.sections,
             media: maybe(i.media),
+            status: None,
         }
     }
 }

@@ -128,8 +128,18 @@ async fn ws_upgrade(State(state): State<AppState>, parts: Parts, ws: WebSocketUp
         Ok(ctx) => ctx,
         Err(e) => return e.into_response(),
     };
+    let valid_until = parts
+        .headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| state.keys.session_from_header(Some(v)).ok().flatten())
+        .map(|s| s.valid_until());
+    // Frames are held to the same limit as HTTP bodies.
+    let limit = state.config.body_limit;
     ws.protocols(ALL_WEBSOCKET_PROTOCOLS)
-        .on_upgrade(move |socket| serve_ws(socket, state, protocol, base))
+        .max_message_size(limit)
+        .max_frame_size(limit)
+        .on_upgrade(move |socket| serve_ws(socket, state, protocol, base, valid_until))
 }
 
 /// The token in a connection_init payload, if any.
@@ -152,32 +162,171 @@ fn init_token(payload: &serde_json::Value) -> Option<String> {
         .map(|t| format!("Bearer {t}"))
 }
 
+/// Close code when `connection_init` does not arrive in time (graphql-ws).
+pub const CLOSE_INIT_TIMEOUT: u16 = 4408;
+
+/// The two fields of a protocol message the socket rules need; the rest is skipped unparsed.
+#[derive(serde::Deserialize)]
+struct Envelope<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: std::borrow::Cow<'a, str>,
+    #[serde(default, borrow)]
+    id: Option<std::borrow::Cow<'a, str>>,
+}
+
+/// What the socket rules track between the reader and the writer.
+struct SocketState {
+    /// Operations started and not yet completed, by client-chosen id.
+    active: std::collections::HashSet<String>,
+    initialised: bool,
+    /// Why reading stopped, when it was an error (an oversized frame, say).
+    read_error: Option<String>,
+    /// When the token in force stops being valid (epoch seconds), if there is one.
+    valid_until: Option<i64>,
+    last_seen: tokio::time::Instant,
+}
+
+/// The HTTP rules, applied per operation: the caller's rate limit and a cap on concurrent
+/// operations. `Some(error frame)` refuses the operation and keeps the socket open.
+fn admit(
+    state: &AppState,
+    shared: &std::sync::Mutex<SocketState>,
+    ip: Option<std::net::IpAddr>,
+    legacy: bool,
+    frame: &[u8],
+) -> Option<String> {
+    let env: Envelope = serde_json::from_slice(frame).ok()?;
+    let mut s = shared.lock().unwrap_or_else(|e| e.into_inner());
+    s.last_seen = tokio::time::Instant::now();
+    let id = env.id.as_deref().unwrap_or_default();
+    match env.kind.as_ref() {
+        "connection_init" => s.initialised = true,
+        "subscribe" | "start" if s.initialised => {
+            let refused = if let Err(e) = state.rate_limiter.check_opt(ip) {
+                Some(e)
+            } else if !s.active.contains(id) && s.active.len() >= state.config.ws_max_operations {
+                // Too many at once is a rate: the client may retry when one completes.
+                Some(Error::RateLimited {
+                    retry_after_secs: 1,
+                })
+            } else {
+                None
+            };
+            match refused {
+                Some(e) => return Some(error_frame(id, &e, legacy)),
+                None => {
+                    s.active.insert(id.to_owned());
+                }
+            }
+        }
+        "complete" | "stop" => {
+            s.active.remove(id);
+        }
+        _ => {}
+    }
+    None
+}
+
+/// An `error` message for operation `id` in the socket's protocol.
+fn error_frame(id: &str, err: &Error, legacy: bool) -> String {
+    let body = err.graphql_body();
+    let errors = body["errors"].clone();
+    let payload = if legacy { errors[0].clone() } else { errors };
+    serde_json::json!({ "type": "error", "id": id, "payload": payload }).to_string()
+}
+
+/// The id of a server message that ends an operation (`complete` or `error`).
+fn ended_operation(text: &str) -> Option<String> {
+    // async-graphql writes the `type` tag first; only these short messages are parsed.
+    if !(text.starts_with(r#"{"type":"complete""#) || text.starts_with(r#"{"type":"error""#)) {
+        return None;
+    }
+    let env: Envelope = serde_json::from_str(text).ok()?;
+    env.id.map(|id| id.into_owned())
+}
+
+fn close(code: u16, reason: &str) -> Message {
+    Message::Close(Some(CloseFrame {
+        code,
+        reason: reason.into(),
+    }))
+}
+
+/// Serves one GraphQL WebSocket. Beside async-graphql's protocol handling it enforces the HTTP
+/// rules for the socket's whole life: the token's expiry (close 4403), the rate limit and a cap
+/// per operation (an `error` for that operation, the socket stays open), the init timeout (close
+/// 4408), and keep-alive pings that drop a peer silent for two intervals.
 async fn serve_ws(
     socket: WebSocket,
     state: AppState,
     protocol: WebSocketProtocols,
     base: RequestContext,
+    valid_until: Option<i64>,
 ) {
+    let legacy = protocol == WebSocketProtocols::SubscriptionsTransportWS;
     let refused = Arc::new(AtomicBool::new(false));
+    let shared = Arc::new(std::sync::Mutex::new(SocketState {
+        active: Default::default(),
+        initialised: false,
+        read_error: None,
+        valid_until,
+        last_seen: tokio::time::Instant::now(),
+    }));
     let (sink, stream) = socket.split();
-    let input = stream
-        .take_while(|res| futures::future::ready(res.is_ok()))
-        .filter_map(|msg| {
-            futures::future::ready(match msg {
-                Ok(Message::Text(t)) => Some(t.as_bytes().to_vec()),
-                Ok(Message::Binary(b)) => Some(b.to_vec()),
-                _ => None,
+    // Refusals found while reading go out through the writer below.
+    let (refusals_tx, mut refusals) = tokio::sync::mpsc::channel::<String>(16);
+    let ip = base.ip;
+    let input = {
+        let (state, shared, errors) = (state.clone(), shared.clone(), shared.clone());
+        stream
+            .take_while(move |res| {
+                if let Err(e) = res {
+                    errors.lock().unwrap_or_else(|e| e.into_inner()).read_error =
+                        Some(e.to_string());
+                }
+                futures::future::ready(res.is_ok())
             })
-        });
+            .filter_map(move |msg| {
+                let (state, shared, refusals_tx) =
+                    (state.clone(), shared.clone(), refusals_tx.clone());
+                async move {
+                    let frame = match msg {
+                        Ok(Message::Text(t)) => t.as_bytes().to_vec(),
+                        Ok(Message::Binary(b)) => b.to_vec(),
+                        _ => {
+                            // Pongs and pings prove the peer is alive.
+                            let mut s = shared.lock().unwrap_or_else(|e| e.into_inner());
+                            s.last_seen = tokio::time::Instant::now();
+                            return None;
+                        }
+                    };
+                    match admit(&state, &shared, ip, legacy, &frame) {
+                        Some(refusal) => {
+                            let _ = refusals_tx.send(refusal).await;
+                            None
+                        }
+                        None => Some(frame),
+                    }
+                }
+            })
+    };
 
     let keys = state.keys.clone();
     let flag = refused.clone();
     let app = state.clone();
+    let init_shared = shared.clone();
     let on_init = move |payload: serde_json::Value| async move {
         let mut ctx = base;
         if let Some(auth) = init_token(&payload) {
-            match keys.actor_from_header(Some(&auth)) {
-                Ok(actor) => ctx.actor = actor,
+            match keys.session_from_header(Some(&auth)) {
+                Ok(session) => {
+                    let session = session.expect("a header was given");
+                    init_shared
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .valid_until = Some(session.valid_until());
+                    ctx.actor = session.actor;
+                }
                 Err(e) => {
                     flag.store(true, Ordering::SeqCst);
                     return Err(async_graphql::Error::new(e.public_message()));
@@ -195,23 +344,66 @@ async fn serve_ws(
     };
 
     let schema = state.schema().clone();
-    let legacy = protocol == WebSocketProtocols::SubscriptionsTransportWS;
     let out =
         async_graphql::http::WebSocket::new(schema, input, protocol).on_connection_init(on_init);
     futures::pin_mut!(out, sink);
-    while let Some(msg) = out.next().await {
-        let msg = match msg {
-            async_graphql::http::WsMessage::Text(text) => Message::Text(text.into()),
-            async_graphql::http::WsMessage::Close(code, reason) => {
-                let code = if code == 1002 && refused.load(Ordering::SeqCst) {
-                    CLOSE_FORBIDDEN
-                } else {
-                    code
-                };
-                Message::Close(Some(CloseFrame {
-                    code,
-                    reason: reason.into(),
-                }))
+    let started = tokio::time::Instant::now();
+    let keepalive = state.config.ws_keepalive;
+    let mut ping = tokio::time::interval_at(started + keepalive, keepalive);
+    loop {
+        let (initialised, valid_until, last_seen) = {
+            let s = shared.lock().unwrap_or_else(|e| e.into_inner());
+            (s.initialised, s.valid_until, s.last_seen)
+        };
+        let init_deadline = async {
+            if initialised {
+                std::future::pending::<()>().await
+            } else {
+                tokio::time::sleep_until(started + state.config.ws_init_timeout).await
+            }
+        };
+        let expiry = async {
+            match valid_until {
+                Some(t) => {
+                    let left = t.saturating_sub(chrono::Utc::now().timestamp()).max(0);
+                    tokio::time::sleep(std::time::Duration::from_secs(left as u64 + 1)).await
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        let msg = tokio::select! {
+            msg = out.next() => match msg {
+                Some(async_graphql::http::WsMessage::Text(text)) => {
+                    if let Some(id) = ended_operation(&text) {
+                        shared.lock().unwrap_or_else(|e| e.into_inner()).active.remove(&id);
+                    }
+                    Message::Text(text.into())
+                }
+                Some(async_graphql::http::WsMessage::Close(code, reason)) => {
+                    let code = if code == 1002 && refused.load(Ordering::SeqCst) {
+                        CLOSE_FORBIDDEN
+                    } else {
+                        code
+                    };
+                    close(code, &reason)
+                }
+                None => break,
+            },
+            Some(refusal) = refusals.recv() => Message::Text(refusal.into()),
+            _ = init_deadline => {
+                let _ = sink.send(close(CLOSE_INIT_TIMEOUT, "Connection initialisation timeout")).await;
+                return;
+            }
+            _ = expiry => {
+                let _ = sink.send(close(CLOSE_FORBIDDEN, "token expired")).await;
+                return;
+            }
+            _ = ping.tick() => {
+                if last_seen.elapsed() > keepalive * 2 {
+                    tracing::debug!("dropping a websocket peer that stopped answering pings");
+                    return;
+                }
+                Message::Ping(Default::default())
             }
         };
         if sink.send(msg).await.is_err() {
@@ -220,11 +412,18 @@ async fn serve_ws(
     }
     // The legacy protocol reports a refused init with connection_error; close with 4403 after it.
     if legacy && refused.load(Ordering::SeqCst) {
-        let _ = sink
-            .send(Message::Close(Some(CloseFrame {
-                code: CLOSE_FORBIDDEN,
-                reason: "Forbidden".into(),
-            })))
-            .await;
+        let _ = sink.send(close(CLOSE_FORBIDDEN, "Forbidden")).await;
+    }
+    let read_error = shared
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .read_error
+        .take();
+    if let Some(e) = read_error {
+        tracing::debug!(error = %e, "websocket read failed");
+        // tungstenite's capacity error: the peer sent a message over BODY_LIMIT (close 1009).
+        if e.contains("Space limit exceeded") || e.contains("too long") {
+            let _ = sink.send(close(1009, "message too big")).await;
+        }
     }
 }

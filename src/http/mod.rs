@@ -1,6 +1,7 @@
 //! HTTP routes and the middleware every request passes through: request id, tracing, body limit,
 //! per-IP rate limit, panic catching and CORS. Handlers are thin; they call domain services.
 
+pub mod events;
 pub mod explorer;
 pub mod graphql;
 pub mod health;
@@ -33,35 +34,93 @@ use crate::{AppState, auth::RequestContext, error::Error};
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// The client's IP: the socket peer, or the first X-Forwarded-For hop when TRUST_PROXY is set.
+/// The client's IP: the socket peer, or (with TRUST_PROXY) the address the nearest trusted proxy
+/// saw. Resolved once per request by the rate-limit middleware.
 #[derive(Debug, Clone, Copy)]
 pub struct ClientIp(pub Option<IpAddr>);
 
-fn client_ip(parts: &Parts, trust_proxy: bool) -> Option<IpAddr> {
-    if trust_proxy
-        && let Some(ip) = parts
-            .headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(',').next())
-            .and_then(|v| v.trim().parse().ok())
-    {
-        return Some(ip);
-    }
-    parts
+fn client_ip(parts: &Parts, config: &crate::Config) -> Option<IpAddr> {
+    let peer = parts
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(addr)| addr.ip())
+        .map(|ConnectInfo(addr)| addr.ip().to_canonical())?;
+    if !config.trust_proxy {
+        return Some(peer);
+    }
+    let hops = parts
+        .headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim);
+    Some(forwarded_client(peer, hops, &config.trusted_proxies))
+}
+
+/// The rightmost hop of `X-Forwarded-For` (then the peer) that is not a trusted proxy: the client
+/// writes the left end itself, so only what trusted proxies appended can be believed. With no
+/// `trusted` list the direct peer is the one trusted proxy. An unreadable hop ends the walk at the
+/// last address a trusted proxy vouched for.
+pub fn forwarded_client<'a>(
+    peer: IpAddr,
+    hops: impl DoubleEndedIterator<Item = &'a str>,
+    trusted: &[ipnet::IpNet],
+) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !trusted.is_empty() && !is_trusted(&peer) {
+        return peer;
+    }
+    let mut client = peer;
+    for hop in hops.rev() {
+        let Some(ip) = parse_hop(hop) else {
+            return client;
+        };
+        client = ip;
+        if trusted.is_empty() || !is_trusted(&ip) {
+            return ip;
+        }
+    }
+    client
+}
+
+/// One X-Forwarded-For entry: an address, possibly with a port (`1.2.3.4:5`, `[::1]:5`).
+fn parse_hop(hop: &str) -> Option<IpAddr> {
+    if let Ok(ip) = hop.parse::<IpAddr>() {
+        return Some(ip.to_canonical());
+    }
+    hop.parse::<SocketAddr>()
+        .ok()
+        .map(|a| a.ip().to_canonical())
+}
+
+/// Keeps a client's `x-request-id` only when it is 1 to 64 characters of `[A-Za-z0-9._-]`;
+/// anything else is dropped so a fresh id is generated (it goes into logs and audit rows).
+async fn sanitize_request_id(mut req: Request, next: Next) -> Response {
+    let bad = req.headers().get_all(&REQUEST_ID).iter().count() > 1
+        || req.headers().get(&REQUEST_ID).is_some_and(|v| {
+            let b = v.as_bytes();
+            b.is_empty()
+                || b.len() > 64
+                || !b
+                    .iter()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
+        });
+    if bad {
+        req.headers_mut().remove(&REQUEST_ID);
+    }
+    next.run(req).await
 }
 
 /// Resolves the client IP once and applies the rate limit. A limited GraphQL request gets the
 /// GraphQL error shape; everything else the REST shape. Both answer 429 with Retry-After.
 async fn rate_limit(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let (mut parts, body) = req.into_parts();
-    let ip = client_ip(&parts, state.config.trust_proxy);
+    let ip = client_ip(&parts, &state.config);
     parts.extensions.insert(ClientIp(ip));
+    // Probes, explorer assets and public media files are not API calls.
     let exempt = matches!(parts.uri.path(), "/health" | "/ready" | "/metrics")
         || parts.uri.path().starts_with("/explorer/")
+        || parts.uri.path().starts_with("/uploads/")
         || parts.method == Method::OPTIONS;
     if !exempt
         && let Some(ip) = ip
@@ -131,7 +190,7 @@ pub(crate) fn request_context(parts: &Parts, state: &AppState) -> Result<Request
             .extensions
             .get::<ClientIp>()
             .and_then(|c| c.0)
-            .or_else(|| client_ip(parts, state.config.trust_proxy)),
+            .or_else(|| client_ip(parts, &state.config)),
         request_id: parts
             .extensions
             .get::<RequestId>()
@@ -155,6 +214,7 @@ pub fn router(state: AppState) -> Router {
         .route("/ready", get(health::ready))
         .route("/metrics", get(health::metrics))
         .merge(rest::router())
+        .merge(events::router())
         .merge(media::router())
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), rate_limit))
@@ -178,5 +238,6 @@ pub fn router(state: AppState) -> Router {
                 .on_response(DefaultOnResponse::new().level(Level::INFO).latency_unit(tower_http::LatencyUnit::Millis)),
         )
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .layer(middleware::from_fn(sanitize_request_id))
         .with_state(state)
 }

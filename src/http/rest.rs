@@ -184,7 +184,6 @@ async fn update_template(
     let id = parse_uuid(&id)?;
     let b: PatchBody =
         serde_json::from_value(body).map_err(|e| Error::validation("body", e.to_string()))?;
-    let status = b.status;
     let patch = TemplatePatch {
         name: b.name,
         kind: b.kind,
@@ -195,11 +194,10 @@ async fn update_template(
         buttons: b.buttons,
         sections: b.sections,
         media: b.media,
+        status: b.status,
     };
-    let mut t = service::update(&state.db, &ctx, id, patch).await?;
-    if let Some(status) = status {
-        t = service::set_status(&state.db, &ctx, id, status).await?;
-    }
+    // Content and status change in one transaction.
+    let t = service::update(&state.db, &ctx, id, patch).await?;
     Ok(Json(
         json!({ "success": true, "template": service::to_json(&t) }),
     ))

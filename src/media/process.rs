@@ -401,8 +401,13 @@ fn decode_png(bytes: &[u8]) -> Result<Pixels> {
         png::ColorType::GrayscaleAlpha => 2,
         _ => 1,
     };
-    let mut buf = Vec::with_capacity(size * grow);
-    buf.resize(size, 0);
+    let mut buf = if grow == 1 {
+        vec![0; size]
+    } else {
+        let mut b = Vec::with_capacity(size * grow);
+        b.resize(size, 0);
+        b
+    };
     let frame = reader
         .next_frame(&mut buf)
         .map_err(|e| unsupported(format!("the PNG cannot be decoded: {e}")))?;

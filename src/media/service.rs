@@ -9,8 +9,8 @@
 
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait,
-    DatabaseConnection, DatabaseTransaction, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
-    QuerySelect, TransactionTrait, sea_query::Expr,
+    DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
+    QuerySelect, sea_query::Expr,
 };
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -147,17 +147,6 @@ pub fn product_media_json(m: &product_media::Model) -> Value {
         "is_primary": m.is_primary,
         "created_at": m.created_at,
     })
-}
-
-/// A transaction that reads and then writes: IMMEDIATE on SQLite, so it waits for the write lock
-/// up front instead of failing with "database is locked" on upgrade.
-async fn begin_write(db: &DatabaseConnection) -> Result<DatabaseTransaction> {
-    Ok(db
-        .begin_with_options(sea_orm::TransactionOptions {
-            sqlite_transaction_mode: Some(sea_orm::SqliteTransactionMode::Immediate),
-            ..Default::default()
-        })
-        .await?)
 }
 
 /// Removes the keys a failed upload wrote, unless a row now references the same bytes.
@@ -339,7 +328,7 @@ impl NewUpload {
 
     async fn insert_row(&self, key: &str, thumb_key: &str) -> Result<media_file::Model> {
         let now = chrono::Utc::now();
-        let txn = self.state.db.begin().await?;
+        let txn = crate::db::begin_write(&self.state.db).await?;
         let row = media_file::ActiveModel {
             id: Set(Uuid::now_v7()),
             hash: Set(self.md5.clone()),
@@ -503,7 +492,7 @@ pub fn keys_of(m: &media_file::Model) -> Vec<String> {
 /// Deletes a row (detaching it from products) and its files when nothing else references them.
 pub async fn delete(state: &AppState, ctx: &RequestContext, id: Uuid) -> Result<()> {
     ctx.actor.require_authenticated()?;
-    let txn = begin_write(&state.db).await?;
+    let txn = crate::db::begin_write(&state.db).await?;
     let m = find_writable(&txn, ctx, id).await?;
     ProductMedia::delete_many()
         .filter(PC::MediaId.eq(id))
@@ -620,7 +609,7 @@ pub async fn attach(
             "position must not be negative",
         ));
     }
-    let txn = begin_write(&state.db).await?;
+    let txn = crate::db::begin_write(&state.db).await?;
     let media = find_writable(&txn, ctx, media_id).await?;
     if media.merchant_id.as_deref() != Some(product.merchant_id.as_str()) {
         return Err(Error::validation(
@@ -702,7 +691,7 @@ pub async fn detach(
     media_id: Uuid,
 ) -> Result<()> {
     ctx.actor.require_authenticated()?;
-    let txn = begin_write(&state.db).await?;
+    let txn = crate::db::begin_write(&state.db).await?;
     let row = ProductMedia::find()
         .filter(product.rows())
         .filter(PC::MediaId.eq(media_id))
@@ -741,8 +730,11 @@ pub async fn reorder(
             format!("mediaIds may list at most {MAX_REORDER} media"),
         ));
     }
-    let txn = begin_write(&state.db).await?;
+    let txn = crate::db::begin_write(&state.db).await?;
     let rows = rows_of(&txn, product).await?;
+    if rows.is_empty() {
+        return Err(Error::not_found("product media"));
+    }
     let mut have: Vec<Uuid> = rows.iter().map(|r| r.media_id).collect();
     let mut want = media_ids.to_vec();
     have.sort();

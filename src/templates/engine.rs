@@ -7,7 +7,7 @@
 //! * [`payload`] builds the exact Cloud API message JSON (text, interactive button, interactive
 //!   list, image by link or media id).
 
-use std::{collections::BTreeSet, sync::LazyLock};
+use std::collections::BTreeSet;
 
 use entity::TemplateType;
 use serde::{Deserialize, Serialize};
@@ -31,6 +31,20 @@ pub mod limits {
     pub const HEADER: usize = 60;
     pub const FOOTER: usize = 60;
     pub const NAME: usize = 100;
+    /// A media link (the Cloud API takes URLs; 2 KB is the practical URL ceiling).
+    pub const MEDIA_LINK: usize = 2048;
+    pub const MEDIA_ID: usize = 256;
+
+    // Caps on what a caller may hand the renderer, checked before any work.
+    /// The variables object, measured as the text it holds (keys, strings, numbers).
+    pub const VARIABLES_BYTES: usize = 32 * 1024;
+    /// Values and keys in the variables object, nested ones included.
+    pub const VARIABLES_ENTRIES: usize = 1000;
+    /// How deep `{{ a.b.c }}` lookups may go.
+    pub const VARIABLES_DEPTH: usize = 8;
+    /// The rendered message, all fields together. A stored template is at most a few KB, so a
+    /// larger result can only come from oversized values.
+    pub const RENDERED_BYTES: usize = 64 * 1024;
 }
 
 /// A quick-reply button. Deserializes from `{"id","title"}` or, as the seed allowed, a bare title.
@@ -175,35 +189,46 @@ pub struct TemplateContent {
     pub media: Option<Media>,
 }
 
-static VAR_RE: LazyLock<VarScanner> = LazyLock::new(VarScanner::default);
-
-/// Finds `{{ name }}` placeholders: names are letters, digits, `_`, `.` and `-`.
-#[derive(Default)]
-struct VarScanner;
-
-impl VarScanner {
-    /// Calls `f(range_of_placeholder, name)` for each placeholder in `text`.
-    fn scan(&self, text: &str, mut f: impl FnMut(std::ops::Range<usize>, &str)) {
-        let mut from = 0;
-        while let Some(open) = text[from..].find("{{") {
-            let start = from + open;
-            let Some(close) = text[start + 2..].find("}}") else {
-                break;
-            };
-            let end = start + 2 + close + 2;
-            let name = text[start + 2..end - 2].trim();
-            if !name.is_empty()
-                && name
-                    .chars()
-                    .all(|c| c.is_alphanumeric() || matches!(c, '_' | '.' | '-'))
-            {
-                f(start..end, name);
+/// Calls `f(range_of_placeholder, name)` for each `{{ name }}` in `text`: optional whitespace,
+/// a name of letters, digits, `_`, `.` and `-`, optional whitespace, `}}`.
+///
+/// Linear in `text`: a failed match stops at the first character outside that grammar, and none
+/// of the characters it passed can start the next `{{`, so no byte is looked at more than twice.
+fn scan_placeholders(text: &str, mut f: impl FnMut(std::ops::Range<usize>, &str)) {
+    let mut from = 0;
+    while let Some(open) = text[from..].find("{{") {
+        let start = from + open;
+        match placeholder_at(text, start + 2) {
+            Some((name, end)) => {
+                f(start..end, &text[name]);
                 from = end;
-            } else {
-                from = start + 2;
             }
+            // `{{{a}}` is a literal `{` before `{{a}}`.
+            None => from = start + 1,
         }
     }
+}
+
+/// The name's range and the end of the placeholder whose `{{` ends at `i`.
+fn placeholder_at(text: &str, i: usize) -> Option<(std::ops::Range<usize>, usize)> {
+    let is_name = |c: char| c.is_alphanumeric() || matches!(c, '_' | '.' | '-');
+    let rest = &text[i..];
+    let lead = rest.len() - rest.trim_start().len();
+    let name_start = i + lead;
+    let name_len: usize = text[name_start..]
+        .chars()
+        .take_while(|c| is_name(*c))
+        .map(char::len_utf8)
+        .sum();
+    if name_len == 0 {
+        return None;
+    }
+    let name_end = name_start + name_len;
+    let after = &text[name_end..];
+    let trail = after.len() - after.trim_start().len();
+    after[trail..]
+        .starts_with("}}")
+        .then(|| (name_start..name_end, name_end + trail + 2))
 }
 
 impl TemplateContent {
@@ -267,7 +292,7 @@ pub fn extract_variables(content: &TemplateContent) -> Vec<String> {
     let mut seen = BTreeSet::new();
     let mut out = vec![];
     for text in content.texts() {
-        VAR_RE.scan(text, |_, name| {
+        scan_placeholders(text, |_, name| {
             if seen.insert(name.to_owned()) {
                 out.push(name.to_owned());
             }
@@ -276,10 +301,66 @@ pub fn extract_variables(content: &TemplateContent) -> Vec<String> {
     out
 }
 
-/// Substituting failed: these names had no value.
+/// Why a template could not be rendered.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("missing template variables: {}", .0.join(", "))]
-pub struct MissingVariables(pub Vec<String>);
+pub enum RenderError {
+    /// These names had no value.
+    #[error("missing template variables: {}", .0.join(", "))]
+    Missing(Vec<String>),
+    /// The rendered message would exceed [`limits::RENDERED_BYTES`].
+    #[error("the rendered message is larger than {} bytes", limits::RENDERED_BYTES)]
+    TooLarge,
+}
+
+/// Checks the variables object against the caps in [`limits`] before any rendering work.
+pub fn check_variables(vars: &Map<String, Value>) -> Result<(), FieldError> {
+    fn walk(v: &Value, depth: usize, bytes: &mut usize, entries: &mut usize) -> Result<(), String> {
+        *entries += 1;
+        if *entries > limits::VARIABLES_ENTRIES {
+            return Err(format!(
+                "variables may hold at most {} values",
+                limits::VARIABLES_ENTRIES
+            ));
+        }
+        if depth > limits::VARIABLES_DEPTH {
+            return Err(format!(
+                "variables may nest at most {} levels deep",
+                limits::VARIABLES_DEPTH
+            ));
+        }
+        match v {
+            Value::String(s) => *bytes += s.len(),
+            Value::Number(_) | Value::Bool(_) | Value::Null => *bytes += 8,
+            Value::Array(items) => {
+                for i in items {
+                    walk(i, depth + 1, bytes, entries)?;
+                }
+            }
+            Value::Object(map) => {
+                for (k, i) in map {
+                    *bytes += k.len();
+                    walk(i, depth + 1, bytes, entries)?;
+                }
+            }
+        }
+        if *bytes > limits::VARIABLES_BYTES {
+            return Err(format!(
+                "variables may hold at most {} bytes of text",
+                limits::VARIABLES_BYTES
+            ));
+        }
+        Ok(())
+    }
+    let (mut bytes, mut entries) = (0, 0);
+    for (k, v) in vars {
+        bytes += k.len();
+        walk(v, 1, &mut bytes, &mut entries).map_err(|message| FieldError {
+            field: "variables".into(),
+            message,
+        })?;
+    }
+    Ok(())
+}
 
 fn lookup<'a>(vars: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
     if let Some(v) = vars.get(name) {
@@ -294,37 +375,60 @@ fn lookup<'a>(vars: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
     Some(cur)
 }
 
-fn value_text(v: &Value) -> Option<String> {
+/// Appends a variable's text: strings as they are, other JSON as JSON (null never gets here).
+fn push_value(out: &mut String, v: &Value) {
     match v {
-        Value::Null => None,
-        Value::String(s) => Some(s.clone()),
-        other => Some(other.to_string()),
+        Value::Null => {}
+        Value::String(s) => out.push_str(s),
+        other => out.push_str(&other.to_string()),
     }
 }
 
-/// Substitutes every variable, or lists every missing one.
+/// Substitutes every variable, or lists every missing one. Linear in the template plus the
+/// output, and the output is capped at [`limits::RENDERED_BYTES`] as it grows.
 pub fn render(
     content: &TemplateContent,
     vars: &Map<String, Value>,
-) -> Result<TemplateContent, MissingVariables> {
+) -> Result<TemplateContent, RenderError> {
     let missing: Vec<String> = extract_variables(content)
         .into_iter()
-        .filter(|n| lookup(vars, n).and_then(value_text).is_none())
+        .filter(|n| lookup(vars, n).is_none_or(Value::is_null))
         .collect();
     if !missing.is_empty() {
-        return Err(MissingVariables(missing));
+        return Err(RenderError::Missing(missing));
     }
-    Ok(content.map_texts(|text| {
-        let mut out = String::with_capacity(text.len());
+    let mut budget = limits::RENDERED_BYTES;
+    let mut too_large = false;
+    let rendered = content.map_texts(|text| {
+        if too_large {
+            return String::new();
+        }
+        let mut out = String::with_capacity(text.len().min(budget));
         let mut last = 0;
-        VAR_RE.scan(text, |range, name| {
+        scan_placeholders(text, |range, name| {
+            if too_large {
+                return;
+            }
             out.push_str(&text[last..range.start]);
-            out.push_str(&lookup(vars, name).and_then(value_text).unwrap_or_default());
+            if let Some(v) = lookup(vars, name) {
+                push_value(&mut out, v);
+            }
             last = range.end;
+            too_large = out.len() > budget;
         });
         out.push_str(&text[last..]);
+        if out.len() > budget {
+            too_large = true;
+        } else {
+            budget -= out.len();
+        }
         out
-    }))
+    });
+    if too_large {
+        Err(RenderError::TooLarge)
+    } else {
+        Ok(rendered)
+    }
 }
 
 fn chars(s: &str) -> usize {
@@ -333,186 +437,238 @@ fn chars(s: &str) -> usize {
 
 /// Checks a template (raw or rendered) against the Cloud API limits. Empty means valid.
 pub fn validate(c: &TemplateContent) -> Vec<FieldError> {
+    check(c).into_iter().map(|(_, e)| e).collect()
+}
+
+/// Only the size and count limits, which hold for every field of every template type. An inline
+/// template that breaks one is refused before rendering: no stored template could be that large.
+pub fn size_violations(c: &TemplateContent) -> Vec<FieldError> {
+    check(c)
+        .into_iter()
+        .filter(|(kind, _)| *kind == Check::Size)
+        .map(|(_, e)| e)
+        .collect()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Check {
+    /// A length or count limit.
+    Size,
+    /// A rule of the template's type (required parts, uniqueness, formats).
+    Rule,
+}
+
+/// Collects violations in message order, each tagged with its kind.
+struct Violations(Vec<(Check, FieldError)>);
+
+impl Violations {
+    fn rule(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.push(Check::Rule, field.into(), message.into());
+    }
+
+    fn push(&mut self, kind: Check, field: String, message: String) {
+        self.0.push((kind, FieldError { field, message }));
+    }
+
+    /// A text limit in characters; true when it held.
+    fn max_chars(&mut self, field: impl Into<String>, what: &str, text: &str, max: usize) -> bool {
+        // A byte length within the limit is within it in characters too: skip the count.
+        if text.len() <= max || chars(text) <= max {
+            return true;
+        }
+        self.push(
+            Check::Size,
+            field.into(),
+            format!("{what} must be at most {max} characters"),
+        );
+        false
+    }
+
+    fn max_count(&mut self, field: &str, n: usize, max: usize, message: String) {
+        if n > max {
+            self.push(Check::Size, field.into(), message);
+        }
+    }
+}
+
+fn check(c: &TemplateContent) -> Vec<(Check, FieldError)> {
     use limits::*;
-    let mut v = Vec::new();
-    let mut bad = |field: String, message: String| v.push(FieldError { field, message });
-    let too_long = |what: &str, max: usize| format!("{what} must be at most {max} characters");
+    let mut v = Violations(Vec::new());
 
     if c.body.trim().is_empty() && c.kind != TemplateType::Media {
-        bad("body".into(), "body must not be empty".into());
+        v.rule("body", "body must not be empty");
     }
-    if chars(&c.body) > BODY {
-        bad("body".into(), too_long("body", BODY));
+    v.max_chars("body", "body", &c.body, BODY);
+    if let Some(h) = &c.header {
+        v.max_chars("header", "header", h, HEADER);
     }
-    if let Some(h) = &c.header
-        && chars(h) > HEADER
-    {
-        bad("header".into(), too_long("header", HEADER));
+    if let Some(f) = &c.footer {
+        v.max_chars("footer", "footer", f, FOOTER);
     }
-    if let Some(f) = &c.footer
-        && chars(f) > FOOTER
-    {
-        bad("footer".into(), too_long("footer", FOOTER));
-    }
+    check_buttons(c, &mut v);
+    check_list(c, &mut v);
+    check_media(c, &mut v);
+    v.0
+}
 
-    match c.kind {
-        TemplateType::Text => {}
-        TemplateType::Buttons => {
-            if c.buttons.is_empty() {
-                bad(
-                    "buttons".into(),
-                    "a BUTTONS template needs at least one button".into(),
-                );
-            }
-            if c.buttons.len() > MAX_REPLY_BUTTONS {
-                bad(
-                    "buttons".into(),
-                    format!("at most {MAX_REPLY_BUTTONS} reply buttons are allowed"),
-                );
-            }
-            let mut titles = BTreeSet::new();
-            let mut ids = BTreeSet::new();
-            for (i, b) in c.buttons.iter().enumerate() {
-                if b.title.trim().is_empty() {
-                    bad(
-                        format!("buttons[{i}].title"),
-                        "button title must not be empty".into(),
-                    );
-                } else if chars(&b.title) > BUTTON_TITLE {
-                    bad(
-                        format!("buttons[{i}].title"),
-                        too_long("button title", BUTTON_TITLE),
-                    );
-                }
-                if !titles.insert(b.title.trim().to_lowercase()) {
-                    bad(
-                        format!("buttons[{i}].title"),
-                        "button titles must be unique".into(),
-                    );
-                }
-                if b.id.is_empty() {
-                    bad(
-                        format!("buttons[{i}].id"),
-                        "button id must not be empty".into(),
-                    );
-                } else if chars(&b.id) > BUTTON_ID {
-                    bad(format!("buttons[{i}].id"), too_long("button id", BUTTON_ID));
-                }
-                if !ids.insert(b.id.as_str()) {
-                    bad(
-                        format!("buttons[{i}].id"),
-                        "button ids must be unique".into(),
-                    );
-                }
-            }
-        }
-        TemplateType::List => {
-            match c.button_text.as_deref().map(str::trim) {
-                None | Some("") => bad(
-                    "buttonText".into(),
-                    "a LIST template needs buttonText".into(),
-                ),
-                Some(t) if chars(t) > LIST_BUTTON_TEXT => bad(
-                    "buttonText".into(),
-                    too_long("list button text", LIST_BUTTON_TEXT),
-                ),
-                _ => {}
-            }
-            if c.sections.is_empty() {
-                bad(
-                    "sections".into(),
-                    "a LIST template needs at least one section".into(),
-                );
-            }
-            if c.sections.len() > MAX_SECTIONS {
-                bad(
-                    "sections".into(),
-                    format!("at most {MAX_SECTIONS} sections are allowed"),
-                );
-            }
-            let total: usize = c.sections.iter().map(|s| s.rows.len()).sum();
-            if total > MAX_ROWS_TOTAL {
-                bad(
-                    "sections".into(),
-                    format!("at most {MAX_ROWS_TOTAL} rows are allowed in total, got {total}"),
-                );
-            }
-            let mut row_ids = BTreeSet::new();
-            for (i, s) in c.sections.iter().enumerate() {
-                match s.title.as_deref() {
-                    Some(t) if chars(t) > SECTION_TITLE => bad(
-                        format!("sections[{i}].title"),
-                        too_long("section title", SECTION_TITLE),
-                    ),
-                    None | Some("") if c.sections.len() > 1 => bad(
-                        format!("sections[{i}].title"),
-                        "each section needs a title when there is more than one".into(),
-                    ),
-                    _ => {}
-                }
-                if s.rows.is_empty() {
-                    bad(
-                        format!("sections[{i}].rows"),
-                        "a section needs at least one row".into(),
-                    );
-                }
-                for (j, r) in s.rows.iter().enumerate() {
-                    let at = format!("sections[{i}].rows[{j}]");
-                    if r.title.trim().is_empty() {
-                        bad(format!("{at}.title"), "row title must not be empty".into());
-                    } else if chars(&r.title) > ROW_TITLE {
-                        bad(format!("{at}.title"), too_long("row title", ROW_TITLE));
-                    }
-                    if let Some(d) = &r.description
-                        && chars(d) > ROW_DESCRIPTION
-                    {
-                        bad(
-                            format!("{at}.description"),
-                            too_long("row description", ROW_DESCRIPTION),
-                        );
-                    }
-                    if r.id.is_empty() {
-                        bad(format!("{at}.id"), "row id must not be empty".into());
-                    } else if chars(&r.id) > ROW_ID {
-                        bad(format!("{at}.id"), too_long("row id", ROW_ID));
-                    }
-                    if !row_ids.insert(r.id.as_str()) {
-                        bad(format!("{at}.id"), "row ids must be unique".into());
-                    }
-                }
-            }
-        }
-        TemplateType::Media => match &c.media {
-            None => bad(
-                "media".into(),
-                "a MEDIA template needs media (link or id)".into(),
-            ),
-            Some(m) => {
-                if m.kind != "image" {
-                    bad("media.type".into(), "only image media is supported".into());
-                }
-                match (m.link.as_deref(), m.id.as_deref()) {
-                    (Some(_), Some(_)) => bad(
-                        "media".into(),
-                        "give either media.link or media.id, not both".into(),
-                    ),
-                    (None, None) => bad("media".into(), "media needs a link or an id".into()),
-                    (Some(link), None)
-                        if !(link.starts_with("https://")
-                            || link.starts_with("http://")
-                            || link.starts_with("{{")) =>
-                    {
-                        bad(
-                            "media.link".into(),
-                            "media.link must be an http(s) URL".into(),
-                        )
-                    }
-                    _ => {}
-                }
-            }
-        },
+/// Reply buttons: sizes for every type, the rest for BUTTONS templates.
+fn check_buttons(c: &TemplateContent, v: &mut Violations) {
+    use limits::*;
+    let rules = c.kind == TemplateType::Buttons;
+    if rules && c.buttons.is_empty() {
+        v.rule("buttons", "a BUTTONS template needs at least one button");
     }
-    v
+    v.max_count(
+        "buttons",
+        c.buttons.len(),
+        MAX_REPLY_BUTTONS,
+        format!("at most {MAX_REPLY_BUTTONS} reply buttons are allowed"),
+    );
+    let mut titles = BTreeSet::new();
+    let mut ids = BTreeSet::new();
+    // Past the count limit the rest is refused already: don't walk an unbounded list.
+    for (i, b) in c.buttons.iter().take(MAX_REPLY_BUTTONS + 1).enumerate() {
+        if b.title.trim().is_empty() {
+            v.rule(
+                format!("buttons[{i}].title"),
+                "button title must not be empty",
+            );
+        } else {
+            v.max_chars(
+                format!("buttons[{i}].title"),
+                "button title",
+                &b.title,
+                BUTTON_TITLE,
+            );
+        }
+        if !titles.insert(b.title.trim().to_lowercase()) {
+            v.rule(
+                format!("buttons[{i}].title"),
+                "button titles must be unique",
+            );
+        }
+        if b.id.is_empty() {
+            v.rule(format!("buttons[{i}].id"), "button id must not be empty");
+        } else {
+            v.max_chars(format!("buttons[{i}].id"), "button id", &b.id, BUTTON_ID);
+        }
+        if !ids.insert(b.id.as_str()) {
+            v.rule(format!("buttons[{i}].id"), "button ids must be unique");
+        }
+    }
+}
+
+/// The list button and its sections: sizes for every type, the rest for LIST templates.
+fn check_list(c: &TemplateContent, v: &mut Violations) {
+    use limits::*;
+    let rules = c.kind == TemplateType::List;
+    match c.button_text.as_deref().map(str::trim) {
+        None | Some("") if rules => v.rule("buttonText", "a LIST template needs buttonText"),
+        Some(t) => {
+            v.max_chars("buttonText", "list button text", t, LIST_BUTTON_TEXT);
+        }
+        None => {}
+    }
+    if rules && c.sections.is_empty() {
+        v.rule("sections", "a LIST template needs at least one section");
+    }
+    v.max_count(
+        "sections",
+        c.sections.len(),
+        MAX_SECTIONS,
+        format!("at most {MAX_SECTIONS} sections are allowed"),
+    );
+    let total: usize = c.sections.iter().map(|s| s.rows.len()).sum();
+    v.max_count(
+        "sections",
+        total,
+        MAX_ROWS_TOTAL,
+        format!("at most {MAX_ROWS_TOTAL} rows are allowed in total, got {total}"),
+    );
+    let mut row_ids = BTreeSet::new();
+    for (i, s) in c.sections.iter().take(MAX_SECTIONS + 1).enumerate() {
+        match s.title.as_deref() {
+            Some(t) if !t.is_empty() => {
+                v.max_chars(
+                    format!("sections[{i}].title"),
+                    "section title",
+                    t,
+                    SECTION_TITLE,
+                );
+            }
+            _ if rules && c.sections.len() > 1 => v.rule(
+                format!("sections[{i}].title"),
+                "each section needs a title when there is more than one",
+            ),
+            _ => {}
+        }
+        if rules && s.rows.is_empty() {
+            v.rule(
+                format!("sections[{i}].rows"),
+                "a section needs at least one row",
+            );
+        }
+        for (j, r) in s.rows.iter().take(MAX_ROWS_TOTAL + 1).enumerate() {
+            let at = format!("sections[{i}].rows[{j}]");
+            if r.title.trim().is_empty() {
+                v.rule(format!("{at}.title"), "row title must not be empty");
+            } else {
+                v.max_chars(format!("{at}.title"), "row title", &r.title, ROW_TITLE);
+            }
+            if let Some(d) = &r.description {
+                v.max_chars(
+                    format!("{at}.description"),
+                    "row description",
+                    d,
+                    ROW_DESCRIPTION,
+                );
+            }
+            if r.id.is_empty() {
+                v.rule(format!("{at}.id"), "row id must not be empty");
+            } else {
+                v.max_chars(format!("{at}.id"), "row id", &r.id, ROW_ID);
+            }
+            if !row_ids.insert(r.id.as_str()) {
+                v.rule(format!("{at}.id"), "row ids must be unique");
+            }
+        }
+    }
+}
+
+/// The media part: sizes for every type, the rest for MEDIA templates.
+fn check_media(c: &TemplateContent, v: &mut Violations) {
+    use limits::*;
+    let rules = c.kind == TemplateType::Media;
+    let Some(m) = &c.media else {
+        if rules {
+            v.rule("media", "a MEDIA template needs media (link or id)");
+        }
+        return;
+    };
+    if v.max_chars("media.type", "media type", &m.kind, 16) && rules && m.kind != "image" {
+        v.rule("media.type", "only image media is supported");
+    }
+    if let Some(link) = &m.link {
+        v.max_chars("media.link", "media link", link, MEDIA_LINK);
+    }
+    if let Some(id) = &m.id {
+        v.max_chars("media.id", "media id", id, MEDIA_ID);
+    }
+    if !rules {
+        return;
+    }
+    match (m.link.as_deref(), m.id.as_deref()) {
+        (Some(_), Some(_)) => v.rule("media", "give either media.link or media.id, not both"),
+        (None, None) => v.rule("media", "media needs a link or an id"),
+        (Some(link), None)
+            if !(link.starts_with("https://")
+                || link.starts_with("http://")
+                || link.starts_with("{{")) =>
+        {
+            v.rule("media.link", "media.link must be an http(s) URL")
+        }
+        _ => {}
+    }
 }
 
 fn base(to: Option<&str>, kind: &str) -> Map<String, Value> {
@@ -650,7 +806,10 @@ mod tests {
         .unwrap();
         assert_eq!(out.body, "Hi Ann, order A1 total 12.5 for Ann");
         let err = render(&t, &vars(json!({"name":"Ann","total":null}))).unwrap_err();
-        assert_eq!(err.0, vec!["order_id", "total"]);
+        assert_eq!(
+            err,
+            RenderError::Missing(vec!["order_id".into(), "total".into()])
+        );
         assert!(err.to_string().contains("order_id, total"));
     }
 
@@ -660,6 +819,63 @@ mod tests {
         assert_eq!(extract_variables(&t), vec!["customer.name"]);
         let out = render(&t, &vars(json!({"customer":{"name":"Bo"}}))).unwrap();
         assert_eq!(out.body, "Bo pays {{ }} {{not valid!}} {{x");
+    }
+
+    #[test]
+    fn scanning_is_linear_on_hostile_input() {
+        // Each rejected `{{` used to restart a search for `}}` to the end: quadratic. At this
+        // size the old scanner takes minutes; the linear one, milliseconds.
+        let hostile = format!("{}}}}}", "{{!".repeat(200_000));
+        assert!(extract_variables(&text_tpl(&hostile)).is_empty());
+        let spaces = format!("{{{{{}x", " ".repeat(300_000));
+        assert!(extract_variables(&text_tpl(&spaces.repeat(3))).is_empty());
+        // Still exact on ordinary input, including braces around placeholders.
+        let t = text_tpl("{{{a}}} {{ b }} {{c }}{{ d}} {{e f}} {{}}");
+        assert_eq!(extract_variables(&t), vec!["a", "b", "c", "d"]);
+        let out = render(&t, &vars(json!({"a": 1, "b": "B", "c": true, "d": [1]}))).unwrap();
+        assert_eq!(out.body, "{1} B true[1] {{e f}} {{}}");
+    }
+
+    #[test]
+    fn variables_and_output_are_capped() {
+        assert!(check_variables(&vars(json!({"a": "x".repeat(limits::VARIABLES_BYTES)}))).is_err());
+        assert!(check_variables(&vars(json!({"a": "x".repeat(1000)}))).is_ok());
+        let deep = (0..20).fold(json!("x"), |v, _| json!({ "k": v }));
+        assert!(check_variables(&vars(json!({ "d": deep }))).is_err());
+        let many: Map<String, Value> = (0..2000).map(|i| (format!("k{i}"), json!(i))).collect();
+        assert!(check_variables(&many).is_err());
+
+        let t = text_tpl(&"{{a}}".repeat(200));
+        let err = render(&t, &vars(json!({"a": "x".repeat(1000)}))).unwrap_err();
+        assert_eq!(err, RenderError::TooLarge);
+        assert!(render(&t, &vars(json!({"a": "x".repeat(100)}))).is_ok());
+    }
+
+    #[test]
+    fn size_limits_hold_for_every_type() {
+        let mut t = text_tpl("hello");
+        t.button_text = Some("b".repeat(21));
+        t.buttons = (0..5)
+            .map(|i| Button {
+                id: format!("b{i}"),
+                title: "t".repeat(21),
+            })
+            .collect();
+        let fields: Vec<String> = size_violations(&t).into_iter().map(|v| v.field).collect();
+        assert_eq!(
+            fields,
+            vec![
+                "buttons",
+                "buttons[0].title",
+                "buttons[1].title",
+                "buttons[2].title",
+                "buttons[3].title",
+                "buttonText"
+            ]
+        );
+        // Type rules are not size limits: a TEXT template needs no list parts.
+        assert!(size_violations(&text_tpl("")).is_empty());
+        assert!(!validate(&text_tpl("")).is_empty());
     }
 
     #[test]

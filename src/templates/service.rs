@@ -13,7 +13,7 @@ use sea_orm::{
     ActiveModelTrait,
     ActiveValue::Set,
     ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, EntityTrait, ExprTrait,
-    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
+    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
     sea_query::{Expr, Func},
 };
 use serde::Deserialize;
@@ -60,6 +60,8 @@ pub struct TemplatePatch {
     pub buttons: Option<Vec<engine::Button>>,
     pub sections: Option<Vec<engine::Section>>,
     pub media: Option<Option<engine::Media>>,
+    /// A status change applied in the same transaction (REST PUT carries both).
+    pub status: Option<TemplateStatus>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -246,11 +248,22 @@ async fn find_visible<Db: ConnectionTrait>(
     r: &TemplateRef,
 ) -> Result<message_template::Model> {
     let q = Templates::find().filter(visible_to(actor));
-    let q = match r {
-        TemplateRef::Id(id) => q.filter(C::Id.eq(*id)),
-        TemplateRef::Name(name) => q.filter(C::Name.eq(name.as_str())),
+    let found = match r {
+        TemplateRef::Id(id) => q.filter(C::Id.eq(*id)).one(db).await?,
+        // Names are unique per namespace: a merchant's own first, then the platform's.
+        TemplateRef::Name(name) => {
+            let mut namespaces = Condition::any().add(C::MerchantId.is_null());
+            if let Some(m) = actor.merchant_id() {
+                namespaces = namespaces.add(C::MerchantId.eq(m));
+            }
+            q.filter(C::Name.eq(name.as_str()))
+                .filter(namespaces)
+                .order_by(C::MerchantId.is_null(), sea_orm::Order::Asc)
+                .one(db)
+                .await?
+        }
     };
-    q.one(db).await?.ok_or_else(|| Error::not_found("template"))
+    found.ok_or_else(|| Error::not_found("template"))
 }
 
 /// `template(id | name)`.
@@ -268,7 +281,9 @@ pub async fn versions(
     ctx: &RequestContext,
     template_id: Uuid,
 ) -> Result<Vec<template_version::Model>> {
-    find_visible(db, &ctx.actor, &TemplateRef::Id(template_id)).await?;
+    // The history holds drafts and past wording: only those who may write the template see it.
+    let current = find_visible(db, &ctx.actor, &TemplateRef::Id(template_id)).await?;
+    can_write(&ctx.actor, &current)?;
     Ok(Versions::find()
         .filter(template_version::Column::TemplateId.eq(template_id))
         .order_by_desc(template_version::Column::Version)
@@ -288,12 +303,19 @@ fn content_columns(am: &mut message_template::ActiveModel, c: &TemplateContent) 
     am.variables = Set(json!(engine::extract_variables(c)));
 }
 
+/// Whether `name` is taken in `merchant`'s namespace (`None`: the platform's).
 async fn name_taken<Db: ConnectionTrait>(
     db: &Db,
+    merchant: Option<&str>,
     name: &str,
     except: Option<Uuid>,
 ) -> Result<bool> {
-    let mut q = Templates::find().filter(C::Name.eq(name));
+    let mut q = Templates::find()
+        .filter(C::Name.eq(name))
+        .filter(match merchant {
+            Some(m) => C::MerchantId.eq(m),
+            None => C::MerchantId.is_null(),
+        });
     if let Some(id) = except {
         q = q.filter(C::Id.ne(id));
     }
@@ -326,7 +348,11 @@ pub async fn create(
             }
             Some(merchant_id.clone())
         }
-        _ => input.merchant_id.filter(|m| !m.is_empty()),
+        _ => input
+            .merchant_id
+            .filter(|m| !m.trim().is_empty())
+            .map(|m| crate::auth::parse_merchant_id("merchantId", &m))
+            .transpose()?,
     };
     let now = chrono::Utc::now();
     let mut am = message_template::ActiveModel {
@@ -342,8 +368,8 @@ pub async fn create(
     };
     content_columns(&mut am, &input.content);
 
-    let txn = db.begin().await?;
-    if name_taken(&txn, &name, None).await? {
+    let txn = crate::db::begin_write(db).await?;
+    if name_taken(&txn, merchant_id.as_deref(), &name, None).await? {
         return Err(conflict(&name));
     }
     let model = am.insert(&txn).await.map_err(|e| match Error::from(e) {
@@ -376,7 +402,7 @@ pub async fn update(
     patch: TemplatePatch,
 ) -> Result<message_template::Model> {
     ctx.actor.require_authenticated()?;
-    let txn = db.begin().await?;
+    let txn = crate::db::begin_write(db).await?;
     let current = find_visible(&txn, &ctx.actor, &TemplateRef::Id(id)).await?;
     can_write(&ctx.actor, &current)?;
 
@@ -410,13 +436,30 @@ pub async fn update(
         content.media = m;
     }
     check_content(&content)?;
-    if name == current.name && content == content_of(&current) {
-        return Ok(current);
+    let mut model = current.clone();
+    if name != current.name || content != content_of(&current) {
+        model = store_new_version(&txn, ctx, current, name, &content).await?;
     }
-    if name != current.name && name_taken(&txn, &name, Some(id)).await? {
+    if let Some(status) = patch.status {
+        model = apply_status(&txn, ctx, model, status).await?;
+    }
+    txn.commit().await?;
+    Ok(model)
+}
+
+/// Snapshots `current` as a version and writes the new name and content as the next one.
+async fn store_new_version(
+    txn: &sea_orm::DatabaseTransaction,
+    ctx: &RequestContext,
+    current: message_template::Model,
+    name: String,
+    content: &TemplateContent,
+) -> Result<message_template::Model> {
+    if name != current.name
+        && name_taken(txn, current.merchant_id.as_deref(), &name, Some(current.id)).await?
+    {
         return Err(conflict(&name));
     }
-
     template_version::ActiveModel {
         id: Set(Uuid::now_v7()),
         template_id: Set(current.id),
@@ -426,20 +469,20 @@ pub async fn update(
         created_by: Set(ctx.actor.id().map(str::to_owned)),
         created_at: Set(chrono::Utc::now()),
     }
-    .insert(&txn)
+    .insert(txn)
     .await?;
 
     let mut am: message_template::ActiveModel = current.clone().into();
     am.name = Set(name.clone());
-    content_columns(&mut am, &content);
+    content_columns(&mut am, content);
     am.version = Set(current.version + 1);
     am.updated_at = Set(chrono::Utc::now());
-    let model = am.update(&txn).await.map_err(|e| match Error::from(e) {
+    let model = am.update(txn).await.map_err(|e| match Error::from(e) {
         Error::Conflict(_) => conflict(&name),
         other => other,
     })?;
     audit::record(
-        &txn,
+        txn,
         ctx,
         audit::Change {
             action: "template.update",
@@ -451,30 +494,25 @@ pub async fn update(
         },
     )
     .await?;
-    txn.commit().await?;
     Ok(model)
 }
 
-/// `setTemplateStatus`: draft, active or archived. Not a content change, so no new version.
-pub async fn set_status(
-    db: &DatabaseConnection,
+/// Changes the status (no new version: not a content change) and audits it; a no-op when equal.
+async fn apply_status(
+    txn: &sea_orm::DatabaseTransaction,
     ctx: &RequestContext,
-    id: Uuid,
+    current: message_template::Model,
     status: TemplateStatus,
 ) -> Result<message_template::Model> {
-    ctx.actor.require_authenticated()?;
-    let txn = db.begin().await?;
-    let current = find_visible(&txn, &ctx.actor, &TemplateRef::Id(id)).await?;
-    can_write(&ctx.actor, &current)?;
     if current.status == status {
         return Ok(current);
     }
     let mut am: message_template::ActiveModel = current.clone().into();
     am.status = Set(status);
     am.updated_at = Set(chrono::Utc::now());
-    let model = am.update(&txn).await?;
+    let model = am.update(txn).await?;
     audit::record(
-        &txn,
+        txn,
         ctx,
         audit::Change {
             action: "template.set_status",
@@ -486,6 +524,21 @@ pub async fn set_status(
         },
     )
     .await?;
+    Ok(model)
+}
+
+/// `setTemplateStatus`: draft, active or archived. Not a content change, so no new version.
+pub async fn set_status(
+    db: &DatabaseConnection,
+    ctx: &RequestContext,
+    id: Uuid,
+    status: TemplateStatus,
+) -> Result<message_template::Model> {
+    ctx.actor.require_authenticated()?;
+    let txn = crate::db::begin_write(db).await?;
+    let current = find_visible(&txn, &ctx.actor, &TemplateRef::Id(id)).await?;
+    can_write(&ctx.actor, &current)?;
+    let model = apply_status(&txn, ctx, current, status).await?;
     txn.commit().await?;
     Ok(model)
 }
@@ -497,7 +550,7 @@ pub async fn delete(
     id: Uuid,
 ) -> Result<message_template::Model> {
     ctx.actor.require_authenticated()?;
-    let txn = db.begin().await?;
+    let txn = crate::db::begin_write(db).await?;
     let current = find_visible(&txn, &ctx.actor, &TemplateRef::Id(id)).await?;
     can_write(&ctx.actor, &current)?;
     Templates::delete_by_id(current.id).exec(&txn).await?;
@@ -520,15 +573,16 @@ pub async fn delete(
 
 /// Renders `content` with `vars`: a missing variable is a VALIDATION error on `variables` that
 /// names every missing one; limit violations of the rendered message are returned, not raised.
+/// The variables are checked against the engine's caps first, and the output is capped.
 pub fn render_preview(
     content: &TemplateContent,
     vars: &Map<String, Value>,
     to: Option<&str>,
 ) -> Result<Preview> {
-    let rendered = engine::render(content, vars).map_err(|missing| {
-        Error::violations(
-            missing
-                .0
+    engine::check_variables(vars).map_err(|e| Error::violations(vec![e]))?;
+    let rendered = engine::render(content, vars).map_err(|e| match &e {
+        engine::RenderError::Missing(names) => Error::violations(
+            names
                 .iter()
                 .map(|n| FieldError {
                     field: "variables".into(),
@@ -536,7 +590,8 @@ pub fn render_preview(
                 })
                 .collect(),
         )
-        .with_message(missing.to_string())
+        .with_message(e.to_string()),
+        engine::RenderError::TooLarge => Error::validation("variables", e.to_string()),
     })?;
     Ok(Preview {
         text: engine::text(&rendered),
@@ -546,7 +601,8 @@ pub fn render_preview(
     })
 }
 
-/// `previewTemplate`: a stored template (visible to the caller) or an inline one.
+/// `previewTemplate`: a stored template (visible to the caller) or an inline one. An inline
+/// template is held to the same size limits as a stored one before anything is rendered.
 pub async fn preview(
     db: &DatabaseConnection,
     ctx: &RequestContext,
@@ -556,7 +612,21 @@ pub async fn preview(
 ) -> Result<Preview> {
     let content = match source {
         PreviewSource::Stored(r) => content_of(&find_visible(db, &ctx.actor, &r).await?),
-        PreviewSource::Inline(c) => c,
+        PreviewSource::Inline(c) => {
+            let too_large = engine::size_violations(&c);
+            if !too_large.is_empty() {
+                return Err(Error::violations(
+                    too_large
+                        .into_iter()
+                        .map(|e| FieldError {
+                            field: format!("template.{}", e.field),
+                            message: e.message,
+                        })
+                        .collect(),
+                ));
+            }
+            c
+        }
     };
     render_preview(&content, vars, to)
 }

@@ -1,5 +1,11 @@
-//! Who may read and write what: anonymous callers, merchant isolation, admin and service tokens,
-//! and rejected tokens (forged, expired, malformed), on both databases.
+//! Who may read and write what: anonymous callers, merchant isolation (both ways, templates and
+//! media), admin and service tokens, and rejected tokens (forged, expired, malformed), on both
+//! databases.
+//!
+//! Tests marked DEPENDS-ON-MAIN expect behaviour the lead is landing on main: template names
+//! unique per merchant (platform templates in their own namespace), `templateVersions` only for
+//! callers who may write the template, `mediaList` closed to anonymous callers and scoped to the
+//! calling merchant.
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -7,323 +13,533 @@ use smartbot::auth::{Role, token::Claims};
 
 use crate::{
     both_dbs,
-    common::{Db, TestApp},
+    common::{Caller, Db, TestApp, docs, tiny_png},
 };
 
-const CREATE: &str = r#"mutation($input: CreateTemplateInput!) {
-  createTemplate(input: $input) { id name status merchantId createdBy }
-}"#;
-const UPDATE: &str = r#"mutation($id: ID!) {
-  updateTemplate(id: $id, input: { body: "changed" }) { id body version }
-}"#;
-const DELETE: &str = r#"mutation($id: ID!) { deleteTemplate(id: $id) { id } }"#;
-const SET_STATUS: &str = r#"mutation($id: ID!, $status: TemplateStatus!) {
-  setTemplateStatus(id: $id, status: $status) { id status }
-}"#;
-const GET: &str = r#"query($id: ID!) { template(id: $id) { id name status merchantId body } }"#;
-const NAMES: &str = r#"{ templates(first: 100) { totalCount edges { node { name status } } } }"#;
-
-fn names(data: &Value) -> Vec<String> {
-    data["templates"]["edges"]
-        .as_array()
-        .expect("edges")
-        .iter()
-        .map(|e| e["node"]["name"].as_str().unwrap().to_owned())
-        .collect()
-}
-
-/// Creates a template as `token` and returns its id.
-async fn create(app: &TestApp, token: &str, input: Value) -> String {
-    let data = app
-        .gql_ok(Some(token), CREATE, json!({ "input": input }))
-        .await;
-    data["createTemplate"]["id"].as_str().unwrap().to_owned()
+fn id_of(v: &Value) -> String {
+    v["id"].as_str().expect("id").to_owned()
 }
 
 async fn anonymous_cannot_write_or_see_drafts(db: Db) {
     let app = TestApp::spawn(db).await;
-    let admin = app.admin.clone();
+    let (anon, admin) = (app.anonymous(), app.as_admin());
 
-    let (code, body) = app
-        .gql_err(
-            None,
-            CREATE,
-            json!({ "input": { "name": "anon", "type": "TEXT", "body": "hi" } }),
-        )
-        .await;
+    let input = json!({ "input": { "name": "anon", "type": "TEXT", "body": "hi" } });
+    let (code, body) = anon.gql_err(docs::CREATE_TEMPLATE, input).await;
     assert_eq!(code, "UNAUTHENTICATED", "{body:#}");
     assert!(body["data"].is_null(), "{body:#}");
 
-    let active = create(
-        &app,
-        &admin,
-        json!({ "name": "public_one", "type": "TEXT", "body": "hello" }),
-    )
-    .await;
-    let draft = create(
-        &app,
-        &admin,
-        json!({ "name": "secret_draft", "type": "TEXT", "body": "soon", "status": "DRAFT" }),
-    )
-    .await;
-
-    let (code, _) = app.gql_err(None, UPDATE, json!({ "id": active })).await;
-    assert_eq!(code, "UNAUTHENTICATED");
-    let (code, _) = app.gql_err(None, DELETE, json!({ "id": active })).await;
-    assert_eq!(code, "UNAUTHENTICATED");
-    let (code, _) = app
-        .gql_err(
-            None,
-            SET_STATUS,
+    let active = admin.text_template("public_one", "ACTIVE").await;
+    let draft = admin.text_template("secret_draft", "DRAFT").await;
+    for (doc, vars) in [
+        (
+            docs::UPDATE_TEMPLATE_BODY,
+            json!({ "id": active, "body": "x" }),
+        ),
+        (docs::DELETE_TEMPLATE, json!({ "id": active })),
+        (
+            docs::SET_TEMPLATE_STATUS,
             json!({ "id": active, "status": "ARCHIVED" }),
-        )
-        .await;
-    assert_eq!(code, "UNAUTHENTICATED");
-
-    // Nothing changed.
-    let t = app.gql_ok(Some(&admin), GET, json!({ "id": active })).await;
-    assert_eq!(t["template"]["body"], "hello");
-    assert_eq!(t["template"]["status"], "ACTIVE");
-
-    // Drafts are invisible to anonymous callers, in the list and by id or name.
-    let anon = names(&app.gql_ok(None, NAMES, json!({})).await);
-    assert!(anon.contains(&"public_one".to_owned()), "{anon:?}");
-    assert!(!anon.contains(&"secret_draft".to_owned()), "{anon:?}");
-    assert_eq!(anon.len(), 5, "4 seeded + public_one: {anon:?}");
-    let all = names(&app.gql_ok(Some(&admin), NAMES, json!({})).await);
-    assert!(all.contains(&"secret_draft".to_owned()), "{all:?}");
-
-    let (code, _) = app.gql_err(None, GET, json!({ "id": draft })).await;
-    assert_eq!(code, "NOT_FOUND");
-    let (code, _) = app
-        .gql_err(
-            None,
-            r#"{ template(name: "secret_draft") { id } }"#,
-            json!({}),
-        )
-        .await;
-    assert_eq!(code, "NOT_FOUND");
-    let (status, body) = app
-        .rest(Method::GET, &format!("/api/templates/{draft}"), None, None)
-        .await;
-    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
-    assert_eq!(body["code"], "NOT_FOUND");
-
-    // Writes over REST are refused too.
-    let (status, body) = app
-        .rest(
-            Method::DELETE,
-            &format!("/api/templates/{active}"),
-            None,
-            None,
-        )
+        ),
+    ] {
+        assert_eq!(anon.gql_code(doc, vars).await, "UNAUTHENTICATED", "{doc}");
+    }
+    let (status, body) = anon
+        .rest(Method::DELETE, &format!("/api/templates/{active}"), None)
         .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
     assert_eq!(body["code"], "UNAUTHENTICATED");
+
+    // Nothing changed.
+    let t = admin.template(&active).await.unwrap();
+    assert_eq!(
+        (&t["body"], &t["status"]),
+        (&json!("public_one body"), &json!("ACTIVE"))
+    );
+
+    // Drafts are invisible to anonymous callers, in the list and by id or name.
+    let names = anon.template_names().await;
+    assert!(names.contains(&"public_one".to_owned()), "{names:?}");
+    assert!(!names.contains(&"secret_draft".to_owned()), "{names:?}");
+    assert_eq!(names.len(), 5, "4 seeded + public_one: {names:?}");
+    assert!(
+        admin
+            .template_names()
+            .await
+            .contains(&"secret_draft".to_owned())
+    );
+    assert_eq!(anon.template(&draft).await.unwrap_err(), "NOT_FOUND");
+    let by_name = json!({ "name": "secret_draft" });
+    assert_eq!(
+        anon.gql_code(docs::TEMPLATE_BY_NAME, by_name).await,
+        "NOT_FOUND"
+    );
+    let (status, body) = anon
+        .rest(Method::GET, &format!("/api/templates/{draft}"), None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(body["code"], "NOT_FOUND");
+}
+
+/// `other` can neither see nor change `owner`'s DRAFT `id`, over GraphQL and REST.
+async fn assert_draft_hidden(owner: &Caller<'_>, other: &Caller<'_>, id: &str, name: &str) {
+    let before = owner.template(id).await.expect("owner reads its draft");
+    assert_eq!(before["status"], "DRAFT");
+    assert!(owner.template_names().await.contains(&name.to_owned()));
+    assert!(
+        !other.template_names().await.contains(&name.to_owned()),
+        "{name} listed"
+    );
+    assert_eq!(other.template(id).await.unwrap_err(), "NOT_FOUND", "{name}");
+    for (doc, vars) in [
+        (
+            docs::UPDATE_TEMPLATE_BODY,
+            json!({ "id": id, "body": "hijacked" }),
+        ),
+        (docs::DELETE_TEMPLATE, json!({ "id": id })),
+        (
+            docs::SET_TEMPLATE_STATUS,
+            json!({ "id": id, "status": "ACTIVE" }),
+        ),
+    ] {
+        assert_eq!(
+            other.gql_code(doc, vars).await,
+            "NOT_FOUND",
+            "{name}: {doc}"
+        );
+    }
+    let path = format!("/api/templates/{id}");
+    for (method, body) in [
+        (Method::GET, None),
+        (
+            Method::PUT,
+            Some(json!({ "body": "hijacked", "status": "active" })),
+        ),
+        (Method::DELETE, None),
+    ] {
+        let (status, res) = other.rest(method.clone(), &path, body).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{method} {name}: {res}");
+        assert_eq!(res["code"], "NOT_FOUND", "{method} {name}: {res}");
+    }
+    assert_eq!(owner.template(id).await.unwrap(), before, "{name} changed");
+}
+
+/// `other` reads `owner`'s ACTIVE `id` but every write is FORBIDDEN and changes nothing.
+async fn assert_active_read_only(owner: &Caller<'_>, other: &Caller<'_>, id: &str, name: &str) {
+    let before = owner.template(id).await.unwrap();
+    assert_eq!(before["status"], "ACTIVE");
+    assert_eq!(other.template(id).await.unwrap(), before, "{name}");
+    assert!(
+        other.template_names().await.contains(&name.to_owned()),
+        "{name}"
+    );
+    for (doc, vars) in [
+        (
+            docs::UPDATE_TEMPLATE_BODY,
+            json!({ "id": id, "body": "hijacked" }),
+        ),
+        (docs::DELETE_TEMPLATE, json!({ "id": id })),
+        (
+            docs::SET_TEMPLATE_STATUS,
+            json!({ "id": id, "status": "ARCHIVED" }),
+        ),
+    ] {
+        assert_eq!(
+            other.gql_code(doc, vars).await,
+            "FORBIDDEN",
+            "{name}: {doc}"
+        );
+    }
+    let path = format!("/api/templates/{id}");
+    for (method, body) in [
+        (Method::PUT, Some(json!({ "body": "hijacked" }))),
+        (Method::PUT, Some(json!({ "status": "archived" }))),
+        (Method::DELETE, None),
+    ] {
+        let (status, res) = other.rest(method.clone(), &path, body).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{method} {name}: {res}");
+        assert_eq!(
+            (&res["success"], &res["code"]),
+            (&json!(false), &json!("FORBIDDEN"))
+        );
+    }
+    assert_eq!(owner.template(id).await.unwrap(), before, "{name} changed");
 }
 
 async fn merchant_isolation(db: Db) {
     let app = TestApp::spawn(db).await;
-    let a = app.merchant("m-a");
-    let b = app.merchant("m-b");
+    let (a, b) = (app.as_merchant("m-a"), app.as_merchant("m-b"));
 
-    let data = app
-        .gql_ok(
-            Some(&a),
-            CREATE,
-            json!({ "input": { "name": "a_draft", "type": "TEXT", "body": "A only", "status": "DRAFT" } }),
+    // Both merchants own a draft; a merchant's template is always its own.
+    let ta = a
+        .create_template(
+            json!({ "name": "a_draft", "type": "TEXT", "body": "A only", "status": "DRAFT" }),
         )
         .await;
-    let t = &data["createTemplate"];
-    assert_eq!(t["merchantId"], "m-a", "{t}");
-    assert_eq!(t["status"], "DRAFT");
-    assert_eq!(t["createdBy"], "merchant-m-a");
-    let id = t["id"].as_str().unwrap().to_owned();
-
-    // A sees its draft; B does not know it exists.
-    let seen = app.gql_ok(Some(&a), GET, json!({ "id": id })).await;
-    assert_eq!(seen["template"]["merchantId"], "m-a");
-    assert!(names(&app.gql_ok(Some(&a), NAMES, json!({})).await).contains(&"a_draft".into()));
-    assert!(!names(&app.gql_ok(Some(&b), NAMES, json!({})).await).contains(&"a_draft".into()));
-    let (code, _) = app.gql_err(Some(&b), GET, json!({ "id": id })).await;
-    assert_eq!(code, "NOT_FOUND");
-    let (code, _) = app.gql_err(Some(&b), UPDATE, json!({ "id": id })).await;
-    assert_eq!(code, "NOT_FOUND");
-    let (code, _) = app.gql_err(Some(&b), DELETE, json!({ "id": id })).await;
-    assert_eq!(code, "NOT_FOUND");
-    let (code, _) = app
-        .gql_err(
-            Some(&b),
-            SET_STATUS,
-            json!({ "id": id, "status": "ACTIVE" }),
+    assert_eq!(
+        (&ta["merchantId"], &ta["createdBy"]),
+        (&json!("m-a"), &json!("merchant-m-a"))
+    );
+    let tb = b
+        .create_template(
+            json!({ "name": "b_draft", "type": "TEXT", "body": "B only", "status": "DRAFT" }),
         )
         .await;
-    assert_eq!(code, "NOT_FOUND");
+    assert_eq!(
+        (&tb["merchantId"], &tb["createdBy"]),
+        (&json!("m-b"), &json!("merchant-m-b"))
+    );
+    let (ida, idb) = (id_of(&ta), id_of(&tb));
 
-    // A activates it: B may read it but not change it.
-    let data = app
-        .gql_ok(
-            Some(&a),
-            SET_STATUS,
-            json!({ "id": id, "status": "ACTIVE" }),
+    assert_draft_hidden(&a, &b, &ida, "a_draft").await;
+    assert_draft_hidden(&b, &a, &idb, "b_draft").await;
+
+    // Activated, each is readable by the other and still writable only by its owner.
+    for (owner, id) in [(&a, &ida), (&b, &idb)] {
+        let vars = json!({ "id": id, "status": "ACTIVE" });
+        owner.gql_ok(docs::SET_TEMPLATE_STATUS, vars).await;
+    }
+    assert_active_read_only(&a, &b, &ida, "a_draft").await;
+    assert_active_read_only(&b, &a, &idb, "b_draft").await;
+    for (owner, id) in [(&a, &ida), (&b, &idb)] {
+        let vars = json!({ "id": id, "body": "changed" });
+        let data = owner.gql_ok(docs::UPDATE_TEMPLATE_BODY, vars).await;
+        assert_eq!(data["updateTemplate"]["version"], 2);
+    }
+
+    // Neither creates for the other, and the refused create leaves nothing behind.
+    for (m, other) in [(&a, "m-b"), (&b, "m-a")] {
+        let input = json!({ "input": { "name": "for_other", "type": "TEXT", "body": "x", "merchantId": other } });
+        assert_eq!(m.gql_code(docs::CREATE_TEMPLATE, input).await, "FORBIDDEN");
+    }
+    let all = app.as_admin().template_names().await;
+    assert!(!all.contains(&"for_other".to_owned()), "{all:?}");
+    let mine = a
+        .create_template(
+            json!({ "name": "for_a", "type": "TEXT", "body": "x", "merchantId": "m-a" }),
         )
         .await;
-    assert_eq!(data["setTemplateStatus"]["status"], "ACTIVE");
-    let seen = app.gql_ok(Some(&b), GET, json!({ "id": id })).await;
-    assert_eq!(seen["template"]["name"], "a_draft");
-    assert!(names(&app.gql_ok(Some(&b), NAMES, json!({})).await).contains(&"a_draft".into()));
+    assert_eq!(mine["merchantId"], "m-a");
 
-    let (code, _) = app.gql_err(Some(&b), UPDATE, json!({ "id": id })).await;
-    assert_eq!(code, "FORBIDDEN");
-    let (code, _) = app.gql_err(Some(&b), DELETE, json!({ "id": id })).await;
-    assert_eq!(code, "FORBIDDEN");
-    let (code, _) = app
-        .gql_err(
-            Some(&b),
-            SET_STATUS,
-            json!({ "id": id, "status": "ARCHIVED" }),
+    // Each deletes its own.
+    for (owner, other, id) in [(&a, &b, &ida), (&b, &a, &idb)] {
+        let data = owner
+            .gql_ok(docs::DELETE_TEMPLATE, json!({ "id": id }))
+            .await;
+        assert_eq!(data["deleteTemplate"]["id"], id.as_str());
+        assert_eq!(other.template(id).await.unwrap_err(), "NOT_FOUND");
+    }
+}
+
+async fn platform_templates_are_read_only_for_merchants(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let admin = app.as_admin();
+    let platform = admin.text_template("platform_draft", "DRAFT").await;
+    let welcome = admin
+        .gql_ok(docs::TEMPLATE_BY_NAME, json!({ "name": "welcome" }))
+        .await["template"]
+        .clone();
+    assert!(welcome["merchantId"].is_null(), "{welcome}");
+    let welcome_id = id_of(&welcome);
+
+    for m in ["m-a", "m-b"] {
+        let m = app.as_merchant(m);
+        assert_eq!(m.template(&welcome_id).await.unwrap(), welcome);
+        assert_eq!(m.template(&platform).await.unwrap_err(), "NOT_FOUND");
+        for (doc, vars) in [
+            (
+                docs::UPDATE_TEMPLATE_BODY,
+                json!({ "id": welcome_id, "body": "hijacked" }),
+            ),
+            (
+                docs::SET_TEMPLATE_STATUS,
+                json!({ "id": welcome_id, "status": "ARCHIVED" }),
+            ),
+            (
+                docs::SET_TEMPLATE_STATUS,
+                json!({ "id": welcome_id, "status": "DRAFT" }),
+            ),
+            (docs::DELETE_TEMPLATE, json!({ "id": welcome_id })),
+        ] {
+            assert_eq!(m.gql_code(doc, vars).await, "FORBIDDEN", "{doc}");
+        }
+        let path = format!("/api/templates/{welcome_id}");
+        for (method, body) in [
+            (Method::PUT, Some(json!({ "body": "hijacked" }))),
+            (Method::PUT, Some(json!({ "status": "archived" }))),
+            (Method::DELETE, None),
+        ] {
+            let (status, res) = m.rest(method.clone(), &path, body).await;
+            assert_eq!(status, StatusCode::FORBIDDEN, "{method}: {res}");
+            assert_eq!(res["code"], "FORBIDDEN", "{method}: {res}");
+        }
+    }
+    assert_eq!(
+        admin.template(&welcome_id).await.unwrap(),
+        welcome,
+        "welcome changed"
+    );
+    let data = admin
+        .gql_ok(docs::TEMPLATE_VERSIONS, json!({ "id": welcome_id }))
+        .await;
+    assert_eq!(
+        data["templateVersions"],
+        json!([]),
+        "no version was written"
+    );
+}
+
+/// DEPENDS-ON-MAIN: names are unique per merchant; platform names are their own namespace.
+async fn template_names_are_per_merchant(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let (a, b) = (app.as_merchant("m-a"), app.as_merchant("m-b"));
+    // B's choice of name is not blocked by (and so does not reveal) A's private draft.
+    let pa = a.text_template("promo", "DRAFT").await;
+    let pb = b.text_template("promo", "DRAFT").await;
+    assert_ne!(pa, pb);
+    for (m, own, merchant) in [(&a, &pa, "m-a"), (&b, &pb, "m-b")] {
+        let data = m
+            .gql_ok(docs::TEMPLATE_BY_NAME, json!({ "name": "promo" }))
+            .await;
+        assert_eq!(data["template"]["id"], own.as_str());
+        assert_eq!(data["template"]["merchantId"], merchant);
+        // Still unique within one merchant.
+        let input = json!({ "input": { "name": "promo", "type": "TEXT", "body": "again" } });
+        assert_eq!(m.gql_code(docs::CREATE_TEMPLATE, input).await, "CONFLICT");
+    }
+    // A merchant may reuse a platform name; the platform template is untouched.
+    let mine = a
+        .create_template(
+            json!({ "name": "welcome", "type": "TEXT", "body": "mine", "status": "DRAFT" }),
         )
         .await;
-    assert_eq!(code, "FORBIDDEN");
-    let (status, body) = app
-        .rest(
-            Method::PUT,
-            &format!("/api/templates/{id}"),
-            Some(&b),
-            Some(json!({ "body": "hijacked" })),
-        )
-        .await;
-    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
-    assert_eq!(body["success"], false);
-    assert_eq!(body["code"], "FORBIDDEN");
+    assert_eq!(mine["merchantId"], "m-a");
+    let admin = app.as_admin();
+    let input = json!({ "input": { "name": "welcome", "type": "TEXT", "body": "dup" } });
+    assert_eq!(
+        admin.gql_code(docs::CREATE_TEMPLATE, input).await,
+        "CONFLICT"
+    );
+    let names = admin.template_names().await;
+    assert_eq!(
+        names.iter().filter(|n| *n == "promo").count(),
+        2,
+        "{names:?}"
+    );
+    assert_eq!(
+        names.iter().filter(|n| *n == "welcome").count(),
+        2,
+        "{names:?}"
+    );
+}
 
-    // B's attempts changed nothing.
-    let seen = app.gql_ok(Some(&a), GET, json!({ "id": id })).await;
-    assert_eq!(seen["template"]["body"], "A only");
-    assert_eq!(seen["template"]["status"], "ACTIVE");
+/// DEPENDS-ON-MAIN: history is for callers who may write the template.
+async fn template_versions_need_write_access(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let a = app.as_merchant("m-a");
+    let id = a.text_template("history", "ACTIVE").await;
+    let vars = json!({ "id": id, "body": "second" });
+    a.gql_ok(docs::UPDATE_TEMPLATE_BODY, vars).await;
+    let versions = json!({ "id": id });
 
-    // A may still change its own template.
-    let data = app.gql_ok(Some(&a), UPDATE, json!({ "id": id })).await;
-    assert_eq!(data["updateTemplate"]["body"], "changed");
-    assert_eq!(data["updateTemplate"]["version"], 2);
+    for writer in [&a, &app.as_admin(), &app.as_service()] {
+        let data = writer
+            .gql_ok(docs::TEMPLATE_VERSIONS, versions.clone())
+            .await;
+        let history = data["templateVersions"].as_array().unwrap();
+        assert_eq!(history.len(), 1, "{data}");
+        assert_eq!(
+            history[0]["content"]["content"]["body"], "history body",
+            "{data}"
+        );
+    }
+    // B and anonymous callers may read the ACTIVE template, not its history.
+    let (b, anon) = (app.as_merchant("m-b"), app.anonymous());
+    for (reader, refusals) in [
+        (&b, &["NOT_FOUND", "FORBIDDEN"][..]),
+        (&anon, &["NOT_FOUND", "FORBIDDEN", "UNAUTHENTICATED"][..]),
+    ] {
+        assert_eq!(reader.template(&id).await.unwrap()["body"], "second");
+        let (code, body) = reader
+            .gql_err(docs::TEMPLATE_VERSIONS, versions.clone())
+            .await;
+        assert!(refusals.contains(&code.as_str()), "{body:#}");
+        assert!(body["data"].is_null(), "{body:#}");
+    }
+    // Nor the history of a platform template.
+    let welcome = a
+        .gql_ok(docs::TEMPLATE_BY_NAME, json!({ "name": "welcome" }))
+        .await;
+    let vars = json!({ "id": welcome["template"]["id"] });
+    let code = a.gql_code(docs::TEMPLATE_VERSIONS, vars).await;
+    assert!(matches!(code.as_str(), "NOT_FOUND" | "FORBIDDEN"), "{code}");
+}
 
-    // A merchant cannot create for another merchant, but may name itself.
-    let (code, body) = app
-        .gql_err(
-            Some(&a),
-            CREATE,
-            json!({ "input": { "name": "for_b", "type": "TEXT", "body": "x", "merchantId": "m-b" } }),
-        )
-        .await;
-    assert_eq!(code, "FORBIDDEN", "{body:#}");
-    let (code, _) = app
-        .gql_err(Some(&a), r#"{ template(name: "for_b") { id } }"#, json!({}))
-        .await;
-    assert_eq!(code, "NOT_FOUND", "the refused create left nothing behind");
-    let data = app
-        .gql_ok(
-            Some(&a),
-            CREATE,
-            json!({ "input": { "name": "for_a", "type": "TEXT", "body": "x", "merchantId": "m-a" } }),
-        )
-        .await;
-    assert_eq!(data["createTemplate"]["merchantId"], "m-a");
+/// A refusal of another merchant's media: FORBIDDEN, or NOT_FOUND where it is not even visible.
+fn refused(code: &str) -> bool {
+    matches!(code, "FORBIDDEN" | "NOT_FOUND")
+}
 
-    // A merchant cannot touch platform templates.
-    let welcome = app
-        .gql_ok(
-            Some(&a),
-            r#"{ template(name: "welcome") { id merchantId } }"#,
-            json!({}),
-        )
-        .await;
-    assert!(welcome["template"]["merchantId"].is_null());
-    let (code, _) = app
-        .gql_err(Some(&a), DELETE, json!({ "id": welcome["template"]["id"] }))
-        .await;
-    assert_eq!(code, "FORBIDDEN");
+async fn merchant_media_isolation(db: Db) {
+    let app = TestApp::spawn_with(db, |c| c.run_workers = false).await;
+    let (a, b) = (app.as_merchant("m-a"), app.as_merchant("m-b"));
+    let ma = id_of(&a.upload(&tiny_png(1), None).await);
+    let mb = id_of(&b.upload(&tiny_png(2), None).await);
+    for (owner, id, product) in [(&a, &ma, "p-a"), (&b, &mb, "p-b")] {
+        let vars = json!({ "product": product, "media": id });
+        owner.gql_ok(docs::ATTACH_MEDIA, vars).await;
+    }
 
-    // A deletes its own.
-    let data = app.gql_ok(Some(&a), DELETE, json!({ "id": id })).await;
-    assert_eq!(data["deleteTemplate"]["id"], id.as_str());
+    for (other, id, product) in [(&b, &ma, "p-a"), (&a, &mb, "p-b")] {
+        for (doc, vars) in [
+            (docs::DELETE_MEDIA, json!({ "id": id })),
+            (
+                docs::ATTACH_MEDIA,
+                json!({ "product": "p-stolen", "media": id }),
+            ),
+            (
+                docs::DETACH_MEDIA,
+                json!({ "product": product, "media": id }),
+            ),
+            (
+                docs::REORDER_MEDIA,
+                json!({ "product": product, "ids": [id] }),
+            ),
+        ] {
+            let (code, body) = other.gql_err(doc, vars).await;
+            assert!(refused(&code), "{doc}: {body:#}");
+        }
+        let (status, body) = other
+            .rest(Method::DELETE, &format!("/api/media/{id}"), None)
+            .await;
+        assert!(matches!(status.as_u16(), 403 | 404), "{status}: {body}");
+        assert!(refused(body["code"].as_str().unwrap_or_default()), "{body}");
+    }
+
+    // Nothing changed: both rows, both attachments, nothing on the stolen product.
+    let admin = app.as_admin();
+    let all = admin.gql_ok(docs::MEDIA_LIST, json!({})).await;
+    assert_eq!(all["mediaList"]["totalCount"], 2, "{all}");
+    // A product is (merchant, productId): admin names the merchant.
+    let none = String::new();
+    for (product, merchant, id) in [
+        ("p-a", "m-a", &ma),
+        ("p-b", "m-b", &mb),
+        ("p-stolen", "m-a", &none),
+        ("p-stolen", "m-b", &none),
+    ] {
+        let data = admin
+            .gql_ok(
+                docs::PRODUCT_MEDIA,
+                json!({ "product": product, "merchantId": merchant }),
+            )
+            .await;
+        let want = if id.is_empty() {
+            json!([])
+        } else {
+            json!([{ "mediaId": id, "position": 0 }])
+        };
+        assert_eq!(data["productMedia"], want, "{product}");
+    }
+
+    // Each owner still manages its own.
+    for (owner, id, product) in [(&a, &ma, "p-a"), (&b, &mb, "p-b")] {
+        let vars = json!({ "product": product, "media": id });
+        assert_eq!(
+            owner.gql_ok(docs::DETACH_MEDIA, vars).await["detachMediaFromProduct"],
+            true
+        );
+        let data = owner.gql_ok(docs::DELETE_MEDIA, json!({ "id": id })).await;
+        assert_eq!(data["deleteMedia"], true);
+    }
+    let all = admin.gql_ok(docs::MEDIA_LIST, json!({})).await;
+    assert_eq!(all["mediaList"]["totalCount"], 0, "{all}");
 }
 
 async fn admin_and_service_can_write(db: Db) {
     let app = TestApp::spawn(db).await;
-    let service = app.token(Role::Service, None);
-    let merchant = app.merchant("m-1");
+    let (admin, service) = (app.as_admin(), app.as_service());
 
     // A merchant's draft can be managed by admin and service.
-    let id = create(
-        &app,
-        &merchant,
-        json!({ "name": "m_tpl", "type": "TEXT", "body": "b", "status": "DRAFT" }),
-    )
-    .await;
-    let data = app
-        .gql_ok(Some(&app.admin), UPDATE, json!({ "id": id }))
-        .await;
+    let id = app.as_merchant("m-1").text_template("m_tpl", "DRAFT").await;
+    let vars = json!({ "id": id, "body": "changed" });
+    let data = admin.gql_ok(docs::UPDATE_TEMPLATE_BODY, vars).await;
     assert_eq!(data["updateTemplate"]["version"], 2);
-    let data = app
-        .gql_ok(
-            Some(&service),
-            SET_STATUS,
-            json!({ "id": id, "status": "ARCHIVED" }),
-        )
-        .await;
+    let vars = json!({ "id": id, "status": "ARCHIVED" });
+    let data = service.gql_ok(docs::SET_TEMPLATE_STATUS, vars).await;
     assert_eq!(data["setTemplateStatus"]["status"], "ARCHIVED");
 
     // Admin and service create platform or merchant templates.
-    let data = app
-        .gql_ok(
-            Some(&service),
-            CREATE,
-            json!({ "input": { "name": "svc_tpl", "type": "TEXT", "body": "s", "merchantId": "m-9" } }),
+    let t = service
+        .create_template(
+            json!({ "name": "svc_tpl", "type": "TEXT", "body": "s", "merchantId": "m-9" }),
         )
         .await;
-    assert_eq!(data["createTemplate"]["merchantId"], "m-9");
-    assert_eq!(data["createTemplate"]["createdBy"], "service-x");
-    let data = app
-        .gql_ok(
-            Some(&app.admin),
-            CREATE,
-            json!({ "input": { "name": "adm_tpl", "type": "TEXT", "body": "a" } }),
-        )
+    assert_eq!(
+        (&t["merchantId"], &t["createdBy"]),
+        (&json!("m-9"), &json!("service-x"))
+    );
+    let t = admin
+        .create_template(json!({ "name": "adm_tpl", "type": "TEXT", "body": "a" }))
         .await;
-    assert!(data["createTemplate"]["merchantId"].is_null());
-    assert_eq!(data["createTemplate"]["createdBy"], "admin-1");
+    assert!(t["merchantId"].is_null(), "{t}");
+    assert_eq!(t["createdBy"], "admin-1");
 
-    let data = app
-        .gql_ok(Some(&service), DELETE, json!({ "id": id }))
+    let data = service
+        .gql_ok(docs::DELETE_TEMPLATE, json!({ "id": id }))
         .await;
     assert_eq!(data["deleteTemplate"]["id"], id.as_str());
-    let (code, _) = app
-        .gql_err(Some(&app.admin), GET, json!({ "id": id }))
-        .await;
-    assert_eq!(code, "NOT_FOUND");
+    assert_eq!(admin.template(&id).await.unwrap_err(), "NOT_FOUND");
 }
 
 async fn audit_logs_are_admin_only(db: Db) {
     let app = TestApp::spawn(db).await;
-    const AUDIT: &str = "{ auditLogs { totalCount } }";
     let (code, body) = app
-        .gql_err(Some(&app.merchant("m-1")), AUDIT, json!({}))
+        .as_merchant("m-1")
+        .gql_err(docs::AUDIT_COUNT, json!({}))
         .await;
     assert_eq!(code, "FORBIDDEN", "{body:#}");
-    let (code, _) = app
-        .gql_err(Some(&app.token(Role::Service, None)), AUDIT, json!({}))
-        .await;
-    assert_eq!(code, "FORBIDDEN");
-    let (code, _) = app.gql_err(None, AUDIT, json!({})).await;
-    assert_eq!(code, "UNAUTHENTICATED");
+    assert_eq!(
+        app.as_service()
+            .gql_code(docs::AUDIT_COUNT, json!({}))
+            .await,
+        "FORBIDDEN"
+    );
+    assert_eq!(
+        app.anonymous().gql_code(docs::AUDIT_COUNT, json!({})).await,
+        "UNAUTHENTICATED"
+    );
     // The seed wrote four audit rows.
-    let data = app.gql_ok(Some(&app.admin), AUDIT, json!({})).await;
+    let data = app.as_admin().gql_ok(docs::AUDIT_COUNT, json!({})).await;
     assert_eq!(data["auditLogs"]["totalCount"], 4);
+}
+
+/// DEPENDS-ON-MAIN: merchants list only their own media; anonymous callers none.
+async fn media_list_is_scoped(db: Db) {
+    let app = TestApp::spawn_with(db, |c| c.run_workers = false).await;
+    let (a, b) = (app.as_merchant("m-a"), app.as_merchant("m-b"));
+    let ma = id_of(&a.upload(&tiny_png(1), None).await);
+    let mb = id_of(&b.upload(&tiny_png(2), None).await);
+    let all = app.as_admin().gql_ok(docs::MEDIA_LIST, json!({})).await;
+    assert_eq!(all["mediaList"]["totalCount"], 2, "{all}");
+    for (m, own) in [(&a, &ma), (&b, &mb)] {
+        let data = m.gql_ok(docs::MEDIA_LIST, json!({})).await;
+        assert_eq!(data["mediaList"]["totalCount"], 1, "{data}");
+        assert_eq!(data["mediaList"]["nodes"][0]["id"], own.as_str(), "{data}");
+    }
+    let (code, body) = app.anonymous().gql_err(docs::MEDIA_LIST, json!({})).await;
+    assert_eq!(code, "UNAUTHENTICATED", "{body:#}");
+    assert!(body["data"].is_null(), "{body:#}");
 }
 
 both_dbs!(
     anonymous_cannot_write_or_see_drafts,
     merchant_isolation,
+    platform_templates_are_read_only_for_merchants,
+    template_names_are_per_merchant,
+    template_versions_need_write_access,
+    merchant_media_isolation,
+    media_list_is_scoped,
     admin_and_service_can_write,
     audit_logs_are_admin_only,
 );

@@ -124,11 +124,5 @@ async fn explorers_are_self_contained() {
         let res = app.client.get(app.url(missing)).send().await.unwrap();
         assert_eq!(res.status(), StatusCode::NOT_FOUND, "{missing}");
     }
-    let res = app
-        .client
-        .get(app.url("/explorer/assets/../../Cargo.toml"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    // Hostile paths: traversal.rs, over a raw socket.
 }

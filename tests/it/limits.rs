@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use reqwest::{Method, StatusCode, header};
 use serde_json::{Value, json};
-use smartbot::config::RateLimit;
+use smartbot::{Config, config::RateLimit};
 
 use crate::common::{Db, TestApp};
 
@@ -100,13 +100,45 @@ async fn graphql_rate_limit() {
     assert_eq!(res.status(), StatusCode::OK);
 }
 
+/// How many of `n` GraphQL requests were refused with 429.
+async fn limited_of(app: &TestApp, n: u32) -> u32 {
+    let mut limited = 0;
+    for i in 0..n {
+        let (status, body) = app.gql(None, "{ version }", json!({})).await;
+        match status {
+            StatusCode::OK => assert_eq!(body["data"]["version"], env!("CARGO_PKG_VERSION")),
+            StatusCode::TOO_MANY_REQUESTS => limited += 1,
+            other => panic!("request {i}: {other} {body}"),
+        }
+    }
+    limited
+}
+
 #[tokio::test]
 async fn no_rate_limit_when_off() {
-    let app = TestApp::spawn(Db::Sqlite).await;
-    for _ in 0..20 {
-        let (status, _) = app.gql(None, "{ version }", json!({})).await;
-        assert_eq!(status, StatusCode::OK);
-    }
+    let default = Config::embedded("unused")
+        .rate_limit
+        .expect("on by default");
+    let n = default.max + 50;
+    // Control: with the default allowance on (over a day, so nothing refills meanwhile), n
+    // requests do run into it.
+    let on = TestApp::spawn_with(Db::Sqlite, |c| {
+        c.rate_limit = Some(RateLimit {
+            max: default.max,
+            window: Duration::from_secs(86_400),
+        })
+    })
+    .await;
+    assert_eq!(
+        limited_of(&on, n).await,
+        50,
+        "the default limit is {}",
+        default.max
+    );
+    // Off (the harness default): all n pass.
+    let off = TestApp::spawn(Db::Sqlite).await;
+    assert_eq!(off.server.state.config.rate_limit, None);
+    assert_eq!(limited_of(&off, n).await, 0);
 }
 
 #[tokio::test]
@@ -267,20 +299,25 @@ async fn every_response_has_a_request_id() {
     })
     .await;
     let mut ids = Vec::new();
+    // One request allowed per minute; /health, /ready and the explorer are exempt.
     let requests = [
-        app.client.get(app.url("/health")),
-        app.client.get(app.url("/api/templates")),
+        (app.client.get(app.url("/health")), 200),
+        (app.client.get(app.url("/api/templates")), 200),
         // Rate limited from here on.
-        app.client.get(app.url("/api/templates")),
-        app.client
-            .post(app.url("/graphql"))
-            .json(&json!({ "query": "{ version }" })),
-        app.client.get(app.url("/ready")),
-        app.client.get(app.url("/no/such/route")),
-        app.client.get(app.url("/explorer/assets/nope.js")),
+        (app.client.get(app.url("/api/templates")), 429),
+        (
+            app.client
+                .post(app.url("/graphql"))
+                .json(&json!({ "query": "{ version }" })),
+            429,
+        ),
+        (app.client.get(app.url("/ready")), 200),
+        (app.client.get(app.url("/no/such/route")), 429),
+        (app.client.get(app.url("/explorer/assets/nope.js")), 404),
     ];
-    for req in requests {
+    for (req, expected) in requests {
         let res = req.send().await.unwrap();
+        assert_eq!(res.status().as_u16(), expected, "{}", res.url());
         let id = res
             .headers()
             .get("x-request-id")
@@ -289,6 +326,14 @@ async fn every_response_has_a_request_id() {
             .unwrap()
             .to_owned();
         assert!(!id.is_empty());
+        if expected == 429 {
+            assert!(retry_after(&res) >= 1, "{}", res.url());
+            let body: Value = res.json().await.unwrap();
+            let code = body["code"]
+                .as_str()
+                .or(body["errors"][0]["extensions"]["code"].as_str());
+            assert_eq!(code, Some("RATE_LIMITED"), "{body}");
+        }
         ids.push(id);
     }
     let unique: std::collections::BTreeSet<_> = ids.iter().collect();

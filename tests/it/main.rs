@@ -3,6 +3,8 @@
 mod access;
 mod common;
 mod explorer;
+mod fuzz;
+mod hardening;
 mod limits;
 mod media;
 mod pagination;
@@ -12,5 +14,7 @@ mod queue_api;
 mod rest;
 mod schema;
 mod templates;
+mod traversal;
 mod validation;
 mod ws;
+mod ws_rules;

@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 
 use crate::{
     both_dbs,
-    common::{Db, TestApp},
+    common::{Db, TestApp, docs},
 };
 
 const PAGE: &str = r#"query($search: String, $type: TemplateType, $status: TemplateStatus, $first: Int, $after: String) {
@@ -43,12 +43,7 @@ async fn templates_pages_and_filters(db: Db) {
         if kind == "BUTTONS" {
             input["buttons"] = json!([{ "id": "ok", "title": "OK" }]);
         }
-        app.gql_ok(
-            admin,
-            "mutation($input: CreateTemplateInput!) { createTemplate(input: $input) { id } }",
-            json!({ "input": input }),
-        )
-        .await;
+        app.as_admin().create_template(input).await;
     }
 
     // Walk the pages of two.
@@ -178,22 +173,11 @@ async fn audit_log_pages(db: Db) {
     // 4 seeded creates + 3 creates + 2 updates = 9 rows.
     let mut ids = Vec::new();
     for name in ["a1", "a2", "a3"] {
-        let data = app
-            .gql_ok(
-                admin,
-                r#"mutation($n: String!) { createTemplate(input: { name: $n, type: TEXT, body: "x" }) { id } }"#,
-                json!({ "n": name }),
-            )
-            .await;
-        ids.push(data["createTemplate"]["id"].as_str().unwrap().to_owned());
+        ids.push(app.as_admin().text_template(name, "ACTIVE").await);
     }
     for id in &ids[..2] {
-        app.gql_ok(
-            admin,
-            r#"mutation($id: ID!) { updateTemplate(id: $id, input: { body: "y" }) { id } }"#,
-            json!({ "id": id }),
-        )
-        .await;
+        let vars = json!({ "id": id, "body": "y" });
+        app.gql_ok(admin, docs::UPDATE_TEMPLATE_BODY, vars).await;
     }
 
     let all = app.gql_ok(admin, AUDIT, json!({ "first": 100 })).await;

@@ -437,9 +437,10 @@ async fn rest_and_graphql_agree(db: Db) {
         )
         .await;
     assert_eq!(status, StatusCode::OK);
+    // The history is for writers: read it as the admin that wrote it.
     let data = app
         .gql_ok(
-            None,
+            admin,
             r#"query($id: ID!) { template(id: $id) { body version } templateVersions(templateId: $id) { version content } }"#,
             json!({ "id": gql_id }),
         )

@@ -6,11 +6,10 @@ use serde_json::{Value, json};
 
 use crate::{
     both_dbs,
-    common::{Db, TestApp},
+    common::{Db, TestApp, docs},
 };
 
-const CREATE: &str =
-    r#"mutation($input: CreateTemplateInput!) { createTemplate(input: $input) { id } }"#;
+const CREATE: &str = docs::CREATE_TEMPLATE;
 
 fn buttons(titles: &[&str]) -> Value {
     Value::Array(
@@ -126,9 +125,7 @@ fn rest_body(name: &str, content: &Value) -> Value {
 }
 
 async fn count(app: &TestApp) -> u64 {
-    let data = app
-        .gql_ok(Some(&app.admin), "{ templates { totalCount } }", json!({}))
-        .await;
+    let data = app.as_admin().gql_ok(docs::TEMPLATE_COUNT, json!({})).await;
     data["templates"]["totalCount"].as_u64().unwrap()
 }
 
@@ -302,27 +299,36 @@ async fn bad_ids_and_page_sizes(db: Db) {
         assert_eq!(body["field"], "id", "{body}");
     }
 
-    for first in [0, -1, 101] {
-        let (code, body) = app
-            .gql_err(
-                admin,
-                "query($first: Int) { templates(first: $first) { totalCount } }",
-                json!({ "first": first }),
-            )
-            .await;
-        assert_eq!(code, "VALIDATION", "first: {first}: {body:#}");
-        assert_eq!(body["errors"][0]["extensions"]["field"], "first");
+    // Page sizes run from 1 to 100 inclusive, for every connection.
+    for (field, doc) in [
+        (
+            "templates",
+            "query($first: Int) { templates(first: $first) { totalCount edges { cursor } } }",
+        ),
+        (
+            "auditLogs",
+            "query($first: Int) { auditLogs(first: $first) { totalCount edges { cursor } } }",
+        ),
+    ] {
+        for first in [0, -1, 101] {
+            let (code, body) = app.gql_err(admin, doc, json!({ "first": first })).await;
+            assert_eq!(code, "VALIDATION", "{field}(first: {first}): {body:#}");
+            assert_eq!(
+                body["errors"][0]["extensions"]["field"], "first",
+                "{body:#}"
+            );
+        }
+        // Four seeded rows of each.
+        for (first, edges) in [(1, 1), (100, 4)] {
+            let data = app.gql_ok(admin, doc, json!({ "first": first })).await;
+            assert_eq!(
+                data[field]["totalCount"], 4,
+                "{field}(first: {first}): {data}"
+            );
+            let got = data[field]["edges"].as_array().unwrap().len();
+            assert_eq!(got, edges, "{field}(first: {first}): {data}");
+        }
     }
-    let (code, body) = app
-        .gql_err(admin, "{ auditLogs(first: 0) { totalCount } }", json!({}))
-        .await;
-    assert_eq!(code, "VALIDATION");
-    assert_eq!(body["errors"][0]["extensions"]["field"], "first");
-    // The bounds are inclusive.
-    let data = app
-        .gql_ok(admin, "{ templates(first: 100) { totalCount } }", json!({}))
-        .await;
-    assert_eq!(data["templates"]["totalCount"], 4);
 }
 
 both_dbs!(

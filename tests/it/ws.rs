@@ -13,13 +13,13 @@ use tokio_tungstenite::{
 
 use crate::common::{Db, TestApp};
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+pub(crate) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-const TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const TIMEOUT: Duration = Duration::from_secs(5);
 const PATHS: [&str; 2] = ["/graphql/ws", "/graphql"];
 const HEARTBEAT: &str = "subscription { heartbeat(intervalMs: 100) }";
 
-fn request(
+pub(crate) fn request(
     app: &TestApp,
     path: &str,
     protocol: &str,
@@ -39,7 +39,7 @@ fn request(
     req
 }
 
-async fn connect(app: &TestApp, path: &str, protocol: &str) -> Ws {
+pub(crate) async fn connect(app: &TestApp, path: &str, protocol: &str) -> Ws {
     let (ws, res) =
         tokio::time::timeout(TIMEOUT, connect_async(request(app, path, protocol, None)))
             .await
@@ -56,7 +56,7 @@ async fn connect(app: &TestApp, path: &str, protocol: &str) -> Ws {
     ws
 }
 
-async fn send(ws: &mut Ws, msg: Value) {
+pub(crate) async fn send(ws: &mut Ws, msg: Value) {
     tokio::time::timeout(TIMEOUT, ws.send(Message::text(msg.to_string())))
         .await
         .expect("send timed out")
@@ -65,13 +65,13 @@ async fn send(ws: &mut Ws, msg: Value) {
 
 /// What the server sent next: a JSON text message, or the close code.
 #[derive(Debug)]
-enum Got {
+pub(crate) enum Got {
     Json(Value),
     Close(Option<u16>),
     Ended,
 }
 
-async fn next_within(ws: &mut Ws, within: Duration) -> Option<Got> {
+pub(crate) async fn next_within(ws: &mut Ws, within: Duration) -> Option<Got> {
     loop {
         let msg = match tokio::time::timeout(within, ws.next()).await {
             Err(_) => return None,
@@ -95,7 +95,7 @@ async fn next_within(ws: &mut Ws, within: Duration) -> Option<Got> {
     }
 }
 
-async fn recv(ws: &mut Ws) -> Value {
+pub(crate) async fn recv(ws: &mut Ws) -> Value {
     match next_within(ws, TIMEOUT).await {
         Some(Got::Json(v)) => v,
         None => panic!("no message within {TIMEOUT:?}"),
@@ -113,7 +113,7 @@ async fn recv_skipping(ws: &mut Ws, id: &str) -> Value {
     }
 }
 
-async fn expect_close(ws: &mut Ws, code: u16) {
+pub(crate) async fn expect_close(ws: &mut Ws, code: u16) {
     match next_within(ws, TIMEOUT).await {
         Some(Got::Close(got)) => assert_eq!(got, Some(code)),
         other => panic!("expected close {code}, got {other:?}"),

@@ -1,0 +1,176 @@
+//! The event bus: one trait, two backends, picked once at start-up.
+//!
+//! * [`LocalBus`]: a tokio broadcast channel, for one process (the embedded default).
+//! * [`RedisBus`]: Redis pub/sub between instances. An event is published only to Redis, and
+//!   every instance (the publisher included) receives it once from its own subscriber connection
+//!   and hands it to its local broadcast: each subscriber on each instance sees it exactly once.
+//!
+//! The bus is the live path only. The history in the database is the durable one: an event is
+//! stored before it is published, and a subscriber that missed something (a lag, a reconnect, a
+//! Redis outage) resumes from the history with `after`.
+//!
+//! The broadcast channel's capacity is each subscriber's bounded buffer: a consumer that falls
+//! that far behind is told it lagged (and resumes), so memory never grows with a slow client.
+
+use std::sync::Arc;
+
+use fred::{
+    clients::{Client, SubscriberClient},
+    interfaces::{ClientLike, EventInterface, PubsubInterface},
+    prelude::{Builder, Config as RedisConfig, ReconnectPolicy},
+};
+use tokio::sync::broadcast;
+
+use super::Event;
+use crate::error::{Error, Result};
+
+#[async_trait::async_trait]
+pub trait EventBus: Send + Sync {
+    /// Hands a stored event to the subscribers on every instance.
+    async fn publish(&self, event: Arc<Event>) -> Result<()>;
+    /// A receiver of every event published from now on (on any instance).
+    fn subscribe(&self) -> broadcast::Receiver<Arc<Event>>;
+    /// `local` or `redis`, for /ready and the logs.
+    fn backend(&self) -> &'static str;
+}
+
+/// In-process fan-out.
+pub struct LocalBus {
+    tx: broadcast::Sender<Arc<Event>>,
+}
+
+impl LocalBus {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            tx: broadcast::channel(capacity.max(1)).0,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl EventBus for LocalBus {
+    async fn publish(&self, event: Arc<Event>) -> Result<()> {
+        // No receiver is not an error: nobody is listening right now.
+        let _ = self.tx.send(event);
+        Ok(())
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
+        self.tx.subscribe()
+    }
+
+    fn backend(&self) -> &'static str {
+        "local"
+    }
+}
+
+/// Fan-out between instances over Redis pub/sub.
+pub struct RedisBus {
+    publisher: Client,
+    _subscriber: SubscriberClient,
+    channel: String,
+    tx: broadcast::Sender<Arc<Event>>,
+}
+
+/// The JSON on the wire between instances: the envelope, with the type's seed name.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Wire {
+    id: uuid::Uuid,
+    #[serde(rename = "type")]
+    kind: super::EventType,
+    merchant_id: String,
+    occurred_at: chrono::DateTime<chrono::Utc>,
+    payload: serde_json::Value,
+}
+
+impl RedisBus {
+    pub async fn connect(url: &str, prefix: &str, capacity: usize) -> Result<Self> {
+        let config = RedisConfig::from_url(url)
+            .map_err(|e| Error::validation("REDIS_URL", format!("invalid REDIS_URL: {e}")))?;
+        let builder = {
+            let mut b = Builder::from_config(config);
+            b.with_connection_config(|c| {
+                c.connection_timeout = std::time::Duration::from_secs(5);
+            })
+            .set_policy(ReconnectPolicy::new_exponential(0, 50, 2000, 2));
+            b
+        };
+        let publisher = builder.build().map_err(redis)?;
+        let subscriber = builder.build_subscriber_client().map_err(redis)?;
+        publisher.init().await.map_err(redis)?;
+        subscriber.init().await.map_err(redis)?;
+        // Re-subscribes by itself after a reconnect.
+        let _ = subscriber.manage_subscriptions();
+        let channel = format!("{prefix}events");
+        let (tx, _) = broadcast::channel(capacity.max(1));
+        let mut messages = subscriber.message_rx();
+        let forward = tx.clone();
+        tokio::spawn(async move {
+            loop {
+                match messages.recv().await {
+                    Ok(msg) => {
+                        let Some(text) = msg.value.as_str() else {
+                            continue;
+                        };
+                        match serde_json::from_str::<Wire>(&text) {
+                            Ok(w) => {
+                                let _ = forward.send(Arc::new(Event {
+                                    id: w.id,
+                                    kind: w.kind,
+                                    merchant_id: w.merchant_id,
+                                    occurred_at: w.occurred_at,
+                                    payload: w.payload,
+                                }));
+                            }
+                            Err(e) => tracing::warn!(error = %e, "unreadable event on the bus"),
+                        }
+                    }
+                    // fred's own buffer overflowed: subscribers resume from the history.
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(missed = n, "event bus subscriber lagged");
+                    }
+                    Err(broadcast::error::RecvError::Closed) => break,
+                }
+            }
+        });
+        subscriber.subscribe(channel.as_str()).await.map_err(redis)?;
+        Ok(Self {
+            publisher,
+            _subscriber: subscriber,
+            channel,
+            tx,
+        })
+    }
+}
+
+fn redis(e: fred::error::Error) -> Error {
+    Error::Internal(format!("redis event bus: {e}"))
+}
+
+#[async_trait::async_trait]
+impl EventBus for RedisBus {
+    async fn publish(&self, event: Arc<Event>) -> Result<()> {
+        let wire = Wire {
+            id: event.id,
+            kind: event.kind,
+            merchant_id: event.merchant_id.clone(),
+            occurred_at: event.occurred_at,
+            payload: event.payload.clone(),
+        };
+        let text = serde_json::to_string(&wire).map_err(Error::internal)?;
+        let _: i64 = self
+            .publisher
+            .publish(self.channel.as_str(), text)
+            .await
+            .map_err(redis)?;
+        Ok(())
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
+        self.tx.subscribe()
+    }
+
+    fn backend(&self) -> &'static str {
+        "redis"
+    }
+}

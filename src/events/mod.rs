@@ -1,0 +1,426 @@
+//! The ten event types, their typed payloads, and the envelope every consumer sees.
+//!
+//! * [`EventType`]: the GraphQL enum (`ORDER_CREATED`, …); storage, REST and webhooks use the seed's
+//!   lowercase names (`order_created`, …).
+//! * Each type has a payload struct. [`validate_payload`] parses a JSON payload into it and names
+//!   the field that is wrong, so a bad shape is VALIDATION at emit time, never a surprise for a
+//!   subscriber. Unknown extra fields are kept: producers may say more than the minimum.
+//! * [`service`] emits (history first, then the bus), replays and pages the history; [`bus`] fans
+//!   events out to subscribers on every instance.
+
+pub mod bus;
+pub mod service;
+
+use async_graphql::{Enum, SimpleObject, Union};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::error::{Error, FieldError, Result};
+
+/// What happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Enum, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventType {
+    MessageReceived,
+    MessageSent,
+    OrderCreated,
+    OrderStatusChanged,
+    ProductUpdated,
+    PaymentReceived,
+    DeliveryStarted,
+    DeliveryCompleted,
+    BotConnected,
+    BotDisconnected,
+}
+
+impl EventType {
+    pub const ALL: [EventType; 10] = [
+        EventType::MessageReceived,
+        EventType::MessageSent,
+        EventType::OrderCreated,
+        EventType::OrderStatusChanged,
+        EventType::ProductUpdated,
+        EventType::PaymentReceived,
+        EventType::DeliveryStarted,
+        EventType::DeliveryCompleted,
+        EventType::BotConnected,
+        EventType::BotDisconnected,
+    ];
+
+    /// The seed's name, used in storage, REST and webhooks.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::MessageReceived => "message_received",
+            EventType::MessageSent => "message_sent",
+            EventType::OrderCreated => "order_created",
+            EventType::OrderStatusChanged => "order_status_changed",
+            EventType::ProductUpdated => "product_updated",
+            EventType::PaymentReceived => "payment_received",
+            EventType::DeliveryStarted => "delivery_started",
+            EventType::DeliveryCompleted => "delivery_completed",
+            EventType::BotConnected => "bot_connected",
+            EventType::BotDisconnected => "bot_disconnected",
+        }
+    }
+}
+
+impl std::str::FromStr for EventType {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        // `order_created` (the seed's name) and `ORDER_CREATED` (the GraphQL enum) both work.
+        let lower = s.trim().to_ascii_lowercase();
+        EventType::ALL
+            .into_iter()
+            .find(|t| t.as_str() == lower)
+            .ok_or_else(|| {
+                Error::validation(
+                    "eventType",
+                    format!(
+                        "unknown event type {s:?}; expected one of: {}",
+                        EventType::ALL.map(EventType::as_str).join(", ")
+                    ),
+                )
+            })
+    }
+}
+
+/// One event as every consumer sees it. JSON (REST, webhooks) uses the seed's snake_case names.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Event {
+    /// UUIDv7: time-ordered, and the resume point for `events(after:)`.
+    pub id: Uuid,
+    #[serde(rename = "type")]
+    pub kind: EventType,
+    pub merchant_id: String,
+    pub occurred_at: DateTime<Utc>,
+    pub payload: Value,
+}
+
+/// The largest payload accepted, as JSON text.
+pub const MAX_PAYLOAD_BYTES: usize = 16 * 1024;
+/// The largest amount in minor units: what JavaScript clients read exactly (2^53 - 1).
+pub const MAX_AMOUNT: i64 = 9_007_199_254_740_991;
+
+/// `message_received`: a customer wrote to the bot.
+#[derive(Debug, Clone, Serialize, Deserialize, SimpleObject)]
+#[serde(rename_all = "camelCase")]
+pub struct MessageReceivedData {
+    pub message_id: String,
+    /// The customer's phone (E.164 digits, `+` optional).
+    pub from: String,
+    /// `text`, `button`, `list_reply`, `image`, … (the Cloud API's message type).
+    #[serde(default)]
+    pub message_type: Option<String>,
+    #[serde(default)]
+    pub text: Option<String>,
+}
+
+/// `message_sent`: the Cloud API accepted an outbound message.
+#[derive(Debug, Clone, Serialize, Deserialize, SimpleObject)]
+#[serde(rename_all = "camelCase")]
+pub struct MessageSentData {
+    pub message_id: String,
+    /// The recipient's phone.
+    pub to: String,
+    #[serde(default)]
+    pub template_id: Option<String>,
+    /// The provider's id (`wamid…`).
+    #[serde(default)]
+    pub provider_message_id: Option<String>,
+}
+
+/// `order_created`: an order was confirmed.
+#[derive(Debug, Clone, Serialize, Deserialize, SimpleObject)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderCreatedData {
+    pub order_id: String,
+    pub customer_phone: String,
+    /// In minor units (cents): never a float.
+    pub total_amount: i64,
+    /// ISO 4217, e.g. `USD`.
+    pub currency: String,
+}
+
+/// `order_status_changed`: an order moved from `oldStatus` to `newStatus`.
+#[derive(Debug, Clone, Serialize, Deserialize, SimpleObject)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderStatusChangedData {
+    pub order_id: String,
+    pub old_status: String,
+    pub new_status: String,
+}
+
+/// `product_updated`: a product or its media changed.
+#[derive(Debug, Clone, Serialize, Deserialize, SimpleObject)]
+#[serde(rename_all = "camelCase")]
+pub struct ProductUpdatedData {
+    pub product_id: String,
+    /// What changed, e.g. `media_attached`, `media_reordered`, `details`.
+    #[serde(default)]
+    pub change: Option<String>,
+}
+
+/// `payment_received`: money arrived for an order.
+#[derive(Debug, Clone, Serialize, Deserialize, SimpleObject)]
+#[serde(rename_all = "camelCase")]
+pub struct PaymentReceivedData {
+    pub order_id: String,
+    /// In minor units.
+    pub amount: i64,
+    pub currency: String,
+    pub reference: String,
+    #[serde(default)]
+    pub method: Option<String>,
+}
+
+/// `delivery_started`: the driver picked the order up.
+#[derive(Debug, Clone, Serialize, Deserialize, SimpleObject)]
+#[serde(rename_all = "camelCase")]
+pub struct DeliveryStartedData {
+    pub delivery_id: String,
+    pub order_id: String,
+    #[serde(default)]
+    pub driver: Option<String>,
+}
+
+/// `delivery_completed`: the order was delivered.
+#[derive(Debug, Clone, Serialize, Deserialize, SimpleObject)]
+#[serde(rename_all = "camelCase")]
+pub struct DeliveryCompletedData {
+    pub delivery_id: String,
+    pub order_id: String,
+}
+
+/// `bot_connected`: the merchant's bot is online.
+#[derive(Debug, Clone, Serialize, Deserialize, SimpleObject)]
+#[serde(rename_all = "camelCase")]
+pub struct BotConnectedData {
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// `bot_disconnected`: the merchant's bot went offline.
+#[derive(Debug, Clone, Serialize, Deserialize, SimpleObject)]
+#[serde(rename_all = "camelCase")]
+pub struct BotDisconnectedData {
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// The typed payload: one object type per event type, so generated clients get real types.
+#[derive(Debug, Clone, Union)]
+pub enum EventData {
+    MessageReceived(MessageReceivedData),
+    MessageSent(MessageSentData),
+    OrderCreated(OrderCreatedData),
+    OrderStatusChanged(OrderStatusChangedData),
+    ProductUpdated(ProductUpdatedData),
+    PaymentReceived(PaymentReceivedData),
+    DeliveryStarted(DeliveryStartedData),
+    DeliveryCompleted(DeliveryCompletedData),
+    BotConnected(BotConnectedData),
+    BotDisconnected(BotDisconnectedData),
+}
+
+/// Parses `payload` as `T`, naming the wrong field (`payload.orderId`).
+fn parse<T: DeserializeOwned>(payload: &Value) -> Result<T> {
+    serde_path_to_error::deserialize(payload).map_err(|e| {
+        let inner = e.inner().to_string();
+        let path = e.path().to_string();
+        // serde reports a missing field at its parent: name the field itself.
+        let missing = inner
+            .strip_prefix("missing field `")
+            .and_then(|r| r.split('`').next());
+        let field = match (missing, path.as_str()) {
+            (Some(m), ".") => format!("payload.{m}"),
+            (Some(m), p) => format!("payload.{p}.{m}"),
+            (None, ".") => "payload".to_owned(),
+            (None, p) => format!("payload.{p}"),
+        };
+        Error::validation(field, inner)
+    })
+}
+
+struct Checks(Vec<FieldError>);
+
+impl Checks {
+    fn id(&mut self, field: &str, v: &str) {
+        if v.trim().is_empty() || v.chars().count() > 128 {
+            self.bad(field, "must have 1 to 128 characters");
+        }
+    }
+    fn text(&mut self, field: &str, v: Option<&str>, max: usize) {
+        if v.is_some_and(|v| v.chars().count() > max) {
+            self.bad(field, &format!("must be at most {max} characters"));
+        }
+    }
+    fn phone(&mut self, field: &str, v: &str) {
+        let digits = v.strip_prefix('+').unwrap_or(v);
+        let ok = (7..=15).contains(&digits.len())
+            && digits.bytes().all(|b| b.is_ascii_digit())
+            && !digits.starts_with('0');
+        if !ok {
+            self.bad(field, "must be a phone number in E.164 form (7 to 15 digits)");
+        }
+    }
+    fn amount(&mut self, field: &str, v: i64) {
+        if !(0..=MAX_AMOUNT).contains(&v) {
+            self.bad(field, "must be a whole amount in minor units, from 0 to 2^53-1");
+        }
+    }
+    fn currency(&mut self, field: &str, v: &str) {
+        if v.len() != 3 || !v.bytes().all(|b| b.is_ascii_uppercase()) {
+            self.bad(field, "must be an ISO 4217 code such as USD");
+        }
+    }
+    fn bad(&mut self, field: &str, message: &str) {
+        self.0.push(FieldError {
+            field: format!("payload.{field}"),
+            message: format!("{field} {message}"),
+        });
+    }
+}
+
+/// Parses and checks a payload for `kind`: its typed form, or VALIDATION naming the field.
+pub fn validate_payload(kind: EventType, payload: &Value) -> Result<EventData> {
+    if !payload.is_object() {
+        return Err(Error::validation("payload", "payload must be a JSON object"));
+    }
+    if payload.to_string().len() > MAX_PAYLOAD_BYTES {
+        return Err(Error::validation(
+            "payload",
+            format!("payload must be at most {MAX_PAYLOAD_BYTES} bytes of JSON"),
+        ));
+    }
+    let mut c = Checks(vec![]);
+    let data = match kind {
+        EventType::MessageReceived => {
+            let d: MessageReceivedData = parse(payload)?;
+            c.id("messageId", &d.message_id);
+            c.phone("from", &d.from);
+            c.text("messageType", d.message_type.as_deref(), 32);
+            c.text("text", d.text.as_deref(), 4096);
+            EventData::MessageReceived(d)
+        }
+        EventType::MessageSent => {
+            let d: MessageSentData = parse(payload)?;
+            c.id("messageId", &d.message_id);
+            c.phone("to", &d.to);
+            c.text("templateId", d.template_id.as_deref(), 128);
+            c.text("providerMessageId", d.provider_message_id.as_deref(), 256);
+            EventData::MessageSent(d)
+        }
+        EventType::OrderCreated => {
+            let d: OrderCreatedData = parse(payload)?;
+            c.id("orderId", &d.order_id);
+            c.phone("customerPhone", &d.customer_phone);
+            c.amount("totalAmount", d.total_amount);
+            c.currency("currency", &d.currency);
+            EventData::OrderCreated(d)
+        }
+        EventType::OrderStatusChanged => {
+            let d: OrderStatusChangedData = parse(payload)?;
+            c.id("orderId", &d.order_id);
+            c.id("oldStatus", &d.old_status);
+            c.id("newStatus", &d.new_status);
+            EventData::OrderStatusChanged(d)
+        }
+        EventType::ProductUpdated => {
+            let d: ProductUpdatedData = parse(payload)?;
+            c.id("productId", &d.product_id);
+            c.text("change", d.change.as_deref(), 64);
+            EventData::ProductUpdated(d)
+        }
+        EventType::PaymentReceived => {
+            let d: PaymentReceivedData = parse(payload)?;
+            c.id("orderId", &d.order_id);
+            c.amount("amount", d.amount);
+            c.currency("currency", &d.currency);
+            c.id("reference", &d.reference);
+            c.text("method", d.method.as_deref(), 64);
+            EventData::PaymentReceived(d)
+        }
+        EventType::DeliveryStarted => {
+            let d: DeliveryStartedData = parse(payload)?;
+            c.id("deliveryId", &d.delivery_id);
+            c.id("orderId", &d.order_id);
+            c.text("driver", d.driver.as_deref(), 128);
+            EventData::DeliveryStarted(d)
+        }
+        EventType::DeliveryCompleted => {
+            let d: DeliveryCompletedData = parse(payload)?;
+            c.id("deliveryId", &d.delivery_id);
+            c.id("orderId", &d.order_id);
+            EventData::DeliveryCompleted(d)
+        }
+        EventType::BotConnected => {
+            let d: BotConnectedData = parse(payload)?;
+            c.text("reason", d.reason.as_deref(), 256);
+            EventData::BotConnected(d)
+        }
+        EventType::BotDisconnected => {
+            let d: BotDisconnectedData = parse(payload)?;
+            c.text("reason", d.reason.as_deref(), 256);
+            EventData::BotDisconnected(d)
+        }
+    };
+    if c.0.is_empty() {
+        Ok(data)
+    } else {
+        Err(Error::violations(c.0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn names_round_trip() {
+        for t in EventType::ALL {
+            assert_eq!(t.as_str().parse::<EventType>().unwrap(), t);
+            assert_eq!(
+                serde_json::to_value(t).unwrap(),
+                Value::String(t.as_str().into())
+            );
+        }
+        assert!("order_shipped".parse::<EventType>().is_err());
+    }
+
+    #[test]
+    fn payload_errors_name_their_field() {
+        let field = |t, p: Value| match validate_payload(t, &p) {
+            Err(Error::Validation { field, .. }) => field,
+            other => panic!("expected VALIDATION, got {other:?}"),
+        };
+        assert_eq!(
+            field(EventType::OrderCreated, json!({"customerPhone": "263781564004", "totalAmount": 5, "currency": "USD"})),
+            "payload.orderId"
+        );
+        assert_eq!(
+            field(EventType::OrderCreated, json!({"orderId": "o1", "customerPhone": "263781564004", "totalAmount": 1.5, "currency": "USD"})),
+            "payload.totalAmount"
+        );
+        assert_eq!(
+            field(EventType::PaymentReceived, json!({"orderId": "o1", "amount": 100, "currency": "usd", "reference": "r"})),
+            "payload.currency"
+        );
+        assert_eq!(
+            field(EventType::MessageReceived, json!({"messageId": "m", "from": "12ab"})),
+            "payload.from"
+        );
+        assert_eq!(field(EventType::BotConnected, json!([1])), "payload");
+        assert!(validate_payload(EventType::BotConnected, &json!({})).is_ok());
+        assert!(
+            validate_payload(
+                EventType::OrderStatusChanged,
+                &json!({"orderId": "o", "oldStatus": "PENDING", "newStatus": "CONFIRMED", "extra": 1})
+            )
+            .is_ok()
+        );
+    }
+}

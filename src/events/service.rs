@@ -1,0 +1,256 @@
+//! Emitting, replaying and paging events. Every domain emits through [`Events::emit`] (or
+//! [`record`] inside its own transaction, then [`Events::publish`] after commit); nothing else
+//! writes the `events` table or touches the bus.
+//!
+//! Emit stores first and publishes second: when it returns the event is durable, and a
+//! subscriber that missed the live copy finds it in the history. A subscription with `after`
+//! listens to the bus *before* it reads the history, then skips live events it already replayed,
+//! so the seam between history and live has no gap and no duplicate.
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicU64, Ordering},
+};
+
+use futures::Stream;
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait,
+    DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
+};
+use serde_json::Value;
+use tokio::sync::broadcast::error::RecvError;
+use uuid::Uuid;
+
+use super::{Event, EventType, bus::EventBus, validate_payload};
+use crate::{
+    auth::{MerchantId, MerchantScope},
+    error::{Error, Result},
+    pagination::{Page, PageArgs, encode_cursor},
+};
+use entity::event::{self, Column as C, Entity as Events_};
+
+const CURSOR_KIND: &str = "evt";
+/// Trim one merchant's history every this many emits (per process): cheap, and the history
+/// never holds fewer than the configured length.
+const TRIM_EVERY: u64 = 32;
+const REPLAY_PAGE: u64 = 500;
+
+/// The event service held in the app state.
+pub struct Events {
+    db: DatabaseConnection,
+    bus: Arc<dyn EventBus>,
+    history: u64,
+    emitted: AtomicU64,
+}
+
+fn to_event(m: event::Model) -> Result<Event> {
+    Ok(Event {
+        id: m.id,
+        kind: m.event_type.parse()?,
+        merchant_id: m.merchant_id,
+        occurred_at: m.occurred_at,
+        payload: m.payload,
+    })
+}
+
+/// Validates and stores an event in the caller's transaction. Publish it after the commit.
+pub async fn record<C: ConnectionTrait>(
+    db: &C,
+    kind: EventType,
+    merchant: &MerchantId,
+    payload: Value,
+) -> Result<Event> {
+    validate_payload(kind, &payload)?;
+    let e = Event {
+        id: Uuid::now_v7(),
+        kind,
+        merchant_id: merchant.as_str().to_owned(),
+        occurred_at: chrono::Utc::now(),
+        payload,
+    };
+    event::ActiveModel {
+        id: Set(e.id),
+        event_type: Set(kind.as_str().to_owned()),
+        merchant_id: Set(e.merchant_id.clone()),
+        payload: Set(e.payload.clone()),
+        occurred_at: Set(e.occurred_at),
+    }
+    .insert(db)
+    .await?;
+    Ok(e)
+}
+
+fn filter(scope: &MerchantScope, types: &[EventType]) -> Condition {
+    let mut cond = Condition::all();
+    if let Some(m) = scope.merchant() {
+        cond = cond.add(C::MerchantId.eq(m.as_str()));
+    }
+    if !types.is_empty() {
+        cond = cond.add(C::EventType.is_in(types.iter().map(|t| t.as_str())));
+    }
+    cond
+}
+
+fn wanted(scope: &MerchantScope, types: &[EventType], e: &Event) -> bool {
+    scope.allows(&e.merchant_id) && (types.is_empty() || types.contains(&e.kind))
+}
+
+impl Events {
+    pub fn new(db: DatabaseConnection, bus: Arc<dyn EventBus>, history: usize) -> Self {
+        Self {
+            db,
+            bus,
+            history: history.max(1) as u64,
+            emitted: AtomicU64::new(0),
+        }
+    }
+
+    pub fn bus(&self) -> &Arc<dyn EventBus> {
+        &self.bus
+    }
+
+    /// The one entry point: validates, stores, publishes. Durable when it returns.
+    pub async fn emit(&self, kind: EventType, merchant: &MerchantId, payload: Value) -> Result<Event> {
+        let e = record(&self.db, kind, merchant, payload).await?;
+        self.publish(e.clone()).await;
+        if self.emitted.fetch_add(1, Ordering::Relaxed) % TRIM_EVERY == TRIM_EVERY - 1
+            && let Err(err) = self.trim(merchant).await
+        {
+            tracing::warn!(error = %err, "event history trim failed");
+        }
+        Ok(e)
+    }
+
+    /// Hands a stored event to live subscribers. A bus failure is logged, not raised: the event
+    /// is already in the history, where subscribers resume from.
+    pub async fn publish(&self, event: Event) {
+        if let Err(e) = self.bus.publish(Arc::new(event)).await {
+            tracing::warn!(error = %e, "event stored but not published live");
+        }
+    }
+
+    /// Keeps the newest `history` events of `merchant`.
+    async fn trim(&self, merchant: &MerchantId) -> Result<()> {
+        let cutoff = Events_::find()
+            .select_only()
+            .column(C::Id)
+            .filter(C::MerchantId.eq(merchant.as_str()))
+            .order_by_desc(C::Id)
+            .offset(self.history)
+            .limit(1)
+            .into_tuple::<Uuid>()
+            .one(&self.db)
+            .await?;
+        if let Some(cutoff) = cutoff {
+            Events_::delete_many()
+                .filter(C::MerchantId.eq(merchant.as_str()))
+                .filter(C::Id.lte(cutoff))
+                .exec(&self.db)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// `recentEvents`: the history, newest first.
+    pub async fn recent(
+        &self,
+        scope: &MerchantScope,
+        types: &[EventType],
+        page: &PageArgs,
+    ) -> Result<Page<Event>> {
+        let limit = page.limit()?;
+        let cond = filter(scope, types);
+        let total_count = Events_::find().filter(cond.clone()).count(&self.db).await?;
+        let mut q = Events_::find().filter(cond);
+        if let Some(after) = page.after_key(CURSOR_KIND)? {
+            let after = Uuid::parse_str(&after)
+                .map_err(|_| Error::validation("after", "after is not a valid cursor"))?;
+            q = q.filter(C::Id.lt(after));
+        }
+        let rows = q.order_by_desc(C::Id).limit(limit + 1).all(&self.db).await?;
+        let has_next_page = rows.len() as u64 > limit;
+        let items = rows
+            .into_iter()
+            .take(limit as usize)
+            .map(to_event)
+            .collect::<Result<_>>()?;
+        Ok(Page {
+            items,
+            total_count,
+            has_next_page,
+        })
+    }
+
+    pub fn cursor(e: &Event) -> String {
+        encode_cursor(CURSOR_KIND, &e.id.to_string())
+    }
+
+    /// The live stream for one subscriber: the history after `after` (when given), then every
+    /// new event, filtered by scope and types. Ends with HISTORY_EXPIRED when `after` is no
+    /// longer in the history, and with LAGGED when the subscriber fell a whole buffer behind.
+    pub fn stream(
+        self: &Arc<Self>,
+        scope: MerchantScope,
+        types: Vec<EventType>,
+        after: Option<Uuid>,
+    ) -> impl Stream<Item = Result<Event>> + Send + 'static {
+        let this = self.clone();
+        // Listen before reading the history, so nothing published meanwhile is missed.
+        let mut rx = self.bus.subscribe();
+        async_stream::try_stream! {
+            let mut last = Uuid::nil();
+            if let Some(after) = after {
+                let known = Events_::find()
+                    .filter(C::Id.eq(after))
+                    .filter(filter(&scope, &[]))
+                    .count(&this.db)
+                    .await?;
+                if known == 0 {
+                    Err(Error::HistoryExpired(
+                        "`after` is older than the history holds (or not an event you can see); \
+                         reload with recentEvents and subscribe without `after`"
+                            .into(),
+                    ))?;
+                }
+                last = after;
+                loop {
+                    let rows = Events_::find()
+                        .filter(filter(&scope, &types))
+                        .filter(C::Id.gt(last))
+                        .order_by_asc(C::Id)
+                        .limit(REPLAY_PAGE)
+                        .all(&this.db)
+                        .await?;
+                    let n = rows.len() as u64;
+                    for row in rows {
+                        let e = to_event(row)?;
+                        last = e.id;
+                        yield e;
+                    }
+                    if n < REPLAY_PAGE {
+                        break;
+                    }
+                }
+            }
+            loop {
+                match rx.recv().await {
+                    Ok(e) => {
+                        // Already replayed from the history (the seam), or not for this caller.
+                        if e.id <= last || !wanted(&scope, &types, &e) {
+                            continue;
+                        }
+                        last = e.id;
+                        yield Event::clone(&e);
+                    }
+                    Err(RecvError::Lagged(missed)) => {
+                        Err(Error::Lagged(format!(
+                            "this subscriber fell {missed} events behind and was cut off; \
+                             resubscribe with `after` set to the last event id you received"
+                        )))?;
+                    }
+                    Err(RecvError::Closed) => break,
+                }
+            }
+        }
+    }
+}

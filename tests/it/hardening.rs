@@ -1,0 +1,484 @@
+//! Defects found by trying the server as an attacker and as a busy user would (issue: hardening).
+//! Each test failed on the code before the fix.
+
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::{
+    both_dbs,
+    common::{Db, TestApp},
+};
+
+const CREATE: &str = r#"mutation($input: CreateTemplateInput!) {
+  createTemplate(input: $input) { id name status merchantId }
+}"#;
+
+const PREVIEW: &str = r#"mutation($t: TemplateInput, $id: ID, $vars: JSON) {
+  previewTemplate(template: $t, templateId: $id, variables: $vars) { text violations { field } }
+}"#;
+
+async fn create(app: &TestApp, token: &str, input: Value) -> (Option<String>, Value) {
+    let (_, body) = app
+        .gql(Some(token), CREATE, json!({ "input": input }))
+        .await;
+    let id = body["data"]["createTemplate"]["id"]
+        .as_str()
+        .map(str::to_owned);
+    (id, body)
+}
+
+fn code(body: &Value) -> &str {
+    body["errors"][0]["extensions"]["code"]
+        .as_str()
+        .unwrap_or("<none>")
+}
+
+/// The quadratic-scanner repro (270 KB of `{{!`), twice at once, anonymously: refused by the
+/// size cap before any rendering, and the server keeps answering meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_inline_previews_are_refused_before_rendering() {
+    let app = TestApp::spawn(Db::Sqlite).await;
+    let body = format!("{}}}}}", "{{!".repeat(90_000));
+    let gql = app.gql(
+        None,
+        PREVIEW,
+        json!({ "t": { "type": "TEXT", "body": body } }),
+    );
+    // REST takes the seed's lowercase type names.
+    let rest = app.rest(
+        Method::POST,
+        "/api/templates/preview",
+        None,
+        Some(json!({ "template": { "type": "text", "body": body } })),
+    );
+    let health = async {
+        let res = app.client.get(app.url("/health")).send().await.unwrap();
+        assert_eq!(res.status(), 200);
+    };
+    let ((_, g), (rs, r), ()) = tokio::join!(gql, rest, health);
+    assert_eq!(code(&g), "VALIDATION", "{g:#}");
+    assert_eq!(g["errors"][0]["extensions"]["field"], "template.body");
+    assert_eq!(rs, StatusCode::BAD_REQUEST, "{r:#}");
+    assert_eq!(r["field"], "template.body", "{r:#}");
+
+    // Any template type: a TEXT template may not smuggle 50 oversized buttons either.
+    let buttons: Vec<Value> = (0..50)
+        .map(|i| json!({ "id": format!("b{i}"), "title": "t".repeat(500) }))
+        .collect();
+    let (_, g) = app
+        .gql(
+            None,
+            PREVIEW,
+            json!({ "t": { "type": "TEXT", "body": "hi", "buttons": buttons } }),
+        )
+        .await;
+    assert_eq!(code(&g), "VALIDATION", "{g:#}");
+}
+
+/// Values are capped before rendering, and so is what rendering produces.
+#[tokio::test]
+async fn variables_and_rendered_output_are_capped() {
+    let app = TestApp::spawn(Db::Sqlite).await;
+    let body = "{{a}}".repeat(200); // 1000 characters: a valid stored body
+    let (id, created) = create(
+        &app,
+        &app.admin,
+        json!({ "name": "many-vars", "type": "TEXT", "body": body }),
+    )
+    .await;
+    let id = id.unwrap_or_else(|| panic!("{created:#}"));
+
+    // 50 KB in one value: over the variables cap.
+    let (_, g) = app
+        .gql(
+            None,
+            PREVIEW,
+            json!({ "id": id, "vars": { "a": "x".repeat(50_000) } }),
+        )
+        .await;
+    assert_eq!(code(&g), "VALIDATION", "{g:#}");
+    assert_eq!(g["errors"][0]["extensions"]["field"], "variables");
+    assert!(
+        g["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("bytes of text"),
+        "{g:#}"
+    );
+
+    // 20 KB fits the variables cap, but 200 copies of it would be 4 MB of output.
+    let (_, g) = app
+        .gql(
+            None,
+            PREVIEW,
+            json!({ "id": id, "vars": { "a": "x".repeat(20_000) } }),
+        )
+        .await;
+    assert_eq!(code(&g), "VALIDATION", "{g:#}");
+    assert!(
+        g["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("rendered message is larger"),
+        "{g:#}"
+    );
+
+    // Small values still render.
+    let (_, g) = app
+        .gql(None, PREVIEW, json!({ "id": id, "vars": { "a": "y" } }))
+        .await;
+    assert_eq!(
+        g["data"]["previewTemplate"]["text"],
+        "y".repeat(200),
+        "{g:#}"
+    );
+}
+
+/// Names are unique per merchant; platform templates have a namespace of their own; a CONFLICT
+/// never reveals another merchant's template.
+async fn template_names_are_per_merchant(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let (a, b) = (app.merchant("m-a"), app.merchant("m-b"));
+    let draft =
+        |name: &str| json!({ "name": name, "type": "TEXT", "body": "x", "status": "DRAFT" });
+    let (id_a, body) = create(&app, &a, draft("promo")).await;
+    assert!(id_a.is_some(), "{body:#}");
+    let (id_b, body) = create(&app, &b, draft("promo")).await;
+    assert!(id_b.is_some(), "B may use a name A uses: {body:#}");
+    let (_, body) = create(&app, &a, draft("promo")).await;
+    assert_eq!(code(&body), "CONFLICT", "{body:#}");
+    let (platform, body) = create(&app, &app.admin, draft("promo")).await;
+    assert!(platform.is_some(), "{body:#}");
+    let (_, body) = create(&app, &app.admin, draft("promo")).await;
+    assert_eq!(code(&body), "CONFLICT", "{body:#}");
+
+    // By name, each caller gets its own namespace.
+    let q = r#"query { template(name: "promo") { id merchantId } }"#;
+    let mine = app.gql_ok(Some(&b), q, json!({})).await;
+    assert_eq!(mine["template"]["id"].as_str(), id_b.as_deref());
+    let admin = app.gql_ok(Some(&app.admin), q, json!({})).await;
+    assert_eq!(admin["template"]["id"].as_str(), platform.as_deref());
+
+    // Renaming into a taken name in one's own namespace is a CONFLICT; into another's is fine.
+    let (other, _) = create(&app, &b, draft("other")).await;
+    let rename = r#"mutation($id: ID!, $n: String!) { updateTemplate(id: $id, input: { name: $n }) { name } }"#;
+    let (_, body) = app
+        .gql(Some(&b), rename, json!({ "id": other, "n": "promo" }))
+        .await;
+    assert_eq!(code(&body), "CONFLICT", "{body:#}");
+}
+
+/// Version history is for those who may write the template.
+async fn template_history_is_for_writers_only(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let owner = app.merchant("m-owner");
+    let (id, body) = create(
+        &app,
+        &owner,
+        json!({ "name": "hist", "type": "TEXT", "body": "v1" }),
+    )
+    .await;
+    let id = id.unwrap_or_else(|| panic!("{body:#}"));
+    app.gql_ok(
+        Some(&owner),
+        r#"mutation($id: ID!) { updateTemplate(id: $id, input: { body: "v2 secret wording" }) { version } }"#,
+        json!({ "id": id }),
+    )
+    .await;
+    let q = r#"query($id: ID!) { templateVersions(templateId: $id) { version } }"#;
+    let (_, anon) = app.gql(None, q, json!({ "id": id })).await;
+    assert_eq!(code(&anon), "UNAUTHENTICATED", "{anon:#}");
+    let (_, other) = app
+        .gql(Some(&app.merchant("m-other")), q, json!({ "id": id }))
+        .await;
+    assert_eq!(code(&other), "FORBIDDEN", "{other:#}");
+    let mine = app.gql_ok(Some(&owner), q, json!({ "id": id })).await;
+    assert_eq!(mine["templateVersions"], json!([{ "version": 1 }]));
+}
+
+/// Oversized fields are VALIDATION for every template type, on both databases (PostgreSQL
+/// answered 500 for a TEXT template's 300-character buttonText).
+async fn oversized_fields_are_refused_for_every_type(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let cases = [
+        (
+            json!({ "type": "TEXT", "buttonText": "b".repeat(300) }),
+            "buttonText",
+        ),
+        (
+            json!({ "type": "MEDIA", "media": { "link": "https://x.example/a.jpg" },
+                    "buttons": [{ "id": "a", "title": "t".repeat(30) }] }),
+            "buttons[0].title",
+        ),
+        (
+            json!({ "type": "TEXT", "sections": [{ "title": "s".repeat(40), "rows": [{ "id": "r", "title": "t" }] }] }),
+            "sections[0].title",
+        ),
+        (
+            json!({ "type": "TEXT", "header": "h".repeat(300) }),
+            "header",
+        ),
+    ];
+    for (i, (extra, field)) in cases.into_iter().enumerate() {
+        let mut input = json!({ "name": format!("big-{i}"), "body": "hello" });
+        input
+            .as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        let (id, body) = create(&app, &app.admin, input).await;
+        assert!(id.is_none(), "case {i} was stored: {body:#}");
+        assert_eq!(code(&body), "VALIDATION", "case {i}: {body:#}");
+        assert_eq!(body["errors"][0]["extensions"]["field"], field, "{body:#}");
+    }
+    // A merchant id longer than the column is VALIDATION too, not a database error.
+    let (_, body) = create(
+        &app,
+        &app.admin,
+        json!({ "name": "long-merchant", "type": "TEXT", "body": "x", "merchantId": "m".repeat(100) }),
+    )
+    .await;
+    assert_eq!(code(&body), "VALIDATION", "{body:#}");
+    assert_eq!(body["errors"][0]["extensions"]["field"], "merchantId");
+}
+
+/// 64 writers at once on templates and the queue: no INTERNAL (SQLite answered "database is
+/// locked" to a third of them).
+async fn concurrent_writers_never_fail(db: Db) {
+    let app = TestApp::spawn_with(db, |c| c.run_workers = false).await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..64 {
+        let (client, url, token) = (app.client.clone(), app.url("/graphql"), app.admin.clone());
+        let merchant = app.merchant(&format!("m-{}", i % 4));
+        tasks.spawn(async move {
+            let post = |token: String, query: &str, variables: Value| {
+                client
+                    .post(&url)
+                    .bearer_auth(token)
+                    .json(&json!({ "query": query, "variables": variables }))
+                    .send()
+            };
+            let mut bodies = vec![];
+            let res = post(
+                merchant.clone(),
+                CREATE,
+                json!({ "input": { "name": format!("t-{i}"), "type": "TEXT", "body": "hi" } }),
+            )
+            .await
+            .unwrap();
+            let created: Value = res.json().await.unwrap();
+            if let Some(id) = created["data"]["createTemplate"]["id"].as_str() {
+                let res = post(
+                    merchant,
+                    r#"mutation($id: ID!) { updateTemplate(id: $id, input: { body: "v2" }) { version } }"#,
+                    json!({ "id": id }),
+                )
+                .await
+                .unwrap();
+                bodies.push(res.json::<Value>().await.unwrap());
+            }
+            bodies.push(created);
+            let res = post(
+                token,
+                r#"mutation($n: String!) { enqueueJob(queue: ORDER_PROCESSING, name: $n, data: {}) { id } }"#,
+                json!({ "n": format!("job-{i}") }),
+            )
+            .await
+            .unwrap();
+            bodies.push(res.json::<Value>().await.unwrap());
+            bodies
+        });
+    }
+    let mut answered = 0;
+    while let Some(bodies) = tasks.join_next().await {
+        for body in bodies.unwrap() {
+            assert!(body.get("errors").is_none(), "{body:#}");
+            answered += 1;
+        }
+    }
+    assert_eq!(answered, 64 * 3);
+
+    // Racing for one name: exactly one wins, the rest are CONFLICT, none INTERNAL.
+    let merchant = app.merchant("m-race");
+    let racers = (0..16).map(|_| {
+        create(
+            &app,
+            &merchant,
+            json!({ "name": "contested", "type": "TEXT", "body": "x" }),
+        )
+    });
+    let results = futures::future::join_all(racers).await;
+    let won = results.iter().filter(|(id, _)| id.is_some()).count();
+    assert_eq!(won, 1, "{results:#?}");
+    for (id, body) in &results {
+        if id.is_none() {
+            assert_eq!(code(body), "CONFLICT", "{body:#}");
+        }
+    }
+}
+
+/// A client's x-request-id is kept only when short and plain; otherwise a fresh one is made
+/// (a 100-character id made every write fail on PostgreSQL).
+async fn request_ids_are_sanitised(db: Db) {
+    let app = TestApp::spawn(db).await;
+    for (sent, kept) in [
+        ("abc-123_X.y", true),
+        (&*"r".repeat(100), false),
+        ("bad id with spaces", false),
+        ("", false),
+    ] {
+        let res = app
+            .client
+            .post(app.url("/graphql"))
+            .bearer_auth(&app.admin)
+            .header("x-request-id", sent)
+            .json(&json!({ "query": CREATE, "variables": { "input": {
+                "name": format!("rid-{}", sent.len()), "type": "TEXT", "body": "x" } } }))
+            .send()
+            .await
+            .unwrap();
+        let echoed = res.headers()["x-request-id"].to_str().unwrap().to_owned();
+        let body: Value = res.json().await.unwrap();
+        assert!(body.get("errors").is_none(), "{sent:?}: {body:#}");
+        assert_eq!(echoed == sent, kept, "{sent:?} -> {echoed:?}");
+        assert!(!echoed.is_empty() && echoed.len() <= 64);
+    }
+}
+
+both_dbs!(
+    template_names_are_per_merchant,
+    template_history_is_for_writers_only,
+    oversized_fields_are_refused_for_every_type,
+    concurrent_writers_never_fail,
+    request_ids_are_sanitised,
+);
+
+/// Behind a proxy the client is the rightmost hop the trusted proxy vouched for: a forged
+/// leftmost `X-Forwarded-For` neither escapes the rate limit nor lands in audit rows.
+#[tokio::test]
+async fn forwarded_for_cannot_be_forged() {
+    let app = TestApp::spawn_with(Db::Sqlite, |c| {
+        c.trust_proxy = true;
+        c.rate_limit = Some("5/15m".parse().unwrap());
+    })
+    .await;
+    let mut statuses = vec![];
+    for i in 0..10 {
+        let res = app
+            .client
+            .get(app.url("/api/templates"))
+            .header("x-forwarded-for", format!("10.9.{i}.1, 198.51.100.7"))
+            .send()
+            .await
+            .unwrap();
+        statuses.push(res.status().as_u16());
+    }
+    assert_eq!(statuses, [200, 200, 200, 200, 200, 429, 429, 429, 429, 429]);
+    // A different real client (rightmost hop) has its own allowance...
+    let res = app
+        .client
+        .post(app.url("/graphql"))
+        .bearer_auth(&app.admin)
+        .header("x-forwarded-for", "6.6.6.6, 203.0.113.5")
+        .json(&json!({ "query": CREATE, "variables": { "input": { "name": "via-proxy", "type": "TEXT", "body": "x" } } }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    // ...and is what the audit row records.
+    let data = app
+        .gql_ok(
+            Some(&app.admin),
+            r#"{ auditLogs(first: 5) { nodes { action ip } } }"#,
+            json!({}),
+        )
+        .await;
+    let row = data["auditLogs"]["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["action"] == "template.create")
+        .cloned()
+        .expect("an audit row");
+    assert_eq!(row["ip"], "203.0.113.5", "{row}");
+}
+
+/// With configured proxies, every trusted hop is skipped; an untrusted peer's header is ignored.
+#[test]
+fn forwarded_client_walks_from_the_right() {
+    use smartbot::http::forwarded_client;
+    let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+    let nets: Vec<ipnet::IpNet> = vec![
+        "10.0.0.0/8".parse().unwrap(),
+        "127.0.0.1/32".parse().unwrap(),
+    ];
+    let peer = ip("127.0.0.1");
+    let hops = ["1.1.1.1", "203.0.113.9", "10.1.1.1", "10.2.2.2"];
+    assert_eq!(
+        forwarded_client(peer, hops.into_iter(), &nets),
+        ip("203.0.113.9")
+    );
+    // The peer is not a configured proxy: the header is the client's own words.
+    assert_eq!(
+        forwarded_client(ip("192.0.2.1"), hops.into_iter(), &nets),
+        ip("192.0.2.1")
+    );
+    // No list: the peer is the one trusted proxy.
+    assert_eq!(
+        forwarded_client(peer, hops.into_iter(), &[]),
+        ip("10.2.2.2")
+    );
+    // Garbage stops the walk at the last vouched-for address.
+    assert_eq!(
+        forwarded_client(peer, ["1.1.1.1", "junk", "10.1.1.1"].into_iter(), &nets),
+        ip("10.1.1.1")
+    );
+}
+
+/// `/uploads` serves public files and is not an API call: it does not spend the allowance.
+#[tokio::test]
+async fn uploads_do_not_count_against_the_rate_limit() {
+    let app = TestApp::spawn_with(Db::Sqlite, |c| {
+        c.rate_limit = Some("3/15m".parse().unwrap());
+    })
+    .await;
+    for _ in 0..10 {
+        let res = app
+            .client
+            .get(app.url("/uploads/ab/nothing.jpg"))
+            .send()
+            .await
+            .unwrap();
+        assert_ne!(res.status(), 429);
+    }
+    for _ in 0..3 {
+        let res = app
+            .client
+            .get(app.url("/api/templates"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+    }
+}
+
+/// The admin token is printed only when the secret was just generated, not at every start.
+#[tokio::test]
+async fn admin_token_only_on_first_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = || {
+        let mut c = smartbot::Config::embedded(dir.path());
+        c.bind_addr = [127, 0, 0, 1].into();
+        c.port = 0;
+        c.run_workers = false;
+        c.shutdown_grace = Duration::from_secs(1);
+        c
+    };
+    let first = smartbot::spawn(config()).await.unwrap();
+    assert!(first.admin_token.is_some());
+    first.stop().await.unwrap();
+    let second = smartbot::spawn(config()).await.unwrap();
+    assert!(second.admin_token.is_none(), "printed again on restart");
+    second.stop().await.unwrap();
+}
