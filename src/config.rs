@@ -103,7 +103,6 @@ pub struct Config {
     /// `MEDIA_DECODE_BUDGET_MB` (default 512): the memory all image decodes may hold at once; a
     /// burst of large images queues instead of allocating.
     pub media_decode_budget: u64,
-        }
     /// `EVENT_HISTORY` (default 1000): events kept per merchant for replay and `recentEvents`.
     pub event_history: usize,
     /// `EVENT_BUFFER` (default 1024): how far a live subscriber may fall behind before it is cut
