@@ -100,6 +100,9 @@ pub struct Config {
     pub run_workers: bool,
     /// `MEDIA_MAX_BYTES` (default 5 MiB): the largest file an upload may be.
     pub media_max_bytes: usize,
+    /// `MEDIA_DECODE_BUDGET_MB` (default 512): the memory all image decodes may hold at once; a
+    /// burst of large images queues instead of allocating.
+    pub media_decode_budget: u64,
     /// `EVENT_HISTORY` (default 1000): events kept per merchant for replay and `recentEvents`.
     pub event_history: usize,
     /// `EVENT_BUFFER` (default 1024): how far a live subscriber may fall behind before it is cut
@@ -142,6 +145,7 @@ impl Config {
             queue_poll_interval: Duration::from_millis(250),
             run_workers: true,
             media_max_bytes: 5 * 1024 * 1024,
+            media_decode_budget: crate::media::budget::DEFAULT_DECODE_BUDGET,
             event_history: 1000,
             event_buffer: 1024,
             metrics_token: None,
@@ -258,6 +262,13 @@ impl Config {
             if c.media_max_bytes == 0 {
                 return Err(invalid("MEDIA_MAX_BYTES", "must be greater than zero"));
             }
+        }
+        if let Some(v) = get("MEDIA_DECODE_BUDGET_MB") {
+            let mb: u64 = parse("MEDIA_DECODE_BUDGET_MB", &v)?;
+            if !(16..=1 << 20).contains(&mb) {
+                return Err(invalid("MEDIA_DECODE_BUDGET_MB", "must be 16 to 1048576"));
+            }
+            c.media_decode_budget = mb << 20;
         }
         if let Some(v) = get("EVENT_HISTORY") {
             c.event_history = parse("EVENT_HISTORY", &v)?;

@@ -42,6 +42,8 @@ pub struct AppState {
     pub rate_limiter: RateLimiter,
     pub queue: JobQueue,
     pub storage: Arc<dyn media::storage::Storage>,
+    /// The decode budget and in-flight uploads, shared by every request and job of the process.
+    pub media: Arc<media::MediaRuntime>,
     pub events: Arc<events::service::Events>,
     schema: AppSchema,
 }
@@ -89,6 +91,7 @@ pub async fn build(config: Config) -> Result<App> {
     let schema = graphql::build_schema(&config);
     let queue = JobQueue::new(queue_backend(&config, &db).await?);
     let storage = Arc::new(media::storage::LocalStorage::new(config.media_dir()));
+    let media = Arc::new(media::MediaRuntime::new(config.media_decode_budget));
     let events = Arc::new(events::service::Events::new(
         db.clone(),
         event_bus(&config).await?,
@@ -98,6 +101,7 @@ pub async fn build(config: Config) -> Result<App> {
         state: AppState {
             queue,
             storage,
+            media,
             events,
             config: Arc::new(config),
             db,

@@ -1,5 +1,6 @@
-//! `product_media`: media attached to a product, ordered by `position`, at most one primary per
-//! product (a partial unique index). Deleting the media detaches it.
+//! `product_media`: media attached to a product, ordered by `position`. A product is
+//! `(merchant_id, product_id)`: two merchants' `sku-1` are different products. At most one primary
+//! per product (a partial unique index). Deleting the media detaches it.
 
 use sea_orm::entity::prelude::*;
 
@@ -11,6 +12,7 @@ pub struct Model {
     pub id: Uuid,
     pub product_id: String,
     pub media_id: Uuid,
+    /// The product's merchant (always the media's merchant); NULL only on legacy platform rows.
     pub merchant_id: Option<String>,
     pub position: i32,
     pub is_primary: bool,

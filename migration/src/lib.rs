@@ -7,6 +7,7 @@ mod m20261125_000001_create_tables;
 mod m20261125_000002_create_jobs;
 mod m20261126_000003_template_names_per_merchant;
 mod m20261126_000004_create_events;
+mod m20261126_000005_product_media_per_merchant;
 
 pub struct Migrator;
 
@@ -18,6 +19,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261125_000002_create_jobs::Migration),
             Box::new(m20261126_000003_template_names_per_merchant::Migration),
             Box::new(m20261126_000004_create_events::Migration),
+            Box::new(m20261126_000005_product_media_per_merchant::Migration),
         ]
     }
 }

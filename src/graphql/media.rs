@@ -6,13 +6,18 @@ use serde_json::Value;
 use super::{audit::CountFields, parse_id, req};
 use crate::{
     error::Error,
-    http::media::decode_file_data,
-    media::service::{self, MediaFilter},
+    media::{
+        access::ProductAccess,
+        intake,
+        service::{self, MediaFilter, MediaView, ProductRef},
+    },
     pagination::PageArgs,
 };
-use entity::{MediaStatus, media_file, product_media};
+use entity::{MediaStatus, product_media};
 
-pub struct Media(pub media_file::Model);
+/// A media row as the caller may see it: `ownerId`, `originalName` and `error` are null unless
+/// the caller owns the media or is an admin.
+pub struct Media(pub MediaView);
 
 #[Object]
 impl Media {
@@ -26,8 +31,9 @@ impl Media {
     async fn sha256(&self) -> &str {
         &self.0.sha256
     }
-    async fn original_name(&self) -> &str {
-        &self.0.original_name
+    /// The name it was uploaded under; only for its owner and admins.
+    async fn original_name(&self) -> Option<&str> {
+        self.0.original_name.as_deref()
     }
     async fn file_name(&self) -> &str {
         &self.0.file_name
@@ -54,6 +60,7 @@ impl Media {
     async fn variants(&self) -> Json<Value> {
         Json(self.0.variants.clone())
     }
+    /// Who uploaded it; only for its owner and admins.
     async fn owner_id(&self) -> Option<&str> {
         self.0.owner_id.as_deref()
     }
@@ -63,6 +70,8 @@ impl Media {
     async fn status(&self) -> MediaStatus {
         self.0.status
     }
+    /// Why processing failed, in words for the owner (never internal detail); only for its owner
+    /// and admins.
     async fn error(&self) -> Option<&str> {
         self.0.error.as_deref()
     }
@@ -99,9 +108,14 @@ impl ProductMedia {
     async fn created_at(&self) -> chrono::DateTime<chrono::Utc> {
         self.0.created_at
     }
-    async fn media(&self, ctx: &Context<'_>) -> async_graphql::Result<Media> {
+    /// The media; null when the caller may not read it (a failed upload of another merchant).
+    async fn media(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<Media>> {
         let (state, rc) = req(ctx);
-        Ok(Media(service::get(&state.db, rc, self.0.media_id).await?))
+        match service::get(&state.db, rc, self.0.media_id).await {
+            Ok(m) => Ok(Some(Media(m))),
+            Err(Error::NotFound(_)) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 }
 
@@ -127,7 +141,8 @@ impl MediaQuery {
         ))
     }
 
-    /// Media, newest first.
+    /// Media, newest first: a merchant's own; admin and service see every merchant's and may
+    /// filter by `merchantId`. Needs a token.
     async fn media_list(
         &self,
         ctx: &Context<'_>,
@@ -156,18 +171,22 @@ impl MediaQuery {
         ))
     }
 
-    /// The media attached to a product, by position.
+    /// The media attached to a merchant's product, by position. Public; `merchantId` names the
+    /// product's merchant (a merchant token defaults to its own).
     async fn product_media(
         &self,
         ctx: &Context<'_>,
         product_id: String,
+        merchant_id: Option<String>,
     ) -> async_graphql::Result<Vec<ProductMedia>> {
-        let (state, _) = req(ctx);
-        Ok(service::product_media(&state.db, &product_id)
-            .await?
-            .into_iter()
-            .map(ProductMedia)
-            .collect())
+        let (state, rc) = req(ctx);
+        Ok(
+            service::product_media(&state.db, rc, merchant_id, &product_id)
+                .await?
+                .into_iter()
+                .map(ProductMedia)
+                .collect(),
+        )
     }
 }
 
@@ -189,21 +208,15 @@ impl MediaMutation {
             .value(ctx)
             .map_err(|e| Error::validation("file", e.to_string()))?;
         let (name, claimed) = (value.filename.clone(), value.content_type.clone());
-        let limit = state.config.media_max_bytes as u64;
-        let bytes = tokio::task::spawn_blocking(move || {
-            use std::io::Read;
-            let mut buf = Vec::new();
-            value.into_read().take(limit + 1).read_to_end(&mut buf)?;
-            Ok::<_, std::io::Error>(buf)
-        })
-        .await
-        .map_err(Error::internal)?
-        .map_err(Error::from)?;
-        // Multipart clients often send application/octet-stream: only an image/* claim is checked.
-        let claimed = claimed.filter(|c| c.trim().to_ascii_lowercase().starts_with("image/"));
-        Ok(Media(
-            service::upload(state, rc, bytes, &name, claimed, merchant_id).await?,
-        ))
+        let req = intake::from_reader(
+            value.into_read(),
+            &name,
+            claimed,
+            merchant_id,
+            state.config.media_max_bytes,
+        )
+        .await?;
+        Ok(Media(service::upload(state, rc, req).await?))
     }
 
     /// The seed's base64 upload.
@@ -214,18 +227,14 @@ impl MediaMutation {
     ) -> async_graphql::Result<Media> {
         let (state, rc) = req(ctx);
         rc.actor.require_authenticated()?;
-        let (bytes, claimed) = decode_file_data(&input.file_data, input.mime_type)?;
-        Ok(Media(
-            service::upload(
-                state,
-                rc,
-                bytes,
-                input.file_name.as_deref().unwrap_or("upload"),
-                claimed,
-                input.merchant_id,
-            )
-            .await?,
-        ))
+        let req = intake::from_base64(
+            &input.file_data,
+            input.file_name.as_deref(),
+            input.mime_type,
+            input.merchant_id,
+            state.config.media_max_bytes,
+        )?;
+        Ok(Media(service::upload(state, rc, req).await?))
     }
 
     async fn delete_media(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<bool> {
@@ -234,7 +243,8 @@ impl MediaMutation {
         Ok(true)
     }
 
-    /// Attaches media to a product; `isPrimary: true` unsets the product's previous primary.
+    /// Attaches the merchant's media to one of its products; `isPrimary: true` unsets the
+    /// product's previous primary. Admin and service callers name the merchant.
     async fn attach_media_to_product(
         &self,
         ctx: &Context<'_>,
@@ -242,39 +252,51 @@ impl MediaMutation {
         media_id: ID,
         position: Option<i32>,
         is_primary: Option<bool>,
+        merchant_id: Option<String>,
     ) -> async_graphql::Result<ProductMedia> {
         let (state, rc) = req(ctx);
+        rc.actor.require_authenticated()?;
+        let product = ProductRef::resolve(rc, merchant_id, &product_id, ProductAccess::Write)?;
         let media_id = parse_id(&media_id, "mediaId")?;
         Ok(ProductMedia(
-            service::attach(state, rc, &product_id, media_id, position, is_primary).await?,
+            service::attach(state, rc, &product, media_id, position, is_primary).await?,
         ))
     }
 
+    /// Detaches media from one of the merchant's products. Admin and service callers name the
+    /// merchant.
     async fn detach_media_from_product(
         &self,
         ctx: &Context<'_>,
         product_id: String,
         media_id: ID,
+        merchant_id: Option<String>,
     ) -> async_graphql::Result<bool> {
         let (state, rc) = req(ctx);
+        rc.actor.require_authenticated()?;
+        let product = ProductRef::resolve(rc, merchant_id, &product_id, ProductAccess::Write)?;
         let media_id = parse_id(&media_id, "mediaId")?;
-        service::detach(state, rc, &product_id, media_id).await?;
+        service::detach(state, rc, &product, media_id).await?;
         Ok(true)
     }
 
-    /// Sets the order of a product's media; `mediaIds` lists every attached media once.
+    /// Sets the order of a product's media; `mediaIds` lists every attached media once. Admin and
+    /// service callers name the merchant.
     async fn reorder_product_media(
         &self,
         ctx: &Context<'_>,
         product_id: String,
         media_ids: Vec<ID>,
+        merchant_id: Option<String>,
     ) -> async_graphql::Result<Vec<ProductMedia>> {
         let (state, rc) = req(ctx);
+        rc.actor.require_authenticated()?;
+        let product = ProductRef::resolve(rc, merchant_id, &product_id, ProductAccess::Write)?;
         let ids = media_ids
             .iter()
             .map(|id| parse_id(id, "mediaIds"))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(service::reorder(state, rc, &product_id, &ids)
+        Ok(service::reorder(state, rc, &product, &ids)
             .await?
             .into_iter()
             .map(ProductMedia)

@@ -8,7 +8,6 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{get, post},
 };
-use base64::Engine;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -16,7 +15,7 @@ use super::{Ctx, rest::JsonBody};
 use crate::{
     AppState,
     error::{Error, Result},
-    media::{service, storage},
+    media::{intake, service, storage},
 };
 
 pub fn router() -> Router<AppState> {
@@ -26,43 +25,19 @@ pub fn router() -> Router<AppState> {
         .route("/uploads/{*key}", get(serve_file))
 }
 
-/// The seed's upload body. `fileData` is base64 or a `data:` URL.
+/// The seed's upload body, in its documented snake_case (`file_data`, `file_name`, `mime_type`,
+/// `merchant_id`) or in camelCase. `fileData` is base64 or a `data:` URL.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Base64Upload {
-    pub file_data: String,
-    #[serde(default)]
+    #[serde(default, alias = "file_data")]
+    pub file_data: Option<String>,
+    #[serde(default, alias = "file_name")]
     pub file_name: Option<String>,
-    #[serde(default)]
+    #[serde(default, alias = "mime_type")]
     pub mime_type: Option<String>,
-    #[serde(default)]
+    #[serde(default, alias = "merchant_id")]
     pub merchant_id: Option<String>,
-}
-
-/// Decodes `fileData`; a `data:` URL's media type becomes the claimed MIME when none is given.
-pub fn decode_file_data(
-    data: &str,
-    mime_type: Option<String>,
-) -> Result<(Vec<u8>, Option<String>)> {
-    let bad = || Error::validation("fileData", "fileData is not valid base64");
-    let (claimed, b64) = match data.trim().strip_prefix("data:") {
-        Some(rest) => {
-            let (meta, payload) = rest.split_once(',').ok_or_else(bad)?;
-            let meta = meta.strip_suffix(";base64").ok_or_else(bad)?;
-            let mime = Some(meta.to_owned()).filter(|m| !m.is_empty());
-            (mime_type.or(mime), payload)
-        }
-        None => (mime_type, data),
-    };
-    let clean: String = b64.chars().filter(|c| !c.is_ascii_whitespace()).collect();
-    if clean.is_empty() {
-        return Err(Error::validation("fileData", "fileData is empty"));
-    }
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(&clean)
-        .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(&clean))
-        .map_err(|_| bad())?;
-    Ok((bytes, claimed))
 }
 
 /// POST /api/media/upload → 201 `{"success":true,"media":{…}}`.
@@ -74,19 +49,20 @@ async fn upload(
     ctx.actor.require_authenticated()?;
     let b: Base64Upload =
         serde_json::from_value(body).map_err(|e| Error::validation("body", e.to_string()))?;
-    let (bytes, claimed) = decode_file_data(&b.file_data, b.mime_type)?;
-    let m = service::upload(
-        &state,
-        &ctx,
-        bytes,
-        b.file_name.as_deref().unwrap_or("upload"),
-        claimed,
+    let file_data = b
+        .file_data
+        .ok_or_else(|| Error::validation("fileData", "fileData is required"))?;
+    let req = intake::from_base64(
+        &file_data,
+        b.file_name.as_deref(),
+        b.mime_type,
         b.merchant_id,
-    )
-    .await?;
+        state.config.media_max_bytes,
+    )?;
+    let m = service::upload(&state, &ctx, req).await?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({ "success": true, "media": service::to_json(&m) })),
+        Json(json!({ "success": true, "media": m })),
     )
         .into_response())
 }
@@ -101,9 +77,7 @@ async fn get_media(
     Path(id): Path<String>,
 ) -> Result<Json<Value>> {
     let m = service::get(&state.db, &ctx, parse_uuid(&id)?).await?;
-    Ok(Json(
-        json!({ "success": true, "media": service::to_json(&m) }),
-    ))
+    Ok(Json(json!({ "success": true, "media": m })))
 }
 
 async fn delete_media(

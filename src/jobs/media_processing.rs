@@ -188,17 +188,12 @@ pub async fn handle(state: &AppState, job: &JobInfo) -> Result<Value, JobError> 
             Ok(json!({ "variants": row.variants }))
         }
         Err(e) => {
+            // The row shows its owner a public reason, never internal detail.
+            let reason = crate::media::service::failure_reason(&e);
             let err = classify(e);
             let last = job.attempts_made + 1 >= job.max_attempts;
             if matches!(err, JobError::Permanent(_)) || last {
-                let _ = set_status(
-                    state,
-                    &row,
-                    MediaStatus::Failed,
-                    Some(err.to_string()),
-                    None,
-                )
-                .await;
+                let _ = set_status(state, &row, MediaStatus::Failed, Some(reason), None).await;
             } else {
                 let _ = set_status(state, &row, MediaStatus::Ready, None, None).await;
             }
@@ -225,12 +220,16 @@ async fn render(
         max_bytes: bytes.len().max(1),
         ..Limits::default()
     };
-    let outputs = tokio::task::spawn_blocking(move || {
+    let (bytes, probe) = tokio::task::spawn_blocking(move || {
         let probe = process::probe(&bytes, &limits)?;
-        process::render(&bytes, &probe, &sizes, quality)
+        Ok::<_, Error>((bytes, probe))
     })
     .await
     .map_err(Error::internal)??;
+    // Within the process's decode budget, like uploads.
+    let outputs =
+        crate::media::service::render(state, std::sync::Arc::new(bytes), probe, sizes, quality)
+            .await?;
     let mut out = Vec::new();
     for o in outputs {
         let k = storage::key_for(&row.sha256, Some(&o.name), o.format.ext());

@@ -354,10 +354,7 @@ fn needed(specs: &[SizeSpec], w: u32, h: u32) -> (u32, u32) {
 /// at 1/8 it does not even keep the AC coefficients. Its fatal errors unwind as panics, caught here.
 fn decode_jpeg(bytes: &[u8], p: &Probe, need: (u32, u32)) -> Result<Pixels> {
     // The smallest DCT scale (1/8, 1/4, 1/2) with both axes still at least the needed size.
-    let num = [1u32, 2, 4]
-        .into_iter()
-        .find(|n| (p.width * n).div_ceil(8) >= need.0 && (p.height * n).div_ceil(8) >= need.1)
-        .unwrap_or(8);
+    let num = jpeg_scale(p, need);
     let decoded = std::panic::catch_unwind(|| -> std::io::Result<(u32, u32, Vec<u8>)> {
         let mut d = mozjpeg::Decompress::new_mem(bytes)?;
         d.scale(num as u8);
@@ -387,6 +384,8 @@ fn decode_jpeg(bytes: &[u8], p: &Probe, need: (u32, u32)) -> Result<Pixels> {
     })
 }
 
+/// Decodes into one buffer that already has room for the RGB(A) expansion of grey images, which
+/// is done in place: the peak is the decoded RGB(A) pixels, nothing more.
 fn decode_png(bytes: &[u8]) -> Result<Pixels> {
     let mut dec = png::Decoder::new(std::io::Cursor::new(bytes));
     dec.set_transformations(png::Transformations::normalize_to_color8());
@@ -397,48 +396,80 @@ fn decode_png(bytes: &[u8]) -> Result<Pixels> {
     let size = reader
         .output_buffer_size()
         .ok_or_else(|| unsupported("the PNG is too large"))?;
-    let mut buf = vec![0; size];
+    let grow = match reader.output_color_type().0 {
+        png::ColorType::Grayscale => 3,
+        png::ColorType::GrayscaleAlpha => 2,
+        _ => 1,
+    };
+    let mut buf = if grow == 1 {
+        vec![0; size]
+    } else {
+        let mut b = Vec::with_capacity(size * grow);
+        b.resize(size, 0);
+        b
+    };
     let frame = reader
         .next_frame(&mut buf)
         .map_err(|e| unsupported(format!("the PNG cannot be decoded: {e}")))?;
     buf.truncate(frame.buffer_size());
     let (w, h) = (frame.width, frame.height);
-    let (alpha, data) = match frame.color_type {
-        png::ColorType::Rgb => (false, buf),
-        png::ColorType::Rgba => (true, buf),
-        png::ColorType::Grayscale => (false, buf.iter().flat_map(|&l| [l, l, l]).collect()),
-        png::ColorType::GrayscaleAlpha => (
-            true,
-            buf.chunks_exact(2)
-                .flat_map(|c| [c[0], c[0], c[0], c[1]])
-                .collect(),
-        ),
+    let alpha = match frame.color_type {
+        png::ColorType::Rgb => false,
+        png::ColorType::Rgba => true,
+        png::ColorType::Grayscale => {
+            let n = buf.len();
+            buf.resize(n * 3, 0);
+            // Back to front, so no grey value is overwritten before it is read.
+            for i in (0..n).rev() {
+                let l = buf[i];
+                buf[i * 3..i * 3 + 3].fill(l);
+            }
+            false
+        }
+        png::ColorType::GrayscaleAlpha => {
+            let n = buf.len() / 2;
+            buf.resize(n * 4, 0);
+            for i in (0..n).rev() {
+                let (l, a) = (buf[i * 2], buf[i * 2 + 1]);
+                buf[i * 4..i * 4 + 4].copy_from_slice(&[l, l, l, a]);
+            }
+            true
+        }
         png::ColorType::Indexed => return Err(unsupported("unexpected indexed PNG output")),
     };
     Ok(Pixels {
         width: w,
         height: h,
         alpha,
-        data,
+        data: buf,
     })
 }
 
-/// Drops a fully opaque alpha channel (cheaper to resize and encode).
-fn drop_opaque_alpha(p: Pixels) -> Pixels {
-    if p.alpha && p.data.chunks_exact(4).all(|c| c[3] == 255) {
-        let data = p
-            .data
-            .chunks_exact(4)
-            .flat_map(|c| [c[0], c[1], c[2]])
-            .collect();
-        Pixels {
-            alpha: false,
-            data,
-            ..p
-        }
-    } else {
-        p
+/// Drops a fully opaque alpha channel in place (cheaper to resize and encode); otherwise
+/// premultiplies the colours by alpha in place, so the resizer needs no premultiplied copy.
+fn prepare_alpha(mut p: Pixels) -> Result<Pixels> {
+    if !p.alpha {
+        return Ok(p);
     }
+    if p.data.chunks_exact(4).all(|c| c[3] == 255) {
+        let n = p.data.len() / 4;
+        let d = &mut p.data;
+        for i in 0..n {
+            let (s, t) = (i * 4, i * 3);
+            d[t] = d[s];
+            d[t + 1] = d[s + 1];
+            d[t + 2] = d[s + 2];
+        }
+        p.data.truncate(n * 3);
+        p.alpha = false;
+        return Ok(p);
+    }
+    let mut image = Image::from_slice_u8(p.width, p.height, &mut p.data, PixelType::U8x4)
+        .map_err(Error::internal)?;
+    fast_image_resize::MulDiv::default()
+        .multiply_alpha_inplace(&mut image)
+        .map_err(Error::internal)?;
+    Ok(p)
 }
 
 fn resize(src: &Pixels, spec: &SizeSpec, resizer: &mut Resizer) -> Result<Pixels> {
@@ -450,13 +481,21 @@ fn resize(src: &Pixels, spec: &SizeSpec, resizer: &mut Resizer) -> Result<Pixels
     let (ow, oh) = spec.output_dims(src.width, src.height);
     let image = ImageRef::new(src.width, src.height, &src.data, pt).map_err(Error::internal)?;
     let mut dst = Image::new(ow, oh, pt);
-    let mut opts = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Lanczos3));
+    // The source is premultiplied already (see `prepare_alpha`).
+    let mut opts = ResizeOptions::new()
+        .resize_alg(ResizeAlg::Convolution(FilterType::Lanczos3))
+        .use_alpha(false);
     if spec.fit == Fit::Cover {
         opts = opts.fit_into_destination(None);
     }
     resizer
         .resize(&image, &mut dst, &opts)
         .map_err(Error::internal)?;
+    if src.alpha {
+        fast_image_resize::MulDiv::default()
+            .divide_alpha_inplace(&mut dst)
+            .map_err(Error::internal)?;
+    }
     Ok(Pixels {
         width: ow,
         height: oh,
@@ -508,25 +547,67 @@ fn encode(p: &Pixels, format: Format, quality: u8) -> Result<Vec<u8>> {
     }
 }
 
+/// The DCT scale numerator (of 8) libjpeg decodes at for a `need`ed size.
+fn jpeg_scale(p: &Probe, need: (u32, u32)) -> u32 {
+    [1u32, 2, 4]
+        .into_iter()
+        .find(|n| (p.width * n).div_ceil(8) >= need.0 && (p.height * n).div_ceil(8) >= need.1)
+        .unwrap_or(8)
+}
+
+/// The WebP decode size: an integer shrink of the source that still covers `need`.
+fn webp_decode_dims(p: &Probe, need: (u32, u32)) -> (u32, u32) {
+    let shrink = (p.width / need.0.max(1))
+        .min(p.height / need.1.max(1))
+        .max(1);
+    (p.width.div_ceil(shrink), p.height.div_ceil(shrink))
+}
+
+/// An upper bound of the bytes [`render`] allocates at its peak for this image, known from the
+/// header alone: the decoded pixels at 8-bit RGB(A) (channel expansion and alpha premultiplication
+/// happen in place), the resizer's intermediate and the outputs.
+pub fn decode_cost(p: &Probe, specs: &[SizeSpec]) -> u64 {
+    let need = needed(specs, p.width, p.height);
+    let (dw, dh, per_px) = match p.format {
+        Format::Jpeg => {
+            let n = jpeg_scale(p, need);
+            ((p.width * n).div_ceil(8), (p.height * n).div_ceil(8), 3)
+        }
+        // At most 8-bit RGBA after normalisation.
+        Format::Png => (p.width, p.height, 4),
+        Format::Webp => {
+            let (w, h) = webp_decode_dims(p, need);
+            (w, h, 4)
+        }
+    };
+    let decoded = u64::from(dw) * u64::from(dh) * per_px;
+    // The resizer's first pass keeps (output width x source height) pixels per output.
+    let outputs: u64 = specs
+        .iter()
+        .map(|s| {
+            let (ow, oh) = s.output_dims(dw, dh);
+            u64::from(ow) * u64::from(dh) * 4 + u64::from(ow) * u64::from(oh) * 8
+        })
+        .sum();
+    decoded + outputs + (1 << 20)
+}
+
 /// Decodes once and makes every requested size, in the input's format.
 pub fn render(bytes: &[u8], p: &Probe, specs: &[SizeSpec], quality: u8) -> Result<Vec<Output>> {
     let need = needed(specs, p.width, p.height);
     let pixels = match p.format {
         Format::Jpeg => decode_jpeg(bytes, p, need)?,
-        Format::Png => drop_opaque_alpha(decode_png(bytes)?),
+        Format::Png => prepare_alpha(decode_png(bytes)?)?,
         Format::Webp => {
             // libwebp's scaler averages areas: decode straight to an integer shrink of the source.
-            let shrink = (p.width / need.0.max(1))
-                .min(p.height / need.1.max(1))
-                .max(1);
-            let (dw, dh) = (p.width.div_ceil(shrink), p.height.div_ceil(shrink));
+            let (dw, dh) = webp_decode_dims(p, need);
             let data = webp::decode_scaled(bytes, dw, dh, p.has_alpha)?;
-            drop_opaque_alpha(Pixels {
+            prepare_alpha(Pixels {
                 width: dw,
                 height: dh,
                 alpha: p.has_alpha,
                 data,
-            })
+            })?
         }
     };
     let mut resizer = Resizer::new();
@@ -678,6 +759,94 @@ mod tests {
                 );
             }
         }
+    }
+
+    fn png_with(color: png::ColorType, w: u32, h: u32, px: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut enc = png::Encoder::new(&mut out, w, h);
+        enc.set_color(color);
+        enc.set_depth(png::BitDepth::Eight);
+        let mut wr = enc.write_header().unwrap();
+        wr.write_image_data(px).unwrap();
+        wr.finish().unwrap();
+        out
+    }
+
+    fn decoded(bytes: &[u8]) -> (png::ColorType, Vec<u8>) {
+        let mut r = png::Decoder::new(std::io::Cursor::new(bytes))
+            .read_info()
+            .unwrap();
+        let mut buf = vec![0; r.output_buffer_size().unwrap()];
+        let f = r.next_frame(&mut buf).unwrap();
+        buf.truncate(f.buffer_size());
+        (f.color_type, buf)
+    }
+
+    #[test]
+    fn grey_and_alpha_pngs_expand_and_keep_their_colours() {
+        let (w, h) = (300, 240);
+        let n = (w * h) as usize;
+        // Grey 100 -> RGB 100.
+        let grey = png_with(png::ColorType::Grayscale, w, h, &vec![100; n]);
+        let p = probe(&grey, &Limits::default()).unwrap();
+        let out = render(&grey, &p, &[SizeSpec::thumbnail()], 85).unwrap();
+        let (ct, px) = decoded(&out[0].bytes);
+        assert_eq!(ct, png::ColorType::Rgb);
+        assert!(px.iter().all(|&v| v == 100), "grey changed");
+        // Grey+alpha (100, 128) -> RGBA (100, 100, 100, 128).
+        let ga: Vec<u8> = (0..n).flat_map(|_| [100, 128]).collect();
+        let ga = png_with(png::ColorType::GrayscaleAlpha, w, h, &ga);
+        let p = probe(&ga, &Limits::default()).unwrap();
+        let out = render(&ga, &p, &[SizeSpec::thumbnail()], 85).unwrap();
+        let (ct, px) = decoded(&out[0].bytes);
+        assert_eq!(ct, png::ColorType::Rgba);
+        for c in px.chunks_exact(4) {
+            assert!(
+                c[..3].iter().all(|&v| v.abs_diff(100) <= 1) && c[3] == 128,
+                "{c:?}"
+            );
+        }
+        // Left half transparent black, right half opaque red: resizing premultiplied keeps the
+        // red pure (no dark fringe) and the transparent side transparent.
+        let rgba: Vec<u8> = (0..n)
+            .flat_map(|i| {
+                if (i as u32 % w) < w / 2 {
+                    [0, 0, 0, 0]
+                } else {
+                    [255, 0, 0, 255]
+                }
+            })
+            .collect();
+        let rgba = png_with(png::ColorType::Rgba, w, h, &rgba);
+        let p = probe(&rgba, &Limits::default()).unwrap();
+        let out = render(&rgba, &p, &[SizeSpec::new("s", 100, 80, Fit::Inside)], 85).unwrap();
+        let (_, px) = decoded(&out[0].bytes);
+        for (i, c) in px.chunks_exact(4).enumerate() {
+            if c[3] > 0 {
+                assert!(c[0] >= 250 && c[1] <= 5 && c[2] <= 5, "pixel {i}: {c:?}");
+            }
+        }
+        assert_eq!(px[3], 0);
+        assert_eq!(px[px.len() - 1], 255);
+    }
+
+    #[test]
+    fn decode_cost_covers_the_decoded_pixels() {
+        let p = Probe {
+            format: Format::Png,
+            width: 8192,
+            height: 4882,
+            has_alpha: true,
+        };
+        let cost = decode_cost(&p, &[SizeSpec::thumbnail()]);
+        assert!(cost >= 8192 * 4882 * 4, "{cost}");
+        assert!(cost < 8192 * 4882 * 5, "{cost}");
+        // JPEG decodes DCT-scaled: a 1/8 scale costs about 1/64 of the pixels.
+        let j = Probe {
+            format: Format::Jpeg,
+            ..p
+        };
+        assert!(decode_cost(&j, &[SizeSpec::thumbnail()]) < 8 << 20);
     }
 
     #[test]

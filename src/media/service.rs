@@ -1,28 +1,30 @@
-//! Media persistence and access rules; GraphQL and REST both call these functions.
+//! Media persistence; GraphQL, REST and the media_processing job all call these functions.
 //!
-//! Access rules (the seed's: "a merchant manages only its own media, and others may read"):
-//! * anyone may read media rows (the files are public under `/uploads` anyway);
-//! * uploading needs a token; a merchant's uploads are always its own;
-//! * only the owning merchant, an admin or the service may delete media or attach it to products.
+//! Who may see and change what is decided in [`super::access`]; every query here takes its scope
+//! from there. Files are content-addressed by sha256 and shared between rows with the same bytes;
+//! a file is removed only when no row references its sha256 any more.
 //!
-//! Files are content-addressed by sha256 and shared between rows with the same bytes; a file is
-//! removed only when no row references its sha256 any more.
+//! Decoding is bounded by the process's [`super::budget::DecodeBudget`], and identical bytes
+//! uploaded concurrently by the same merchant are decoded and stored once.
 
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait,
     DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
-    TransactionTrait, sea_query::Expr,
+    sea_query::Expr,
 };
+use serde::Serialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::{
-    process::{self, Format, Limits, Probe, SizeSpec},
+    access::{self, ProductAccess},
+    intake::UploadRequest,
+    process::{self, Format, Limits, Output, Probe, SizeSpec},
     storage,
 };
 use crate::{
     AppState, audit,
-    auth::{Actor, RequestContext},
+    auth::RequestContext,
     error::{Error, Result},
     pagination::{Page, PageArgs, encode_cursor},
 };
@@ -33,6 +35,12 @@ use entity::{
 };
 
 const CURSOR_KIND: &str = "media";
+/// `product_id` columns hold 128 characters.
+pub const MAX_PRODUCT_ID_CHARS: usize = 128;
+/// `owner_id` holds the token's subject, up to 128 characters.
+const MAX_OWNER_ID_CHARS: usize = 128;
+/// The most media one reorder may list.
+const MAX_REORDER: usize = 1000;
 
 /// The sizes the media_processing job makes after an upload.
 pub fn processing_options() -> Value {
@@ -42,28 +50,91 @@ pub fn processing_options() -> Value {
     })
 }
 
-/// The seed's row shape (snake_case), used by REST responses and audit rows.
+/// A media row as a caller may see it, in the seed's snake_case shape (REST bodies, GraphQL's
+/// `Media`). The private fields are `None` unless [`access::sees_private`].
+#[derive(Debug, Clone, Serialize)]
+pub struct MediaView {
+    pub id: Uuid,
+    pub hash: String,
+    pub sha256: String,
+    pub original_name: Option<String>,
+    pub file_name: String,
+    pub mime_type: String,
+    pub size: i64,
+    pub width: Option<i32>,
+    pub height: Option<i32>,
+    pub url: String,
+    pub thumbnail_url: Option<String>,
+    pub variants: Value,
+    pub owner_id: Option<String>,
+    pub merchant_id: Option<String>,
+    pub status: MediaStatus,
+    pub error: Option<String>,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub updated_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl MediaView {
+    /// Everything, for audit rows and privileged callers.
+    fn full(m: media_file::Model) -> Self {
+        Self {
+            id: m.id,
+            hash: m.hash,
+            sha256: m.sha256,
+            original_name: Some(m.original_name),
+            file_name: m.file_name,
+            mime_type: m.mime_type,
+            size: m.size,
+            width: m.width,
+            height: m.height,
+            url: m.url,
+            thumbnail_url: m.thumbnail_url,
+            variants: m.variants,
+            owner_id: m.owner_id,
+            merchant_id: m.merchant_id,
+            status: m.status,
+            error: m.error.map(|e| public_reason_of_stored(&e)),
+            created_at: m.created_at,
+            updated_at: m.updated_at,
+        }
+    }
+
+    /// The row as `ctx`'s caller may see it.
+    pub fn for_caller(ctx: &RequestContext, m: media_file::Model) -> Self {
+        let private = access::sees_private(&ctx.actor, &m);
+        let mut v = Self::full(m);
+        if !private {
+            v.original_name = None;
+            v.owner_id = None;
+            v.error = None;
+        }
+        v
+    }
+}
+
+/// The reason a processing failure shows to the owner: the message of an input error (written
+/// for clients), never internal detail.
+pub fn failure_reason(e: &Error) -> String {
+    match e {
+        Error::Validation { .. } | Error::UnsupportedMedia(_) | Error::PayloadTooLarge(_) => {
+            e.to_string()
+        }
+        _ => "processing failed; the upload can be retried".into(),
+    }
+}
+
+/// Rows written before [`failure_reason`] existed may hold internal text.
+fn public_reason_of_stored(e: &str) -> String {
+    if e.starts_with("internal error") || e.starts_with("database") || e.starts_with("io:") {
+        "processing failed; the upload can be retried".into()
+    } else {
+        e.to_owned()
+    }
+}
+
+/// The seed's row shape (snake_case), with every field: for audit rows.
 pub fn to_json(m: &media_file::Model) -> Value {
-    json!({
-        "id": m.id,
-        "hash": m.hash,
-        "sha256": m.sha256,
-        "original_name": m.original_name,
-        "file_name": m.file_name,
-        "mime_type": m.mime_type,
-        "size": m.size,
-        "width": m.width,
-        "height": m.height,
-        "url": m.url,
-        "thumbnail_url": m.thumbnail_url,
-        "variants": m.variants,
-        "owner_id": m.owner_id,
-        "merchant_id": m.merchant_id,
-        "status": m.status.as_str(),
-        "error": m.error,
-        "created_at": m.created_at,
-        "updated_at": m.updated_at,
-    })
+    serde_json::to_value(MediaView::full(m.clone())).unwrap_or(Value::Null)
 }
 
 pub fn product_media_json(m: &product_media::Model) -> Value {
@@ -76,42 +147,6 @@ pub fn product_media_json(m: &product_media::Model) -> Value {
         "is_primary": m.is_primary,
         "created_at": m.created_at,
     })
-}
-
-fn can_manage(actor: &Actor, merchant_id: Option<&str>) -> Result<()> {
-    match actor {
-        Actor::Admin { .. } | Actor::Service { .. } => Ok(()),
-        Actor::Merchant {
-            merchant_id: own, ..
-        } if merchant_id == Some(own.as_str()) => Ok(()),
-        Actor::Merchant { .. } => Err(Error::Forbidden(
-            "this media belongs to another merchant".into(),
-        )),
-        Actor::Anonymous => Err(Error::Unauthenticated(
-            "this operation requires a bearer token".into(),
-        )),
-    }
-}
-
-/// What an upload is stored as: a file name that never reaches a path.
-fn clean_name(name: &str) -> String {
-    let name: String = name
-        .trim()
-        .chars()
-        .filter(|c| !c.is_control())
-        .take(255)
-        .collect();
-    if name.is_empty() {
-        "upload".into()
-    } else {
-        name
-    }
-}
-
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(Error::internal)?
 }
 
 /// Removes the keys a failed upload wrote, unless a row now references the same bytes.
@@ -132,41 +167,36 @@ async fn cleanup(state: &AppState, sha256: &str, written: &[String]) {
     }
 }
 
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(Error::internal)?
+}
+
 /// Uploads an image: validated by content, deduplicated per merchant, stored with a thumbnail;
-/// further sizes are queued.
+/// further sizes are queued. Concurrent uploads of the same bytes by the same merchant are
+/// decoded and stored once, and all answer with the same row.
 pub async fn upload(
     state: &AppState,
     ctx: &RequestContext,
-    bytes: Vec<u8>,
-    original_name: &str,
-    claimed_mime: Option<String>,
-    merchant_id: Option<String>,
-) -> Result<media_file::Model> {
-    ctx.actor.require_authenticated()?;
-    let merchant_id = match (&ctx.actor, merchant_id.filter(|m| !m.trim().is_empty())) {
-        (
-            Actor::Merchant {
-                merchant_id: own, ..
-            },
-            Some(m),
-        ) if &m != own => {
-            return Err(Error::Forbidden(
-                "a merchant may upload only its own media".into(),
-            ));
-        }
-        (
-            Actor::Merchant {
-                merchant_id: own, ..
-            },
-            _,
-        ) => Some(own.clone()),
-        (_, m) => m,
-    };
+    req: UploadRequest,
+) -> Result<MediaView> {
+    let merchant_id = access::upload_merchant(&ctx.actor, req.merchant_id)?;
+    if ctx
+        .actor
+        .id()
+        .is_some_and(|id| id.chars().count() > MAX_OWNER_ID_CHARS)
+    {
+        return Err(Error::validation(
+            "token",
+            format!("the token's subject must be at most {MAX_OWNER_ID_CHARS} characters"),
+        ));
+    }
     let limits = Limits {
         max_bytes: state.config.media_max_bytes,
         ..Limits::default()
     };
-    let bytes = std::sync::Arc::new(bytes);
+    let bytes = std::sync::Arc::new(req.bytes);
     let b = bytes.clone();
     let (probe, sha256, md5) = blocking(move || {
         let probe = process::probe(&b, &limits)?;
@@ -176,79 +206,167 @@ pub async fn upload(
         Ok((probe, sha, md5))
     })
     .await?;
-    if let Some(claimed) = claimed_mime
-        .as_deref()
-        .map(str::trim)
-        .filter(|m| !m.is_empty())
+    if let Some(claimed) = req.claimed_mime.as_deref()
+        && Format::from_mime(claimed) != Some(probe.format)
     {
-        let ok = Format::from_mime(claimed) == Some(probe.format);
-        if !ok {
-            return Err(Error::UnsupportedMedia(format!(
-                "claimed {claimed} but the content is {}",
-                format_name(probe.format)
-            )));
-        }
+        return Err(Error::UnsupportedMedia(format!(
+            "claimed {claimed} but the content is {}",
+            format_name(probe.format)
+        )));
     }
     if let Some(existing) = find_duplicate(&state.db, merchant_id.as_deref(), &md5, &sha256).await?
     {
-        return Ok(existing);
+        return Ok(MediaView::for_caller(ctx, existing));
     }
+    let new = NewUpload {
+        state: state.clone(),
+        ctx: ctx.clone(),
+        bytes,
+        probe,
+        sha256: sha256.clone(),
+        md5,
+        original_name: req.original_name,
+        merchant_id: merchant_id.clone(),
+    };
+    let row = state
+        .media
+        .uploads
+        .run((merchant_id, sha256), new.store())
+        .await?;
+    Ok(MediaView::for_caller(ctx, row))
+}
 
-    let b = bytes.clone();
-    let outputs =
-        blocking(move || process::render(&b, &probe, &[SizeSpec::thumbnail()], 85)).await?;
-    let thumb = outputs
+/// Decodes `bytes` within the decode budget and renders `specs`.
+pub async fn render(
+    state: &AppState,
+    bytes: std::sync::Arc<Vec<u8>>,
+    probe: Probe,
+    specs: Vec<SizeSpec>,
+    quality: u8,
+) -> Result<Vec<Output>> {
+    let cost = process::decode_cost(&probe, &specs);
+    state
+        .media
+        .budget
+        .run(cost, move || {
+            process::render(&bytes, &probe, &specs, quality)
+        })
+        .await
+}
+
+/// An upload that passed every check and was not a duplicate when it was checked.
+struct NewUpload {
+    state: AppState,
+    ctx: RequestContext,
+    bytes: std::sync::Arc<Vec<u8>>,
+    probe: Probe,
+    sha256: String,
+    md5: String,
+    original_name: String,
+    merchant_id: Option<String>,
+}
+
+impl NewUpload {
+    /// Renders the thumbnail, writes the files and inserts the row.
+    async fn store(self) -> Result<media_file::Model> {
+        let state = &self.state;
+        let merchant_id = self.merchant_id.as_deref();
+        // A flight that just finished may have stored these bytes.
+        if let Some(existing) =
+            find_duplicate(&state.db, merchant_id, &self.md5, &self.sha256).await?
+        {
+            return Ok(existing);
+        }
+        let thumb = render(
+            state,
+            self.bytes.clone(),
+            self.probe,
+            vec![SizeSpec::thumbnail()],
+            85,
+        )
+        .await?
         .into_iter()
         .next()
         .ok_or_else(|| Error::internal("no thumbnail rendered"))?;
-    let key = storage::key_for(&sha256, None, probe.format.ext());
-    let thumb_key = storage::key_for(&sha256, Some("thumbnail"), thumb.format.ext());
+        let key = storage::key_for(&self.sha256, None, self.probe.format.ext());
+        let thumb_key = storage::key_for(&self.sha256, Some("thumbnail"), thumb.format.ext());
 
-    let mut written = Vec::new();
-    let result = async {
-        for (k, data) in [(&key, &bytes[..]), (&thumb_key, &thumb.bytes[..])] {
-            if !state.storage.exists(k).await? {
-                state.storage.put(k, data).await?;
-                written.push(k.clone());
+        let mut written = Vec::new();
+        let result = async {
+            for (k, data) in [(&key, &self.bytes[..]), (&thumb_key, &thumb.bytes[..])] {
+                if !state.storage.exists(k).await? {
+                    state.storage.put(k, data).await?;
+                    written.push(k.clone());
+                }
             }
+            self.insert_row(&key, &thumb_key).await
         }
-        insert_row(
-            state,
-            ctx,
-            &bytes,
-            &probe,
-            &sha256,
-            &md5,
-            &key,
-            &thumb_key,
-            original_name,
-            merchant_id.clone(),
+        .await;
+        let row = match result {
+            Ok(row) => row,
+            Err(e) => {
+                cleanup(state, &self.sha256, &written).await;
+                // Lost a race with the same upload on another instance: answer like a duplicate.
+                if matches!(e, Error::Conflict(_))
+                    && let Some(existing) =
+                        find_duplicate(&state.db, merchant_id, &self.md5, &self.sha256).await?
+                {
+                    return Ok(existing);
+                }
+                return Err(e);
+            }
+        };
+        if let Err(e) = state
+            .queue
+            .queue_media_processing(&row.id.to_string(), &key, processing_options())
+            .await
+        {
+            tracing::warn!(media_id = %row.id, error = %e, "could not queue media processing");
+        }
+        Ok(row)
+    }
+
+    async fn insert_row(&self, key: &str, thumb_key: &str) -> Result<media_file::Model> {
+        let now = chrono::Utc::now();
+        let txn = crate::db::begin_write(&self.state.db).await?;
+        let row = media_file::ActiveModel {
+            id: Set(Uuid::now_v7()),
+            hash: Set(self.md5.clone()),
+            sha256: Set(self.sha256.clone()),
+            original_name: Set(self.original_name.clone()),
+            file_name: Set(key.rsplit('/').next().unwrap_or(key).to_owned()),
+            mime_type: Set(self.probe.format.mime().to_owned()),
+            size: Set(self.bytes.len() as i64),
+            width: Set(Some(self.probe.width as i32)),
+            height: Set(Some(self.probe.height as i32)),
+            url: Set(storage::url_for(key)),
+            thumbnail_url: Set(Some(storage::url_for(thumb_key))),
+            variants: Set(json!([])),
+            owner_id: Set(self.ctx.actor.id().map(str::to_owned)),
+            merchant_id: Set(self.merchant_id.clone()),
+            status: Set(MediaStatus::Ready),
+            error: Set(None),
+            created_at: Set(now),
+            updated_at: Set(now),
+        }
+        .insert(&txn)
+        .await?;
+        audit::record(
+            &txn,
+            &self.ctx,
+            audit::Change {
+                action: "media.upload",
+                target_type: "media",
+                target_id: row.id.to_string(),
+                merchant_id: row.merchant_id.clone(),
+                before: None,
+                after: Some(to_json(&row)),
+            },
         )
-        .await
+        .await?;
+        txn.commit().await?;
+        Ok(row)
     }
-    .await;
-    let row = match result {
-        Ok(row) => row,
-        Err(e) => {
-            cleanup(state, &sha256, &written).await;
-            // Lost a race with the same upload: answer like a duplicate.
-            if matches!(e, Error::Conflict(_))
-                && let Some(existing) =
-                    find_duplicate(&state.db, merchant_id.as_deref(), &md5, &sha256).await?
-            {
-                return Ok(existing);
-            }
-            return Err(e);
-        }
-    };
-    if let Err(e) = state
-        .queue
-        .queue_media_processing(&row.id.to_string(), &key, processing_options())
-        .await
-    {
-        tracing::warn!(media_id = %row.id, error = %e, "could not queue media processing");
-    }
-    Ok(row)
 }
 
 fn format_name(f: Format) -> &'static str {
@@ -277,70 +395,37 @@ async fn find_duplicate(
         .await?)
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn insert_row(
-    state: &AppState,
+/// A row the caller may read, else NOT_FOUND.
+async fn find_readable(
+    db: &impl ConnectionTrait,
     ctx: &RequestContext,
-    bytes: &[u8],
-    probe: &Probe,
-    sha256: &str,
-    md5: &str,
-    key: &str,
-    thumb_key: &str,
-    original_name: &str,
-    merchant_id: Option<String>,
-) -> Result<media_file::Model> {
-    let now = chrono::Utc::now();
-    let txn = state.db.begin().await?;
-    let row = media_file::ActiveModel {
-        id: Set(Uuid::now_v7()),
-        hash: Set(md5.to_owned()),
-        sha256: Set(sha256.to_owned()),
-        original_name: Set(clean_name(original_name)),
-        file_name: Set(key.rsplit('/').next().unwrap_or(key).to_owned()),
-        mime_type: Set(probe.format.mime().to_owned()),
-        size: Set(bytes.len() as i64),
-        width: Set(Some(probe.width as i32)),
-        height: Set(Some(probe.height as i32)),
-        url: Set(storage::url_for(key)),
-        thumbnail_url: Set(Some(storage::url_for(thumb_key))),
-        variants: Set(json!([])),
-        owner_id: Set(ctx.actor.id().map(str::to_owned)),
-        merchant_id: Set(merchant_id),
-        status: Set(MediaStatus::Ready),
-        error: Set(None),
-        created_at: Set(now),
-        updated_at: Set(now),
-    }
-    .insert(&txn)
-    .await?;
-    audit::record(
-        &txn,
-        ctx,
-        audit::Change {
-            action: "media.upload",
-            target_type: "media",
-            target_id: row.id.to_string(),
-            merchant_id: row.merchant_id.clone(),
-            before: None,
-            after: Some(to_json(&row)),
-        },
-    )
-    .await?;
-    txn.commit().await?;
-    Ok(row)
-}
-
-/// One media row; anyone may read.
-pub async fn get(
-    db: &DatabaseConnection,
-    _ctx: &RequestContext,
     id: Uuid,
 ) -> Result<media_file::Model> {
     Media::find_by_id(id)
         .one(db)
         .await?
+        .filter(|m| access::can_read(&ctx.actor, m))
         .ok_or_else(|| Error::not_found("media"))
+}
+
+/// A row the caller may change: NOT_FOUND when it may not even read it, else FORBIDDEN.
+async fn find_writable(
+    db: &impl ConnectionTrait,
+    ctx: &RequestContext,
+    id: Uuid,
+) -> Result<media_file::Model> {
+    ctx.actor.require_authenticated()?;
+    let m = find_readable(db, ctx, id).await?;
+    access::can_manage(&ctx.actor, &m)?;
+    Ok(m)
+}
+
+/// One media row, as the caller may see it.
+pub async fn get(db: &DatabaseConnection, ctx: &RequestContext, id: Uuid) -> Result<MediaView> {
+    Ok(MediaView::for_caller(
+        ctx,
+        find_readable(db, ctx, id).await?,
+    ))
 }
 
 #[derive(Debug, Clone, Default)]
@@ -349,20 +434,21 @@ pub struct MediaFilter {
     pub status: Option<MediaStatus>,
 }
 
-pub fn cursor(m: &media_file::Model) -> String {
+pub fn cursor(m: &MediaView) -> String {
     encode_cursor(CURSOR_KIND, &m.id.to_string())
 }
 
-/// Media rows, newest first.
+/// The caller's media (everyone's for admin and service), newest first.
 pub async fn list(
     db: &DatabaseConnection,
-    _ctx: &RequestContext,
+    ctx: &RequestContext,
     filter: &MediaFilter,
     page: &PageArgs,
-) -> Result<Page<media_file::Model>> {
+) -> Result<Page<MediaView>> {
+    let merchant = access::list_scope(&ctx.actor, filter.merchant_id.clone())?;
     let limit = page.limit()?;
     let mut cond = Condition::all();
-    if let Some(m) = &filter.merchant_id {
+    if let Some(m) = &merchant {
         cond = cond.add(C::MerchantId.eq(m.as_str()));
     }
     if let Some(s) = filter.status {
@@ -379,7 +465,10 @@ pub async fn list(
     let has_next_page = items.len() as u64 > limit;
     items.truncate(limit as usize);
     Ok(Page {
-        items,
+        items: items
+            .into_iter()
+            .map(|m| MediaView::for_caller(ctx, m))
+            .collect(),
         total_count,
         has_next_page,
     })
@@ -403,12 +492,8 @@ pub fn keys_of(m: &media_file::Model) -> Vec<String> {
 /// Deletes a row (detaching it from products) and its files when nothing else references them.
 pub async fn delete(state: &AppState, ctx: &RequestContext, id: Uuid) -> Result<()> {
     ctx.actor.require_authenticated()?;
-    let txn = state.db.begin().await?;
-    let m = Media::find_by_id(id)
-        .one(&txn)
-        .await?
-        .ok_or_else(|| Error::not_found("media"))?;
-    can_manage(&ctx.actor, m.merchant_id.as_deref())?;
+    let txn = crate::db::begin_write(&state.db).await?;
+    let m = find_writable(&txn, ctx, id).await?;
     ProductMedia::delete_many()
         .filter(PC::MediaId.eq(id))
         .exec(&txn)
@@ -444,69 +529,106 @@ pub async fn delete(state: &AppState, ctx: &RequestContext, id: Uuid) -> Result<
 
 // ---- product media ----
 
-/// The media attached to a product, by position. Anyone may read.
-pub async fn product_media(
+/// A product: `productId` within one merchant's catalogue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProductRef {
+    pub merchant_id: String,
+    pub product_id: String,
+}
+
+impl ProductRef {
+    /// The product `ctx`'s caller addresses: its own for merchants, the named merchant's for
+    /// admin, service and public reads.
+    pub fn resolve(
+        ctx: &RequestContext,
+        merchant_id: Option<String>,
+        product_id: &str,
+        access: ProductAccess,
+    ) -> Result<Self> {
+        let merchant_id = access::product_merchant(&ctx.actor, merchant_id, access)?;
+        if product_id.trim().is_empty()
+            || product_id.chars().count() > MAX_PRODUCT_ID_CHARS
+            || product_id.chars().any(char::is_control)
+        {
+            return Err(Error::validation(
+                "productId",
+                format!("productId must be 1 to {MAX_PRODUCT_ID_CHARS} printable characters"),
+            ));
+        }
+        Ok(Self {
+            merchant_id,
+            product_id: product_id.to_owned(),
+        })
+    }
+
+    /// The scope of every product_media query about this product.
+    fn rows(&self) -> Condition {
+        Condition::all()
+            .add(PC::MerchantId.eq(self.merchant_id.as_str()))
+            .add(PC::ProductId.eq(self.product_id.as_str()))
+    }
+}
+
+async fn rows_of(
     db: &impl ConnectionTrait,
-    product_id: &str,
+    product: &ProductRef,
 ) -> Result<Vec<product_media::Model>> {
     Ok(ProductMedia::find()
-        .filter(PC::ProductId.eq(product_id))
+        .filter(product.rows())
         .order_by_asc(PC::Position)
         .order_by_asc(PC::CreatedAt)
         .all(db)
         .await?)
 }
 
-fn check_product_id(product_id: &str) -> Result<()> {
-    if product_id.trim().is_empty() || product_id.len() > 255 {
-        return Err(Error::validation(
-            "productId",
-            "productId must be 1 to 255 characters",
-        ));
-    }
-    Ok(())
-}
-
-async fn unset_primary(db: &impl ConnectionTrait, product_id: &str) -> Result<()> {
-    ProductMedia::update_many()
-        .col_expr(PC::IsPrimary, Expr::value(false))
-        .filter(PC::ProductId.eq(product_id))
-        .filter(PC::IsPrimary.eq(true))
-        .exec(db)
-        .await?;
-    Ok(())
+/// The media attached to a product, by position. Anyone may read; the caller names the merchant
+/// (a merchant's own by default).
+pub async fn product_media(
+    db: &DatabaseConnection,
+    ctx: &RequestContext,
+    merchant_id: Option<String>,
+    product_id: &str,
+) -> Result<Vec<product_media::Model>> {
+    let product = ProductRef::resolve(ctx, merchant_id, product_id, ProductAccess::Read)?;
+    rows_of(db, &product).await
 }
 
 /// Attaches media to a product (or updates the attachment). One primary per product.
 pub async fn attach(
     state: &AppState,
     ctx: &RequestContext,
-    product_id: &str,
+    product: &ProductRef,
     media_id: Uuid,
     position: Option<i32>,
     is_primary: Option<bool>,
 ) -> Result<product_media::Model> {
     ctx.actor.require_authenticated()?;
-    check_product_id(product_id)?;
     if position.is_some_and(|p| p < 0) {
         return Err(Error::validation(
             "position",
             "position must not be negative",
         ));
     }
-    let txn = state.db.begin().await?;
-    let media = Media::find_by_id(media_id)
-        .one(&txn)
-        .await?
-        .ok_or_else(|| Error::not_found("media"))?;
-    can_manage(&ctx.actor, media.merchant_id.as_deref())?;
+    let txn = crate::db::begin_write(&state.db).await?;
+    let media = find_writable(&txn, ctx, media_id).await?;
+    if media.merchant_id.as_deref() != Some(product.merchant_id.as_str()) {
+        return Err(Error::validation(
+            "mediaId",
+            "the media must belong to the product's merchant",
+        ));
+    }
     let existing = ProductMedia::find()
-        .filter(PC::ProductId.eq(product_id))
+        .filter(product.rows())
         .filter(PC::MediaId.eq(media_id))
         .one(&txn)
         .await?;
     if is_primary == Some(true) {
-        unset_primary(&txn, product_id).await?;
+        ProductMedia::update_many()
+            .col_expr(PC::IsPrimary, Expr::value(false))
+            .filter(product.rows())
+            .filter(PC::IsPrimary.eq(true))
+            .exec(&txn)
+            .await?;
     }
     let row = match existing.clone() {
         Some(e) => {
@@ -524,18 +646,18 @@ pub async fn attach(
                 Some(p) => p,
                 None => {
                     let last = ProductMedia::find()
-                        .filter(PC::ProductId.eq(product_id))
+                        .filter(product.rows())
                         .order_by_desc(PC::Position)
                         .one(&txn)
                         .await?;
-                    last.map_or(0, |l| l.position + 1)
+                    last.map_or(0, |l| l.position.saturating_add(1))
                 }
             };
             product_media::ActiveModel {
                 id: Set(Uuid::now_v7()),
-                product_id: Set(product_id.to_owned()),
+                product_id: Set(product.product_id.clone()),
                 media_id: Set(media_id),
-                merchant_id: Set(media.merchant_id.clone()),
+                merchant_id: Set(Some(product.merchant_id.clone())),
                 position: Set(position),
                 is_primary: Set(is_primary.unwrap_or(false)),
                 created_at: Set(chrono::Utc::now()),
@@ -561,22 +683,21 @@ pub async fn attach(
     Ok(row)
 }
 
-/// Detaches media from a product. NOT_FOUND when it was not attached.
+/// Detaches media from a product. NOT_FOUND when it is not attached to this product.
 pub async fn detach(
     state: &AppState,
     ctx: &RequestContext,
-    product_id: &str,
+    product: &ProductRef,
     media_id: Uuid,
 ) -> Result<()> {
     ctx.actor.require_authenticated()?;
-    let txn = state.db.begin().await?;
+    let txn = crate::db::begin_write(&state.db).await?;
     let row = ProductMedia::find()
-        .filter(PC::ProductId.eq(product_id))
+        .filter(product.rows())
         .filter(PC::MediaId.eq(media_id))
         .one(&txn)
         .await?
         .ok_or_else(|| Error::not_found("product media"))?;
-    can_manage(&ctx.actor, row.merchant_id.as_deref())?;
     ProductMedia::delete_by_id(row.id).exec(&txn).await?;
     audit::record(
         &txn,
@@ -599,12 +720,21 @@ pub async fn detach(
 pub async fn reorder(
     state: &AppState,
     ctx: &RequestContext,
-    product_id: &str,
+    product: &ProductRef,
     media_ids: &[Uuid],
 ) -> Result<Vec<product_media::Model>> {
     ctx.actor.require_authenticated()?;
-    let txn = state.db.begin().await?;
-    let rows = product_media(&txn, product_id).await?;
+    if media_ids.len() > MAX_REORDER {
+        return Err(Error::validation(
+            "mediaIds",
+            format!("mediaIds may list at most {MAX_REORDER} media"),
+        ));
+    }
+    let txn = crate::db::begin_write(&state.db).await?;
+    let rows = rows_of(&txn, product).await?;
+    if rows.is_empty() {
+        return Err(Error::not_found("product media"));
+    }
     let mut have: Vec<Uuid> = rows.iter().map(|r| r.media_id).collect();
     let mut want = media_ids.to_vec();
     have.sort();
@@ -615,27 +745,24 @@ pub async fn reorder(
             "mediaIds must list each media attached to the product exactly once",
         ));
     }
-    for r in &rows {
-        can_manage(&ctx.actor, r.merchant_id.as_deref())?;
-    }
     let before: Vec<Value> = rows.iter().map(product_media_json).collect();
     for (pos, id) in media_ids.iter().enumerate() {
         ProductMedia::update_many()
             .col_expr(PC::Position, Expr::value(pos as i32))
-            .filter(PC::ProductId.eq(product_id))
+            .filter(product.rows())
             .filter(PC::MediaId.eq(*id))
             .exec(&txn)
             .await?;
     }
-    let after = product_media(&txn, product_id).await?;
+    let after = rows_of(&txn, product).await?;
     audit::record(
         &txn,
         ctx,
         audit::Change {
             action: "product_media.reorder",
             target_type: "product",
-            target_id: product_id.to_owned(),
-            merchant_id: after.first().and_then(|r| r.merchant_id.clone()),
+            target_id: product.product_id.clone(),
+            merchant_id: Some(product.merchant_id.clone()),
             before: Some(Value::Array(before)),
             after: Some(Value::Array(after.iter().map(product_media_json).collect())),
         },

@@ -420,9 +420,19 @@ async fn merchant_media_isolation(db: Db) {
     let admin = app.as_admin();
     let all = admin.gql_ok(docs::MEDIA_LIST, json!({})).await;
     assert_eq!(all["mediaList"]["totalCount"], 2, "{all}");
-    for (product, id) in [("p-a", &ma), ("p-b", &mb), ("p-stolen", &String::new())] {
+    // A product is (merchant, productId): admin names the merchant.
+    let none = String::new();
+    for (product, merchant, id) in [
+        ("p-a", "m-a", &ma),
+        ("p-b", "m-b", &mb),
+        ("p-stolen", "m-a", &none),
+        ("p-stolen", "m-b", &none),
+    ] {
         let data = admin
-            .gql_ok(docs::PRODUCT_MEDIA, json!({ "product": product }))
+            .gql_ok(
+                docs::PRODUCT_MEDIA,
+                json!({ "product": product, "merchantId": merchant }),
+            )
             .await;
         let want = if id.is_empty() {
             json!([])

@@ -535,8 +535,10 @@ async fn product_media_rules(db: Db) {
         )
         .await;
     assert_eq!(d["attachMediaToProduct"]["position"], 1);
-    let list = "query($p: String!) { productMedia(productId: $p) { mediaId position isPrimary } }";
-    let d = app.gql_ok(None, list, json!({ "p": "prod-1" })).await;
+    let list = "query($p: String!, $mid: String) { productMedia(productId: $p, merchantId: $mid) { mediaId position isPrimary } }";
+    let d = app
+        .gql_ok(None, list, json!({ "p": "prod-1", "mid": "m1" }))
+        .await;
     let rows = d["productMedia"].as_array().unwrap();
     assert_eq!(rows.len(), 2);
     assert_eq!(rows[0]["mediaId"], aid);
@@ -544,6 +546,7 @@ async fn product_media_rules(db: Db) {
     assert_eq!(rows[1]["isPrimary"], true);
 
     let reorder = "mutation($p: String!, $ids: [ID!]!) { reorderProductMedia(productId: $p, mediaIds: $ids) { mediaId position } }";
+    // m2's prod-1 is another product, without media.
     let (code, _) = app
         .gql_err(
             Some(&m2),
@@ -551,7 +554,7 @@ async fn product_media_rules(db: Db) {
             json!({ "p": "prod-1", "ids": [bid, aid] }),
         )
         .await;
-    assert_eq!(code, "FORBIDDEN");
+    assert_eq!(code, "NOT_FOUND");
     let (code, _) = app
         .gql_err(Some(&m1), reorder, json!({ "p": "prod-1", "ids": [bid] }))
         .await;
@@ -571,7 +574,7 @@ async fn product_media_rules(db: Db) {
     let (code, _) = app
         .gql_err(Some(&m2), detach, json!({ "p": "prod-1", "m": aid }))
         .await;
-    assert_eq!(code, "FORBIDDEN");
+    assert_eq!(code, "NOT_FOUND");
     let d = app
         .gql_ok(Some(&m1), detach, json!({ "p": "prod-1", "m": aid }))
         .await;
@@ -583,7 +586,9 @@ async fn product_media_rules(db: Db) {
         json!({ "id": bid }),
     )
     .await;
-    let d = app.gql_ok(None, list, json!({ "p": "prod-1" })).await;
+    let d = app
+        .gql_ok(None, list, json!({ "p": "prod-1", "mid": "m1" }))
+        .await;
     assert_eq!(d["productMedia"].as_array().unwrap().len(), 0);
     // Every change is audited.
     let d = app
@@ -634,4 +639,424 @@ both_dbs!(
     rest_round_trip,
     dedupe_and_shared_delete,
     product_media_rules
+);
+
+const ATTACH: &str = "mutation($p: String!, $m: ID!, $primary: Boolean, $mid: String) { attachMediaToProduct(productId: $p, mediaId: $m, isPrimary: $primary, merchantId: $mid) { mediaId merchantId isPrimary position } }";
+const DETACH: &str = "mutation($p: String!, $m: ID!, $mid: String) { detachMediaFromProduct(productId: $p, mediaId: $m, merchantId: $mid) }";
+const REORDER: &str = "mutation($p: String!, $ids: [ID!]!, $mid: String) { reorderProductMedia(productId: $p, mediaIds: $ids, merchantId: $mid) { mediaId position } }";
+const PRODUCT_MEDIA: &str = "query($p: String!, $mid: String) { productMedia(productId: $p, merchantId: $mid) { mediaId merchantId isPrimary position media { id } } }";
+
+fn id_of(m: &Value) -> String {
+    m["id"].as_str().unwrap().to_owned()
+}
+
+/// Issue 7 §3: two merchants' `sku-1` are two products.
+async fn products_belong_to_merchants(db: Db) {
+    let app = TestApp::spawn_with(db, no_workers).await;
+    let (a, b) = (app.merchant("mA"), app.merchant("mB"));
+    let b1 = id_of(&upload_ok(&app, &b, &png_bytes(20, 20), None).await);
+    let b2 = id_of(&upload_ok(&app, &b, &png_bytes(21, 20), None).await);
+    let a1 = id_of(&upload_ok(&app, &a, &png_bytes(22, 20), None).await);
+    for id in [&b1, &b2] {
+        app.gql_ok(
+            Some(&b),
+            ATTACH,
+            json!({ "p": "sku-1", "m": id, "primary": true }),
+        )
+        .await;
+    }
+    let d = app
+        .gql_ok(
+            Some(&a),
+            ATTACH,
+            json!({ "p": "sku-1", "m": a1, "primary": true }),
+        )
+        .await;
+    assert_eq!(d["attachMediaToProduct"]["position"], 0, "{d}");
+    assert_eq!(d["attachMediaToProduct"]["merchantId"], "mA");
+    // B's product is untouched: its primary is still b2.
+    let d = app
+        .gql_ok(None, PRODUCT_MEDIA, json!({ "p": "sku-1", "mid": "mB" }))
+        .await;
+    let rows = d["productMedia"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{d}");
+    assert_eq!(
+        (rows[0]["mediaId"].as_str(), rows[0]["isPrimary"].as_bool()),
+        (Some(b1.as_str()), Some(false))
+    );
+    assert_eq!(
+        (rows[1]["mediaId"].as_str(), rows[1]["isPrimary"].as_bool()),
+        (Some(b2.as_str()), Some(true))
+    );
+    assert!(rows.iter().all(|r| r["merchantId"] == "mB"));
+    // A merchant's own product is the default; A sees only its own row.
+    let d = app
+        .gql_ok(Some(&a), PRODUCT_MEDIA, json!({ "p": "sku-1" }))
+        .await;
+    assert_eq!(d["productMedia"].as_array().unwrap().len(), 1, "{d}");
+    assert_eq!(d["productMedia"][0]["isPrimary"], true);
+    assert_eq!(d["productMedia"][0]["media"]["id"], a1.as_str());
+    // B's reorder and detach still work, and touch only B's rows.
+    let d = app
+        .gql_ok(Some(&b), REORDER, json!({ "p": "sku-1", "ids": [b2, b1] }))
+        .await;
+    assert_eq!(d["reorderProductMedia"][0]["mediaId"], b2.as_str());
+    let d = app
+        .gql_ok(Some(&b), DETACH, json!({ "p": "sku-1", "m": b1 }))
+        .await;
+    assert_eq!(d["detachMediaFromProduct"], true);
+    // A cannot reach B's product, nor name B as the merchant.
+    let (code, _) = app
+        .gql_err(Some(&a), DETACH, json!({ "p": "sku-1", "m": b2 }))
+        .await;
+    assert_eq!(code, "NOT_FOUND");
+    let (code, _) = app
+        .gql_err(
+            Some(&a),
+            DETACH,
+            json!({ "p": "sku-1", "m": b2, "mid": "mB" }),
+        )
+        .await;
+    assert_eq!(code, "FORBIDDEN");
+    let d = app
+        .gql_ok(Some(&a), PRODUCT_MEDIA, json!({ "p": "sku-1" }))
+        .await;
+    assert_eq!(d["productMedia"][0]["isPrimary"], true, "{d}");
+    // Admin and service name the merchant; without it, VALIDATION and nothing changes.
+    let service = app.token(smartbot::auth::Role::Service, None);
+    for t in [&app.admin, &service] {
+        for (q, vars) in [
+            (ATTACH, json!({ "p": "sku-1", "m": b1, "primary": true })),
+            (DETACH, json!({ "p": "sku-1", "m": b2 })),
+            (REORDER, json!({ "p": "sku-1", "ids": [b2] })),
+        ] {
+            let (code, body) = app.gql_err(Some(t), q, vars).await;
+            assert_eq!(code, "VALIDATION", "{body}");
+            assert_eq!(body["errors"][0]["extensions"]["field"], "merchantId");
+        }
+    }
+    let (code, _) = app
+        .gql_err(None, PRODUCT_MEDIA, json!({ "p": "sku-1" }))
+        .await;
+    assert_eq!(code, "VALIDATION");
+    let d = app
+        .gql_ok(
+            Some(&app.admin),
+            ATTACH,
+            json!({ "p": "sku-1", "m": b1, "primary": true, "mid": "mB" }),
+        )
+        .await;
+    assert_eq!(d["attachMediaToProduct"]["isPrimary"], true);
+    // Media goes only on its own merchant's products.
+    let (code, _) = app
+        .gql_err(
+            Some(&app.admin),
+            ATTACH,
+            json!({ "p": "sku-1", "m": a1, "mid": "mB" }),
+        )
+        .await;
+    assert_eq!(code, "VALIDATION");
+    let d = app
+        .gql_ok(None, PRODUCT_MEDIA, json!({ "p": "sku-1", "mid": "mB" }))
+        .await;
+    let primaries: Vec<&Value> = d["productMedia"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["isPrimary"] == true)
+        .collect();
+    assert_eq!(primaries.len(), 1, "{d}");
+    assert_eq!(primaries[0]["mediaId"], b1.as_str());
+    let d = app
+        .gql_ok(None, PRODUCT_MEDIA, json!({ "p": "sku-1", "mid": "mA" }))
+        .await;
+    assert_eq!(d["productMedia"][0]["isPrimary"], true, "{d}");
+}
+
+/// Issue 7 §4: listing is per merchant; one row is public but its private fields are not.
+async fn media_visibility(db: Db) {
+    use sea_orm::{ActiveModelTrait, ActiveValue::Set, EntityTrait};
+    let app = TestApp::spawn_with(db, no_workers).await;
+    let (m1, m2) = (app.merchant("m1"), app.merchant("m2"));
+    let service = app.token(smartbot::auth::Role::Service, None);
+    let x = upload_ok(&app, &m1, &png_bytes(20, 20), None).await;
+    let y = upload_ok(&app, &m2, &png_bytes(21, 20), None).await;
+    let list = "query($mid: String) { mediaList(first: 5, merchantId: $mid) { totalCount nodes { merchantId ownerId originalName } } }";
+    let (code, _) = app.gql_err(None, list, json!({})).await;
+    assert_eq!(code, "UNAUTHENTICATED");
+    let d = app.gql_ok(Some(&m1), list, json!({})).await;
+    assert_eq!(d["mediaList"]["totalCount"], 1, "{d}");
+    assert_eq!(d["mediaList"]["nodes"][0]["merchantId"], "m1");
+    assert_eq!(d["mediaList"]["nodes"][0]["originalName"], "a.img");
+    let (code, _) = app.gql_err(Some(&m1), list, json!({ "mid": "m2" })).await;
+    assert_eq!(code, "FORBIDDEN");
+    for t in [&app.admin, &service] {
+        let d = app.gql_ok(Some(t), list, json!({})).await;
+        assert_eq!(d["mediaList"]["totalCount"], 2, "{d}");
+        let d = app.gql_ok(Some(t), list, json!({ "mid": "m2" })).await;
+        assert_eq!(d["mediaList"]["totalCount"], 1, "{d}");
+        assert_eq!(d["mediaList"]["nodes"][0]["ownerId"], "merchant-m2");
+    }
+    // One READY row is public, without its private fields.
+    let one =
+        "query($id: ID!) { media(id: $id) { id merchantId ownerId originalName error status } }";
+    let xid = id_of(&x);
+    for (who, token, private) in [
+        ("anonymous", None, false),
+        ("other merchant", Some(&m2), false),
+        ("owner", Some(&m1), true),
+        ("admin", Some(&app.admin), true),
+    ] {
+        let d = app
+            .gql_ok(token.map(String::as_str), one, json!({ "id": xid }))
+            .await;
+        let m = &d["media"];
+        assert_eq!(m["merchantId"], "m1", "{who}");
+        assert_eq!(m["originalName"].is_string(), private, "{who}: {d}");
+        assert_eq!(m["ownerId"].is_string(), private, "{who}: {d}");
+        let (s, b) = app
+            .rest(
+                Method::GET,
+                &format!("/api/media/{xid}"),
+                token.map(String::as_str),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{who}: {b}");
+        assert_eq!(
+            b["media"]["original_name"].is_string(),
+            private,
+            "{who}: {b}"
+        );
+        assert_eq!(b["media"]["owner_id"].is_string(), private, "{who}: {b}");
+        assert_eq!(b["media"]["merchant_id"], "m1");
+    }
+    assert_eq!(y["original_name"], "a.img");
+    // A failed row: only its owner and admins see it, and its error is a public reason.
+    let yid = uuid::Uuid::parse_str(y["id"].as_str().unwrap()).unwrap();
+    let row = entity::media_file::Entity::find_by_id(yid)
+        .one(&app.server.state.db)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut am: entity::media_file::ActiveModel = row.into();
+    am.status = Set(entity::MediaStatus::Failed);
+    am.error = Set(Some(
+        "internal error: database: connection to 10.0.0.5 refused".into(),
+    ));
+    am.update(&app.server.state.db).await.unwrap();
+    let yid = yid.to_string();
+    for token in [None, Some(&m1)] {
+        let (code, _) = app
+            .gql_err(token.map(String::as_str), one, json!({ "id": yid }))
+            .await;
+        assert_eq!(code, "NOT_FOUND");
+        let (s, _) = app
+            .rest(
+                Method::GET,
+                &format!("/api/media/{yid}"),
+                token.map(String::as_str),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+    }
+    for token in [&m2, &app.admin] {
+        let d = app.gql_ok(Some(token), one, json!({ "id": yid })).await;
+        assert_eq!(d["media"]["status"], "FAILED");
+        let err = d["media"]["error"].as_str().unwrap();
+        assert!(
+            !err.contains("10.0.0.5") && !err.contains("database"),
+            "{err}"
+        );
+    }
+}
+
+/// Issue 7 §10: the seed's snake_case upload body, and camelCase; responses stay snake_case.
+async fn rest_upload_both_spellings(db: Db) {
+    let app = TestApp::spawn_with(db, no_workers).await;
+    let m1 = app.merchant("m1");
+    let admin = app.admin.clone();
+    let jpeg = jpeg_bytes(40, 30);
+    let (s, b) = rest_upload(
+        &app,
+        &admin,
+        json!({ "file_data": b64(&jpeg), "file_name": "test.jpg", "mime_type": "image/jpeg", "merchant_id": "m7" }),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    let m = &b["media"];
+    assert_eq!(
+        (
+            m["original_name"].as_str(),
+            m["mime_type"].as_str(),
+            m["merchant_id"].as_str()
+        ),
+        (Some("test.jpg"), Some("image/jpeg"), Some("m7")),
+        "{b}"
+    );
+    for key in ["thumbnail_url", "created_at", "owner_id", "file_name"] {
+        assert!(m.get(key).is_some(), "{key} missing: {b}");
+    }
+    assert!(m.get("mimeType").is_none(), "{b}");
+    // The snake_case claim is checked like the camelCase one.
+    let (s, b) = rest_upload(
+        &app,
+        &m1,
+        json!({ "file_data": b64(&png_bytes(9, 9)), "mime_type": "image/jpeg" }),
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{b}");
+    let (s, b) = rest_upload(
+        &app,
+        &m1,
+        json!({ "fileData": b64(&png_bytes(9, 9)), "fileName": "c.png", "mimeType": "image/png", "merchantId": "m1" }),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    assert_eq!(b["media"]["original_name"], "c.png");
+    let (s, b) = rest_upload(&app, &m1, json!({ "file_name": "x.png" })).await;
+    assert_eq!(
+        (s, b["field"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("fileData")),
+        "{b}"
+    );
+}
+
+/// Issue 7 §9: column limits are VALIDATION before the database (a 500 on PostgreSQL before).
+async fn column_limits_are_validation(db: Db) {
+    let app = TestApp::spawn_with(db, no_workers).await;
+    let m1 = app.merchant("m1");
+    let media = id_of(&upload_ok(&app, &m1, &png_bytes(20, 20), None).await);
+    let long_product = "p".repeat(129);
+    for (q, vars) in [
+        (ATTACH, json!({ "p": long_product, "m": media })),
+        (DETACH, json!({ "p": long_product, "m": media })),
+        (REORDER, json!({ "p": long_product, "ids": [media] })),
+        (PRODUCT_MEDIA, json!({ "p": long_product })),
+        (ATTACH, json!({ "p": "   ", "m": media })),
+    ] {
+        let (code, body) = app.gql_err(Some(&m1), q, vars).await;
+        assert_eq!(code, "VALIDATION", "{body}");
+        assert_eq!(body["errors"][0]["extensions"]["field"], "productId");
+    }
+    // 128 characters (multi-byte ones too) is the limit, not more.
+    let max = "é".repeat(128);
+    let d = app
+        .gql_ok(Some(&m1), ATTACH, json!({ "p": max, "m": media }))
+        .await;
+    assert_eq!(d["attachMediaToProduct"]["position"], 0);
+    let long_merchant = "m".repeat(65);
+    let (code, body) = app
+        .gql_err(
+            Some(&app.admin),
+            ATTACH,
+            json!({ "p": "sku", "m": media, "mid": long_merchant }),
+        )
+        .await;
+    assert_eq!(
+        (code.as_str(), &body["errors"][0]["extensions"]["field"]),
+        ("VALIDATION", &json!("merchantId"))
+    );
+    let png = png_bytes(11, 11);
+    for (body, field) in [
+        (
+            json!({ "fileData": b64(&png), "fileName": "n".repeat(256) }),
+            "fileName",
+        ),
+        (
+            json!({ "fileData": b64(&png), "merchantId": long_merchant }),
+            "merchantId",
+        ),
+    ] {
+        let (s, b) = rest_upload(&app, &app.admin, body).await;
+        assert_eq!(
+            (s, b["code"].as_str(), b["field"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("VALIDATION"), Some(field)),
+            "{b}"
+        );
+    }
+    let d = app
+        .gql_ok(Some(&m1), "query { mediaList { totalCount } }", json!({}))
+        .await;
+    assert_eq!(d["mediaList"]["totalCount"], 1);
+    let name = "n".repeat(255);
+    let (s, b) = rest_upload(
+        &app,
+        &m1,
+        json!({ "fileData": b64(&png), "fileName": name }),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+}
+
+/// Issue 7 §7: identical bytes uploaded concurrently by one merchant decode once; decodes wait
+/// for the budget, and an image larger than the whole budget still runs (alone).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_identical_uploads_decode_once() {
+    let app = TestApp::spawn_with(Db::Sqlite, |c| {
+        c.run_workers = false;
+        // Smaller than one decode of the 900x900 image below.
+        c.media_decode_budget = 4 << 20;
+    })
+    .await;
+    let (m1, m2) = (app.merchant("m1"), app.merchant("m2"));
+    let png = png_bytes(900, 900);
+    let media = app.server.state.media.clone();
+    let before = media.budget.stats().decodes;
+    // Hold the whole budget so every upload has arrived before any decode starts.
+    let hold = media.budget.hold(u64::MAX).await.unwrap();
+    let mut tasks = Vec::new();
+    for token in [&m1, &m1, &m1, &m1, &m1, &m1, &m2, &m2] {
+        let (client, url, token, body) = (
+            app.client.clone(),
+            app.url("/api/media/upload"),
+            token.clone(),
+            json!({ "fileData": b64(&png), "fileName": "same.png" }),
+        );
+        tasks.push(tokio::spawn(async move {
+            let res = client
+                .post(url)
+                .bearer_auth(token)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            (res.status(), res.json::<Value>().await.unwrap())
+        }));
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while media.budget.stats().waiting + media.uploads.joined() < 8 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "uploads never arrived: {:?}, joined {}",
+            media.budget.stats(),
+            media.uploads.joined()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(hold);
+    let mut ids = Vec::new();
+    for t in tasks {
+        let (s, b) = t.await.unwrap();
+        assert_eq!(s, StatusCode::CREATED, "{b}");
+        ids.push((b["media"]["merchant_id"].clone(), id_of(&b["media"])));
+    }
+    assert_eq!(
+        media.budget.stats().decodes - before,
+        2,
+        "one decode per merchant"
+    );
+    assert!(ids[..6].iter().all(|i| i == &ids[0]), "{ids:?}");
+    assert!(ids[6..].iter().all(|i| i == &ids[6]), "{ids:?}");
+    assert_ne!(ids[0], ids[6]);
+    assert_eq!(media_rows(&app).await, 2);
+    assert_eq!(media.budget.stats().in_use_mib, 0);
+}
+
+both_dbs!(
+    products_belong_to_merchants,
+    media_visibility,
+    rest_upload_both_spellings,
+    column_limits_are_validation
 );

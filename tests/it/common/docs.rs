@@ -53,7 +53,6 @@ pub const REORDER_MEDIA: &str = r#"mutation($product: String!, $ids: [ID!]!) {
   reorderProductMedia(productId: $product, mediaIds: $ids) { mediaId position }
 }"#;
 
-pub const PRODUCT_MEDIA: &str =
-    r#"query($product: String!) { productMedia(productId: $product) { mediaId position } }"#;
+pub const PRODUCT_MEDIA: &str = r#"query($product: String!, $merchantId: String) { productMedia(productId: $product, merchantId: $merchantId) { mediaId position } }"#;
 
 pub const AUDIT_COUNT: &str = "{ auditLogs { totalCount } }";
