@@ -257,6 +257,8 @@ impl TemplateQuery {
     ) -> async_graphql::Result<Connection<String, Template, CountFields>> {
         let (state, rc) = req(ctx);
         let page_args = PageArgs { first, after };
+        // COUNT only when the query selects `totalCount`.
+        let with_count = ctx.look_ahead().field("totalCount").exists();
         let page = service::list(
             &state.db,
             rc,
@@ -266,6 +268,7 @@ impl TemplateQuery {
                 search,
             },
             &page_args,
+            with_count,
         )
         .await?;
         Ok(super::connection(
