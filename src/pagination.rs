@@ -37,6 +37,7 @@ impl PageArgs {
 #[derive(Debug, Clone)]
 pub struct Page<T> {
     pub items: Vec<T>,
+    /// 0 when the caller did not ask for it (a list may skip its COUNT query).
     pub total_count: u64,
     pub has_next_page: bool,
 }

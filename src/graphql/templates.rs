@@ -3,6 +3,7 @@
 use async_graphql::{
     Context, ID, InputObject, Json, MaybeUndefined, Object, SimpleObject, connection::Connection,
 };
+use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::{audit::CountFields, parse_id, req};
@@ -43,18 +44,22 @@ impl Template {
     async fn button_text(&self) -> Option<&str> {
         self.0.button_text.as_deref()
     }
+    // Each column is read in place (no clone of the others, no intermediate content).
     async fn buttons(&self) -> Vec<Button> {
-        service::content_of(&self.0).buttons
+        Vec::<Button>::deserialize(&self.0.buttons).unwrap_or_default()
     }
     async fn sections(&self) -> Vec<Section> {
-        service::content_of(&self.0).sections
+        Vec::<Section>::deserialize(&self.0.sections).unwrap_or_default()
     }
     async fn media(&self) -> Option<Media> {
-        service::content_of(&self.0).media
+        self.0
+            .media
+            .as_ref()
+            .and_then(|v| Media::deserialize(v).ok())
     }
     /// The variable names the template uses, in order of first use.
     async fn variables(&self) -> Vec<String> {
-        serde_json::from_value(self.0.variables.clone()).unwrap_or_default()
+        Vec::<String>::deserialize(&self.0.variables).unwrap_or_default()
     }
     async fn version(&self) -> i32 {
         self.0.version
@@ -257,6 +262,8 @@ impl TemplateQuery {
     ) -> async_graphql::Result<Connection<String, Template, CountFields>> {
         let (state, rc) = req(ctx);
         let page_args = PageArgs { first, after };
+        // COUNT only when the query selects `totalCount`.
+        let with_count = ctx.look_ahead().field("totalCount").exists();
         let page = service::list(
             &state.db,
             rc,
@@ -266,6 +273,7 @@ impl TemplateQuery {
                 search,
             },
             &page_args,
+            with_count,
         )
         .await?;
         Ok(super::connection(

@@ -4,48 +4,143 @@
 
 use axum::{
     Json, Router,
-    extract::{FromRequest, Path, Query, Request, State, rejection::JsonRejection},
-    http::StatusCode,
+    body::Bytes,
+    extract::{FromRequest, Path, Query, Request, State},
+    http::{StatusCode, header},
     response::{IntoResponse, Response},
     routing::{get, post},
 };
-use serde::{Deserialize, de::DeserializeOwned};
-use serde_json::{Map, Value, json};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use super::Ctx;
 use crate::{
     AppState,
-    error::{Error, Result},
-    pagination::{MAX_PAGE, PageArgs},
+    error::{Error, FieldError, Result},
     templates::{
-        engine::TemplateContent,
-        service::{self, NewTemplate, PreviewSource, TemplateFilter, TemplatePatch, TemplateRef},
+        engine::{Button, Media, Section, TemplateContent},
+        service::{
+            self, NewTemplate, PreviewSource, TemplateFilter, TemplatePatch, TemplateRef,
+            TemplateRow,
+        },
     },
 };
 use entity::{TemplateStatus, TemplateType};
 
-/// `Json<T>` whose rejection is our VALIDATION / PAYLOAD_TOO_LARGE error in the seed's shape.
+/// A JSON body whose errors are VALIDATION naming the field path (`buttons[1].title`, via
+/// `serde_path_to_error`), `body` for malformed JSON, or PAYLOAD_TOO_LARGE.
 pub struct JsonBody<T>(pub T);
+
+fn is_json(req: &Request) -> bool {
+    req.headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|m| m.trim().to_ascii_lowercase())
+        .is_some_and(|m| {
+            m.strip_prefix("application/")
+                .is_some_and(|sub| sub == "json" || sub.ends_with("+json"))
+        })
+}
+
+/// The field a deserialization error is about: the path where it happened, or for a missing
+/// field the path plus that field's name.
+fn error_field(path: &serde_path_to_error::Path, err: &serde_json::Error) -> String {
+    let at = path.to_string();
+    let at = if at == "." { String::new() } else { at };
+    let msg = err.to_string();
+    let missing = msg
+        .strip_prefix("missing field `")
+        .and_then(|r| r.split('`').next());
+    match (missing, at.is_empty()) {
+        (Some(f), true) => f.to_owned(),
+        (Some(f), false) => format!("{at}.{f}"),
+        (None, true) => "body".to_owned(),
+        (None, false) => at,
+    }
+}
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
     type Rejection = Error;
 
     async fn from_request(req: Request, state: &S) -> std::result::Result<Self, Self::Rejection> {
-        match Json::<T>::from_request(req, state).await {
-            Ok(Json(v)) => Ok(JsonBody(v)),
-            Err(JsonRejection::BytesRejection(e))
-                if e.status() == StatusCode::PAYLOAD_TOO_LARGE =>
-            {
-                Err(Error::PayloadTooLarge("request body is too large".into()))
-            }
-            Err(JsonRejection::MissingJsonContentType(_)) => Err(Error::validation(
+        if !is_json(&req) {
+            return Err(Error::validation(
                 "body",
                 "expected a JSON body with Content-Type: application/json",
-            )),
-            Err(e) => Err(Error::validation("body", e.body_text())),
+            ));
         }
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                Error::PayloadTooLarge("request body is too large".into())
+            } else {
+                Error::validation("body", e.body_text())
+            }
+        })?;
+        let mut de = serde_json::Deserializer::from_slice(&bytes);
+        let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            let field = error_field(e.path(), e.inner());
+            let inner = e.into_inner();
+            // Syntax errors are about the document, not a field.
+            let field = if inner.is_syntax() || inner.is_eof() {
+                "body".to_owned()
+            } else {
+                field
+            };
+            Error::validation(field, inner.to_string())
+        })?;
+        // Trailing content after the document is malformed JSON too.
+        de.end()
+            .map_err(|e| Error::validation("body", e.to_string()))?;
+        Ok(JsonBody(value))
     }
+}
+
+/// `{"success": true, "template": {…}}`.
+#[derive(Serialize)]
+struct TemplateEnvelope<'a> {
+    success: bool,
+    template: TemplateRow<'a>,
+}
+
+fn template_response(status: StatusCode, t: &entity::message_template::Model) -> Response {
+    (
+        status,
+        Json(TemplateEnvelope {
+            success: true,
+            template: t.into(),
+        }),
+    )
+        .into_response()
+}
+
+/// `{"success": true, "count": N, "templates": […]}`.
+#[derive(Serialize)]
+struct TemplateListEnvelope<'a> {
+    success: bool,
+    count: usize,
+    templates: Vec<TemplateRow<'a>>,
+}
+
+#[derive(Serialize)]
+struct MessageEnvelope {
+    success: bool,
+    message: &'static str,
+}
+
+#[derive(Serialize)]
+struct PreviewEnvelope {
+    success: bool,
+    preview: PreviewJson,
+}
+
+#[derive(Serialize)]
+struct PreviewJson {
+    text: String,
+    payload: Value,
+    violations: Vec<FieldError>,
+    variables: Vec<String>,
 }
 
 pub fn router() -> Router<AppState> {
@@ -81,69 +176,93 @@ fn parse_enum<T: std::str::FromStr<Err = String>>(
         .transpose()
 }
 
-/// GET /api/templates?type=&status=&search= → `{"success":true,"templates":[…],"count":N}`.
+/// GET /api/templates?type=&status=&search= → `{"success":true,"count":N,"templates":[…]}`:
+/// every visible row (the seed did not page), in one query and without a COUNT.
 async fn list_templates(
     State(state): State<AppState>,
     Ctx(ctx): Ctx,
     Query(q): Query<ListQuery>,
-) -> Result<Json<Value>> {
+) -> Result<Response> {
     let filter = TemplateFilter {
         kind: parse_enum::<TemplateType>("type", q.kind)?,
         status: parse_enum::<TemplateStatus>("status", q.status)?,
         search: q.search,
     };
-    // The seed returned every row: walk the pages.
-    let mut templates = Vec::new();
-    let mut args = PageArgs {
-        first: Some(MAX_PAGE as i32),
-        after: None,
-    };
-    loop {
-        let page = service::list(&state.db, &ctx, &filter, &args).await?;
-        let last = page.items.last().map(service::cursor);
-        templates.extend(page.items.iter().map(service::to_json));
-        match (page.has_next_page, last) {
-            (true, Some(cursor)) => args.after = Some(cursor),
-            _ => break,
-        }
-    }
-    Ok(Json(
-        json!({ "success": true, "count": templates.len(), "templates": templates }),
-    ))
+    let rows = service::list_all(&state.db, &ctx, &filter).await?;
+    Ok(Json(TemplateListEnvelope {
+        success: true,
+        count: rows.len(),
+        templates: rows.iter().map(TemplateRow::from).collect(),
+    })
+    .into_response())
 }
 
 async fn get_template(
     State(state): State<AppState>,
     Ctx(ctx): Ctx,
     Path(id): Path<String>,
-) -> Result<Json<Value>> {
+) -> Result<Response> {
     let r = match Uuid::parse_str(&id) {
         Ok(id) => TemplateRef::Id(id),
         Err(_) => TemplateRef::Name(id),
     };
     let t = service::get(&state.db, &ctx, &r).await?;
-    Ok(Json(
-        json!({ "success": true, "template": service::to_json(&t) }),
-    ))
+    Ok(template_response(StatusCode::OK, &t))
 }
 
-/// POST /api/templates with the seed's body: `{name, type, body, buttons, sections, media, …}`.
+/// POST /api/templates with the seed's body. Written out rather than `#[serde(flatten)]`ed so
+/// that error paths survive (`flatten` buffers the content and loses them).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CreateBody {
+    name: String,
+    #[serde(rename = "type")]
+    kind: TemplateType,
+    body: String,
+    #[serde(default)]
+    header: Option<String>,
+    #[serde(default)]
+    footer: Option<String>,
+    #[serde(default, alias = "button_text")]
+    button_text: Option<String>,
+    #[serde(default)]
+    buttons: Vec<Button>,
+    #[serde(default)]
+    sections: Vec<Section>,
+    #[serde(default)]
+    media: Option<Media>,
+    #[serde(default)]
+    status: Option<TemplateStatus>,
+    #[serde(default, alias = "merchant_id")]
+    merchant_id: Option<String>,
+}
+
 async fn create_template(
     State(state): State<AppState>,
     Ctx(ctx): Ctx,
-    JsonBody(body): JsonBody<Value>,
+    JsonBody(b): JsonBody<CreateBody>,
 ) -> Result<Response> {
-    let input: NewTemplate =
-        serde_json::from_value(body).map_err(|e| Error::validation("body", e.to_string()))?;
+    let input = NewTemplate {
+        name: b.name,
+        content: TemplateContent {
+            kind: b.kind,
+            body: b.body,
+            header: b.header,
+            footer: b.footer,
+            button_text: b.button_text,
+            buttons: b.buttons,
+            sections: b.sections,
+            media: b.media,
+        },
+        status: b.status,
+        merchant_id: b.merchant_id,
+    };
     let t = service::create(&state.db, &ctx, input).await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({ "success": true, "template": service::to_json(&t) })),
-    )
-        .into_response())
+    Ok(template_response(StatusCode::CREATED, &t))
 }
 
-/// PUT /api/templates/:id: any subset of the create body.
+/// PUT /api/templates/:id: any subset of the create body, plus `status`. `null` clears an
+/// optional field; absent keeps it (serde_with's `double_option`).
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct PatchBody {
@@ -151,39 +270,30 @@ struct PatchBody {
     #[serde(rename = "type")]
     kind: Option<TemplateType>,
     body: Option<String>,
-    #[serde(default, with = "double_option")]
+    #[serde(default, with = "serde_with::rust::double_option")]
     header: Option<Option<String>>,
-    #[serde(default, with = "double_option")]
+    #[serde(default, with = "serde_with::rust::double_option")]
     footer: Option<Option<String>>,
-    #[serde(default, with = "double_option", alias = "button_text")]
+    #[serde(
+        default,
+        with = "serde_with::rust::double_option",
+        alias = "button_text"
+    )]
     button_text: Option<Option<String>>,
-    buttons: Option<Vec<crate::templates::engine::Button>>,
-    sections: Option<Vec<crate::templates::engine::Section>>,
-    #[serde(default, with = "double_option")]
-    media: Option<Option<crate::templates::engine::Media>>,
+    buttons: Option<Vec<Button>>,
+    sections: Option<Vec<Section>>,
+    #[serde(default, with = "serde_with::rust::double_option")]
+    media: Option<Option<Media>>,
     status: Option<TemplateStatus>,
-}
-
-/// Distinguishes an absent field (None) from an explicit null (Some(None)).
-mod double_option {
-    use serde::{Deserialize, Deserializer};
-
-    pub fn deserialize<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
-        d: D,
-    ) -> Result<Option<Option<T>>, D::Error> {
-        Option::<T>::deserialize(d).map(Some)
-    }
 }
 
 async fn update_template(
     State(state): State<AppState>,
     Ctx(ctx): Ctx,
     Path(id): Path<String>,
-    JsonBody(body): JsonBody<Value>,
-) -> Result<Json<Value>> {
+    JsonBody(b): JsonBody<PatchBody>,
+) -> Result<Response> {
     let id = parse_uuid(&id)?;
-    let b: PatchBody =
-        serde_json::from_value(body).map_err(|e| Error::validation("body", e.to_string()))?;
     let patch = TemplatePatch {
         name: b.name,
         kind: b.kind,
@@ -198,44 +308,43 @@ async fn update_template(
     };
     // Content and status change in one transaction.
     let t = service::update(&state.db, &ctx, id, patch).await?;
-    Ok(Json(
-        json!({ "success": true, "template": service::to_json(&t) }),
-    ))
+    Ok(template_response(StatusCode::OK, &t))
 }
 
 async fn delete_template(
     State(state): State<AppState>,
     Ctx(ctx): Ctx,
     Path(id): Path<String>,
-) -> Result<Json<Value>> {
+) -> Result<Json<MessageEnvelope>> {
     let id = parse_uuid(&id)?;
     service::delete(&state.db, &ctx, id).await?;
-    Ok(Json(
-        json!({ "success": true, "message": "template deleted" }),
-    ))
+    Ok(Json(MessageEnvelope {
+        success: true,
+        message: "template deleted",
+    }))
 }
 
 /// POST /api/templates/preview: `{templateId | templateName | template, variables, to?}`.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct PreviewBody {
-    #[serde(alias = "template_id", alias = "id")]
+    #[serde(default, alias = "template_id", alias = "id")]
     template_id: Option<String>,
-    #[serde(alias = "template_name", alias = "name")]
+    #[serde(default, alias = "template_name", alias = "name")]
     template_name: Option<String>,
+    #[serde(default)]
     template: Option<TemplateContent>,
     #[serde(default)]
     variables: Option<Value>,
+    #[serde(default)]
     to: Option<String>,
 }
 
 async fn preview_template(
     State(state): State<AppState>,
     Ctx(ctx): Ctx,
-    JsonBody(body): JsonBody<Value>,
-) -> Result<Json<Value>> {
-    let b: PreviewBody =
-        serde_json::from_value(body).map_err(|e| Error::validation("body", e.to_string()))?;
+    JsonBody(b): JsonBody<PreviewBody>,
+) -> Result<Json<PreviewEnvelope>> {
     let source = match (b.template_id, b.template_name, b.template) {
         (Some(id), None, None) => PreviewSource::Stored(TemplateRef::Id(parse_uuid(&id)?)),
         (None, Some(name), None) => PreviewSource::Stored(TemplateRef::Name(name)),
@@ -258,8 +367,13 @@ async fn preview_template(
         }
     };
     let p = service::preview(&state.db, &ctx, source, &vars, b.to.as_deref()).await?;
-    Ok(Json(json!({
-        "success": true,
-        "preview": { "text": p.text, "payload": p.payload, "violations": p.violations, "variables": p.variables }
-    })))
+    Ok(Json(PreviewEnvelope {
+        success: true,
+        preview: PreviewJson {
+            text: p.text,
+            payload: p.payload,
+            violations: p.violations,
+            variables: p.variables,
+        },
+    }))
 }

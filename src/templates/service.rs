@@ -16,7 +16,7 @@ use sea_orm::{
     PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
     sea_query::{Expr, Func},
 };
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
@@ -106,27 +106,57 @@ pub fn content_of(m: &message_template::Model) -> TemplateContent {
     }
 }
 
-/// The seed's row shape (snake_case), used by REST responses, audit rows and versions.
+/// The seed's row shape (snake_case), used by REST responses and audit rows. Serialized straight
+/// from the borrowed row: no intermediate `serde_json::Value` tree on the read path.
+#[derive(Debug, Serialize)]
+pub struct TemplateRow<'a> {
+    pub id: Uuid,
+    pub name: &'a str,
+    #[serde(rename = "type")]
+    pub kind: TemplateType,
+    pub body: &'a str,
+    pub header: Option<&'a str>,
+    pub footer: Option<&'a str>,
+    pub button_text: Option<&'a str>,
+    pub buttons: &'a Value,
+    pub sections: &'a Value,
+    pub media: Option<&'a Value>,
+    pub variables: &'a Value,
+    pub version: i32,
+    pub status: TemplateStatus,
+    pub merchant_id: Option<&'a str>,
+    pub created_by: Option<&'a str>,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub updated_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl<'a> From<&'a message_template::Model> for TemplateRow<'a> {
+    fn from(m: &'a message_template::Model) -> Self {
+        TemplateRow {
+            id: m.id,
+            name: &m.name,
+            kind: m.kind,
+            body: &m.body,
+            header: m.header.as_deref(),
+            footer: m.footer.as_deref(),
+            button_text: m.button_text.as_deref(),
+            buttons: &m.buttons,
+            sections: &m.sections,
+            media: m.media.as_ref(),
+            variables: &m.variables,
+            version: m.version,
+            status: m.status,
+            merchant_id: m.merchant_id.as_deref(),
+            created_by: m.created_by.as_deref(),
+            created_at: m.created_at,
+            updated_at: m.updated_at,
+        }
+    }
+}
+
+/// [`TemplateRow`] as a JSON value, for audit rows (before/after state).
 pub fn to_json(m: &message_template::Model) -> Value {
-    json!({
-        "id": m.id,
-        "name": m.name,
-        "type": m.kind.as_str(),
-        "body": m.body,
-        "header": m.header,
-        "footer": m.footer,
-        "button_text": m.button_text,
-        "buttons": m.buttons,
-        "sections": m.sections,
-        "media": m.media,
-        "variables": m.variables,
-        "version": m.version,
-        "status": m.status.as_str(),
-        "merchant_id": m.merchant_id,
-        "created_by": m.created_by,
-        "created_at": m.created_at,
-        "updated_at": m.updated_at,
-    })
+    serde_json::to_value(TemplateRow::from(m)).expect("a template row always serializes")
 }
 
 /// Which rows an actor may read.
@@ -189,14 +219,8 @@ fn escape_like(s: &str) -> String {
     out
 }
 
-/// `templates(type, status, search, first, after)`, ordered by name.
-pub async fn list(
-    db: &DatabaseConnection,
-    ctx: &RequestContext,
-    filter: &TemplateFilter,
-    page: &PageArgs,
-) -> Result<Page<message_template::Model>> {
-    let limit = page.limit()?;
+/// The rows `ctx` may see that match `filter`.
+fn list_condition(ctx: &RequestContext, filter: &TemplateFilter) -> Condition {
     let mut cond = visible_to(&ctx.actor);
     if let Some(kind) = filter.kind {
         cond = cond.add(C::Kind.eq(kind));
@@ -223,7 +247,26 @@ pub async fn list(
                 ),
         );
     }
-    let total_count = Templates::find().filter(cond.clone()).count(db).await?;
+    cond
+}
+
+/// `templates(type, status, search, first, after)`, ordered by name. The COUNT query runs only
+/// when `with_count` is set (GraphQL asks for it when `totalCount` is selected); otherwise
+/// `total_count` is 0.
+pub async fn list(
+    db: &DatabaseConnection,
+    ctx: &RequestContext,
+    filter: &TemplateFilter,
+    page: &PageArgs,
+    with_count: bool,
+) -> Result<Page<message_template::Model>> {
+    let limit = page.limit()?;
+    let cond = list_condition(ctx, filter);
+    let total_count = if with_count {
+        Templates::find().filter(cond.clone()).count(db).await?
+    } else {
+        0
+    };
     let mut q = Templates::find().filter(cond);
     if let Some(after) = page.after_key(CURSOR_KIND)? {
         q = q.filter(C::Name.gt(after));
@@ -236,6 +279,20 @@ pub async fn list(
         total_count,
         has_next_page,
     })
+}
+
+/// Every row `ctx` may see that matches `filter`, ordered by name, in one query: the seed's REST
+/// list, which is not paged.
+pub async fn list_all(
+    db: &DatabaseConnection,
+    ctx: &RequestContext,
+    filter: &TemplateFilter,
+) -> Result<Vec<message_template::Model>> {
+    Ok(Templates::find()
+        .filter(list_condition(ctx, filter))
+        .order_by_asc(C::Name)
+        .all(db)
+        .await?)
 }
 
 pub fn cursor(m: &message_template::Model) -> String {

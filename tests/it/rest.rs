@@ -453,9 +453,97 @@ async fn rest_and_graphql_agree(db: Db) {
     );
 }
 
+/// A body error names the field path, not just `body`; snake_case and camelCase both parse.
+async fn body_errors_name_the_field_path(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let admin = Some(app.admin.as_str());
+    let cases = [
+        (
+            json!({ "name": "bad_row", "type": "list", "body": "x", "button_text": "Open",
+                    "sections": [{ "title": "S", "rows": [{ "id": "r1", "title": "One" }, { "id": "r2", "title": 5 }] }] }),
+            "sections[0].rows[1].title",
+        ),
+        (
+            json!({ "name": "bad_button", "type": "buttons", "body": "x",
+                    "buttons": [{ "id": "a", "title": "A" }, { "id": "b", "title": ["B"] }] }),
+            "buttons[1]",
+        ),
+        (json!({ "name": "no_type", "body": "x" }), "type"),
+        (
+            json!({ "name": "bad_type", "type": "fax", "body": "x" }),
+            "type",
+        ),
+        (
+            json!({ "name": "bad_media", "type": "media", "body": "x", "media": { "link": 7 } }),
+            "media.link",
+        ),
+    ];
+    for (body, field) in cases {
+        let (status, res) = app
+            .rest(Method::POST, "/api/templates", admin, Some(body.clone()))
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {res}");
+        assert_eq!(res["code"], "VALIDATION", "{res}");
+        assert_eq!(res["field"], field, "{body}: {res}");
+    }
+    // Nothing was created by the refused bodies.
+    let (_, list) = app.rest(Method::GET, "/api/templates", admin, None).await;
+    assert_eq!(list["count"], 4, "{list}");
+
+    // snake_case on PUT, and a path error there too.
+    let (status, res) = app
+        .rest(
+            Method::POST,
+            "/api/templates",
+            admin,
+            Some(json!({ "name": "snake", "type": "list", "body": "x", "button_text": "Open",
+                         "merchant_id": "m_snake",
+                         "sections": [{ "title": "S", "rows": [{ "id": "r1", "title": "One" }] }] })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{res}");
+    assert_eq!(res["template"]["button_text"], "Open");
+    assert_eq!(res["template"]["merchant_id"], "m_snake");
+    let id = res["template"]["id"].as_str().unwrap().to_owned();
+    let (status, res) = app
+        .rest(
+            Method::PUT,
+            &format!("/api/templates/{id}"),
+            admin,
+            Some(json!({ "button_text": "Browse" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{res}");
+    assert_eq!(res["template"]["button_text"], "Browse");
+    let (status, res) = app
+        .rest(
+            Method::PUT,
+            &format!("/api/templates/{id}"),
+            admin,
+            Some(json!({ "sections": [{ "title": "S", "rows": [{ "id": 1, "title": "One" }] }] })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{res}");
+    assert_eq!(res["field"], "sections[0].rows[0].id", "{res}");
+    let (status, res) = app
+        .rest(
+            Method::POST,
+            "/api/templates/preview",
+            None,
+            Some(json!({ "template_name": "welcome", "variables": { "customer_name": "T", "store_name": "S" } })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{res}");
+    assert_eq!(
+        res["preview"]["variables"],
+        json!(["customer_name", "store_name"])
+    );
+}
+
 both_dbs!(
     list_shape_and_filters,
     create_read_update_delete,
     preview_over_rest,
     rest_and_graphql_agree,
+    body_errors_name_the_field_path,
 );
