@@ -76,7 +76,7 @@ fn the_reference_scanner_finds_external_urls() {
 async fn explorers_are_self_contained() {
     let app = TestApp::spawn(Db::Sqlite).await;
     for (path, expected_assets, marker) in [
-        ("/graphql", 4, "GraphiQL"),
+        ("/graphql", 5, "GraphiQL"),
         ("/playground", 2, "GraphQLPlayground"),
     ] {
         let html = get_html(&app, path).await;

@@ -747,7 +747,12 @@ async fn release_returns_a_job_without_an_attempt(kind: Kind) {
 
 /// Retention keeps pace with throughput: with the clock-driven trim out of the way, finished
 /// jobs beyond the configured counts are trimmed as work flows, job records included.
+/// The two heaviest tests (thousands of jobs, several processes and pools) take turns: side by
+/// side on 2 cores they starve each other of PostgreSQL connections and CPU.
+static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 async fn retention_keeps_pace(kind: Kind) {
+    let _turn = HEAVY.lock().await;
     const N: usize = 4000;
     const KEEP: u64 = 50;
     let b = Backend::new(kind).await;
@@ -1238,6 +1243,7 @@ async fn sigkill_mid_job_is_reclaimed(kind: Kind) {
 }
 
 async fn ten_thousand_jobs_over_three_processes(kind: Kind) {
+    let _turn = HEAVY.lock().await;
     const N: usize = 10_000;
     let b = Backend::new(kind).await;
     let effects = EffectSink::connect(&b.spec).await;
