@@ -569,6 +569,23 @@ impl ProductRef {
     }
 }
 
+/// Records `product_updated` in the change's own transaction, so the event is durable exactly
+/// when the change is; the caller publishes it after the commit.
+async fn product_updated(
+    txn: &impl ConnectionTrait,
+    product: &ProductRef,
+    change: &str,
+) -> Result<crate::events::Event> {
+    let merchant = crate::auth::MerchantId::parse("merchantId", &product.merchant_id)?;
+    crate::events::service::record(
+        txn,
+        crate::events::EventType::ProductUpdated,
+        &merchant,
+        json!({ "productId": product.product_id, "change": change }),
+    )
+    .await
+}
+
 async fn rows_of(
     db: &impl ConnectionTrait,
     product: &ProductRef,
@@ -679,7 +696,9 @@ pub async fn attach(
         },
     )
     .await?;
+    let event = product_updated(&txn, product, "media_attached").await?;
     txn.commit().await?;
+    state.events.publish(event).await;
     Ok(row)
 }
 
@@ -712,7 +731,9 @@ pub async fn detach(
         },
     )
     .await?;
+    let event = product_updated(&txn, product, "media_detached").await?;
     txn.commit().await?;
+    state.events.publish(event).await;
     Ok(())
 }
 
@@ -768,6 +789,8 @@ pub async fn reorder(
         },
     )
     .await?;
+    let event = product_updated(&txn, product, "media_reordered").await?;
     txn.commit().await?;
+    state.events.publish(event).await;
     Ok(after)
 }

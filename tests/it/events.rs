@@ -502,3 +502,53 @@ async fn the_rate_limit_is_shared_across_instances() {
     }
     assert_eq!(statuses, [200, 200, 200, 200, 200, 200, 429, 429, 429, 429]);
 }
+
+/// Product-media changes emit `product_updated`, recorded in the change's own transaction.
+async fn product_media_changes_emit_product_updated(db: Db) {
+    use crate::common::docs::{ATTACH_MEDIA, DETACH_MEDIA, REORDER_MEDIA};
+    let app = TestApp::spawn(db).await;
+    let token = app.merchant("m-shop");
+    let mut ws = subscribe(
+        &app,
+        "graphql-transport-ws",
+        &token,
+        json!({ "types": ["PRODUCT_UPDATED"] }),
+    )
+    .await;
+    let media = app.upload(&token, &crate::common::tiny_png(7), None).await;
+    let media_id = media["id"].as_str().unwrap().to_owned();
+    let vars = json!({ "product": "sku-9", "media": media_id });
+    app.gql_ok(Some(&token), ATTACH_MEDIA, vars.clone()).await;
+    app.gql_ok(
+        Some(&token),
+        REORDER_MEDIA,
+        json!({ "product": "sku-9", "ids": [media_id] }),
+    )
+    .await;
+    app.gql_ok(Some(&token), DETACH_MEDIA, vars).await;
+    for change in ["media_attached", "media_reordered", "media_detached"] {
+        let e = next_event(&mut ws).await.unwrap();
+        assert_eq!(e["type"], "PRODUCT_UPDATED");
+        assert_eq!(e["merchantId"], "m-shop");
+        assert_eq!(
+            e["payload"],
+            json!({ "productId": "sku-9", "change": change })
+        );
+    }
+    // A refused change emits nothing.
+    let (_, body) = app
+        .gql(
+            Some(&app.merchant("m-other")),
+            DETACH_MEDIA,
+            json!({ "product": "sku-9", "media": media["id"] }),
+        )
+        .await;
+    assert!(body.get("errors").is_some(), "{body:#}");
+    assert!(
+        next_within(&mut ws, Duration::from_millis(500))
+            .await
+            .is_none()
+    );
+}
+
+both_dbs!(product_media_changes_emit_product_updated);

@@ -243,7 +243,7 @@ async fn oversized_fields_are_refused_for_every_type(db: Db) {
     assert_eq!(body["errors"][0]["extensions"]["field"], "merchantId");
 }
 
-/// 64 writers at once on templates and the queue: no INTERNAL (SQLite answered "database is
+/// 64 writers at once on templates, media and the queue: no INTERNAL (SQLite answered "database is
 /// locked" to a third of them).
 async fn concurrent_writers_never_fail(db: Db) {
     let app = TestApp::spawn_with(db, |c| c.run_workers = false).await;
@@ -279,6 +279,17 @@ async fn concurrent_writers_never_fail(db: Db) {
                 bodies.push(res.json::<Value>().await.unwrap());
             }
             bodies.push(created);
+            // A media upload (its own bytes) in the mix.
+            let png = crate::common::tiny_png(i as u8);
+            let res = post(
+                token.clone(),
+                crate::common::docs::UPLOAD_MEDIA_BASE64,
+                json!({ "i": { "fileData": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &png),
+                               "fileName": format!("p{i}.png"), "merchantId": format!("m-{}", i % 4) } }),
+            )
+            .await
+            .unwrap();
+            bodies.push(res.json::<Value>().await.unwrap());
             let res = post(
                 token,
                 r#"mutation($n: String!) { enqueueJob(queue: ORDER_PROCESSING, name: $n, data: {}) { id } }"#,
@@ -297,7 +308,7 @@ async fn concurrent_writers_never_fail(db: Db) {
             answered += 1;
         }
     }
-    assert_eq!(answered, 64 * 3);
+    assert_eq!(answered, 64 * 4);
 
     // Racing for one name: exactly one wins, the rest are CONFLICT, none INTERNAL.
     let merchant = app.merchant("m-race");
