@@ -1,8 +1,8 @@
 //! Media benchmark: the seed's pipeline on each image (validate, 200x200 cover thumbnail, 600x600
 //! inside, quality 85, output in the input's format), median of ROUNDS, as
-//! `../shared/peers/bench-media.js` does for sharp.
+//! `benches/peers/bench-media.js` does for sharp.
 //!
-//!     cargo run --release --example bench_media -- 5 ../shared/bench-images/*
+//!     cargo run --release --example bench_media -- 5 benches/images/*
 //!
 //! One JSON line per image, then the process's peak RSS. Run with a single image and one round
 //! to see the peak memory of one upload of that image.
