@@ -377,16 +377,7 @@ async fn a_lagging_consumer_is_cut_off() {
 #[tokio::test]
 async fn resume_works_across_a_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let config = || {
-        let mut c = smartbot::Config::embedded(dir.path());
-        c.bind_addr = [127, 0, 0, 1].into();
-        c.port = 0;
-        c.run_workers = false;
-        c.rate_limit = None;
-        c.jwt_secret = Some("test-secret-test-secret-test-secret".into());
-        c.shutdown_grace = Duration::from_secs(1);
-        c
-    };
+    let config = || crate::common::config_in(dir.path());
     let m = MerchantId::parse("m", "m-restart").unwrap();
     let server = smartbot::spawn(config()).await.unwrap();
     let first = server

@@ -1,8 +1,6 @@
 //! Defects found by trying the server as an attacker and as a busy user would (issue: hardening).
 //! Each test failed on the code before the fix.
 
-use std::time::Duration;
-
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -478,14 +476,7 @@ async fn uploads_do_not_count_against_the_rate_limit() {
 #[tokio::test]
 async fn admin_token_only_on_first_start() {
     let dir = tempfile::tempdir().unwrap();
-    let config = || {
-        let mut c = smartbot::Config::embedded(dir.path());
-        c.bind_addr = [127, 0, 0, 1].into();
-        c.port = 0;
-        c.run_workers = false;
-        c.shutdown_grace = Duration::from_secs(1);
-        c
-    };
+    let config = || crate::common::config_in(dir.path());
     let first = smartbot::spawn(config()).await.unwrap();
     assert!(first.admin_token.is_some());
     first.stop().await.unwrap();

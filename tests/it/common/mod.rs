@@ -423,6 +423,17 @@ impl Caller<'_> {
 }
 
 /// A small RGB PNG whose pixels depend on `seed`, so different seeds never dedupe.
+/// The embedded defaults on 127.0.0.1:0 rooted at `dir`, for tests that start and stop servers
+/// themselves on one data directory (restarts). No JWT secret: the server keeps its own in `dir`.
+pub fn config_in(dir: &std::path::Path) -> Config {
+    let mut c = Config::embedded(dir);
+    c.bind_addr = [127, 0, 0, 1].into();
+    c.port = 0;
+    c.run_workers = false;
+    c.shutdown_grace = Duration::from_secs(1);
+    c
+}
+
 pub fn tiny_png(seed: u8) -> Vec<u8> {
     let (w, h) = (16u32, 16u32);
     let px: Vec<u8> = (0..w * h * 3)
