@@ -58,6 +58,9 @@ pub struct Config {
     pub redis_url: Option<String>,
     /// `JWT_SECRET`; when unset a secret is generated and kept in DATA_DIR/jwt_secret.
     pub jwt_secret: Option<String>,
+    /// `ENCRYPTION_KEY`: base64 32-byte key(s), comma-separated, for secrets at rest (the first
+    /// encrypts). When unset a key is generated and kept in DATA_DIR/encryption_key.
+    pub encryption_key: Option<String>,
     /// `RATE_LIMIT` (default 100/15m; `off` disables).
     pub rate_limit: Option<RateLimit>,
     /// `TRUST_PROXY` (default false): take the client IP from X-Forwarded-For, as the nearest
@@ -124,6 +127,7 @@ impl Config {
             database_max_connections: 10,
             redis_url: None,
             jwt_secret: None,
+            encryption_key: None,
             rate_limit: Some(RateLimit {
                 max: 100,
                 window: Duration::from_secs(15 * 60),
@@ -181,6 +185,7 @@ impl Config {
         }
         c.redis_url = get("REDIS_URL");
         c.jwt_secret = get("JWT_SECRET");
+        c.encryption_key = get("ENCRYPTION_KEY");
         if let Some(v) = get("RATE_LIMIT") {
             c.rate_limit = if v.eq_ignore_ascii_case("off") {
                 None

@@ -5,6 +5,7 @@
 pub mod audit;
 pub mod auth;
 pub mod config;
+pub mod crypto;
 pub mod db;
 pub mod error;
 pub mod events;
@@ -45,6 +46,8 @@ pub struct AppState {
     /// The decode budget and in-flight uploads, shared by every request and job of the process.
     pub media: Arc<media::MediaRuntime>,
     pub events: Arc<events::service::Events>,
+    /// Encrypts secrets at rest (webhook secrets, merchants' WhatsApp credentials).
+    pub cipher: crypto::Cipher,
     schema: AppSchema,
 }
 
@@ -76,6 +79,7 @@ pub async fn build(config: Config) -> Result<App> {
     let (secret, generated) =
         auth::token::load_or_create_secret(config.jwt_secret.as_deref(), &config.data_dir)?;
     let keys = TokenKeys::new(&secret);
+    let cipher = crypto::Cipher::load_or_create(config.encryption_key.as_deref(), &config.data_dir)?;
     let admin_token = if generated {
         Some(keys.issue("admin", Role::Admin, None, ADMIN_TOKEN_TTL)?)
     } else {
@@ -103,6 +107,7 @@ pub async fn build(config: Config) -> Result<App> {
             storage,
             media,
             events,
+            cipher,
             config: Arc::new(config),
             db,
             keys,

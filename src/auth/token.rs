@@ -182,7 +182,7 @@ pub fn load_or_create_secret(configured: Option<&str>, data_dir: &Path) -> Resul
     let path = data_dir.join("jwt_secret");
     match std::fs::read_to_string(&path) {
         Ok(s) => {
-            check_private(&path)?;
+            check_private(&path, "JWT_SECRET")?;
             if s.trim().len() < 32 {
                 return Err(Error::validation(
                     "JWT_SECRET",
@@ -204,14 +204,14 @@ pub fn load_or_create_secret(configured: Option<&str>, data_dir: &Path) -> Resul
 }
 
 /// The secret file must be readable by its owner only.
-fn check_private(path: &Path) -> Result<()> {
+pub(crate) fn check_private(path: &Path, var: &str) -> Result<()> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(path)?.permissions().mode();
         if mode & 0o077 != 0 {
             return Err(Error::validation(
-                "JWT_SECRET",
+                var,
                 format!(
                     "{} is readable by other users (mode {:o}); run chmod 600 on it",
                     path.display(),
@@ -223,7 +223,7 @@ fn check_private(path: &Path) -> Result<()> {
     Ok(())
 }
 
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create(true).truncate(true);
