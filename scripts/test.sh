@@ -66,6 +66,18 @@ export TEST_REDIS_URL="${TEST_REDIS_URL:-redis://127.0.0.1:$REDIS_PORT}"
 echo "PostgreSQL: $TEST_POSTGRES_URL"
 echo "Redis:      $TEST_REDIS_URL"
 
+# The typed frontend example: a schema change that breaks its graphql-codegen documents fails here
+# (about 40 s, most of it npm ci). Skipped, with a note, when node is not installed.
+if command -v npm >/dev/null 2>&1; then
+  echo "Frontend example: npm ci + graphql-codegen + tsc --noEmit"
+  (cd examples/frontend && npm ci --no-audit --no-fund --loglevel=error && npm run --silent check >/dev/null) || {
+    echo "error: examples/frontend no longer type-checks against schema.graphql (cd examples/frontend && npm run check)" >&2
+    exit 1
+  }
+else
+  echo "note: node/npm not installed: the frontend type-check (examples/frontend) is skipped; apt-get install -y nodejs npm to run it"
+fi
+
 # Run the suite, then close with one summary line over every test binary (cargo prints a
 # "test result" per binary, and the last one is often a crate with no tests).
 log="$(mktemp)"

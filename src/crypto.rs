@@ -118,10 +118,11 @@ impl Cipher {
             return Err(Error::internal("stored secret is truncated"));
         }
         let (nonce, ct) = raw.split_at(NONCE_LEN);
-        let nonce = XNonce::from_slice(nonce);
+        let nonce: [u8; NONCE_LEN] = nonce.try_into().expect("split at NONCE_LEN");
+        let nonce = XNonce::from(nonce);
         self.keys
             .iter()
-            .find_map(|k| k.decrypt(nonce, ct).ok())
+            .find_map(|k| k.decrypt(&nonce, ct).ok())
             .and_then(|pt| String::from_utf8(pt).ok())
             .ok_or_else(|| {
                 Error::internal("no ENCRYPTION_KEY opens a stored secret (was the key replaced?)")

@@ -79,7 +79,8 @@ pub async fn build(config: Config) -> Result<App> {
     let (secret, generated) =
         auth::token::load_or_create_secret(config.jwt_secret.as_deref(), &config.data_dir)?;
     let keys = TokenKeys::new(&secret);
-    let cipher = crypto::Cipher::load_or_create(config.encryption_key.as_deref(), &config.data_dir)?;
+    let cipher =
+        crypto::Cipher::load_or_create(config.encryption_key.as_deref(), &config.data_dir)?;
     let admin_token = if generated {
         Some(keys.issue("admin", Role::Admin, None, ADMIN_TOKEN_TTL)?)
     } else {

@@ -6,6 +6,7 @@
 //! * [`rate_limit`]: per-client-IP limits.
 
 pub mod rate_limit;
+pub mod scope;
 pub mod token;
 
 use std::net::IpAddr;

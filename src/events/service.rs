@@ -23,7 +23,7 @@ use uuid::Uuid;
 
 use super::{Event, EventType, bus::EventBus, validate_payload};
 use crate::{
-    auth::{MerchantId, MerchantScope},
+    auth::{MerchantId, MerchantScope, scope::Scoped as _},
     error::{Error, Result},
     pagination::{Page, PageArgs, encode_cursor},
 };
@@ -81,10 +81,7 @@ pub async fn record<C: ConnectionTrait>(
 }
 
 fn filter(scope: &MerchantScope, types: &[EventType]) -> Condition {
-    let mut cond = Condition::all();
-    if let Some(m) = scope.merchant() {
-        cond = cond.add(C::MerchantId.eq(m.as_str()));
-    }
+    let mut cond = Events_::scope_condition(scope);
     if !types.is_empty() {
         cond = cond.add(C::EventType.is_in(types.iter().map(|t| t.as_str())));
     }

@@ -1,5 +1,6 @@
-//! Who may see and change which media and which product's media. Every media query in
-//! [`super::service`] takes its scope from here, so the rules live in one place:
+//! Who may see and change which media and which product's media. Row-level reads and writes go
+//! through the scoped finders of [`crate::auth::scope`] (media's `Tenant` impl holds the rule that a
+//! usable upload is public); the field-level and list rules live here:
 //!
 //! * `mediaList`: a merchant lists its own media; admin and service list all (optionally one
 //!   merchant's); anonymous callers are refused.
@@ -10,7 +11,7 @@
 //! * A product is `(merchant, productId)`. A merchant acts on its own products; admin and service
 //!   callers name the merchant; a public read names the merchant too.
 
-use entity::{MediaStatus, media_file};
+use entity::media_file;
 
 use super::intake;
 use crate::{
@@ -27,29 +28,6 @@ pub fn sees_private(actor: &Actor, row: &media_file::Model) -> bool {
     privileged(actor)
         || matches!(actor, Actor::Merchant { merchant_id, .. } if row.merchant_id.as_deref() == Some(merchant_id.as_str()))
         || (row.owner_id.is_some() && actor.id() == row.owner_id.as_deref())
-}
-
-/// Whether `actor` may read the row at all.
-pub fn can_read(actor: &Actor, row: &media_file::Model) -> bool {
-    matches!(row.status, MediaStatus::Ready | MediaStatus::Processing) || sees_private(actor, row)
-}
-
-/// Whether `actor` may delete the row or attach it to products.
-pub fn can_manage(actor: &Actor, row: &media_file::Model) -> Result<()> {
-    match actor {
-        Actor::Admin { .. } | Actor::Service { .. } => Ok(()),
-        Actor::Merchant { merchant_id, .. }
-            if row.merchant_id.as_deref() == Some(merchant_id.as_str()) =>
-        {
-            Ok(())
-        }
-        Actor::Merchant { .. } => Err(Error::Forbidden(
-            "this media belongs to another merchant".into(),
-        )),
-        Actor::Anonymous => Err(Error::Unauthenticated(
-            "this operation requires a bearer token".into(),
-        )),
-    }
 }
 
 /// The merchant an upload belongs to: a merchant's own; admin and service may name one (or none,

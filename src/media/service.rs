@@ -24,7 +24,7 @@ use super::{
 };
 use crate::{
     AppState, audit,
-    auth::RequestContext,
+    auth::{RequestContext, scope},
     error::{Error, Result},
     pagination::{Page, PageArgs, encode_cursor},
 };
@@ -401,11 +401,7 @@ async fn find_readable(
     ctx: &RequestContext,
     id: Uuid,
 ) -> Result<media_file::Model> {
-    Media::find_by_id(id)
-        .one(db)
-        .await?
-        .filter(|m| access::can_read(&ctx.actor, m))
-        .ok_or_else(|| Error::not_found("media"))
+    scope::one_visible::<Media, _>(db, &ctx.actor, Condition::all().add(C::Id.eq(id))).await
 }
 
 /// A row the caller may change: NOT_FOUND when it may not even read it, else FORBIDDEN.
@@ -414,10 +410,7 @@ async fn find_writable(
     ctx: &RequestContext,
     id: Uuid,
 ) -> Result<media_file::Model> {
-    ctx.actor.require_authenticated()?;
-    let m = find_readable(db, ctx, id).await?;
-    access::can_manage(&ctx.actor, &m)?;
-    Ok(m)
+    scope::one_writable::<Media, _>(db, &ctx.actor, Condition::all().add(C::Id.eq(id))).await
 }
 
 /// One media row, as the caller may see it.

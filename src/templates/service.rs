@@ -23,7 +23,10 @@ use uuid::Uuid;
 use super::engine::{self, TemplateContent};
 use crate::{
     audit,
-    auth::{Actor, RequestContext},
+    auth::{
+        Actor, RequestContext,
+        scope::{self, Scoped},
+    },
     error::{Error, FieldError, Result},
     pagination::{Page, PageArgs, encode_cursor},
 };
@@ -159,32 +162,6 @@ pub fn to_json(m: &message_template::Model) -> Value {
     serde_json::to_value(TemplateRow::from(m)).expect("a template row always serializes")
 }
 
-/// Which rows an actor may read.
-fn visible_to(actor: &Actor) -> Condition {
-    match actor {
-        Actor::Admin { .. } | Actor::Service { .. } => Condition::all(),
-        Actor::Merchant { merchant_id, .. } => Condition::any()
-            .add(C::MerchantId.eq(merchant_id.as_str()))
-            .add(C::Status.eq(TemplateStatus::Active)),
-        Actor::Anonymous => Condition::all().add(C::Status.eq(TemplateStatus::Active)),
-    }
-}
-
-fn can_write(actor: &Actor, m: &message_template::Model) -> Result<()> {
-    match actor {
-        Actor::Admin { .. } | Actor::Service { .. } => Ok(()),
-        Actor::Merchant { merchant_id, .. } if m.merchant_id.as_deref() == Some(merchant_id) => {
-            Ok(())
-        }
-        Actor::Merchant { .. } => Err(Error::Forbidden(
-            "this template belongs to another merchant".into(),
-        )),
-        Actor::Anonymous => Err(Error::Unauthenticated(
-            "writing templates requires a bearer token".into(),
-        )),
-    }
-}
-
 fn validate_name(name: &str) -> Result<String> {
     let name = name.trim();
     if name.is_empty() {
@@ -221,7 +198,7 @@ fn escape_like(s: &str) -> String {
 
 /// The rows `ctx` may see that match `filter`.
 fn list_condition(ctx: &RequestContext, filter: &TemplateFilter) -> Condition {
-    let mut cond = visible_to(&ctx.actor);
+    let mut cond = Templates::read_condition(&ctx.actor);
     if let Some(kind) = filter.kind {
         cond = cond.add(C::Kind.eq(kind));
     }
@@ -299,12 +276,16 @@ pub fn cursor(m: &message_template::Model) -> String {
     encode_cursor(CURSOR_KIND, &m.name)
 }
 
+fn by_id(id: Uuid) -> Condition {
+    Condition::all().add(C::Id.eq(id))
+}
+
 async fn find_visible<Db: ConnectionTrait>(
     db: &Db,
     actor: &Actor,
     r: &TemplateRef,
 ) -> Result<message_template::Model> {
-    let q = Templates::find().filter(visible_to(actor));
+    let q = Templates::visible_to(actor);
     let found = match r {
         TemplateRef::Id(id) => q.filter(C::Id.eq(*id)).one(db).await?,
         // Names are unique per namespace: a merchant's own first, then the platform's.
@@ -339,8 +320,7 @@ pub async fn versions(
     template_id: Uuid,
 ) -> Result<Vec<template_version::Model>> {
     // The history holds drafts and past wording: only those who may write the template see it.
-    let current = find_visible(db, &ctx.actor, &TemplateRef::Id(template_id)).await?;
-    can_write(&ctx.actor, &current)?;
+    scope::one_writable::<Templates, _>(db, &ctx.actor, by_id(template_id)).await?;
     Ok(Versions::find()
         .filter(template_version::Column::TemplateId.eq(template_id))
         .order_by_desc(template_version::Column::Version)
@@ -460,8 +440,7 @@ pub async fn update(
 ) -> Result<message_template::Model> {
     ctx.actor.require_authenticated()?;
     let txn = crate::db::begin_write(db).await?;
-    let current = find_visible(&txn, &ctx.actor, &TemplateRef::Id(id)).await?;
-    can_write(&ctx.actor, &current)?;
+    let current = scope::one_writable::<Templates, _>(&txn, &ctx.actor, by_id(id)).await?;
 
     let mut content = content_of(&current);
     let name = match &patch.name {
@@ -593,8 +572,7 @@ pub async fn set_status(
 ) -> Result<message_template::Model> {
     ctx.actor.require_authenticated()?;
     let txn = crate::db::begin_write(db).await?;
-    let current = find_visible(&txn, &ctx.actor, &TemplateRef::Id(id)).await?;
-    can_write(&ctx.actor, &current)?;
+    let current = scope::one_writable::<Templates, _>(&txn, &ctx.actor, by_id(id)).await?;
     let model = apply_status(&txn, ctx, current, status).await?;
     txn.commit().await?;
     Ok(model)
@@ -608,8 +586,7 @@ pub async fn delete(
 ) -> Result<message_template::Model> {
     ctx.actor.require_authenticated()?;
     let txn = crate::db::begin_write(db).await?;
-    let current = find_visible(&txn, &ctx.actor, &TemplateRef::Id(id)).await?;
-    can_write(&ctx.actor, &current)?;
+    let current = scope::one_writable::<Templates, _>(&txn, &ctx.actor, by_id(id)).await?;
     Templates::delete_by_id(current.id).exec(&txn).await?;
     audit::record(
         &txn,

@@ -231,6 +231,53 @@ async fn merchant_isolation(db: Db) {
     }
 }
 
+/// A filter narrows what a merchant sees; it never widens it. (A merchant's scope is "its own OR
+/// the active ones"; a filter OR-ed onto that group showed other merchants' drafts of that type.)
+async fn filters_never_widen_a_merchants_view(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let (a, b) = (app.as_merchant("m-a"), app.as_merchant("m-b"));
+    b.create_template(json!({
+        "name": "b_secret", "type": "BUTTONS", "body": "B only", "status": "DRAFT",
+        "buttons": [{ "id": "y", "title": "Yes" }],
+    }))
+    .await;
+    let query = r#"query($type: TemplateType, $status: TemplateStatus, $search: String) {
+      templates(type: $type, status: $status, search: $search, first: 100) { totalCount nodes { name } }
+    }"#;
+    for vars in [
+        json!({ "type": "BUTTONS" }),
+        json!({ "status": "DRAFT" }),
+        json!({ "search": "secret" }),
+    ] {
+        let data = a.gql_ok(query, vars.clone()).await;
+        let names = data["templates"]["nodes"].to_string();
+        assert!(
+            !names.contains("b_secret"),
+            "{vars} showed B's draft to A: {names}"
+        );
+    }
+    for path in [
+        "/api/templates?type=buttons",
+        "/api/templates?status=draft",
+        "/api/templates?search=secret",
+    ] {
+        let (status, body) = a.rest(Method::GET, path, None).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert!(
+            !body.to_string().contains("b_secret"),
+            "{path} showed B's draft to A: {body}"
+        );
+    }
+    // B itself still finds it through each filter.
+    let data = b
+        .gql_ok(query, json!({ "type": "BUTTONS", "status": "DRAFT" }))
+        .await;
+    assert!(
+        data["templates"]["nodes"].to_string().contains("b_secret"),
+        "{data}"
+    );
+}
+
 async fn platform_templates_are_read_only_for_merchants(db: Db) {
     let app = TestApp::spawn(db).await;
     let admin = app.as_admin();
@@ -533,6 +580,7 @@ async fn media_list_is_scoped(db: Db) {
 }
 
 both_dbs!(
+    filters_never_widen_a_merchants_view,
     anonymous_cannot_write_or_see_drafts,
     merchant_isolation,
     platform_templates_are_read_only_for_merchants,

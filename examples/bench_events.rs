@@ -1,0 +1,384 @@
+//! Event benchmarks against real `smartbot serve` processes over real sockets.
+//!
+//!     cargo build --release && cargo build --release --example bench_events
+//!     target/release/examples/bench_events fanout  [subscribers=10000] [events=5]
+//!     target/release/examples/bench_events latency [subscribers=100] [rate=1000] [seconds=10]
+//!     target/release/examples/bench_events latency-redis [subscribers=100] [rate=1000] [seconds=10]
+//!
+//! * `fanout`: N graphql-transport-ws subscribers on one instance (embedded SQLite, local bus).
+//!   It reports the server's resident memory per idle subscriber, then emits events one at a
+//!   time and reports, for each, the delay from the emit request until each subscriber has it
+//!   (p50, p99, max over all subscribers).
+//! * `latency`: `rate` events per second for `seconds`, emitted over REST, with 100 subscribers
+//!   on the same instance. It reports emit-to-subscriber p50 and p99.
+//! * `latency-redis`: the same with two instances sharing PostgreSQL (`TEST_POSTGRES_URL`) and Redis
+//!   (`TEST_REDIS_URL`). Events are emitted through A and received on B.
+//!
+//! The server binary is `target/release/smartbot` (override it with `SMARTBOT_BIN`). The clients
+//! run in this process, so the figures include the client side on the same 2 cores. Each line
+//! printed is one JSON measurement.
+
+use std::{
+    net::TcpListener,
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use smartbot::auth::{Role, token::TokenKeys};
+use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest, http::HeaderValue};
+
+const SECRET: &str = "bench-events-secret-0123456789abcdef";
+const SUB: &str = "subscription { events(types: [BOT_CONNECTED]) { id payload } }";
+
+struct Server {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn server_bin() -> std::path::PathBuf {
+    if let Ok(p) = std::env::var("SMARTBOT_BIN") {
+        return p.into();
+    }
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().unwrap().parent().unwrap().join("smartbot")
+}
+
+async fn start(env: &[(&str, String)]) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut cmd = Command::new(server_bin());
+    cmd.arg("serve")
+        .env("PORT", port.to_string())
+        .env("BIND_ADDR", "127.0.0.1")
+        .env("DATA_DIR", dir.path())
+        .env("JWT_SECRET", SECRET)
+        .env("RATE_LIMIT", "off")
+        .env("WS_MAX_OPERATIONS", "100")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let child = cmd
+        .spawn()
+        .expect("start target/release/smartbot (cargo build --release)");
+    let server = Server {
+        child,
+        port,
+        _dir: dir,
+    };
+    let health = format!("http://127.0.0.1:{port}/health");
+    let client = reqwest::Client::new();
+    for _ in 0..600 {
+        if client
+            .get(&health)
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return server;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("server did not come up on {port}");
+}
+
+fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64
+}
+
+fn token() -> String {
+    TokenKeys::new(SECRET.as_bytes())
+        .issue("bench", Role::Admin, None, Duration::from_secs(3600))
+        .unwrap()
+}
+
+/// Latencies (µs) seen by subscribers, keyed by nothing: one flat list per run.
+type Seen = Arc<Mutex<Vec<u64>>>;
+
+/// Opens a subscriber; returns once the server acknowledged the connection. Each event's payload
+/// carries its emit time (`reason`), and the receive delay goes to `seen`.
+async fn subscriber(port: u16, token: &str, seen: Seen) -> tokio::task::JoinHandle<()> {
+    let mut req = format!("ws://127.0.0.1:{port}/graphql/ws")
+        .into_client_request()
+        .unwrap();
+    req.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        HeaderValue::from_static("graphql-transport-ws"),
+    );
+    let (mut ws, _) = loop {
+        match tokio_tungstenite::connect_async(req.clone()).await {
+            Ok(c) => break c,
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    };
+    let init = json!({ "type": "connection_init", "payload": { "token": token } });
+    ws.send(Message::text(init.to_string())).await.unwrap();
+    loop {
+        if let Some(Ok(Message::Text(t))) = ws.next().await
+            && t.contains("connection_ack")
+        {
+            break;
+        }
+    }
+    let sub = json!({ "type": "subscribe", "id": "1", "payload": { "query": SUB } });
+    ws.send(Message::text(sub.to_string())).await.unwrap();
+    tokio::spawn(async move {
+        while let Some(Ok(msg)) = ws.next().await {
+            let Message::Text(t) = msg else { continue };
+            let v: Value = serde_json::from_str(&t).unwrap_or_default();
+            match v["type"].as_str() {
+                Some("next") => {
+                    let sent = v["payload"]["data"]["events"]["payload"]["reason"]
+                        .as_str()
+                        .and_then(|s| s.parse::<u64>().ok());
+                    if let Some(sent) = sent {
+                        seen.lock().unwrap().push(now_us().saturating_sub(sent));
+                    }
+                }
+                Some("ping") => {
+                    let _ = ws.send(Message::text(r#"{"type":"pong"}"#)).await;
+                }
+                _ => {}
+            }
+        }
+    })
+}
+
+async fn emit(client: &reqwest::Client, port: u16, token: &str) {
+    let body = json!({
+        "event_type": "bot_connected",
+        "merchant_id": "m-bench",
+        "payload": { "reason": now_us().to_string() },
+    });
+    let r = client
+        .post(format!("http://127.0.0.1:{port}/api/events"))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "emit: {}", r.status());
+}
+
+fn pct(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize] as f64 / 1000.0
+}
+
+async fn connect_all(
+    port: u16,
+    n: usize,
+    token: &str,
+    seen: &Seen,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut handles = Vec::with_capacity(n);
+    // A few hundred handshakes in flight at a time.
+    let mut pending = futures::stream::iter(0..n)
+        .map(|_| subscriber(port, token, seen.clone()))
+        .buffer_unordered(256);
+    while let Some(h) = pending.next().await {
+        handles.push(h);
+    }
+    handles
+}
+
+/// Waits until every subscriber saw `count` events (or the deadline).
+async fn wait_for(seen: &Seen, count: usize, deadline: Duration) {
+    let start = Instant::now();
+    while seen.lock().unwrap().len() < count && start.elapsed() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn fanout(subscribers: usize, events: usize) {
+    let server = start(&[]).await;
+    let pid = server.child.id();
+    let token = token();
+    let client = reqwest::Client::new();
+    // Warm the server (first emit, first socket) before taking the baseline.
+    let seen: Seen = Arc::default();
+    let warm = subscriber(server.port, &token, seen.clone()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    emit(&client, server.port, &token).await;
+    wait_for(&seen, 1, Duration::from_secs(5)).await;
+    warm.abort();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = rss_kb(pid);
+    let t = Instant::now();
+    let seen: Seen = Arc::default();
+    let handles = connect_all(server.port, subscribers, &token, &seen).await;
+    let connect_s = t.elapsed().as_secs_f64();
+    // No frame says "subscribed": give the server a moment to register the last ones.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = rss_kb(pid);
+    println!(
+        "{}",
+        json!({
+            "bench": "fanout_idle",
+            "subscribers": subscribers,
+            "connect_s": (connect_s * 10.0).round() / 10.0,
+            "server_rss_before_mb": before / 1024,
+            "server_rss_after_mb": after / 1024,
+            "kb_per_idle_subscriber": ((after.saturating_sub(before)) as f64 / subscribers as f64 * 10.0).round() / 10.0,
+        })
+    );
+    let mut all = Vec::new();
+    for i in 0..events {
+        seen.lock().unwrap().clear();
+        emit(&client, server.port, &token).await;
+        wait_for(&seen, subscribers, Duration::from_secs(30)).await;
+        let mut lat = seen.lock().unwrap().clone();
+        lat.sort_unstable();
+        println!(
+            "{}",
+            json!({
+                "bench": "fanout_event", "event": i, "received": lat.len(), "subscribers": subscribers,
+                "p50_ms": pct(&lat, 0.5), "p99_ms": pct(&lat, 0.99), "max_ms": pct(&lat, 1.0),
+            })
+        );
+        all.extend(lat);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    all.sort_unstable();
+    println!(
+        "{}",
+        json!({
+            "bench": "fanout", "subscribers": subscribers, "events": events,
+            "deliveries": all.len(), "expected": subscribers * events,
+            "p50_ms": pct(&all, 0.5), "p99_ms": pct(&all, 0.99), "max_ms": pct(&all, 1.0),
+            "kb_per_idle_subscriber": ((after.saturating_sub(before)) as f64 / subscribers as f64 * 10.0).round() / 10.0,
+        })
+    );
+    for h in handles {
+        h.abort();
+    }
+}
+
+async fn latency(subscribers: usize, rate: u64, seconds: u64, redis: bool) {
+    let (a, b) = if redis {
+        let pg = std::env::var("TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+        let redis =
+            std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+        let db = format!("bench_events_{}", std::process::id());
+        let admin = sea_orm::Database::connect(&pg).await.expect("postgres");
+        use sea_orm::ConnectionTrait;
+        admin
+            .execute_unprepared(&format!("DROP DATABASE IF EXISTS {db}"))
+            .await
+            .unwrap();
+        admin
+            .execute_unprepared(&format!("CREATE DATABASE {db}"))
+            .await
+            .unwrap();
+        let url = match pg.rfind('/') {
+            Some(i) => format!("{}/{db}", &pg[..i]),
+            None => panic!("TEST_POSTGRES_URL has no database"),
+        };
+        let prefix = format!("bench-events-{}:", std::process::id());
+        let env = [
+            ("DATABASE_URL", url),
+            ("REDIS_URL", redis),
+            ("REDIS_PREFIX", prefix),
+        ];
+        let a = start(&env).await;
+        let b = start(&env).await;
+        (a, Some(b))
+    } else {
+        (start(&[]).await, None)
+    };
+    let token = token();
+    let port_sub = b.as_ref().map_or(a.port, |b| b.port);
+    let seen: Seen = Arc::default();
+    let handles = connect_all(port_sub, subscribers, &token, &seen).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let client = reqwest::Client::new();
+    let total = rate * seconds;
+    let interval = Duration::from_secs_f64(1.0 / rate as f64);
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let start_t = Instant::now();
+    let mut inflight = futures::stream::FuturesUnordered::new();
+    for _ in 0..total {
+        tick.tick().await;
+        let c = client.clone();
+        let t = token.clone();
+        let port = a.port;
+        inflight.push(tokio::spawn(async move { emit(&c, port, &t).await }));
+        while inflight.len() > 256 {
+            inflight.next().await;
+        }
+    }
+    while inflight.next().await.is_some() {}
+    let achieved = total as f64 / start_t.elapsed().as_secs_f64();
+    wait_for(&seen, total as usize * subscribers, Duration::from_secs(30)).await;
+    let mut lat = seen.lock().unwrap().clone();
+    lat.sort_unstable();
+    println!(
+        "{}",
+        json!({
+            "bench": if redis { "latency_redis_two_instances" } else { "latency_in_process" },
+            "subscribers": subscribers, "target_rate": rate, "achieved_rate": achieved.round(),
+            "deliveries": lat.len(), "expected": total as usize * subscribers,
+            "p50_ms": pct(&lat, 0.5), "p99_ms": pct(&lat, 0.99), "max_ms": pct(&lat, 1.0),
+        })
+    );
+    for h in handles {
+        h.abort();
+    }
+    drop(b);
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let num = |i: usize, d: u64| args.get(i).and_then(|s| s.parse().ok()).unwrap_or(d);
+    match args.first().map(String::as_str) {
+        Some("fanout") => fanout(num(1, 10_000) as usize, num(2, 5) as usize).await,
+        Some("latency") => latency(num(1, 100) as usize, num(2, 1000), num(3, 10), false).await,
+        Some("latency-redis") => {
+            latency(num(1, 100) as usize, num(2, 1000), num(3, 10), true).await
+        }
+        _ => {
+            eprintln!("usage: bench_events fanout|latency|latency-redis [...]");
+            std::process::exit(2);
+        }
+    }
+}
