@@ -543,3 +543,90 @@ async fn product_media_changes_emit_product_updated(db: Db) {
 }
 
 both_dbs!(product_media_changes_emit_product_updated);
+
+/// Over real sockets: a client that stops reading is cut off with LAGGED once the server's
+/// per-subscriber buffer overflows (the socket's own buffers fill first, then the bus buffer),
+/// while a client that keeps reading gets every event. Server memory is bounded by the socket
+/// buffers plus EVENT_BUFFER events, whatever the stalled client does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_socket_is_cut_off_with_lagged() {
+    use futures::StreamExt;
+    use tokio_tungstenite::MaybeTlsStream;
+
+    const N: usize = 700;
+    let app = TestApp::spawn_with(Db::Sqlite, |c| c.event_buffer = 16).await;
+
+    // The stalled client: a tiny receive buffer, and it reads nothing until every event is out.
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let stream = sock.connect(app.server.addr).await.unwrap();
+    let req = crate::ws::request(&app, "/graphql/ws", "graphql-transport-ws", None);
+    let (mut slow, _) = tokio_tungstenite::client_async(req, MaybeTlsStream::Plain(stream))
+        .await
+        .unwrap();
+    let init = json!({ "type": "connection_init", "payload": { "token": app.admin } });
+    send(&mut slow, init).await;
+    assert_eq!(recv(&mut slow).await["type"], "connection_ack");
+    let sub =
+        json!({ "type": "subscribe", "id": "s", "payload": { "query": SUB, "variables": {} } });
+    send(&mut slow, sub).await;
+
+    // The attentive client reads as events arrive.
+    let mut fast = subscribe(&app, "graphql-transport-ws", &app.admin, json!({})).await;
+    let got = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = got.clone();
+    let reader = tokio::spawn(async move {
+        use std::sync::atomic::Ordering;
+        while seen.load(Ordering::SeqCst) < N {
+            match next_event(&mut fast).await {
+                Ok(_) => seen.fetch_add(1, Ordering::SeqCst),
+                Err(e) => panic!("the attentive client was cut off: {e}"),
+            };
+        }
+    });
+
+    // 15 KB payloads (an extra field: producers may say more), so the socket buffers (a few MB) fill after a few hundred events.
+    let events = app.server.state.events.clone();
+    let m = MerchantId::parse("m", "m-stall").unwrap();
+    let filler = "x".repeat(15_000);
+    for n in 1..=N {
+        events
+            .emit(
+                EventType::BotConnected,
+                &m,
+                json!({ "reason": "stall", "note": filler }),
+            )
+            .await
+            .unwrap();
+        // Paced by the attentive client, so only the stalled one can fall behind.
+        let seen = got.clone();
+        crate::common::eventually("the attentive client keeps up", || {
+            let seen = seen.clone();
+            async move {
+                let have = seen.load(std::sync::atomic::Ordering::SeqCst);
+                if have + 4 >= n {
+                    Ok(())
+                } else {
+                    Err(format!("{have} of {n}"))
+                }
+            }
+        })
+        .await;
+    }
+    reader.await.unwrap();
+
+    // Now the stalled client reads: what the buffers held, then LAGGED, then nothing more.
+    let mut delivered = 0;
+    let code = loop {
+        match next_event(&mut slow).await {
+            Ok(_) => delivered += 1,
+            Err(v) => break error_code(&v),
+        }
+    };
+    assert_eq!(code, "LAGGED", "after {delivered} events");
+    assert!(
+        delivered < N,
+        "the stalled client was cut off, not buffered without bound ({delivered} of {N})"
+    );
+    let _ = slow.next().await;
+}
