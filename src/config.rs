@@ -113,6 +113,24 @@ pub struct Config {
     pub event_buffer: usize,
     /// `METRICS_TOKEN` (default none): when set, `/metrics` needs `Authorization: Bearer <token>`.
     pub metrics_token: Option<String>,
+    /// `WEBHOOK_TIMEOUT` (default 15s): one delivery attempt, connect to last byte.
+    pub webhook_timeout: Duration,
+    /// `WEBHOOK_RETRY_SCHEDULE` (default `0s,5s,5m,30m,2h,5h,10h`): the delay before each
+    /// attempt (the first is the first attempt's); its length is the number of attempts.
+    pub webhook_retry_schedule: Vec<Duration>,
+    /// `WEBHOOK_DISABLE_AFTER` (default 5 days): an endpoint whose every attempt failed for this
+    /// long is disabled.
+    pub webhook_disable_after: Duration,
+    /// `WEBHOOK_ALLOWED_NETWORKS`: CIDRs that deliveries may reach although they are private,
+    /// loopback, etc. (default none).
+    pub webhook_allowed_networks: Vec<ipnet::IpNet>,
+    /// `WEBHOOK_HTTPS_ONLY` (default false): refuse `http://` endpoints.
+    pub webhook_https_only: bool,
+    /// `WEBHOOK_LOG_RETENTION` (default 30 days): delivery logs older than this are trimmed.
+    pub webhook_log_retention: Duration,
+    /// `WEBHOOK_SWEEP_INTERVAL` (default 5s): how often each process looks for events whose
+    /// webhook fan-out was interrupted by a crash (and trims old logs).
+    pub webhook_sweep_interval: Duration,
 }
 
 impl Config {
@@ -153,6 +171,13 @@ impl Config {
             event_history: 1000,
             event_buffer: 1024,
             metrics_token: None,
+            webhook_timeout: Duration::from_secs(15),
+            webhook_retry_schedule: default_retry_schedule(),
+            webhook_disable_after: Duration::from_secs(5 * 24 * 3600),
+            webhook_allowed_networks: Vec::new(),
+            webhook_https_only: false,
+            webhook_log_retention: Duration::from_secs(30 * 24 * 3600),
+            webhook_sweep_interval: Duration::from_secs(5),
         }
     }
 
@@ -288,6 +313,30 @@ impl Config {
             }
         }
         c.metrics_token = get("METRICS_TOKEN");
+        if let Some(v) = get("WEBHOOK_TIMEOUT") {
+            c.webhook_timeout = duration("WEBHOOK_TIMEOUT", &v)?;
+            if c.webhook_timeout > Duration::from_secs(300) {
+                return Err(invalid("WEBHOOK_TIMEOUT", "must be at most 5m"));
+            }
+        }
+        if let Some(v) = get("WEBHOOK_RETRY_SCHEDULE") {
+            c.webhook_retry_schedule = parse_retry_schedule(&v)?;
+        }
+        if let Some(v) = get("WEBHOOK_DISABLE_AFTER") {
+            c.webhook_disable_after = duration("WEBHOOK_DISABLE_AFTER", &v)?;
+        }
+        if let Some(v) = get("WEBHOOK_ALLOWED_NETWORKS") {
+            c.webhook_allowed_networks = parse_cidrs("WEBHOOK_ALLOWED_NETWORKS", &v)?;
+        }
+        if let Some(v) = get("WEBHOOK_HTTPS_ONLY") {
+            c.webhook_https_only = parse_bool("WEBHOOK_HTTPS_ONLY", &v)?;
+        }
+        if let Some(v) = get("WEBHOOK_LOG_RETENTION") {
+            c.webhook_log_retention = duration("WEBHOOK_LOG_RETENTION", &v)?;
+        }
+        if let Some(v) = get("WEBHOOK_SWEEP_INTERVAL") {
+            c.webhook_sweep_interval = duration("WEBHOOK_SWEEP_INTERVAL", &v)?;
+        }
         Ok(c)
     }
 
@@ -328,6 +377,44 @@ pub fn parse_concurrency(v: &str) -> Result<HashMap<QueueName, usize>, Error> {
         out.insert(queue, n);
     }
     Ok(out)
+}
+
+/// Svix's schedule: immediately, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h.
+pub fn default_retry_schedule() -> Vec<Duration> {
+    [0, 5, 300, 1800, 7200, 18000, 36000]
+        .into_iter()
+        .map(Duration::from_secs)
+        .collect()
+}
+
+/// `0s,5s,5m`: 1 to 20 delays, each at most a day.
+pub fn parse_retry_schedule(v: &str) -> Result<Vec<Duration>, Error> {
+    let key = "WEBHOOK_RETRY_SCHEDULE";
+    let out = v
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| humantime::parse_duration(p).map_err(|e| invalid(key, format!("{p:?}: {e}"))))
+        .collect::<Result<Vec<_>, _>>()?;
+    if out.is_empty() || out.len() > 20 {
+        return Err(invalid(key, "must list 1 to 20 delays"));
+    }
+    if out.iter().any(|d| *d > Duration::from_secs(24 * 3600)) {
+        return Err(invalid(key, "each delay must be at most 24h"));
+    }
+    Ok(out)
+}
+
+fn parse_cidrs(key: &str, v: &str) -> Result<Vec<ipnet::IpNet>, Error> {
+    v.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            p.parse::<ipnet::IpNet>()
+                .or_else(|_| p.parse::<IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| invalid(key, format!("{p:?} is not a CIDR")))
+        })
+        .collect()
 }
 
 fn sqlite_url(data_dir: &std::path::Path) -> String {
@@ -443,6 +530,33 @@ mod tests {
                 .contains("QUEUE_CONCURRENCY")
         );
         assert!(from(&[("QUEUE_CONCURRENCY", "media_processing=0")]).is_err());
+        let c = from(&[
+            ("WEBHOOK_RETRY_SCHEDULE", "0s, 100ms, 2s"),
+            ("WEBHOOK_ALLOWED_NETWORKS", "127.0.0.0/8, ::1"),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.webhook_retry_schedule,
+            vec![
+                Duration::ZERO,
+                Duration::from_millis(100),
+                Duration::from_secs(2)
+            ]
+        );
+        assert_eq!(c.webhook_allowed_networks.len(), 2);
+        assert_eq!(from(&[]).unwrap().webhook_retry_schedule.len(), 7);
+        for (k, v) in [
+            ("WEBHOOK_RETRY_SCHEDULE", "soon"),
+            ("WEBHOOK_RETRY_SCHEDULE", "25h"),
+            ("WEBHOOK_ALLOWED_NETWORKS", "10.0.0.0/33"),
+            ("WEBHOOK_HTTPS_ONLY", "maybe"),
+            ("WEBHOOK_TIMEOUT", "0s"),
+        ] {
+            assert!(
+                from(&[(k, v)]).unwrap_err().to_string().contains(k),
+                "{k}={v}"
+            );
+        }
         assert_eq!(
             "5/1s".parse::<RateLimit>().unwrap(),
             RateLimit {

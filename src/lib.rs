@@ -16,6 +16,7 @@ pub mod media;
 pub mod pagination;
 pub mod queue;
 pub mod templates;
+pub mod webhooks;
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
@@ -48,6 +49,8 @@ pub struct AppState {
     pub events: Arc<events::service::Events>,
     /// Encrypts secrets at rest (webhook secrets, merchants' WhatsApp credentials).
     pub cipher: crypto::Cipher,
+    /// The webhook delivery client, address policy and retry schedule.
+    pub webhooks: Arc<webhooks::WebhookRuntime>,
     schema: AppSchema,
 }
 
@@ -97,11 +100,13 @@ pub async fn build(config: Config) -> Result<App> {
     let queue = JobQueue::new(queue_backend(&config, &db).await?);
     let storage = Arc::new(media::storage::LocalStorage::new(config.media_dir()));
     let media = Arc::new(media::MediaRuntime::new(config.media_decode_budget));
-    let events = Arc::new(events::service::Events::new(
-        db.clone(),
-        event_bus(&config).await?,
-        config.event_history,
-    ));
+    let webhooks = Arc::new(webhooks::WebhookRuntime::new(&config)?);
+    // The event row is the webhook outbox; publishing fans it out into delivery jobs.
+    let outbox = webhooks::delivery::Dispatcher::new(db.clone(), queue.clone(), webhooks.clone());
+    let events = Arc::new(
+        events::service::Events::new(db.clone(), event_bus(&config).await?, config.event_history)
+            .with_outbox(Arc::new(outbox)),
+    );
     Ok(App {
         state: AppState {
             queue,
@@ -109,6 +114,7 @@ pub async fn build(config: Config) -> Result<App> {
             media,
             events,
             cipher,
+            webhooks,
             config: Arc::new(config),
             db,
             keys,
@@ -160,6 +166,7 @@ pub fn start_workers(state: &AppState, queues: Vec<QueueName>) -> Workers {
     let handlers = jobs::handlers(state);
     let mut config = worker_config(&state.config, queues);
     config.metrics = state.queue.metrics().clone();
+    webhooks::delivery::spawn_sweeper(state);
     Workers::start(state.queue.backend().clone(), &handlers, config)
 }
 
@@ -170,6 +177,7 @@ pub async fn serve_on(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     state.rate_limiter.spawn_janitor();
+    webhooks::delivery::spawn_sweeper(&state);
     let app = http::router(state);
     axum::serve(
         listener,
@@ -199,6 +207,7 @@ impl RunningServer {
     /// Stops accepting, lets in-flight requests and jobs finish, and waits.
     pub async fn stop(self) -> Result<()> {
         self.shutdown.cancel();
+        self.state.webhooks.stop();
         if let Some(w) = self.workers {
             w.stop().await;
         }

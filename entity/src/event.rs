@@ -14,6 +14,8 @@ pub struct Model {
     pub merchant_id: String,
     pub payload: Json,
     pub occurred_at: DateTimeUtc,
+    /// The transactional outbox: NULL until this event's webhook deliveries are enqueued.
+    pub webhooks_dispatched_at: Option<DateTimeUtc>,
 }
 
 impl ActiveModelBehavior for ActiveModel {}

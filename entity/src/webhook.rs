@@ -12,7 +12,7 @@ pub struct Model {
     pub merchant_id: Option<String>,
     pub url: String,
     pub description: Option<String>,
-    /// `whsec_…` signing secret.
+    /// The `whsec_…` signing secret, encrypted at rest (`enc:v1:…`, see the app's `crypto`).
     pub secret: String,
     /// Event types delivered; an empty list means all.
     pub event_types: Json,
@@ -22,6 +22,15 @@ pub struct Model {
     pub created_by: Option<String>,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
+    /// Also sign the seed's way (`X-Webhook-Signature: sha256=<hex>`).
+    pub legacy_signature: bool,
+    /// Deliveries per second at most; NULL is unlimited.
+    pub rate_limit: Option<i32>,
+    /// The secret before the last rotation (encrypted), still signing until it expires.
+    pub previous_secret: Option<String>,
+    pub previous_secret_expires_at: Option<DateTimeUtc>,
+    /// When the current run of failed attempts began; NULL after a success.
+    pub failing_since: Option<DateTimeUtc>,
     #[sea_orm(has_many)]
     pub logs: HasMany<super::webhook_log::Entity>,
 }

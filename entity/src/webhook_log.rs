@@ -22,6 +22,8 @@ pub struct Model {
     pub error: Option<String>,
     pub duration_ms: Option<i64>,
     pub next_retry_at: Option<DateTimeUtc>,
+    /// Where the attempt was sent.
+    pub url: Option<String>,
     pub created_at: DateTimeUtc,
     #[sea_orm(belongs_to, from = "webhook_id", to = "id", on_delete = "Cascade")]
     pub webhook: HasOne<super::webhook::Entity>,

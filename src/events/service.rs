@@ -6,6 +6,10 @@
 //! subscriber that missed the live copy finds it in the history. A subscription with `after`
 //! listens to the bus *before* it reads the history, then skips live events it already replayed,
 //! so the seam between history and live has no gap and no duplicate.
+//!
+//! The event row is also the webhook outbox: `record` leaves `webhooks_dispatched_at` NULL, and
+//! `publish` hands the event to the [`Outbox`] (webhook fan-out), which marks it dispatched. A
+//! crash in between leaves it for the outbox's sweeper; see `webhooks::delivery`.
 
 use std::sync::{
     Arc,
@@ -35,12 +39,19 @@ const CURSOR_KIND: &str = "evt";
 const TRIM_EVERY: u64 = 32;
 const REPLAY_PAGE: u64 = 500;
 
+/// Where committed events go besides the bus: the webhook fan-out. It marks what it dispatched.
+#[async_trait::async_trait]
+pub trait Outbox: Send + Sync + 'static {
+    async fn dispatch(&self, events: &[Event]) -> Result<()>;
+}
+
 /// The event service held in the app state.
 pub struct Events {
     db: DatabaseConnection,
     bus: Arc<dyn EventBus>,
     history: u64,
     emitted: AtomicU64,
+    outbox: Option<Arc<dyn Outbox>>,
 }
 
 fn to_event(m: event::Model) -> Result<Event> {
@@ -74,6 +85,8 @@ pub async fn record<C: ConnectionTrait>(
         merchant_id: Set(e.merchant_id.clone()),
         payload: Set(e.payload.clone()),
         occurred_at: Set(e.occurred_at),
+        // NULL: the webhook fan-out is still to be dispatched (the outbox).
+        webhooks_dispatched_at: sea_orm::ActiveValue::NotSet,
     }
     .insert(db)
     .await?;
@@ -99,7 +112,14 @@ impl Events {
             bus,
             history: history.max(1) as u64,
             emitted: AtomicU64::new(0),
+            outbox: None,
         }
+    }
+
+    /// Sends every published event through `outbox` too (the webhook fan-out).
+    pub fn with_outbox(mut self, outbox: Arc<dyn Outbox>) -> Self {
+        self.outbox = Some(outbox);
+        self
     }
 
     pub fn bus(&self) -> &Arc<dyn EventBus> {
@@ -123,11 +143,18 @@ impl Events {
         Ok(e)
     }
 
-    /// Hands a stored event to live subscribers. A bus failure is logged, not raised: the event
-    /// is already in the history, where subscribers resume from.
+    /// Hands a stored event to live subscribers and to the outbox. Failures are logged, not
+    /// raised: the event is already in the history, where subscribers resume from, and an
+    /// undispatched row is picked up by the outbox's sweeper.
     pub async fn publish(&self, event: Event) {
-        if let Err(e) = self.bus.publish(Arc::new(event)).await {
+        let event = Arc::new(event);
+        if let Err(e) = self.bus.publish(event.clone()).await {
             tracing::warn!(error = %e, "event stored but not published live");
+        }
+        if let Some(outbox) = &self.outbox
+            && let Err(e) = outbox.dispatch(std::slice::from_ref(&*event)).await
+        {
+            tracing::warn!(error = %e, event = %event.id, "webhook fan-out deferred to the sweeper");
         }
     }
 
@@ -147,6 +174,8 @@ impl Events {
             Events_::delete_many()
                 .filter(C::MerchantId.eq(merchant.as_str()))
                 .filter(C::Id.lte(cutoff))
+                // An event still waiting for its webhook fan-out stays until it is dispatched.
+                .filter(C::WebhooksDispatchedAt.is_not_null())
                 .exec(&self.db)
                 .await?;
         }

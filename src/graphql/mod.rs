@@ -7,6 +7,7 @@ pub mod media;
 pub mod queue;
 pub mod system;
 pub mod templates;
+pub mod webhooks;
 
 use async_graphql::{Context, MergedObject, MergedSubscription, Schema};
 
@@ -20,6 +21,7 @@ pub struct QueryRoot(
     audit::AuditQuery,
     events::EventQuery,
     system::SystemQuery,
+    webhooks::WebhookQuery,
 );
 
 #[derive(MergedObject, Default)]
@@ -28,6 +30,7 @@ pub struct MutationRoot(
     media::MediaMutation,
     queue::QueueMutation,
     events::EventMutation,
+    webhooks::WebhookMutation,
 );
 
 #[derive(MergedSubscription, Default)]

@@ -2,6 +2,7 @@
 //! jobs enqueued for the others wait, durably, until a process that has one picks them up.
 
 pub mod media_processing;
+pub mod webhook_delivery;
 
 use crate::{
     AppState,
@@ -14,11 +15,20 @@ use crate::{
 /// The handlers this build provides.
 pub fn handlers(state: &AppState) -> Handlers {
     let media = state.clone();
-    Handlers::new().register(
-        QueueName::MediaProcessing,
-        FnHandler(move |job| {
-            let state = media.clone();
-            async move { media_processing::handle(&state, &job).await }
-        }),
-    )
+    let hooks = state.clone();
+    Handlers::new()
+        .register(
+            QueueName::MediaProcessing,
+            FnHandler(move |job| {
+                let state = media.clone();
+                async move { media_processing::handle(&state, &job).await }
+            }),
+        )
+        .register(
+            QueueName::WebhookDelivery,
+            FnHandler(move |job| {
+                let state = hooks.clone();
+                async move { webhook_delivery::handle(&state, &job).await }
+            }),
+        )
 }

@@ -17,5 +17,6 @@ mod schema;
 mod templates;
 mod traversal;
 mod validation;
+mod webhooks;
 mod ws;
 mod ws_rules;

@@ -1,0 +1,202 @@
+//! Webhook benchmark: from `Events::emit` to the signed POST arriving at a local receiver, at a
+//! steady rate spread over endpoints (one endpoint per merchant, events round-robin).
+//!
+//!     cargo run --release --example bench_webhooks -- sqlite 1000 10 10
+//!     cargo run --release --example bench_webhooks -- postgres 1000 10 10 redis
+//!
+//! Arguments: database (`sqlite`, or `postgres` from TEST_POSTGRES_URL / DATABASE_URL), events
+//! per second, seconds, endpoints, and `redis` to put the queue and bus on Redis (REDIS_URL or
+//! the local default). The app runs in this process with its workers (webhook_delivery
+//! concurrency from QUEUE_CONCURRENCY, default 32 here); the receiver verifies every signature.
+//! Prints one JSON line: p50/p99/max latency in ms, delivered and missing counts, peak RSS.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use axum::{Router, body::Bytes, extract::State, http::HeaderMap, http::StatusCode};
+use serde_json::json;
+use smartbot::{Config, auth::MerchantId, events::EventType};
+
+struct Sink {
+    secrets: Vec<String>,
+    started: Mutex<HashMap<String, Instant>>,
+    latencies: Mutex<Vec<f64>>,
+    bad: std::sync::atomic::AtomicUsize,
+}
+
+async fn receive(State(s): State<Arc<Sink>>, headers: HeaderMap, body: Bytes) -> StatusCode {
+    let now = Instant::now();
+    if smartbot::webhooks::verify(&headers, &body, &s.secrets, None).is_err() {
+        s.bad.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        return StatusCode::UNAUTHORIZED;
+    }
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let key = v["payload"]["orderId"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    if let Some(t0) = s.started.lock().unwrap().get(&key) {
+        s.latencies
+            .lock()
+            .unwrap()
+            .push((now - *t0).as_secs_f64() * 1000.0);
+    }
+    StatusCode::OK
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+fn main() {
+    let runtime = smartbot::queue::worker::runtime().expect("runtime");
+    runtime.block_on(run());
+}
+
+async fn run() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let db = args
+        .first()
+        .map(String::as_str)
+        .unwrap_or("sqlite")
+        .to_owned();
+    let rate: u64 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(1000);
+    let secs: u64 = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(10);
+    let endpoints: usize = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(10);
+    let redis = args.get(4).is_some_and(|a| a == "redis");
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::embedded(dir.path());
+    config.bind_addr = [127, 0, 0, 1].into();
+    config.port = 0;
+    config.rate_limit = None;
+    config.seed_templates = false;
+    config.event_history = 100_000;
+    config.webhook_allowed_networks = vec!["127.0.0.0/8".parse().unwrap()];
+    config.database_max_connections = 20;
+    let concurrency = std::env::var("QUEUE_CONCURRENCY")
+        .ok()
+        .map(|v| smartbot::config::parse_concurrency(&v).unwrap())
+        .unwrap_or_else(|| smartbot::config::parse_concurrency("webhook_delivery=32").unwrap());
+    config.queue_concurrency = concurrency;
+    if db == "postgres" {
+        config.database_url = std::env::var("DATABASE_URL")
+            .or_else(|_| std::env::var("TEST_POSTGRES_URL"))
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    }
+    if redis {
+        config.redis_url =
+            Some(std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into()));
+        config.redis_prefix = format!("bench:{}:", uuid::Uuid::new_v4().simple());
+    }
+    let server = smartbot::spawn(config).await.expect("server");
+    let state = server.state.clone();
+    if db == "postgres" {
+        // A shared database: start from no endpoints.
+        use sea_orm::EntityTrait;
+        entity::webhook::Entity::delete_many()
+            .exec(&state.db)
+            .await
+            .unwrap();
+    }
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut secrets = Vec::new();
+    let merchants: Vec<MerchantId> = (0..endpoints)
+        .map(|i| MerchantId::parse("merchantId", &format!("bench-{i}")).unwrap())
+        .collect();
+    for m in &merchants {
+        let ctx = smartbot::auth::RequestContext::new(smartbot::auth::Actor::Merchant {
+            sub: "bench".into(),
+            merchant_id: m.as_str().into(),
+        });
+        let (_, secret) = smartbot::webhooks::service::register(
+            &state,
+            &ctx,
+            smartbot::webhooks::service::NewWebhook {
+                url: format!("http://{addr}/hook"),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("register");
+        secrets.push(secret);
+    }
+    let sink = Arc::new(Sink {
+        secrets,
+        started: Mutex::new(HashMap::new()),
+        latencies: Mutex::new(Vec::new()),
+        bad: Default::default(),
+    });
+    let app = Router::new().fallback(receive).with_state(sink.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let total = rate * secs;
+    let gap = Duration::from_secs_f64(1.0 / rate as f64);
+    let start = tokio::time::Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for n in 0..total {
+        tokio::time::sleep_until(start + gap * n as u32).await;
+        let key = format!("b-{n}");
+        sink.started
+            .lock()
+            .unwrap()
+            .insert(key.clone(), Instant::now());
+        let events = state.events.clone();
+        let m = merchants[n as usize % endpoints].clone();
+        tasks.spawn(async move {
+            events
+                .emit(
+                    EventType::OrderCreated,
+                    &m,
+                    json!({ "orderId": key, "customerPhone": "263781564004", "totalAmount": 100, "currency": "USD" }),
+                )
+                .await
+                .expect("emit");
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    let emit_secs = start.elapsed().as_secs_f64();
+    // Wait for the tail (at most 60 s).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while sink.latencies.lock().unwrap().len() < total as usize && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut l = sink.latencies.lock().unwrap().clone();
+    l.sort_by(f64::total_cmp);
+    let r = |x: f64| (x * 100.0).round() / 100.0;
+    println!(
+        "{}",
+        json!({
+            "database": db, "queue": if redis { "redis" } else { "sql" },
+            "rate_per_s": rate, "seconds": secs, "endpoints": endpoints,
+            "emitted": total, "emit_wall_s": r(emit_secs),
+            "delivered": l.len(), "missing": total as usize - l.len().min(total as usize),
+            "bad_signatures": sink.bad.load(std::sync::atomic::Ordering::Relaxed),
+            "p50_ms": r(percentile(&l, 0.5)), "p99_ms": r(percentile(&l, 0.99)),
+            "max_ms": r(l.last().copied().unwrap_or(f64::NAN)),
+            "peak_rss_mb": r(peak_rss_mb()),
+        })
+    );
+    server.stop().await.ok();
+}
