@@ -113,6 +113,11 @@ pub struct Config {
     pub event_buffer: usize,
     /// `METRICS_TOKEN` (default none): when set, `/metrics` needs `Authorization: Bearer <token>`.
     pub metrics_token: Option<String>,
+    /// `WHATSAPP_*`: the Cloud API, the platform number, the inbound webhook's secrets.
+    pub whatsapp: crate::whatsapp::WhatsAppConfig,
+    /// `BOT_STALE_AFTER` (default 5m; `off` disables): a connected bot that has not reported for
+    /// this long is marked disconnected.
+    pub bot_stale_after: Option<Duration>,
 }
 
 impl Config {
@@ -153,6 +158,8 @@ impl Config {
             event_history: 1000,
             event_buffer: 1024,
             metrics_token: None,
+            whatsapp: crate::whatsapp::WhatsAppConfig::default(),
+            bot_stale_after: Some(Duration::from_secs(5 * 60)),
         }
     }
 
@@ -288,6 +295,14 @@ impl Config {
             }
         }
         c.metrics_token = get("METRICS_TOKEN");
+        c.whatsapp = crate::whatsapp::WhatsAppConfig::from_lookup(get)?;
+        if let Some(v) = get("BOT_STALE_AFTER") {
+            c.bot_stale_after = if v.eq_ignore_ascii_case("off") {
+                None
+            } else {
+                Some(duration("BOT_STALE_AFTER", &v)?)
+            };
+        }
         Ok(c)
     }
 

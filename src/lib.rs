@@ -4,18 +4,23 @@
 
 pub mod audit;
 pub mod auth;
+pub mod bots;
 pub mod config;
 pub mod crypto;
 pub mod db;
+pub mod deliveries;
 pub mod error;
 pub mod events;
 pub mod graphql;
 pub mod http;
 pub mod jobs;
 pub mod media;
+pub mod orders;
 pub mod pagination;
+pub mod products;
 pub mod queue;
 pub mod templates;
+pub mod whatsapp;
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
@@ -48,6 +53,8 @@ pub struct AppState {
     pub events: Arc<events::service::Events>,
     /// Encrypts secrets at rest (webhook secrets, merchants' WhatsApp credentials).
     pub cipher: crypto::Cipher,
+    /// The WhatsApp Cloud API client and the platform number, picked at start-up.
+    pub whatsapp: Arc<whatsapp::Outbound>,
     schema: AppSchema,
 }
 
@@ -79,7 +86,8 @@ pub async fn build(config: Config) -> Result<App> {
     let (secret, generated) =
         auth::token::load_or_create_secret(config.jwt_secret.as_deref(), &config.data_dir)?;
     let keys = TokenKeys::new(&secret);
-    let cipher = crypto::Cipher::load_or_create(config.encryption_key.as_deref(), &config.data_dir)?;
+    let cipher =
+        crypto::Cipher::load_or_create(config.encryption_key.as_deref(), &config.data_dir)?;
     let admin_token = if generated {
         Some(keys.issue("admin", Role::Admin, None, ADMIN_TOKEN_TTL)?)
     } else {
@@ -101,8 +109,10 @@ pub async fn build(config: Config) -> Result<App> {
         event_bus(&config).await?,
         config.event_history,
     ));
+    let whatsapp = Arc::new(whatsapp::Outbound::new(&config.whatsapp)?);
     Ok(App {
         state: AppState {
+            whatsapp,
             queue,
             storage,
             media,
@@ -169,14 +179,23 @@ pub async fn serve_on(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     state.rate_limiter.spawn_janitor();
+    // Every serving instance sweeps; the conditional UPDATE makes exactly one emit per flip.
+    let sweeper = state
+        .config
+        .bot_stale_after
+        .map(|after| bots::spawn_sweeper(state.clone(), after));
     let app = http::router(state);
-    axum::serve(
+    let served = axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(shutdown)
     .await
-    .map_err(Error::from)
+    .map_err(Error::from);
+    if let Some(s) = sweeper {
+        s.abort();
+    }
+    served
 }
 
 /// A server running in the background (tests, examples), with its workers when

@@ -2,11 +2,14 @@
 //! parse input, call the domain service with the request's [`RequestContext`], and shape output.
 
 pub mod audit;
+pub mod bots;
 pub mod events;
 pub mod media;
+pub mod orders;
 pub mod queue;
 pub mod system;
 pub mod templates;
+pub mod whatsapp;
 
 use async_graphql::{Context, MergedObject, MergedSubscription, Schema};
 
@@ -20,6 +23,9 @@ pub struct QueryRoot(
     audit::AuditQuery,
     events::EventQuery,
     system::SystemQuery,
+    orders::OrderQuery,
+    whatsapp::WhatsAppQuery,
+    bots::BotQuery,
 );
 
 #[derive(MergedObject, Default)]
@@ -28,6 +34,9 @@ pub struct MutationRoot(
     media::MediaMutation,
     queue::QueueMutation,
     events::EventMutation,
+    orders::OrderMutation,
+    whatsapp::WhatsAppMutation,
+    bots::BotMutation,
 );
 
 #[derive(MergedSubscription, Default)]

@@ -7,6 +7,7 @@ pub mod graphql;
 pub mod health;
 pub mod media;
 pub mod rest;
+pub mod whatsapp;
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -118,8 +119,10 @@ async fn rate_limit(State(state): State<AppState>, req: Request, next: Next) -> 
     let ip = client_ip(&parts, &state.config);
     parts.extensions.insert(ClientIp(ip));
     // Probes, explorer assets and public media files are not API calls.
-    let exempt = matches!(parts.uri.path(), "/health" | "/ready" | "/metrics")
-        || parts.uri.path().starts_with("/explorer/")
+    let exempt = matches!(
+        parts.uri.path(),
+        "/health" | "/ready" | "/metrics" | "/webhooks/whatsapp"
+    ) || parts.uri.path().starts_with("/explorer/")
         || parts.uri.path().starts_with("/uploads/")
         || parts.method == Method::OPTIONS;
     if !exempt
@@ -216,6 +219,7 @@ pub fn router(state: AppState) -> Router {
         .merge(rest::router())
         .merge(events::router())
         .merge(media::router())
+        .merge(whatsapp::router())
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), rate_limit))
         .layer(RequestBodyLimitLayer::new(body_limit))

@@ -2,6 +2,8 @@
 //! jobs enqueued for the others wait, durably, until a process that has one picks them up.
 
 pub mod media_processing;
+pub mod message_sending;
+pub mod order_processing;
 
 use crate::{
     AppState,
@@ -14,11 +16,28 @@ use crate::{
 /// The handlers this build provides.
 pub fn handlers(state: &AppState) -> Handlers {
     let media = state.clone();
-    Handlers::new().register(
-        QueueName::MediaProcessing,
-        FnHandler(move |job| {
-            let state = media.clone();
-            async move { media_processing::handle(&state, &job).await }
-        }),
-    )
+    let messages = state.clone();
+    let orders = state.clone();
+    Handlers::new()
+        .register(
+            QueueName::MediaProcessing,
+            FnHandler(move |job| {
+                let state = media.clone();
+                async move { media_processing::handle(&state, &job).await }
+            }),
+        )
+        .register(
+            QueueName::MessageSending,
+            FnHandler(move |job| {
+                let state = messages.clone();
+                async move { message_sending::handle(&state, &job).await }
+            }),
+        )
+        .register(
+            QueueName::OrderProcessing,
+            FnHandler(move |job| {
+                let state = orders.clone();
+                async move { order_processing::handle(&state, &job).await }
+            }),
+        )
 }
