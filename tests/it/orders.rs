@@ -253,13 +253,26 @@ async fn payments_are_idempotent_and_checked(db: Db) {
         .unwrap()
         .to_owned();
     let pay = |amount: i64, currency: &str, reference: &str| json!({ "order": id, "amount": amount, "currency": currency, "ref": reference, "method": "ecocash" });
-    // Not yet confirmed.
-    let (code, _) = app
-        .as_merchant("m-shop")
-        .gql_err(docs::RECORD_PAYMENT, pay(349, "USD", "EC-1"))
-        .await;
-    assert_eq!(code, "VALIDATION");
     order_in(&app, &id, "CONFIRMED").await;
+    // A rejected order takes no money.
+    let mut wrong = order_input(None);
+    wrong["totalAmount"] = json!(1);
+    let rejected = submit(&app, &shop, wrong).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    order_in(&app, &rejected, "REJECTED").await;
+    let (code, body) = app
+        .as_merchant("m-shop")
+        .gql_err(
+            docs::RECORD_PAYMENT,
+            json!({ "order": rejected, "amount": 1, "currency": "USD", "ref": "EC-0" }),
+        )
+        .await;
+    assert_eq!(
+        (code.as_str(), &body["errors"][0]["extensions"]["field"]),
+        ("VALIDATION", &json!("orderId"))
+    );
     for (vars, field) in [
         (pay(348, "USD", "EC-1"), "amount"),
         (pay(349, "ZAR", "EC-1"), "currency"),
@@ -308,13 +321,26 @@ async fn deliveries_follow_their_state_machine(db: Db) {
         .to_owned();
     let place = |a: &str| json!({ "address": a, "latitude": -17.83, "longitude": 31.05 });
     let vars = json!({ "order": order, "pickup": place("Mbare Mart"), "dropoff": place("12 Samora Machel Ave") });
-    // PENDING orders are not delivered.
-    let (code, _) = app
-        .as_merchant("m-shop")
-        .gql_err(docs::CREATE_DELIVERY, vars.clone())
-        .await;
-    assert_eq!(code, "VALIDATION");
     order_in(&app, &order, "CONFIRMED").await;
+    // A rejected order is not delivered.
+    let mut wrong = order_input(None);
+    wrong["currency"] = json!("XYZ");
+    let rejected = submit(&app, &shop, wrong).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    order_in(&app, &rejected, "REJECTED").await;
+    let (code, body) = app
+        .as_merchant("m-shop")
+        .gql_err(
+            docs::CREATE_DELIVERY,
+            json!({ "order": rejected, "pickup": place("a"), "dropoff": place("b") }),
+        )
+        .await;
+    assert_eq!(
+        (code.as_str(), &body["errors"][0]["extensions"]["field"]),
+        ("VALIDATION", &json!("orderId"))
+    );
     let bad = json!({ "order": order, "pickup": place(""), "dropoff": place("x") });
     let (code, body) = app
         .as_merchant("m-shop")
