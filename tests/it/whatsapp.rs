@@ -751,3 +751,44 @@ async fn the_webhook_route_only_takes_get_and_post() {
         .await;
     assert_eq!(status.as_u16(), 405);
 }
+
+/// The same retry rules with the queue on Redis: the Retry-After continuation is a delayed job
+/// there too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provider_errors_are_retried_on_the_redis_queue() {
+    let cloud = CloudApi::start().await;
+    let (base, redis) = (cloud.base(), crate::common::redis_url());
+    let prefix = format!("test:{}:", uuid::Uuid::new_v4().simple());
+    let app = TestApp::spawn_with(Db::Postgres, move |c| {
+        c.redis_url = Some(redis);
+        c.redis_prefix = prefix;
+        c.whatsapp.api_base = base;
+        c.whatsapp.token = Some(TOKEN.into());
+        c.whatsapp.phone_number_id = Some(PHONE_NUMBER_ID.into());
+        c.whatsapp.retry_base = Duration::from_millis(50);
+    })
+    .await;
+    assert_eq!(app.server.state.queue.backend().kind(), "redis");
+    cloud.script([
+        Reply::Error {
+            status: 500,
+            code: 131000,
+            retry_after: None,
+        },
+        Reply::Error {
+            status: 429,
+            code: 130429,
+            retry_after: Some("1"),
+        },
+    ]);
+    let m = send(
+        &app,
+        &app.merchant("m-shop"),
+        json!({ "to": CUSTOMER, "text": "via redis" }),
+    )
+    .await;
+    let done = message_in(&app, m["id"].as_str().unwrap(), "SENT").await;
+    assert_eq!(done["attempts"], 3, "{done:#}");
+    let seen = cloud.seen();
+    assert!(seen[2].at - seen[1].at >= Duration::from_millis(950));
+}
