@@ -118,7 +118,8 @@ async fn rate_limit(State(state): State<AppState>, req: Request, next: Next) -> 
     let (mut parts, body) = req.into_parts();
     let ip = client_ip(&parts, &state.config);
     parts.extensions.insert(ClientIp(ip));
-    // Probes, explorer assets and public media files are not API calls.
+    // Probes, explorer assets and public media files are not API calls; Meta's signed webhook
+    // deliveries are gated by their signature.
     let exempt = matches!(
         parts.uri.path(),
         "/health" | "/ready" | "/metrics" | "/webhooks/whatsapp"
