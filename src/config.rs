@@ -131,6 +131,11 @@ pub struct Config {
     /// `WEBHOOK_SWEEP_INTERVAL` (default 5s): how often each process looks for events whose
     /// webhook fan-out was interrupted by a crash (and trims old logs).
     pub webhook_sweep_interval: Duration,
+    /// `WHATSAPP_*`: the Cloud API, the platform number, the inbound webhook's secrets.
+    pub whatsapp: crate::whatsapp::WhatsAppConfig,
+    /// `BOT_STALE_AFTER` (default 5m; `off` disables): a connected bot that has not reported for
+    /// this long is marked disconnected.
+    pub bot_stale_after: Option<Duration>,
 }
 
 impl Config {
@@ -178,6 +183,8 @@ impl Config {
             webhook_https_only: false,
             webhook_log_retention: Duration::from_secs(30 * 24 * 3600),
             webhook_sweep_interval: Duration::from_secs(5),
+            whatsapp: crate::whatsapp::WhatsAppConfig::default(),
+            bot_stale_after: Some(Duration::from_secs(5 * 60)),
         }
     }
 
@@ -336,6 +343,14 @@ impl Config {
         }
         if let Some(v) = get("WEBHOOK_SWEEP_INTERVAL") {
             c.webhook_sweep_interval = duration("WEBHOOK_SWEEP_INTERVAL", &v)?;
+        }
+        c.whatsapp = crate::whatsapp::WhatsAppConfig::from_lookup(get)?;
+        if let Some(v) = get("BOT_STALE_AFTER") {
+            c.bot_stale_after = if v.eq_ignore_ascii_case("off") {
+                None
+            } else {
+                Some(duration("BOT_STALE_AFTER", &v)?)
+            };
         }
         Ok(c)
     }

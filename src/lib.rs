@@ -4,19 +4,24 @@
 
 pub mod audit;
 pub mod auth;
+pub mod bots;
 pub mod config;
 pub mod crypto;
 pub mod db;
+pub mod deliveries;
 pub mod error;
 pub mod events;
 pub mod graphql;
 pub mod http;
 pub mod jobs;
 pub mod media;
+pub mod orders;
 pub mod pagination;
+pub mod products;
 pub mod queue;
 pub mod templates;
 pub mod webhooks;
+pub mod whatsapp;
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
@@ -51,6 +56,8 @@ pub struct AppState {
     pub cipher: crypto::Cipher,
     /// The webhook delivery client, address policy and retry schedule.
     pub webhooks: Arc<webhooks::WebhookRuntime>,
+    /// The WhatsApp Cloud API client and the platform number, picked at start-up.
+    pub whatsapp: Arc<whatsapp::Outbound>,
     schema: AppSchema,
 }
 
@@ -107,8 +114,10 @@ pub async fn build(config: Config) -> Result<App> {
         events::service::Events::new(db.clone(), event_bus(&config).await?, config.event_history)
             .with_outbox(Arc::new(outbox)),
     );
+    let whatsapp = Arc::new(whatsapp::Outbound::new(&config.whatsapp)?);
     Ok(App {
         state: AppState {
+            whatsapp,
             queue,
             storage,
             media,
@@ -178,14 +187,23 @@ pub async fn serve_on(
 ) -> Result<()> {
     state.rate_limiter.spawn_janitor();
     webhooks::delivery::spawn_sweeper(&state);
+    // Every serving instance sweeps; the conditional UPDATE makes exactly one emit per flip.
+    let sweeper = state
+        .config
+        .bot_stale_after
+        .map(|after| bots::spawn_sweeper(state.clone(), after));
     let app = http::router(state);
-    axum::serve(
+    let served = axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(shutdown)
     .await
-    .map_err(Error::from)
+    .map_err(Error::from);
+    if let Some(s) = sweeper {
+        s.abort();
+    }
+    served
 }
 
 /// A server running in the background (tests, examples), with its workers when

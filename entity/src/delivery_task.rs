@@ -1,5 +1,5 @@
-//! `delivery_tasks`: the delivery of one order, moving pending -> assigned -> in_transit ->
-//! delivered (or failed / cancelled).
+//! `delivery_tasks`: the delivery of one order, moving pending -> assigned -> picked_up ->
+//! in_transit -> delivered (or failed / cancelled).
 
 use sea_orm::entity::prelude::*;
 
@@ -16,6 +16,10 @@ pub struct Model {
     pub status: DeliveryStatus,
     pub driver_id: Option<String>,
     pub address: Option<Json>,
+    /// Where the driver collects the order (`{address, latitude, longitude, contactPhone, notes}`).
+    pub pickup: Option<Json>,
+    /// Where the order goes (same shape as `pickup`).
+    pub dropoff: Option<Json>,
     pub notes: Option<String>,
     pub attempts: i32,
     pub started_at: Option<DateTimeUtc>,

@@ -56,6 +56,7 @@ string_enum!(
     DeliveryStatus {
         Pending = "pending",
         Assigned = "assigned",
+        PickedUp = "picked_up",
         InTransit = "in_transit",
         Delivered = "delivered",
         Failed = "failed",
@@ -65,4 +66,35 @@ string_enum!(
 
 string_enum!(
     WebhookAttemptStatus { Pending = "pending", Succeeded = "succeeded", Failed = "failed" }
+);
+
+string_enum!(
+    /// The order lifecycle: PENDING -> CONFIRMED (or REJECTED by validation) -> PREPARING -> READY
+    /// -> DELIVERED, or CANCELLED before delivery.
+    OrderStatus {
+        Pending = "pending",
+        Confirmed = "confirmed",
+        Rejected = "rejected",
+        Preparing = "preparing",
+        Ready = "ready",
+        Delivered = "delivered",
+        Cancelled = "cancelled",
+    }
+);
+
+string_enum!(
+    /// Which way a WhatsApp message went.
+    MessageDirection { Outbound = "outbound", Inbound = "inbound" }
+);
+
+string_enum!(
+    /// Outbound: QUEUED -> SENT -> DELIVERED -> READ, or FAILED. Inbound messages are RECEIVED.
+    MessageStatus {
+        Queued = "queued",
+        Sent = "sent",
+        Delivered = "delivered",
+        Read = "read",
+        Failed = "failed",
+        Received = "received",
+    }
 );

@@ -9,6 +9,7 @@ mod m20261126_000003_template_names_per_merchant;
 mod m20261126_000004_create_events;
 mod m20261126_000005_product_media_per_merchant;
 mod m20261126_000006_webhooks;
+mod m20261126_000007_orders;
 
 pub struct Migrator;
 
@@ -22,6 +23,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261126_000004_create_events::Migration),
             Box::new(m20261126_000005_product_media_per_merchant::Migration),
             Box::new(m20261126_000006_webhooks::Migration),
+            Box::new(m20261126_000007_orders::Migration),
         ]
     }
 }

@@ -2,12 +2,15 @@
 //! parse input, call the domain service with the request's [`RequestContext`], and shape output.
 
 pub mod audit;
+pub mod bots;
 pub mod events;
 pub mod media;
+pub mod orders;
 pub mod queue;
 pub mod system;
 pub mod templates;
 pub mod webhooks;
+pub mod whatsapp;
 
 use async_graphql::{Context, MergedObject, MergedSubscription, Schema};
 
@@ -22,6 +25,9 @@ pub struct QueryRoot(
     events::EventQuery,
     system::SystemQuery,
     webhooks::WebhookQuery,
+    orders::OrderQuery,
+    whatsapp::WhatsAppQuery,
+    bots::BotQuery,
 );
 
 #[derive(MergedObject, Default)]
@@ -31,6 +37,9 @@ pub struct MutationRoot(
     queue::QueueMutation,
     events::EventMutation,
     webhooks::WebhookMutation,
+    orders::OrderMutation,
+    whatsapp::WhatsAppMutation,
+    bots::BotMutation,
 );
 
 #[derive(MergedSubscription, Default)]

@@ -7,6 +7,7 @@ pub mod graphql;
 pub mod health;
 pub mod media;
 pub mod rest;
+pub mod whatsapp;
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -117,9 +118,12 @@ async fn rate_limit(State(state): State<AppState>, req: Request, next: Next) -> 
     let (mut parts, body) = req.into_parts();
     let ip = client_ip(&parts, &state.config);
     parts.extensions.insert(ClientIp(ip));
-    // Probes, explorer assets and public media files are not API calls.
-    let exempt = matches!(parts.uri.path(), "/health" | "/ready" | "/metrics")
-        || parts.uri.path().starts_with("/explorer/")
+    // Probes, explorer assets and public media files are not API calls; Meta's signed webhook
+    // deliveries are gated by their signature.
+    let exempt = matches!(
+        parts.uri.path(),
+        "/health" | "/ready" | "/metrics" | "/webhooks/whatsapp"
+    ) || parts.uri.path().starts_with("/explorer/")
         || parts.uri.path().starts_with("/uploads/")
         || parts.method == Method::OPTIONS;
     if !exempt
@@ -216,6 +220,7 @@ pub fn router(state: AppState) -> Router {
         .merge(rest::router())
         .merge(events::router())
         .merge(media::router())
+        .merge(whatsapp::router())
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), rate_limit))
         .layer(RequestBodyLimitLayer::new(body_limit))

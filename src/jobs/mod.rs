@@ -2,6 +2,8 @@
 //! jobs enqueued for the others wait, durably, until a process that has one picks them up.
 
 pub mod media_processing;
+pub mod message_sending;
+pub mod order_processing;
 pub mod webhook_delivery;
 
 use crate::{
@@ -16,6 +18,8 @@ use crate::{
 pub fn handlers(state: &AppState) -> Handlers {
     let media = state.clone();
     let hooks = state.clone();
+    let messages = state.clone();
+    let orders = state.clone();
     Handlers::new()
         .register(
             QueueName::MediaProcessing,
@@ -29,6 +33,20 @@ pub fn handlers(state: &AppState) -> Handlers {
             FnHandler(move |job| {
                 let state = hooks.clone();
                 async move { webhook_delivery::handle(&state, &job).await }
+            }),
+        )
+        .register(
+            QueueName::MessageSending,
+            FnHandler(move |job| {
+                let state = messages.clone();
+                async move { message_sending::handle(&state, &job).await }
+            }),
+        )
+        .register(
+            QueueName::OrderProcessing,
+            FnHandler(move |job| {
+                let state = orders.clone();
+                async move { order_processing::handle(&state, &job).await }
             }),
         )
 }

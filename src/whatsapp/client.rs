@@ -1,0 +1,260 @@
+//! The outbound transport: the Cloud API over HTTPS, or (with no credentials anywhere) a recording
+//! transport that keeps what would have been sent, so the whole flow works without Meta.
+//!
+//! Failures are classified as Meta documents them: HTTP 429 and 5xx, and the throttling and
+//! temporary codes (1, 2, 4, 80007, 130429, 131000, 131016, 131048, 131056, 133004) are worth a
+//! retry, honouring `Retry-After`; every other 4xx (invalid recipient 131026, outside the 24-hour
+//! window 131047, template errors 132xxx, bad parameters 100, auth 190, …) is final.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::config::WhatsAppConfig;
+use crate::error::{Error, Result};
+
+/// Which number sends, and with what token.
+#[derive(Clone)]
+pub struct Credentials {
+    pub phone_number_id: String,
+    pub token: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("phone_number_id", &self.phone_number_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How one message goes out.
+#[derive(Debug, Clone)]
+pub enum Transport {
+    CloudApi(Credentials),
+    /// No credentials: keep the message in the outbox instead.
+    Recording,
+}
+
+impl Transport {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Transport::CloudApi(_) => "cloud_api",
+            Transport::Recording => "recording",
+        }
+    }
+}
+
+/// Why a send failed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SendError {
+    /// Worth another try, after `retry_after` when the provider said so.
+    Retryable {
+        reason: String,
+        code: Option<i64>,
+        retry_after: Option<Duration>,
+    },
+    /// Will not get better by retrying.
+    Final { reason: String, code: Option<i64> },
+}
+
+/// The longest `Retry-After` honoured; longer answers are capped to this.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+/// Meta error codes that are throttling or temporary, whatever the HTTP status.
+const RETRYABLE_CODES: &[i64] = &[
+    1, 2, 4, 80007, 130429, 131000, 131016, 131048, 131056, 133004,
+];
+
+/// The outbound side held in the app state: the HTTP client and the platform number (from
+/// `WHATSAPP_TOKEN` + `WHATSAPP_PHONE_NUMBER_ID`), picked once at start-up.
+pub struct Outbound {
+    http: reqwest::Client,
+    api_base: String,
+    api_version: String,
+    platform: Option<Credentials>,
+}
+
+impl Outbound {
+    pub fn new(config: &WhatsAppConfig) -> Result<Self> {
+        let http = reqwest::Client::builder()
+            .timeout(config.timeout)
+            .connect_timeout(Duration::from_secs(5))
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .build()
+            .map_err(Error::internal)?;
+        let platform = match (&config.token, &config.phone_number_id) {
+            (Some(token), Some(id)) => Some(Credentials {
+                phone_number_id: id.clone(),
+                token: token.clone(),
+            }),
+            _ => None,
+        };
+        Ok(Self {
+            http,
+            api_base: config.api_base.trim_end_matches('/').to_owned(),
+            api_version: config.api_version.clone(),
+            platform,
+        })
+    }
+
+    /// The platform number's credentials, when configured.
+    pub fn platform(&self) -> Option<&Credentials> {
+        self.platform.as_ref()
+    }
+
+    /// `POST {base}/{version}/{phone_number_id}/messages` with `body` as is. Returns the
+    /// provider's message id (`wamid…`).
+    pub async fn send(
+        &self,
+        creds: &Credentials,
+        body: &Value,
+    ) -> std::result::Result<Option<String>, SendError> {
+        let url = format!(
+            "{}/{}/{}/messages",
+            self.api_base, self.api_version, creds.phone_number_id
+        );
+        let res = self
+            .http
+            .post(url)
+            .bearer_auth(&creds.token)
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| SendError::Retryable {
+                reason: format!("Cloud API unreachable: {}", without_url(&e)),
+                code: None,
+                retry_after: None,
+            })?;
+        let status = res.status();
+        let retry_after = res
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_retry_after);
+        // Meta's bodies are small; anything past 64 KiB is not an answer worth reading.
+        let bytes = read_capped(res, 64 * 1024).await;
+        let json: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        if status.is_success() {
+            return Ok(json["messages"][0]["id"].as_str().map(str::to_owned));
+        }
+        Err(classify(status.as_u16(), &json, retry_after))
+    }
+}
+
+fn without_url(e: &reqwest::Error) -> String {
+    let mut s = e.to_string();
+    if let Some(url) = e.url() {
+        s = s.replace(url.as_str(), "<url>");
+    }
+    if e.is_timeout() {
+        "timed out".into()
+    } else {
+        s
+    }
+}
+
+async fn read_capped(mut res: reqwest::Response, cap: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Ok(Some(chunk)) = res.chunk().await {
+        let room = cap.saturating_sub(out.len());
+        out.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if out.len() >= cap {
+            break;
+        }
+    }
+    out
+}
+
+/// `Retry-After` as seconds or an HTTP date, capped at [`MAX_RETRY_AFTER`].
+pub fn parse_retry_after(v: &str) -> Option<Duration> {
+    let v = v.trim();
+    let d = if let Ok(secs) = v.parse::<u64>() {
+        Duration::from_secs(secs)
+    } else {
+        let at = chrono::DateTime::parse_from_rfc2822(v).ok()?;
+        (at.with_timezone(&chrono::Utc) - chrono::Utc::now())
+            .to_std()
+            .unwrap_or(Duration::ZERO)
+    };
+    Some(d.min(MAX_RETRY_AFTER))
+}
+
+/// Sorts a non-2xx answer into retryable or final (see the module docs).
+pub fn classify(status: u16, body: &Value, retry_after: Option<Duration>) -> SendError {
+    let err = &body["error"];
+    let code = err["code"].as_i64();
+    let mut reason = format!("Cloud API answered {status}");
+    if let Some(c) = code {
+        reason.push_str(&format!(" (code {c})"));
+    }
+    if let Some(m) = err["message"].as_str() {
+        reason.push_str(": ");
+        reason.extend(m.chars().take(300));
+    }
+    if let Some(d) = err["error_data"]["details"].as_str() {
+        reason.push_str(" — ");
+        reason.extend(d.chars().take(300));
+    }
+    let retryable =
+        status == 429 || status >= 500 || code.is_some_and(|c| RETRYABLE_CODES.contains(&c));
+    if retryable {
+        SendError::Retryable {
+            reason,
+            code,
+            retry_after,
+        }
+    } else {
+        SendError::Final { reason, code }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn meta_errors_are_classified() {
+        let e = |code: i64| json!({ "error": { "message": "m", "code": code } });
+        assert!(matches!(
+            classify(429, &e(130429), None),
+            SendError::Retryable { .. }
+        ));
+        assert!(matches!(
+            classify(503, &json!(null), None),
+            SendError::Retryable { .. }
+        ));
+        assert!(matches!(
+            classify(400, &e(131048), None),
+            SendError::Retryable { .. }
+        ));
+        assert!(matches!(
+            classify(400, &e(131026), None),
+            SendError::Final {
+                code: Some(131026),
+                ..
+            }
+        ));
+        assert!(matches!(
+            classify(400, &e(131047), None),
+            SendError::Final { .. }
+        ));
+        assert!(matches!(
+            classify(401, &e(190), None),
+            SendError::Final { .. }
+        ));
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_and_dates() {
+        assert_eq!(parse_retry_after("7"), Some(Duration::from_secs(7)));
+        assert_eq!(parse_retry_after("999999"), Some(MAX_RETRY_AFTER));
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon"), None);
+    }
+}
