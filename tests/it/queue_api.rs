@@ -9,7 +9,12 @@ use smartbot::queue::{Outcome, QueueName};
 use crate::common::{Db, TestApp, redis_url};
 
 async fn spawn(redis: bool) -> TestApp {
+    spawn_workers(redis, true).await
+}
+
+async fn spawn_workers(redis: bool, workers: bool) -> TestApp {
     TestApp::spawn_with(Db::Sqlite, |c| {
+        c.run_workers = workers;
         if redis {
             c.redis_url = Some(redis_url());
             c.redis_prefix = format!("test:{}:", uuid::Uuid::new_v4().simple());
@@ -23,7 +28,8 @@ const ENQUEUE: &str = r#"mutation($q: QueueName!, $data: JSON!, $opts: JSON) {
 }"#;
 
 async fn queue_api(redis: bool) {
-    let app = spawn(redis).await;
+    // This test plays the worker itself (message_sending has a handler now).
+    let app = spawn_workers(redis, false).await;
     let admin = Some(app.admin.as_str());
 
     let data = app
