@@ -1,5 +1,5 @@
 //! Every one of the ten event types, each from its real entry point (no `emitEvent`), arrives at
-//! a GraphQL subscriber over WebSocket.
+//! a GraphQL subscriber over WebSocket and at the merchant's webhook endpoint, signed.
 
 use std::collections::BTreeSet;
 
@@ -9,6 +9,7 @@ use crate::{
     both_dbs,
     common::{Db, TestApp, docs},
     orders::order_in,
+    webhooks::{TestReceiver, register, spec_signature},
     whatsapp::{APP_SECRET, PHONE_NUMBER_ID, app_with, post_webhook, text_message, webhook},
     ws::{Got, Ws, connect, next_within, recv, send},
 };
@@ -57,6 +58,9 @@ async fn all_ten_event_types_reach_a_subscriber(db: Db) {
     let m = "m-wa";
     let shop = app.merchant(m);
     let service = app.token(smartbot::auth::Role::Service, None);
+    // An endpoint for every type (an empty list), on a local receiver.
+    let receiver = TestReceiver::start().await;
+    let (_, secret) = register(&app, m, json!({ "url": receiver.url(), "eventTypes": [] })).await;
     let mut ws = live_subscription(&app, &shop, m).await;
     // Read the socket all along: reading answers the server's keep-alive pings, which a loaded
     // box can otherwise leave unanswered for longer than the server waits.
@@ -200,9 +204,39 @@ async fn all_ten_event_types_reach_a_subscriber(db: Db) {
         seen.insert(e["type"].as_str().unwrap().to_owned());
     }
     reader.abort();
-    // TODO(webhooks): once signed webhooks land (issue 10, another branch), register an endpoint
-    // on a local receiver here and assert each of the ten types also arrives there, signed
-    // (Standard Webhooks: webhook-id / webhook-timestamp / webhook-signature).
+
+    // The same ten types reached the webhook endpoint, each signed to the Standard Webhooks spec
+    // (checked by the test's own implementation) with the event id as `webhook-id`.
+    let hooked = crate::common::eventually("the ten types at the webhook receiver", || async {
+        let mut types = BTreeSet::new();
+        for r in receiver.requests() {
+            let body = r.json();
+            if body["payload"]["productId"] == "probe" {
+                continue;
+            }
+            let (id, ts) = (r.header("webhook-id"), r.header("webhook-timestamp"));
+            assert_eq!(body["id"], id, "webhook-id is the event id");
+            assert_eq!(body["merchant_id"], m);
+            assert_eq!(
+                r.header("webhook-signature"),
+                spec_signature(&secret, id, ts, &r.body),
+                "signature of {body}"
+            );
+            types.insert(
+                body["type"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_ascii_uppercase(),
+            );
+        }
+        if types == want {
+            Ok(types)
+        } else {
+            Err(format!("{types:?}"))
+        }
+    })
+    .await;
+    assert_eq!(hooked.len(), 10);
 }
 
 both_dbs!(all_ten_event_types_reach_a_subscriber);

@@ -196,7 +196,7 @@ async fn spawn(db: Db) -> TestApp {
 }
 
 /// Registers an endpoint as `merchant`; returns (id, secret).
-async fn register(app: &TestApp, merchant: &str, input: Value) -> (String, String) {
+pub(crate) async fn register(app: &TestApp, merchant: &str, input: Value) -> (String, String) {
     let data = app
         .as_merchant(merchant)
         .gql_ok(REGISTER, json!({ "i": input }))
@@ -258,7 +258,7 @@ async fn webhook(app: &TestApp, merchant: &str, id: &str) -> Value {
 
 /// The spec, implemented here apart from the server's code: base64(HMAC-SHA256(decoded secret,
 /// "id.timestamp.body")).
-fn spec_signature(secret: &str, id: &str, ts: &str, body: &[u8]) -> String {
+pub(crate) fn spec_signature(secret: &str, id: &str, ts: &str, body: &[u8]) -> String {
     let key = STANDARD
         .decode(secret.strip_prefix("whsec_").unwrap())
         .unwrap();

@@ -155,6 +155,8 @@ pub async fn app_with(db: Db, cloud: Option<&CloudApi>) -> TestApp {
         c.whatsapp.app_secret = Some(APP_SECRET.into());
         c.whatsapp.verify_token = Some("verify-me".into());
         c.whatsapp.retry_base = Duration::from_millis(50);
+        // Webhook endpoints on a local receiver (the ten-types test).
+        c.webhook_allowed_networks = vec!["127.0.0.0/8".parse().unwrap()];
     })
     .await
 }
@@ -766,6 +768,8 @@ async fn provider_errors_are_retried_on_the_redis_queue() {
         c.whatsapp.token = Some(TOKEN.into());
         c.whatsapp.phone_number_id = Some(PHONE_NUMBER_ID.into());
         c.whatsapp.retry_base = Duration::from_millis(50);
+        // Webhook endpoints on a local receiver (the ten-types test).
+        c.webhook_allowed_networks = vec!["127.0.0.0/8".parse().unwrap()];
     })
     .await;
     assert_eq!(app.server.state.queue.backend().kind(), "redis");
