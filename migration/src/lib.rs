@@ -8,6 +8,7 @@ mod m20261125_000002_create_jobs;
 mod m20261126_000003_template_names_per_merchant;
 mod m20261126_000004_create_events;
 mod m20261126_000005_product_media_per_merchant;
+mod m20261126_000008_jobs_fetch_index;
 
 pub struct Migrator;
 
@@ -20,6 +21,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261126_000003_template_names_per_merchant::Migration),
             Box::new(m20261126_000004_create_events::Migration),
             Box::new(m20261126_000005_product_media_per_merchant::Migration),
+            Box::new(m20261126_000008_jobs_fetch_index::Migration),
         ]
     }
 }
