@@ -10,6 +10,7 @@ mod m20261126_000004_create_events;
 mod m20261126_000005_product_media_per_merchant;
 mod m20261126_000006_webhooks;
 mod m20261126_000007_orders;
+mod m20261126_000008_jobs_fetch_index;
 
 pub struct Migrator;
 
@@ -24,6 +25,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261126_000005_product_media_per_merchant::Migration),
             Box::new(m20261126_000006_webhooks::Migration),
             Box::new(m20261126_000007_orders::Migration),
+            Box::new(m20261126_000008_jobs_fetch_index::Migration),
         ]
     }
 }

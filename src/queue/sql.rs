@@ -4,8 +4,10 @@
 //! A fetch is one `UPDATE … WHERE id IN (SELECT … LIMIT n) RETURNING *` statement. On PostgreSQL
 //! the inner select takes `FOR UPDATE SKIP LOCKED`, so any number of worker processes claim
 //! disjoint jobs without waiting on each other; on SQLite the single writer serialises the
-//! statement, which makes it just as atomic. Every later write re-checks `lease_token`, so a
-//! worker whose lease was reclaimed changes nothing.
+//! statement, which makes it just as atomic. The inner select walks a partial index in its own
+//! order, so a fetch stays a millisecond statement however long the backlog: on PostgreSQL a long
+//! fetch holds row locks on jobs other workers leased meanwhile (see `fetch`). Every later write
+//! re-checks `lease_token`, so a worker whose lease was reclaimed changes nothing.
 //!
 //! Round trips are batched: a batch of jobs is one multi-row `INSERT`, and a batch of
 //! completions is one `UPDATE … FROM (VALUES …)`, sent together with the next fetch.
@@ -365,20 +367,28 @@ impl QueueBackend for SqlQueue {
         }
         let now = now_ms();
         let token = uuid::Uuid::new_v4().simple().to_string();
-        let lock = if self.backend() == DbBackend::Postgres {
-            " FOR UPDATE SKIP LOCKED"
+        // PostgreSQL: the ids are locked with SKIP LOCKED in an InitPlan that runs once, and the
+        // UPDATE finds them by primary key (`IN (SELECT …)` lets a generic plan scan the table).
+        // SQLite's single writer makes the plain form atomic.
+        let (open, close) = if self.backend() == DbBackend::Postgres {
+            ("= ANY(ARRAY(", " FOR UPDATE SKIP LOCKED))")
         } else {
-            ""
+            ("IN (", ")")
         };
-        // The outer state check is what makes concurrent fetches disjoint on PostgreSQL: under
-        // READ COMMITTED an UPDATE re-checks its own WHERE (not the subquery's) against a row that
-        // another fetch changed meanwhile, so a job just leased elsewhere is skipped, not re-leased.
+        // The inner select walks `ix_jobs_fetch` in its own order and stops after `n` rows: a fetch
+        // costs the same with 10 or 100,000 jobs waiting. Keep it that short. Under READ COMMITTED
+        // it sees the table as of its start, so rows other workers leased since then still look
+        // waiting: SKIP LOCKED cannot skip them (their leases are committed, not locked), so it
+        // locks them, re-checks, drops them, and keeps the lock until the statement ends. A fetch
+        // that sorted the backlog ran for seconds, and the completions of those jobs queued
+        // behind it until their leases ran out (issue 12). The outer state check makes the UPDATE
+        // itself re-check each row's newest version.
         let sql = format!(
             "UPDATE jobs SET state = 'active', attempts_made = attempts_made + 1, lease_token = ?, lease_until = ?, started_at = ? \
-             WHERE queue = ? AND state IN ('waiting', 'delayed') AND id IN (\
+             WHERE queue = ? AND state IN ('waiting', 'delayed') AND id {open}\
                SELECT id FROM jobs WHERE queue = ? AND state IN ('waiting', 'delayed') AND run_at <= ? \
                AND NOT EXISTS (SELECT 1 FROM queue_controls c WHERE c.queue = ? AND c.paused = ?) \
-               ORDER BY priority, run_at, created_at, id LIMIT ?{lock}) \
+               ORDER BY priority, run_at, created_at, id LIMIT ?{close} \
              RETURNING {COLUMNS}"
         );
         let q = queue.as_str();
@@ -502,6 +512,8 @@ impl QueueBackend for SqlQueue {
         Ok(res.rows_affected() == 1)
     }
 
+    /// The UPDATE re-checks the expiry itself: under READ COMMITTED it is evaluated against the
+    /// row's newest version, so a holder that renewed its lease after the SELECT keeps the job.
     async fn recover_stalled(&self, queue: QueueName) -> Result<u64> {
         let now = now_ms();
         let stalled = job::Entity::find()
@@ -526,7 +538,7 @@ impl QueueBackend for SqlQueue {
                 .db
                 .execute_raw(self.stmt(
                     "UPDATE jobs SET state = ?, run_at = ?, finished_at = ?, errors = ?, last_error = ?, lease_token = NULL, lease_until = NULL \
-                     WHERE queue = ? AND id = ? AND lease_token = ? AND state = 'active'",
+                     WHERE queue = ? AND id = ? AND lease_token = ? AND state = 'active' AND lease_until < ?",
                     vec![
                         state.into(),
                         now.into(),
@@ -536,6 +548,7 @@ impl QueueBackend for SqlQueue {
                         j.queue.clone().into(),
                         j.id.clone().into(),
                         j.lease_token.clone().into(),
+                        now.into(),
                     ],
                 ))
                 .await?;

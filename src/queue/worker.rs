@@ -428,7 +428,11 @@ async fn maintain(
             _ = shutdown.cancelled() => return,
             _ = stall.tick() => match backend.recover_stalled(queue).await {
                 Ok(0) => {}
-                Ok(n) => tracing::warn!(queue = %queue, jobs = n, "reclaimed stalled jobs"),
+                Ok(n) => {
+                    tracing::warn!(queue = %queue, jobs = n, "reclaimed stalled jobs");
+                    // A reclaimed job out of attempts ended in failed: retention counts it too.
+                    trim_finished(queue, backend.as_ref(), &config, &trim).await;
+                }
                 Err(e) => tracing::warn!(queue = %queue, error = %e, "stall recovery failed"),
             },
             _ = clean.tick() => trim_finished(queue, backend.as_ref(), &config, &trim).await,
