@@ -181,6 +181,34 @@ impl Tenant for entity::media_file::Entity {
     }
 }
 
+impl Tenant for entity::webhook::Entity {
+    const NOUN: &'static str = "webhook";
+    fn merchant_column() -> Self::Column {
+        entity::webhook::Column::MerchantId
+    }
+}
+
+impl Tenant for entity::order::Entity {
+    const NOUN: &'static str = "order";
+    fn merchant_column() -> Self::Column {
+        entity::order::Column::MerchantId
+    }
+}
+
+impl Tenant for entity::delivery_task::Entity {
+    const NOUN: &'static str = "delivery task";
+    fn merchant_column() -> Self::Column {
+        entity::delivery_task::Column::MerchantId
+    }
+}
+
+impl Tenant for entity::message::Entity {
+    const NOUN: &'static str = "message";
+    fn merchant_column() -> Self::Column {
+        entity::message::Column::MerchantId
+    }
+}
+
 impl Tenant for entity::event::Entity {
     const NOUN: &'static str = "event";
     fn merchant_column() -> Self::Column {

@@ -19,7 +19,10 @@ use uuid::Uuid;
 
 use crate::{
     AppState,
-    auth::{Actor, MerchantId, MerchantScope, RequestContext},
+    auth::{
+        Actor, MerchantId, RequestContext,
+        scope::{self, Scoped as _},
+    },
     error::{Error, Result},
     events::{self, Event, EventType},
     orders::service as orders,
@@ -120,26 +123,13 @@ pub fn allowed(from: DeliveryStatus, to: DeliveryStatus) -> bool {
     }
 }
 
-fn scope_condition(scope: &MerchantScope) -> Condition {
-    match scope.merchant() {
-        Some(m) => Condition::all().add(C::MerchantId.eq(m.as_str())),
-        None => Condition::all(),
-    }
-}
-
 /// The one way to load a task for `actor`: another merchant's task is NOT_FOUND.
 async fn find_scoped<Db: ConnectionTrait>(
     db: &Db,
     actor: &Actor,
     id: Uuid,
 ) -> Result<delivery_task::Model> {
-    let scope = actor.merchant_scope(None)?;
-    Tasks::find()
-        .filter(scope_condition(&scope))
-        .filter(C::Id.eq(id))
-        .one(db)
-        .await?
-        .ok_or_else(|| Error::not_found("delivery task"))
+    scope::one_writable::<Tasks, _>(db, actor, Condition::all().add(C::Id.eq(id))).await
 }
 
 /// `createDeliveryTask(orderId, pickup, dropoff)`: for a confirmed, preparing or ready order
@@ -382,7 +372,7 @@ pub async fn list(
 ) -> Result<Page<delivery_task::Model>> {
     let limit = page.limit()?;
     let scope = ctx.actor.merchant_scope(merchant_id)?;
-    let mut cond = scope_condition(&scope);
+    let mut cond = Tasks::scope_condition(&scope);
     if let Some(s) = status {
         cond = cond.add(C::Status.eq(s));
     }

@@ -13,7 +13,10 @@ use uuid::Uuid;
 use super::currency;
 use crate::{
     AppState, audit,
-    auth::{Actor, MerchantId, MerchantScope, RequestContext},
+    auth::{
+        Actor, MerchantId, RequestContext,
+        scope::{self, Scoped as _},
+    },
     error::{Error, Result},
     events::{self, EventType, MAX_AMOUNT},
     pagination::{Page, PageArgs, encode_cursor},
@@ -78,26 +81,13 @@ pub fn parse_idempotency_key(key: Option<String>) -> Result<Option<String>> {
     Ok(Some(key))
 }
 
-fn scope_condition(scope: &MerchantScope) -> Condition {
-    match scope.merchant() {
-        Some(m) => Condition::all().add(C::MerchantId.eq(m.as_str())),
-        None => Condition::all(),
-    }
-}
-
 /// The one way to load an order for `actor`: another merchant's order is NOT_FOUND.
 pub async fn find_scoped<Db: ConnectionTrait>(
     db: &Db,
     actor: &Actor,
     id: Uuid,
 ) -> Result<order::Model> {
-    let scope = actor.merchant_scope(None)?;
-    Orders::find()
-        .filter(scope_condition(&scope))
-        .filter(C::Id.eq(id))
-        .one(db)
-        .await?
-        .ok_or_else(|| Error::not_found("order"))
+    scope::one_writable::<Orders, _>(db, actor, Condition::all().add(C::Id.eq(id))).await
 }
 
 /// Bounds the input before anything is stored. Business rules (totals, currency, quantities)
@@ -460,7 +450,7 @@ pub async fn list(
 ) -> Result<Page<order::Model>> {
     let limit = page.limit()?;
     let scope = ctx.actor.merchant_scope(merchant_id)?;
-    let mut cond = scope_condition(&scope);
+    let mut cond = Orders::scope_condition(&scope);
     if let Some(s) = status {
         cond = cond.add(C::Status.eq(s));
     }

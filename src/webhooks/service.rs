@@ -1,6 +1,6 @@
 //! Endpoints and their logs: the functions GraphQL (and any REST adapter) call.
 //!
-//! Scope, in one place ([`find_scoped`], [`scope_condition`], as Svix's `secure_find_by_*`):
+//! Scope, in one place ([`find_scoped`] over `auth::scope`, as Svix's `secure_find_by_*`):
 //! a merchant manages only its own endpoints and reads only their logs; admin and service
 //! callers name the merchant (or see all); anonymous callers are refused. An endpoint outside
 //! the caller's scope is NOT_FOUND, so ids of other merchants' endpoints leak nothing.
@@ -24,7 +24,10 @@ use super::{
 };
 use crate::{
     AppState, audit,
-    auth::{Actor, MerchantScope, RequestContext},
+    auth::{
+        Actor, MerchantScope, RequestContext,
+        scope::{self, Scoped as _},
+    },
     error::{Error, Result},
     events::{Event, EventType},
     pagination::{Page, PageArgs, encode_cursor},
@@ -77,26 +80,13 @@ pub struct LogFilter {
     pub event_type: Option<EventType>,
 }
 
-/// The rows a scope may see.
-pub fn scope_condition(scope: &MerchantScope) -> Condition {
-    match scope.merchant() {
-        Some(m) => Condition::all().add(W::MerchantId.eq(m.as_str())),
-        None => Condition::all(),
-    }
-}
-
 /// An endpoint the actor may manage, or NOT_FOUND (also for another merchant's).
 pub async fn find_scoped<C: ConnectionTrait>(
     db: &C,
     actor: &Actor,
     id: Uuid,
 ) -> Result<webhook::Model> {
-    let scope = actor.merchant_scope(None)?;
-    Webhooks::find_by_id(id)
-        .filter(scope_condition(&scope))
-        .one(db)
-        .await?
-        .ok_or_else(|| Error::not_found("webhook"))
+    scope::one_writable::<Webhooks, _>(db, actor, Condition::all().add(W::Id.eq(id))).await
 }
 
 /// The endpoint as audit rows show it: never the secret.
@@ -234,7 +224,7 @@ pub async fn list(
     page: &PageArgs,
 ) -> Result<Page<webhook::Model>> {
     let limit = page.limit()?;
-    let cond = scope_condition(&ctx.actor.merchant_scope(merchant_id)?);
+    let cond = Webhooks::scope_condition(&ctx.actor.merchant_scope(merchant_id)?);
     let total_count = Webhooks::find().filter(cond.clone()).count(db).await?;
     let mut q = Webhooks::find().filter(cond);
     if let Some(after) = page.after_key(CURSOR_KIND)? {

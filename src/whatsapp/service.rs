@@ -32,7 +32,10 @@ use super::{
 };
 use crate::{
     AppState, audit,
-    auth::{Actor, MerchantId, MerchantScope, RequestContext},
+    auth::{
+        Actor, MerchantId, RequestContext,
+        scope::{self, Scoped as _},
+    },
     error::{Error, Result},
     events::{self, EventType},
     orders::service::parse_idempotency_key,
@@ -508,26 +511,13 @@ pub async fn deliver(state: &AppState, job: &JobInfo, message_id: Uuid) -> Resul
     }
 }
 
-fn scope_condition(scope: &MerchantScope) -> Condition {
-    match scope.merchant() {
-        Some(m) => Condition::all().add(C::MerchantId.eq(m.as_str())),
-        None => Condition::all(),
-    }
-}
-
 /// `message(id)`: an outbound or inbound message with its status history.
 pub async fn get(
     db: &DatabaseConnection,
     ctx: &RequestContext,
     id: Uuid,
 ) -> Result<message::Model> {
-    let scope = ctx.actor.merchant_scope(None)?;
-    Messages::find()
-        .filter(scope_condition(&scope))
-        .filter(C::Id.eq(id))
-        .one(db)
-        .await?
-        .ok_or_else(|| Error::not_found("message"))
+    scope::one_writable::<Messages, _>(db, &ctx.actor, Condition::all().add(C::Id.eq(id))).await
 }
 
 /// `messages(merchantId, direction, first, after)`, or with `recorded_only` the `outbox`: what
@@ -542,7 +532,7 @@ pub async fn list(
 ) -> Result<Page<message::Model>> {
     let limit = page.limit()?;
     let scope = ctx.actor.merchant_scope(merchant_id)?;
-    let mut cond = scope_condition(&scope);
+    let mut cond = Messages::scope_condition(&scope);
     if let Some(d) = direction {
         cond = cond.add(C::Direction.eq(d));
     }
