@@ -115,6 +115,9 @@ fn negotiate(parts: &Parts) -> Option<WebSocketProtocols> {
         .and_then(|list| list.split(',').find_map(|p| p.trim().parse().ok()))
 }
 
+/// The initial read buffer of a socket (it grows for a larger frame, up to the frame limit).
+const WS_READ_BUFFER: usize = 4 * 1024;
+
 async fn ws_upgrade(State(state): State<AppState>, parts: Parts, ws: WebSocketUpgrade) -> Response {
     let Some(protocol) = negotiate(&parts) else {
         return Error::validation(
@@ -139,6 +142,10 @@ async fn ws_upgrade(State(state): State<AppState>, parts: Parts, ws: WebSocketUp
     ws.protocols(ALL_WEBSOCKET_PROTOCOLS)
         .max_message_size(limit)
         .max_frame_size(limit)
+        // tungstenite's defaults reserve 128 KiB to read and 128 KiB to write per socket: ~150 KB
+        // for every idle subscriber. Frames here are small; the buffers grow when one is not.
+        .read_buffer_size(WS_READ_BUFFER)
+        .write_buffer_size(0)
         .on_upgrade(move |socket| serve_ws(socket, state, protocol, base, valid_until))
 }
 
