@@ -1,4 +1,5 @@
-//! The job queue over GraphQL. Reading needs an admin or service token; changing needs admin.
+//! The job queue over GraphQL: thin adapters over `queue::admin`, which holds the authorization
+//! (read: admin or service; change: admin), the input checks and the paging.
 
 use async_graphql::{
     Context, Json, Object, SimpleObject,
@@ -9,20 +10,13 @@ use serde_json::Value;
 
 use super::{audit::CountFields, req};
 use crate::{
-    auth::{Actor, RequestContext},
-    error::{Error, Result},
-    pagination::{PageArgs, decode_cursor, encode_cursor},
-    queue::{AttemptError, JobInfo, JobOptions, JobState, Priority, QueueName},
+    pagination::PageArgs,
+    queue::{AttemptError, JobInfo, JobState, Priority, QueueName, StateCounts, admin::QueueAdmin},
 };
 
-fn require_reader(rc: &RequestContext) -> Result<()> {
-    rc.actor.require_authenticated()?;
-    match rc.actor {
-        Actor::Admin { .. } | Actor::Service { .. } => Ok(()),
-        _ => Err(Error::Forbidden(
-            "queue data needs an admin or service token".into(),
-        )),
-    }
+fn admin<'a>(ctx: &'a Context<'_>) -> QueueAdmin<'a> {
+    let (state, rc) = req(ctx);
+    state.queue.admin(&rc.actor)
 }
 
 #[derive(SimpleObject)]
@@ -94,18 +88,18 @@ impl Job {
     }
 }
 
-async fn stats(ctx: &Context<'_>, queue: QueueName) -> Result<QueueStats> {
-    let (state, _) = req(ctx);
-    let c = state.queue.queue_stats(queue).await?;
-    Ok(QueueStats {
-        name: queue.as_str().to_owned(),
-        waiting: c.waiting,
-        active: c.active,
-        delayed: c.delayed,
-        completed: c.completed,
-        failed: c.failed,
-        paused: c.paused,
-    })
+impl QueueStats {
+    fn new(queue: QueueName, c: StateCounts) -> Self {
+        Self {
+            name: queue.as_str().to_owned(),
+            waiting: c.waiting,
+            active: c.active,
+            delayed: c.delayed,
+            completed: c.completed,
+            failed: c.failed,
+            paused: c.paused,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -115,12 +109,11 @@ pub struct QueueQuery;
 impl QueueQuery {
     /// Every queue's counts.
     async fn queues(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<QueueStats>> {
-        require_reader(req(ctx).1)?;
-        let mut out = Vec::new();
-        for q in QueueName::ALL {
-            out.push(stats(ctx, q).await?);
-        }
-        Ok(out)
+        let all = admin(ctx).all_stats().await?;
+        Ok(all
+            .into_iter()
+            .map(|(q, c)| QueueStats::new(q, c))
+            .collect())
     }
 
     async fn queue_stats(
@@ -128,8 +121,7 @@ impl QueueQuery {
         ctx: &Context<'_>,
         queue: QueueName,
     ) -> async_graphql::Result<QueueStats> {
-        require_reader(req(ctx).1)?;
-        Ok(stats(ctx, queue).await?)
+        Ok(QueueStats::new(queue, admin(ctx).stats(queue).await?))
     }
 
     /// One job: state, attempts, errors, timestamps and result.
@@ -139,9 +131,7 @@ impl QueueQuery {
         queue: QueueName,
         id: String,
     ) -> async_graphql::Result<Job> {
-        let (state, rc) = req(ctx);
-        require_reader(rc)?;
-        Ok(Job(state.queue.job_status(queue, &id).await?))
+        Ok(Job(admin(ctx).job(queue, &id).await?))
     }
 
     /// Failed jobs, most recently failed first.
@@ -152,33 +142,21 @@ impl QueueQuery {
         first: Option<i32>,
         after: Option<String>,
     ) -> async_graphql::Result<Connection<String, Job, CountFields>> {
-        let (state, rc) = req(ctx);
-        require_reader(rc)?;
-        let args = PageArgs { first, after };
-        let limit = args.limit()?;
-        let offset: u64 = match &args.after {
-            Some(c) => decode_cursor("failed", c)?.parse().map_err(|_| {
-                Error::validation("after", "after is not a valid cursor for this list")
-            })?,
-            None => 0,
-        };
-        let backend = state.queue.backend();
-        let total = backend.counts(queue).await?.failed;
-        let mut jobs = backend.list_failed(queue, offset, limit + 1).await?;
-        let has_next = jobs.len() as u64 > limit;
-        jobs.truncate(limit as usize);
+        let page = admin(ctx)
+            .failed_jobs(queue, PageArgs { first, after })
+            .await?;
         let mut conn = Connection::with_additional_fields(
-            offset > 0,
-            has_next,
-            CountFields { total_count: total },
+            page.has_previous,
+            page.has_next,
+            CountFields {
+                total_count: page.total,
+            },
         );
-        conn.edges
-            .extend(jobs.into_iter().enumerate().map(|(i, j)| {
-                Edge::new(
-                    encode_cursor("failed", &(offset + i as u64 + 1).to_string()),
-                    Job(j),
-                )
-            }));
+        conn.edges.extend(
+            page.jobs
+                .into_iter()
+                .map(|(cursor, j)| Edge::new(cursor, Job(j))),
+        );
         Ok(conn)
     }
 }
@@ -198,18 +176,10 @@ impl QueueMutation {
         data: Json<Value>,
         options: Option<Json<Value>>,
     ) -> async_graphql::Result<Job> {
-        let (state, rc) = req(ctx);
-        rc.actor.require_admin()?;
-        let opts: JobOptions = match options.map(|o| o.0) {
-            None | Some(Value::Null) => JobOptions::default(),
-            Some(v) => serde_json::from_value(v)
-                .map_err(|e| Error::validation("options", format!("invalid job options: {e}")))?,
-        };
-        if name.trim().is_empty() || name.len() > 64 {
-            return Err(Error::validation("name", "name must be 1-64 characters").into());
-        }
-        let id = state.queue.enqueue(queue, &name, &data.0, &opts).await?;
-        Ok(Job(state.queue.job_status(queue, &id).await?))
+        let options = options.map(|o| o.0);
+        Ok(Job(admin(ctx)
+            .enqueue(queue, &name, &data.0, options)
+            .await?))
     }
 
     /// Moves a failed job back to waiting with a fresh set of attempts (admin).
@@ -219,10 +189,7 @@ impl QueueMutation {
         queue: QueueName,
         id: String,
     ) -> async_graphql::Result<Job> {
-        let (state, rc) = req(ctx);
-        rc.actor.require_admin()?;
-        state.queue.backend().retry(queue, &id).await?;
-        Ok(Job(state.queue.job_status(queue, &id).await?))
+        Ok(Job(admin(ctx).retry(queue, &id).await?))
     }
 
     /// Deletes a job that is not running (admin). False when there was no such job.
@@ -232,9 +199,7 @@ impl QueueMutation {
         queue: QueueName,
         id: String,
     ) -> async_graphql::Result<bool> {
-        let (state, rc) = req(ctx);
-        rc.actor.require_admin()?;
-        Ok(state.queue.backend().remove(queue, &id).await?)
+        Ok(admin(ctx).remove(queue, &id).await?)
     }
 
     /// Stops workers everywhere from taking new jobs of this queue (admin).
@@ -243,10 +208,10 @@ impl QueueMutation {
         ctx: &Context<'_>,
         queue: QueueName,
     ) -> async_graphql::Result<QueueStats> {
-        let (state, rc) = req(ctx);
-        rc.actor.require_admin()?;
-        state.queue.backend().set_paused(queue, true).await?;
-        Ok(stats(ctx, queue).await?)
+        Ok(QueueStats::new(
+            queue,
+            admin(ctx).set_paused(queue, true).await?,
+        ))
     }
 
     async fn resume_queue(
@@ -254,9 +219,9 @@ impl QueueMutation {
         ctx: &Context<'_>,
         queue: QueueName,
     ) -> async_graphql::Result<QueueStats> {
-        let (state, rc) = req(ctx);
-        rc.actor.require_admin()?;
-        state.queue.backend().set_paused(queue, false).await?;
-        Ok(stats(ctx, queue).await?)
+        Ok(QueueStats::new(
+            queue,
+            admin(ctx).set_paused(queue, false).await?,
+        ))
     }
 }

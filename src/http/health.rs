@@ -27,11 +27,11 @@ fn check(name: &str, r: crate::error::Result<()>) -> &'static str {
 
 pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     let database = check("database", crate::db::ping(&state.db).await);
-    let backend = state.queue.backend();
     let mut checks = json!({ "database": database });
     let mut ok = database == "ok";
-    if let Some(name) = backend.dependency() {
-        let answer = check(name, backend.ping().await);
+    // Whatever else the queue backend depends on, each check named by the backend itself.
+    for (name, result) in state.queue.backend().readiness().await {
+        let answer = check(name, result);
         ok &= answer == "ok";
         checks[name] = json!(answer);
     }

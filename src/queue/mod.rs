@@ -1,4 +1,6 @@
-//! The durable job queue: four queues, one [`QueueBackend`] trait, two backends.
+//! The durable job queue: four queues, two backends behind two traits ([`QueueBackend`], the
+//! worker protocol, and [`QueueControl`], inspection and admin commands), and [`admin`], the
+//! service operators reach through GraphQL.
 //!
 //! * [`redis::RedisQueue`] (when `REDIS_URL` is set): every state change is one Lua script over
 //!   keys that share the queue's hash tag; see that module for the design and why.
@@ -17,6 +19,7 @@
 //!
 //! Handlers must therefore be idempotent: key side effects by the job id.
 
+pub mod admin;
 pub mod metrics;
 pub mod redis;
 pub mod sql;
@@ -374,10 +377,32 @@ pub struct Completion {
     pub result: Value,
 }
 
-/// The storage and state machine behind the queue. All time comparisons use the backend's
-/// clock (Redis TIME, or the database host's clock through the app) so workers agree.
+/// What operators and producers ask of a queue: inspection and the admin commands. Served by the
+/// same storage as [`QueueBackend`]; [`admin`] wraps it with authorization and paging.
 #[async_trait]
-pub trait QueueBackend: Send + Sync + 'static {
+pub trait QueueControl: Send + Sync + 'static {
+    async fn get(&self, queue: QueueName, id: &str) -> Result<Option<JobInfo>>;
+    async fn counts(&self, queue: QueueName) -> Result<StateCounts>;
+    /// Failed jobs, most recently failed first, from `offset`.
+    async fn list_failed(&self, queue: QueueName, offset: u64, limit: u64) -> Result<Vec<JobInfo>>;
+    /// Failed -> waiting with a fresh set of attempts. NOT_FOUND / CONFLICT otherwise.
+    async fn retry(&self, queue: QueueName, id: &str) -> Result<()>;
+    /// Deletes a job that is not active. Returns whether it existed.
+    async fn remove(&self, queue: QueueName, id: &str) -> Result<bool>;
+    async fn set_paused(&self, queue: QueueName, paused: bool) -> Result<()>;
+    /// One round trip to each service this backend needs beyond the app database, named as
+    /// `/ready` reports it (empty when the queue lives in the app database, which `/ready`
+    /// checks anyway).
+    async fn readiness(&self) -> Vec<(&'static str, Result<()>)>;
+    fn kind(&self) -> &'static str;
+}
+
+/// The worker protocol: enqueue, lease, renew, record, reclaim and trim. All time comparisons use
+/// the backend's clock (Redis TIME, or the database host's clock through the app) so workers
+/// agree. Every backend also serves [`QueueControl`], so one handle (`Arc<dyn QueueBackend>`)
+/// gives both.
+#[async_trait]
+pub trait QueueBackend: QueueControl {
     /// Adds a job; returns `false` when a job with that id already existed (nothing changed).
     async fn enqueue(&self, queue: QueueName, job: NewJob) -> Result<bool>;
     /// Adds many jobs in as few round trips as the backend can; one flag per job as `enqueue`.
@@ -438,24 +463,8 @@ pub trait QueueBackend: Send + Sync + 'static {
     async fn recover_stalled(&self, queue: QueueName) -> Result<u64>;
     /// Blocks until work may be ready or `timeout` passes. Spurious wake-ups are fine.
     async fn wait_for_work(&self, queue: QueueName, timeout: Duration) -> Result<()>;
-    async fn get(&self, queue: QueueName, id: &str) -> Result<Option<JobInfo>>;
-    async fn counts(&self, queue: QueueName) -> Result<StateCounts>;
-    /// Failed jobs, most recently failed first, from `offset`.
-    async fn list_failed(&self, queue: QueueName, offset: u64, limit: u64) -> Result<Vec<JobInfo>>;
-    /// Failed -> waiting with a fresh set of attempts. NOT_FOUND / CONFLICT otherwise.
-    async fn retry(&self, queue: QueueName, id: &str) -> Result<()>;
-    /// Deletes a job that is not active. Returns whether it existed.
-    async fn remove(&self, queue: QueueName, id: &str) -> Result<bool>;
-    async fn set_paused(&self, queue: QueueName, paused: bool) -> Result<()>;
     /// Trims finished jobs beyond the retention. Returns how many were removed.
     async fn clean(&self, queue: QueueName, retention: Retention) -> Result<u64>;
-    /// A round trip, for /ready.
-    async fn ping(&self) -> Result<()>;
-    /// The service this backend needs beyond the app database, as `/ready` names it (`None`
-    /// when the queue lives in the app database, which `/ready` checks anyway).
-    fn dependency(&self) -> Option<&'static str> {
-        None
-    }
     /// Returns a leased job that never started to waiting, without using an attempt
     /// (prefetched jobs at shutdown). `false` when the lease was already lost.
     async fn release(&self, queue: QueueName, id: &str, token: &str) -> Result<bool>;
@@ -471,7 +480,6 @@ pub trait QueueBackend: Send + Sync + 'static {
         let _ = concurrency;
         1
     }
-    fn kind(&self) -> &'static str;
 }
 
 /// Exponential backoff with full jitter in [base·2^(n-1)/2, base·2^(n-1)], capped at one hour.
@@ -500,6 +508,11 @@ impl JobQueue {
 
     pub fn backend(&self) -> &Arc<dyn QueueBackend> {
         &self.backend
+    }
+
+    /// The operator commands, for one request's caller (authorization happens there).
+    pub fn admin<'a>(&'a self, actor: &'a crate::auth::Actor) -> admin::QueueAdmin<'a> {
+        admin::QueueAdmin::new(self, actor)
     }
 
     /// What this queue and the workers given the same registry did; served at `/metrics`.

@@ -41,7 +41,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     AttemptError, Completion, JobInfo, JobState, Leased, NewJob, Outcome, Priority, QueueBackend,
-    QueueName, Retention, StateCounts,
+    QueueControl, QueueName, Retention, StateCounts,
 };
 use crate::error::{Error, Result};
 
@@ -605,6 +605,171 @@ fn ms(d: Duration) -> i64 {
 }
 
 #[async_trait]
+impl QueueControl for RedisQueue {
+    async fn get(&self, queue: QueueName, id: &str) -> Result<Option<JobInfo>> {
+        let pairs: Vec<String> = self
+            .client()
+            .custom(
+                fred::types::CustomCommand::new_static("HGETALL", None, false),
+                vec![format!("{}{id}", self.job_prefix(queue))],
+            )
+            .await
+            .map_err(redis_err)?;
+        if pairs.is_empty() {
+            return Ok(None);
+        }
+        to_info(queue, pairs).map(Some)
+    }
+
+    async fn counts(&self, queue: QueueName) -> Result<StateCounts> {
+        let c = self.client();
+        let pipe = c.pipeline();
+        let _: () = pipe
+            .zcard(self.key(queue, "wait"))
+            .await
+            .map_err(redis_err)?;
+        let _: () = pipe
+            .zcard(self.key(queue, "active"))
+            .await
+            .map_err(redis_err)?;
+        let _: () = pipe
+            .zcard(self.key(queue, "delayed"))
+            .await
+            .map_err(redis_err)?;
+        let _: () = pipe
+            .zcard(self.key(queue, "completed"))
+            .await
+            .map_err(redis_err)?;
+        let _: () = pipe
+            .zcard(self.key(queue, "failed"))
+            .await
+            .map_err(redis_err)?;
+        let _: () = pipe
+            .exists(self.key(queue, "paused"))
+            .await
+            .map_err(redis_err)?;
+        let (waiting, active, delayed, completed, failed, paused): (u64, u64, u64, u64, u64, u64) =
+            pipe.all().await.map_err(redis_err)?;
+        Ok(StateCounts {
+            waiting,
+            active,
+            delayed,
+            completed,
+            failed,
+            paused: paused > 0,
+        })
+    }
+
+    async fn list_failed(&self, queue: QueueName, offset: u64, limit: u64) -> Result<Vec<JobInfo>> {
+        if limit == 0 {
+            return Ok(vec![]);
+        }
+        let ids: Vec<String> = self
+            .client()
+            .zrange(
+                self.key(queue, "failed"),
+                offset as i64,
+                (offset + limit - 1) as i64,
+                None,
+                true,
+                None,
+                false,
+            )
+            .await
+            .map_err(redis_err)?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(j) = self.get(queue, &id).await? {
+                out.push(j);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn retry(&self, queue: QueueName, id: &str) -> Result<()> {
+        let keys = vec![
+            format!("{}{id}", self.job_prefix(queue)),
+            self.key(queue, "failed"),
+            self.key(queue, "wait"),
+            self.key(queue, "seq"),
+            self.key(queue, "notify"),
+        ];
+        let r: i64 = self
+            .scripts
+            .retry
+            .run(self.client(), keys, vec![id.into()])
+            .await?;
+        match r {
+            1 => Ok(()),
+            -1 => Err(Error::not_found(format_args!("job {id} in {queue}"))),
+            _ => {
+                let state = self
+                    .get(queue, id)
+                    .await?
+                    .map(|j| j.state.as_str())
+                    .unwrap_or("gone");
+                Err(Error::Conflict(format!(
+                    "job {id} is {state}, only failed jobs can be retried"
+                )))
+            }
+        }
+    }
+
+    async fn remove(&self, queue: QueueName, id: &str) -> Result<bool> {
+        let keys = vec![
+            format!("{}{id}", self.job_prefix(queue)),
+            self.key(queue, "wait"),
+            self.key(queue, "delayed"),
+            self.key(queue, "active"),
+            self.key(queue, "completed"),
+            self.key(queue, "failed"),
+        ];
+        let r: i64 = self
+            .scripts
+            .remove
+            .run(self.client(), keys, vec![id.into()])
+            .await?;
+        match r {
+            1 => Ok(true),
+            -1 => Err(Error::Conflict(format!(
+                "job {id} is active; it can be removed once it finishes"
+            ))),
+            _ => Ok(false),
+        }
+    }
+
+    async fn set_paused(&self, queue: QueueName, paused: bool) -> Result<()> {
+        let c = self.client();
+        if paused {
+            let _: () = c
+                .set(self.key(queue, "paused"), 1, None, None, false)
+                .await
+                .map_err(redis_err)?;
+        } else {
+            let _: () = c.del(self.key(queue, "paused")).await.map_err(redis_err)?;
+            let _: () = c
+                .lpush(self.key(queue, "notify"), 1)
+                .await
+                .map_err(redis_err)?;
+        }
+        Ok(())
+    }
+
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn readiness(&self) -> Vec<(&'static str, Result<()>)> {
+        let ping: Result<()> = async {
+            let _: String = self.client().ping(None).await.map_err(redis_err)?;
+            Ok(())
+        }
+        .await;
+        vec![("redis", ping)]
+    }
+}
+
+#[async_trait]
 impl QueueBackend for RedisQueue {
     async fn enqueue(&self, queue: QueueName, job: NewJob) -> Result<bool> {
         Ok(self
@@ -802,155 +967,6 @@ impl QueueBackend for RedisQueue {
         Ok((landed, jobs))
     }
 
-    async fn get(&self, queue: QueueName, id: &str) -> Result<Option<JobInfo>> {
-        let pairs: Vec<String> = self
-            .client()
-            .custom(
-                fred::types::CustomCommand::new_static("HGETALL", None, false),
-                vec![format!("{}{id}", self.job_prefix(queue))],
-            )
-            .await
-            .map_err(redis_err)?;
-        if pairs.is_empty() {
-            return Ok(None);
-        }
-        to_info(queue, pairs).map(Some)
-    }
-
-    async fn counts(&self, queue: QueueName) -> Result<StateCounts> {
-        let c = self.client();
-        let pipe = c.pipeline();
-        let _: () = pipe
-            .zcard(self.key(queue, "wait"))
-            .await
-            .map_err(redis_err)?;
-        let _: () = pipe
-            .zcard(self.key(queue, "active"))
-            .await
-            .map_err(redis_err)?;
-        let _: () = pipe
-            .zcard(self.key(queue, "delayed"))
-            .await
-            .map_err(redis_err)?;
-        let _: () = pipe
-            .zcard(self.key(queue, "completed"))
-            .await
-            .map_err(redis_err)?;
-        let _: () = pipe
-            .zcard(self.key(queue, "failed"))
-            .await
-            .map_err(redis_err)?;
-        let _: () = pipe
-            .exists(self.key(queue, "paused"))
-            .await
-            .map_err(redis_err)?;
-        let (waiting, active, delayed, completed, failed, paused): (u64, u64, u64, u64, u64, u64) =
-            pipe.all().await.map_err(redis_err)?;
-        Ok(StateCounts {
-            waiting,
-            active,
-            delayed,
-            completed,
-            failed,
-            paused: paused > 0,
-        })
-    }
-
-    async fn list_failed(&self, queue: QueueName, offset: u64, limit: u64) -> Result<Vec<JobInfo>> {
-        if limit == 0 {
-            return Ok(vec![]);
-        }
-        let ids: Vec<String> = self
-            .client()
-            .zrange(
-                self.key(queue, "failed"),
-                offset as i64,
-                (offset + limit - 1) as i64,
-                None,
-                true,
-                None,
-                false,
-            )
-            .await
-            .map_err(redis_err)?;
-        let mut out = Vec::with_capacity(ids.len());
-        for id in ids {
-            if let Some(j) = self.get(queue, &id).await? {
-                out.push(j);
-            }
-        }
-        Ok(out)
-    }
-
-    async fn retry(&self, queue: QueueName, id: &str) -> Result<()> {
-        let keys = vec![
-            format!("{}{id}", self.job_prefix(queue)),
-            self.key(queue, "failed"),
-            self.key(queue, "wait"),
-            self.key(queue, "seq"),
-            self.key(queue, "notify"),
-        ];
-        let r: i64 = self
-            .scripts
-            .retry
-            .run(self.client(), keys, vec![id.into()])
-            .await?;
-        match r {
-            1 => Ok(()),
-            -1 => Err(Error::not_found(format_args!("job {id} in {queue}"))),
-            _ => {
-                let state = self
-                    .get(queue, id)
-                    .await?
-                    .map(|j| j.state.as_str())
-                    .unwrap_or("gone");
-                Err(Error::Conflict(format!(
-                    "job {id} is {state}, only failed jobs can be retried"
-                )))
-            }
-        }
-    }
-
-    async fn remove(&self, queue: QueueName, id: &str) -> Result<bool> {
-        let keys = vec![
-            format!("{}{id}", self.job_prefix(queue)),
-            self.key(queue, "wait"),
-            self.key(queue, "delayed"),
-            self.key(queue, "active"),
-            self.key(queue, "completed"),
-            self.key(queue, "failed"),
-        ];
-        let r: i64 = self
-            .scripts
-            .remove
-            .run(self.client(), keys, vec![id.into()])
-            .await?;
-        match r {
-            1 => Ok(true),
-            -1 => Err(Error::Conflict(format!(
-                "job {id} is active; it can be removed once it finishes"
-            ))),
-            _ => Ok(false),
-        }
-    }
-
-    async fn set_paused(&self, queue: QueueName, paused: bool) -> Result<()> {
-        let c = self.client();
-        if paused {
-            let _: () = c
-                .set(self.key(queue, "paused"), 1, None, None, false)
-                .await
-                .map_err(redis_err)?;
-        } else {
-            let _: () = c.del(self.key(queue, "paused")).await.map_err(redis_err)?;
-            let _: () = c
-                .lpush(self.key(queue, "notify"), 1)
-                .await
-                .map_err(redis_err)?;
-        }
-        Ok(())
-    }
-
     async fn clean(&self, queue: QueueName, r: Retention) -> Result<u64> {
         let keys = vec![self.key(queue, "completed"), self.key(queue, "failed")];
         let args: Vec<RedisValue> = vec![
@@ -973,19 +989,6 @@ impl QueueBackend for RedisQueue {
                 return Ok(total);
             }
         }
-    }
-
-    async fn ping(&self) -> Result<()> {
-        let _: String = self.client().ping(None).await.map_err(redis_err)?;
-        Ok(())
-    }
-
-    fn kind(&self) -> &'static str {
-        "redis"
-    }
-
-    fn dependency(&self) -> Option<&'static str> {
-        Some("redis")
     }
 
     async fn release(&self, queue: QueueName, id: &str, token: &str) -> Result<bool> {

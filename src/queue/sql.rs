@@ -37,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     AttemptError, Completion, JobInfo, JobState, Leased, NewJob, Outcome, Priority, QueueBackend,
-    QueueName, Retention, StateCounts,
+    QueueControl, QueueName, Retention, StateCounts,
 };
 use crate::error::{Error, Result};
 use entity::{job, queue_control};
@@ -259,6 +259,135 @@ fn push_error(errors_json: &str, attempt: u32, error: &str, at: i64) -> String {
         list.drain(10..list.len() - 40);
     }
     serde_json::to_string(&list).unwrap_or_else(|_| "[]".into())
+}
+
+#[async_trait]
+impl QueueControl for SqlQueue {
+    async fn get(&self, queue: QueueName, id: &str) -> Result<Option<JobInfo>> {
+        job::Entity::find_by_id((queue.as_str().to_owned(), id.to_owned()))
+            .one(&self.db)
+            .await?
+            .map(to_info)
+            .transpose()
+    }
+
+    async fn counts(&self, queue: QueueName) -> Result<StateCounts> {
+        let rows = self
+            .db
+            .query_all_raw(self.stmt(
+                "SELECT CASE WHEN state IN ('waiting', 'delayed') AND run_at > ? THEN 'delayed' \
+                 WHEN state = 'delayed' THEN 'waiting' ELSE state END AS s, COUNT(*) AS n \
+                 FROM jobs WHERE queue = ? GROUP BY 1",
+                vec![now_ms().into(), queue.as_str().into()],
+            ))
+            .await?;
+        let mut c = StateCounts::default();
+        for row in rows {
+            let s: String = row.try_get("", "s")?;
+            let n: i64 = row.try_get("", "n")?;
+            let n = n.max(0) as u64;
+            match s.as_str() {
+                "waiting" => c.waiting += n,
+                "delayed" => c.delayed += n,
+                "active" => c.active += n,
+                "completed" => c.completed += n,
+                "failed" => c.failed += n,
+                _ => {}
+            }
+        }
+        c.paused = queue_control::Entity::find_by_id(queue.as_str().to_owned())
+            .one(&self.db)
+            .await?
+            .is_some_and(|c| c.paused);
+        Ok(c)
+    }
+
+    async fn list_failed(&self, queue: QueueName, offset: u64, limit: u64) -> Result<Vec<JobInfo>> {
+        job::Entity::find()
+            .filter(job::Column::Queue.eq(queue.as_str()))
+            .filter(job::Column::State.eq("failed"))
+            .order_by_desc(job::Column::FinishedAt)
+            .order_by_desc(job::Column::Id)
+            .offset(offset)
+            .limit(limit)
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(to_info)
+            .collect()
+    }
+
+    async fn retry(&self, queue: QueueName, id: &str) -> Result<()> {
+        let res = self
+            .db
+            .execute_raw(self.stmt(
+                "UPDATE jobs SET state = 'waiting', attempts_made = 0, run_at = ?, finished_at = NULL \
+                 WHERE queue = ? AND id = ? AND state = 'failed'",
+                vec![now_ms().into(), queue.as_str().into(), id.into()],
+            ))
+            .await?;
+        if res.rows_affected() == 1 {
+            self.signal(queue).await?;
+            return Ok(());
+        }
+        match self.get(queue, id).await? {
+            None => Err(Error::not_found(format_args!("job {id} in {queue}"))),
+            Some(j) => Err(Error::Conflict(format!(
+                "job {id} is {}, only failed jobs can be retried",
+                j.state.as_str()
+            ))),
+        }
+    }
+
+    async fn remove(&self, queue: QueueName, id: &str) -> Result<bool> {
+        let res = self
+            .db
+            .execute_raw(self.stmt(
+                "DELETE FROM jobs WHERE queue = ? AND id = ? AND state <> 'active'",
+                vec![queue.as_str().into(), id.into()],
+            ))
+            .await?;
+        if res.rows_affected() == 1 {
+            return Ok(true);
+        }
+        match self.get(queue, id).await? {
+            None => Ok(false),
+            Some(_) => Err(Error::Conflict(format!(
+                "job {id} is active; it can be removed once it finishes"
+            ))),
+        }
+    }
+
+    async fn set_paused(&self, queue: QueueName, paused: bool) -> Result<()> {
+        queue_control::Entity::insert(queue_control::ActiveModel {
+            queue: Set(queue.as_str().to_owned()),
+            paused: Set(paused),
+            updated_at: Set(now_ms()),
+        })
+        .on_conflict(
+            OnConflict::column(queue_control::Column::Queue)
+                .update_columns([
+                    queue_control::Column::Paused,
+                    queue_control::Column::UpdatedAt,
+                ])
+                .to_owned(),
+        )
+        .exec_without_returning(&self.db)
+        .await?;
+        if !paused {
+            self.signal(queue).await?;
+        }
+        Ok(())
+    }
+
+    fn kind(&self) -> &'static str {
+        "sql"
+    }
+
+    /// The queue lives in the app database, which `/ready` checks anyway.
+    async fn readiness(&self) -> Vec<(&'static str, Result<()>)> {
+        vec![]
+    }
 }
 
 #[async_trait]
@@ -567,123 +696,6 @@ impl QueueBackend for SqlQueue {
         Ok(())
     }
 
-    async fn get(&self, queue: QueueName, id: &str) -> Result<Option<JobInfo>> {
-        job::Entity::find_by_id((queue.as_str().to_owned(), id.to_owned()))
-            .one(&self.db)
-            .await?
-            .map(to_info)
-            .transpose()
-    }
-
-    async fn counts(&self, queue: QueueName) -> Result<StateCounts> {
-        let rows = self
-            .db
-            .query_all_raw(self.stmt(
-                "SELECT CASE WHEN state IN ('waiting', 'delayed') AND run_at > ? THEN 'delayed' \
-                 WHEN state = 'delayed' THEN 'waiting' ELSE state END AS s, COUNT(*) AS n \
-                 FROM jobs WHERE queue = ? GROUP BY 1",
-                vec![now_ms().into(), queue.as_str().into()],
-            ))
-            .await?;
-        let mut c = StateCounts::default();
-        for row in rows {
-            let s: String = row.try_get("", "s")?;
-            let n: i64 = row.try_get("", "n")?;
-            let n = n.max(0) as u64;
-            match s.as_str() {
-                "waiting" => c.waiting += n,
-                "delayed" => c.delayed += n,
-                "active" => c.active += n,
-                "completed" => c.completed += n,
-                "failed" => c.failed += n,
-                _ => {}
-            }
-        }
-        c.paused = queue_control::Entity::find_by_id(queue.as_str().to_owned())
-            .one(&self.db)
-            .await?
-            .is_some_and(|c| c.paused);
-        Ok(c)
-    }
-
-    async fn list_failed(&self, queue: QueueName, offset: u64, limit: u64) -> Result<Vec<JobInfo>> {
-        job::Entity::find()
-            .filter(job::Column::Queue.eq(queue.as_str()))
-            .filter(job::Column::State.eq("failed"))
-            .order_by_desc(job::Column::FinishedAt)
-            .order_by_desc(job::Column::Id)
-            .offset(offset)
-            .limit(limit)
-            .all(&self.db)
-            .await?
-            .into_iter()
-            .map(to_info)
-            .collect()
-    }
-
-    async fn retry(&self, queue: QueueName, id: &str) -> Result<()> {
-        let res = self
-            .db
-            .execute_raw(self.stmt(
-                "UPDATE jobs SET state = 'waiting', attempts_made = 0, run_at = ?, finished_at = NULL \
-                 WHERE queue = ? AND id = ? AND state = 'failed'",
-                vec![now_ms().into(), queue.as_str().into(), id.into()],
-            ))
-            .await?;
-        if res.rows_affected() == 1 {
-            self.signal(queue).await?;
-            return Ok(());
-        }
-        match self.get(queue, id).await? {
-            None => Err(Error::not_found(format_args!("job {id} in {queue}"))),
-            Some(j) => Err(Error::Conflict(format!(
-                "job {id} is {}, only failed jobs can be retried",
-                j.state.as_str()
-            ))),
-        }
-    }
-
-    async fn remove(&self, queue: QueueName, id: &str) -> Result<bool> {
-        let res = self
-            .db
-            .execute_raw(self.stmt(
-                "DELETE FROM jobs WHERE queue = ? AND id = ? AND state <> 'active'",
-                vec![queue.as_str().into(), id.into()],
-            ))
-            .await?;
-        if res.rows_affected() == 1 {
-            return Ok(true);
-        }
-        match self.get(queue, id).await? {
-            None => Ok(false),
-            Some(_) => Err(Error::Conflict(format!(
-                "job {id} is active; it can be removed once it finishes"
-            ))),
-        }
-    }
-
-    async fn set_paused(&self, queue: QueueName, paused: bool) -> Result<()> {
-        queue_control::Entity::insert(queue_control::ActiveModel {
-            queue: Set(queue.as_str().to_owned()),
-            paused: Set(paused),
-            updated_at: Set(now_ms()),
-        })
-        .on_conflict(
-            OnConflict::column(queue_control::Column::Queue)
-                .update_columns([
-                    queue_control::Column::Paused,
-                    queue_control::Column::UpdatedAt,
-                ])
-                .to_owned(),
-        )
-        .exec_without_returning(&self.db)
-        .await?;
-        if !paused {
-            self.signal(queue).await?;
-        }
-        Ok(())
-    }
-
     async fn clean(&self, queue: QueueName, r: Retention) -> Result<u64> {
         let now = now_ms();
         let q = queue.as_str();
@@ -711,14 +723,6 @@ impl QueueBackend for SqlQueue {
                 .rows_affected();
         }
         Ok(removed)
-    }
-
-    async fn ping(&self) -> Result<()> {
-        crate::db::ping(&self.db).await
-    }
-
-    fn kind(&self) -> &'static str {
-        "sql"
     }
 
     /// A batch of leases beyond the free slots, so one round trip records a batch of

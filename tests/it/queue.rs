@@ -16,15 +16,15 @@ use serde_json::{Value, json};
 use smartbot::{
     error::Error,
     queue::{
-        JobOptions, JobQueue, JobState, NewJob, Outcome, Priority, QueueBackend, QueueName,
-        Retention,
+        JobOptions, JobQueue, JobState, NewJob, Outcome, Priority, QueueBackend, QueueControl,
+        QueueName, Retention,
         redis::RedisQueue,
         sql::SqlQueue,
         worker::{FnHandler, Handlers, JobError, WorkerConfig, Workers},
     },
 };
 
-use crate::common::{PgDatabase, redis_url};
+use crate::common::{PgDatabase, eventually, redis_url};
 
 const Q: QueueName = QueueName::MessageSending;
 
@@ -239,15 +239,15 @@ async fn priority_and_delay(kind: Kind) {
         .map(|l| l.job.id)
         .collect();
     assert_eq!(ids, vec!["high", "normal", "low"]);
-    let mut later = vec![];
-    while later.is_empty() {
-        assert!(
-            enqueued_at.elapsed() < Duration::from_secs(30),
-            "the delayed job never became due"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        later = q.fetch(Q, 10, LEASE).await.unwrap();
-    }
+    let later = eventually("the delayed job to become due", || async move {
+        let l = q.fetch(Q, 10, LEASE).await.unwrap();
+        if l.is_empty() {
+            Err("nothing ready".to_owned())
+        } else {
+            Ok(l)
+        }
+    })
+    .await;
     assert!(
         enqueued_at.elapsed() >= Duration::from_millis(3000),
         "the delayed job ran early"
@@ -288,7 +288,7 @@ async fn failures_backoff_and_retry(kind: Kind) {
         q.fetch(Q, 1, LEASE).await.unwrap().is_empty(),
         "backoff holds the job back"
     );
-    let l = fetch_one_within(q, Duration::from_secs(30)).await;
+    let l = fetch_one_ready(q).await;
     assert_eq!(l.job.attempts_made, 2);
     assert!(
         q.finish(
@@ -360,16 +360,14 @@ async fn stalled_leases_are_reclaimed_and_fenced(kind: Kind) {
         0,
         "a live lease is left alone"
     );
-    let mut recovered = 0;
     let start = tokio::time::Instant::now();
-    while recovered == 0 {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "the expired lease was never reclaimed"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        recovered = q.recover_stalled(Q).await.unwrap();
-    }
+    let recovered = eventually("the expired lease to be reclaimed", || async move {
+        match q.recover_stalled(Q).await.unwrap() {
+            0 => Err("lease still live".to_owned()),
+            n => Ok(n),
+        }
+    })
+    .await;
     assert_eq!(recovered, 1);
     assert!(
         start.elapsed() >= Duration::from_millis(1500),
@@ -476,8 +474,19 @@ async fn pause_remove_and_retention(kind: Kind) {
         completed_age: Duration::ZERO,
         ..Default::default()
     };
-    tokio::time::sleep(Duration::from_millis(5)).await;
-    assert_eq!(q.clean(Q, by_age).await.unwrap(), 2);
+    // "Older than zero" holds once the clock has moved past the finish time.
+    let removed = std::cell::Cell::new(0);
+    eventually("finished jobs to age past a zero retention", || {
+        let removed = &removed;
+        async move {
+            removed.set(removed.get() + q.clean(Q, by_age).await.unwrap());
+            match removed.get() {
+                2 => Ok(()),
+                n => Err(format!("{n} removed")),
+            }
+        }
+    })
+    .await;
     assert_eq!(q.counts(Q).await.unwrap().completed, 0);
 }
 
@@ -547,18 +556,15 @@ fn fast_workers(queues: Vec<QueueName>) -> WorkerConfig {
 }
 
 /// Fetches one job, polling until one is ready (a backoff or delay has run out).
-async fn fetch_one_within(q: &Arc<dyn QueueBackend>, limit: Duration) -> smartbot::queue::Leased {
-    let start = tokio::time::Instant::now();
-    loop {
-        if let Some(l) = q.fetch(Q, 1, LEASE).await.unwrap().pop() {
-            return l;
-        }
-        assert!(
-            start.elapsed() < limit,
-            "no job became ready within {limit:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+async fn fetch_one_ready(q: &Arc<dyn QueueBackend>) -> smartbot::queue::Leased {
+    eventually("a job to become ready", || async move {
+        q.fetch(Q, 1, LEASE)
+            .await
+            .unwrap()
+            .pop()
+            .ok_or_else(|| "nothing ready".to_owned())
+    })
+    .await
 }
 
 async fn wait_until<F, Fut>(what: &str, limit: Duration, mut f: F)
@@ -1696,8 +1702,27 @@ async fn postgres_notify_wakes_other_processes() {
     let mut wc = fast_workers(vec![Q]);
     wc.idle_wait = Duration::from_secs(60);
     let workers = Workers::start(worker_side.clone(), &handlers, wc);
-    // Let the worker go idle (its first fetch finds nothing) and start listening.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Wait until the worker's process is listening: its LISTEN connection shows in
+    // pg_stat_activity (the worker's first fetch found nothing, so it waits on the channel).
+    let admin = connect().await;
+    let admin = &admin;
+    eventually("the worker process to LISTEN", || async move {
+        use sea_orm::ConnectionTrait;
+        let row = admin
+            .query_one_raw(sea_orm::Statement::from_string(
+                sea_orm::DbBackend::Postgres,
+                "SELECT COUNT(*) AS n FROM pg_stat_activity WHERE datname = current_database() \
+                 AND query ILIKE 'LISTEN%'",
+            ))
+            .await
+            .unwrap()
+            .unwrap();
+        match row.try_get::<i64>("", "n").unwrap() {
+            0 => Err("no LISTEN session yet".to_owned()),
+            _ => Ok(()),
+        }
+    })
+    .await;
     for i in 0..3 {
         let before = ran.load(Ordering::SeqCst);
         let opts = JobOptions {
