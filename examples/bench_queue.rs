@@ -126,6 +126,8 @@ async fn bench() {
         ..Default::default()
     };
     config.concurrency.insert(Q, concurrency);
+    // Keep every finished job: the run ends when all of them are counted as completed.
+    config.retention.completed_count = n as u64 + 1000;
     let workers = Workers::start(backend.clone(), &handlers, config);
 
     // Throughput: enqueue in batches of 1000 (as the peer's addBulk does) while the worker drains.
