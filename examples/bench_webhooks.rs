@@ -90,7 +90,6 @@ async fn run() {
     config.port = 0;
     config.rate_limit = None;
     config.seed_templates = false;
-    config.event_history = 100_000;
     config.webhook_allowed_networks = vec!["127.0.0.0/8".parse().unwrap()];
     config.database_max_connections = 20;
     let concurrency = std::env::var("QUEUE_CONCURRENCY")
@@ -122,8 +121,10 @@ async fn run() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let mut secrets = Vec::new();
+    let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
     let merchants: Vec<MerchantId> = (0..endpoints)
-        .map(|i| MerchantId::parse("merchantId", &format!("bench-{i}")).unwrap())
+        // Fresh merchants per run: a shared PostgreSQL keeps earlier runs' histories.
+        .map(|i| MerchantId::parse("merchantId", &format!("bench-{run}-{i}")).unwrap())
         .collect();
     for m in &merchants {
         let ctx = smartbot::auth::RequestContext::new(smartbot::auth::Actor::Merchant {
@@ -155,6 +156,7 @@ async fn run() {
     let gap = Duration::from_secs_f64(1.0 / rate as f64);
     let start = tokio::time::Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
+    let emit_ms = Arc::new(Mutex::new(Vec::with_capacity(total as usize)));
     for n in 0..total {
         tokio::time::sleep_until(start + gap * n as u32).await;
         let key = format!("b-{n}");
@@ -164,7 +166,9 @@ async fn run() {
             .insert(key.clone(), Instant::now());
         let events = state.events.clone();
         let m = merchants[n as usize % endpoints].clone();
+        let emit_ms = emit_ms.clone();
         tasks.spawn(async move {
+            let t0 = Instant::now();
             events
                 .emit(
                     EventType::OrderCreated,
@@ -173,6 +177,10 @@ async fn run() {
                 )
                 .await
                 .expect("emit");
+            emit_ms
+                .lock()
+                .unwrap()
+                .push(t0.elapsed().as_secs_f64() * 1000.0);
         });
     }
     while tasks.join_next().await.is_some() {}
@@ -185,6 +193,8 @@ async fn run() {
     let mut l = sink.latencies.lock().unwrap().clone();
     l.sort_by(f64::total_cmp);
     let r = |x: f64| (x * 100.0).round() / 100.0;
+    let mut e = emit_ms.lock().unwrap().clone();
+    e.sort_by(f64::total_cmp);
     println!(
         "{}",
         json!({
@@ -193,10 +203,19 @@ async fn run() {
             "emitted": total, "emit_wall_s": r(emit_secs),
             "delivered": l.len(), "missing": total as usize - l.len().min(total as usize),
             "bad_signatures": sink.bad.load(std::sync::atomic::Ordering::Relaxed),
+            "emit_p50_ms": r(percentile(&e, 0.5)), "emit_p99_ms": r(percentile(&e, 0.99)),
             "p50_ms": r(percentile(&l, 0.5)), "p99_ms": r(percentile(&l, 0.99)),
             "max_ms": r(l.last().copied().unwrap_or(f64::NAN)),
             "peak_rss_mb": r(peak_rss_mb()),
         })
     );
+    if db == "postgres" {
+        use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+        entity::event::Entity::delete_many()
+            .filter(entity::event::Column::MerchantId.starts_with(format!("bench-{run}-")))
+            .exec(&state.db)
+            .await
+            .ok();
+    }
     server.stop().await.ok();
 }

@@ -366,9 +366,9 @@ async fn serve_ws(
     let keepalive = state.config.ws_keepalive;
     let mut ping = tokio::time::interval_at(started + keepalive, keepalive);
     loop {
-        let (initialised, valid_until, last_seen) = {
+        let (initialised, valid_until) = {
             let s = shared.lock().unwrap_or_else(|e| e.into_inner());
-            (s.initialised, s.valid_until, s.last_seen)
+            (s.initialised, s.valid_until)
         };
         let init_deadline = async {
             if initialised {
@@ -414,6 +414,9 @@ async fn serve_ws(
                 return;
             }
             _ = ping.tick() => {
+                // Read now, not at the top of the loop: a pong that arrived while this select
+                // waited updates `last_seen` without ending the wait.
+                let last_seen = shared.lock().unwrap_or_else(|e| e.into_inner()).last_seen;
                 if last_seen.elapsed() > keepalive * 2 {
                     tracing::debug!("dropping a websocket peer that stopped answering pings");
                     return;

@@ -29,11 +29,12 @@ use std::{sync::Arc, time::Duration};
 use async_trait::async_trait;
 use chrono::Utc;
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, Condition, DatabaseConnection, EntityTrait,
-    ExprTrait, QueryFilter, QueryOrder, QuerySelect, sea_query::Expr,
+    ActiveValue::Set, ColumnTrait, Condition, DatabaseConnection, EntityTrait, ExprTrait,
+    QueryFilter, QueryOrder, QuerySelect, sea_query::Expr,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use super::{WebhookRuntime, signing};
@@ -136,53 +137,76 @@ pub fn subscribes(w: &webhook::Model, kind: EventType) -> bool {
 }
 
 /// The `webhook_delivery` fan-out of committed events: the outbox's consumer.
+///
+/// [`Outbox::dispatch`] hands the events to one task per process that fans them out in batches:
+/// a burst costs one endpoints query, one bulk enqueue and one outbox mark per batch, not per
+/// event. The hand-off never blocks the emitter: when the task's buffer is full (or the process
+/// dies before the batch is done), the rows stay undispatched and [`spawn_sweeper`] fans them out
+/// after `WEBHOOK_SWEEP_INTERVAL`. Nothing is lost; only that path is slower.
 #[derive(Clone)]
 pub struct Dispatcher {
     db: DatabaseConnection,
     queue: JobQueue,
     runtime: Arc<WebhookRuntime>,
+    batcher: Arc<std::sync::OnceLock<mpsc::Sender<Event>>>,
 }
+
+/// Events waiting for the batch task, per process. Beyond this the sweeper takes over.
+const DISPATCH_BUFFER: usize = 20_000;
+/// Events fanned out in one batch at most.
+const DISPATCH_BATCH: usize = 500;
 
 impl Dispatcher {
     pub fn new(db: DatabaseConnection, queue: JobQueue, runtime: Arc<WebhookRuntime>) -> Self {
-        Self { db, queue, runtime }
+        Self {
+            db,
+            queue,
+            runtime,
+            batcher: Arc::new(std::sync::OnceLock::new()),
+        }
     }
 
-    /// The enabled endpoints an event goes to: its merchant's, and platform-wide ones.
-    async fn endpoints_for(&self, e: &Event) -> Result<Vec<webhook::Model>> {
+    /// The enabled endpoints of these merchants, and the platform-wide ones: one query.
+    async fn endpoints_for(&self, events: &[Event]) -> Result<Vec<webhook::Model>> {
+        let merchants: std::collections::BTreeSet<&str> =
+            events.iter().map(|e| e.merchant_id.as_str()).collect();
         Ok(Webhooks::find()
             .filter(W::Enabled.eq(true))
             .filter(
                 Condition::any()
-                    .add(W::MerchantId.eq(e.merchant_id.as_str()))
+                    .add(W::MerchantId.is_in(merchants))
                     .add(W::MerchantId.is_null()),
             )
             .all(&self.db)
-            .await?
-            .into_iter()
-            .filter(|w| subscribes(w, e.kind))
-            .collect())
+            .await?)
     }
-}
 
-#[async_trait]
-impl Outbox for Dispatcher {
-    async fn dispatch(&self, events: &[Event]) -> Result<()> {
+    /// Fans out `events` now: enqueues one first-attempt job per matching endpoint, then marks
+    /// the rows dispatched. Idempotent (see the module doc).
+    pub async fn dispatch_now(&self, events: &[Event]) -> Result<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let endpoints = self.endpoints_for(events).await?;
+        let first = self.runtime.schedule.first().copied().unwrap_or_default();
         let mut attempts = Vec::new();
         for e in events {
-            let endpoints = self.endpoints_for(e).await?;
-            if endpoints.is_empty() {
-                continue;
-            }
-            let body = serde_json::to_string(e).map_err(Error::internal)?;
-            let first = self.runtime.schedule.first().copied().unwrap_or_default();
-            for w in endpoints {
+            let mut body = None;
+            for w in endpoints.iter().filter(|w| {
+                w.merchant_id.as_deref().is_none_or(|m| m == e.merchant_id) && subscribes(w, e.kind)
+            }) {
+                let body = match &body {
+                    Some(b) => String::clone(b),
+                    None => body
+                        .insert(serde_json::to_string(e).map_err(Error::internal)?)
+                        .clone(),
+                };
                 let a = Attempt {
                     webhook_id: w.id,
                     event_id: e.id,
                     event_type: e.kind.as_str().to_owned(),
                     attempt: 1,
-                    body: body.clone(),
+                    body,
                     manual: false,
                 };
                 attempts.push((a, jitter(first)));
@@ -198,6 +222,45 @@ impl Outbox for Dispatcher {
             .filter(event::Column::Id.is_in(events.iter().map(|e| e.id)))
             .exec(&self.db)
             .await?;
+        Ok(())
+    }
+
+    /// This process's batch task, started on first use (on the caller's runtime).
+    fn batcher(&self) -> &mpsc::Sender<Event> {
+        self.batcher.get_or_init(|| {
+            let (tx, mut rx) = mpsc::channel::<Event>(DISPATCH_BUFFER);
+            let this = Dispatcher {
+                batcher: Arc::new(std::sync::OnceLock::new()),
+                ..self.clone()
+            };
+            tokio::spawn(async move {
+                let mut batch = Vec::with_capacity(DISPATCH_BATCH);
+                while rx.recv_many(&mut batch, DISPATCH_BATCH).await > 0 {
+                    if let Err(e) = this.dispatch_now(&batch).await {
+                        tracing::warn!(
+                            error = %e,
+                            count = batch.len(),
+                            "webhook fan-out deferred to the sweeper"
+                        );
+                    }
+                    batch.clear();
+                }
+            });
+            tx
+        })
+    }
+}
+
+#[async_trait]
+impl Outbox for Dispatcher {
+    async fn dispatch(&self, events: &[Event]) -> Result<()> {
+        let tx = self.batcher();
+        for e in events {
+            if let Err(err) = tx.try_send(e.clone()) {
+                // Full, or the task is gone with its runtime: the sweeper dispatches the row.
+                tracing::debug!(event = %e.id, error = %err, "webhook fan-out left to the sweeper");
+            }
+        }
         Ok(())
     }
 }
@@ -240,7 +303,7 @@ pub async fn sweep_once(dispatcher: &Dispatcher) -> Result<usize> {
             count = events.len(),
             "dispatching webhook fan-out left undone"
         );
-        dispatcher.dispatch(&events).await?;
+        dispatcher.dispatch_now(&events).await?;
     }
     Ok(events.len())
 }
@@ -456,8 +519,10 @@ pub async fn handle(state: &AppState, job: &JobInfo) -> std::result::Result<Valu
     if !w.enabled {
         return Ok(json!({ "skipped": "endpoint disabled" }));
     }
-    if !a.manual {
-        // A second dispatch, or a rerun after a crash that had already logged: done already.
+    // A rerun of this job (our side failed, or a worker died after logging) may find its attempt
+    // done already. A first run cannot: the job id is the attempt's, so the queue holds one job
+    // per attempt however often the event was dispatched. (0 = a backend that does not count.)
+    if !a.manual && job.attempts_made != 1 {
         let seen: Vec<(i32, WebhookAttemptStatus)> = Logs::find()
             .select_only()
             .column(L::Attempt)
@@ -536,7 +601,7 @@ pub async fn handle(state: &AppState, job: &JobInfo) -> std::result::Result<Valu
     if let Some(reason) = &disable {
         disable_endpoint(state, &w, reason).await.map_err(ours)?;
     }
-    webhook_log::ActiveModel {
+    let row = webhook_log::ActiveModel {
         id: Set(Uuid::now_v7()),
         webhook_id: Set(w.id),
         event_id: Set(a.event_id),
@@ -555,10 +620,12 @@ pub async fn handle(state: &AppState, job: &JobInfo) -> std::result::Result<Valu
         next_retry_at: Set(next_retry_at),
         url: Set(Some(w.url.clone())),
         created_at: Set(now),
-    }
-    .insert(db)
-    .await
-    .map_err(ours)?;
+    };
+    rt.log_writer
+        .get_or_init(|| LogWriter::spawn(db.clone()))
+        .write(row)
+        .await
+        .map_err(ours)?;
     Ok(json!({
         "success": success,
         "status": sent.status,
@@ -566,6 +633,54 @@ pub async fn handle(state: &AppState, job: &JobInfo) -> std::result::Result<Valu
         "nextRetryAt": next_retry_at,
         "disabled": disable,
     }))
+}
+
+/// Writes delivery log rows in batches (group commit): each attempt hands its row over and
+/// waits until the batch holding it is committed, so a job completes only after its log row is
+/// durable, as before, but a burst of deliveries costs one multi-row INSERT instead of one
+/// transaction per attempt (on SQLite, one writer lock per batch instead of per row).
+pub(crate) struct LogWriter {
+    tx: mpsc::Sender<(
+        webhook_log::ActiveModel,
+        tokio::sync::oneshot::Sender<Result<()>>,
+    )>,
+}
+
+/// Rows per INSERT at most (well under SQLite's bound-parameter limit: 14 columns each).
+const LOG_BATCH: usize = 200;
+
+impl LogWriter {
+    fn spawn(db: DatabaseConnection) -> Self {
+        type Pending = (
+            webhook_log::ActiveModel,
+            tokio::sync::oneshot::Sender<Result<()>>,
+        );
+        let (tx, mut rx) = mpsc::channel::<Pending>(4 * LOG_BATCH);
+        tokio::spawn(async move {
+            let mut batch: Vec<Pending> = Vec::with_capacity(LOG_BATCH);
+            while rx.recv_many(&mut batch, LOG_BATCH).await > 0 {
+                let (rows, waiters): (Vec<_>, Vec<_>) = batch.drain(..).unzip();
+                let res = Logs::insert_many(rows).exec(&db).await;
+                for w in waiters {
+                    let _ = w.send(match &res {
+                        Ok(_) => Ok(()),
+                        Err(e) => Err(Error::internal(format!("writing delivery logs: {e}"))),
+                    });
+                }
+            }
+        });
+        Self { tx }
+    }
+
+    async fn write(&self, row: webhook_log::ActiveModel) -> Result<()> {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        self.tx
+            .send((row, done))
+            .await
+            .map_err(|_| Error::internal("the delivery log writer has stopped"))?;
+        wait.await
+            .map_err(|_| Error::internal("the delivery log writer has stopped"))?
+    }
 }
 
 /// Disables an endpoint with a reason, audited as the system's act.

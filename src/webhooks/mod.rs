@@ -44,6 +44,8 @@ pub struct WebhookRuntime {
     pacing: Pacing,
     pub(crate) sweeper_started: AtomicBool,
     pub(crate) stop: CancellationToken,
+    /// The batching log writer, started on first use (see `delivery::LogWriter`).
+    pub(crate) log_writer: std::sync::OnceLock<delivery::LogWriter>,
 }
 
 impl WebhookRuntime {
@@ -63,6 +65,7 @@ impl WebhookRuntime {
             pacing: Pacing::default(),
             sweeper_started: AtomicBool::new(false),
             stop: CancellationToken::new(),
+            log_writer: std::sync::OnceLock::new(),
         })
     }
 

@@ -193,6 +193,23 @@ async fn keepalive_pings_and_drops_a_silent_peer() {
         .await;
         assert_eq!(ping, Ok(true), "{protocol}: no keep-alive ping");
 
+        // A peer that answers every ping stays connected through many quiet intervals (the
+        // server once judged it by a `last_seen` read before its pong arrived, and dropped every
+        // idle subscriber after two intervals).
+        let quiet = tokio::time::timeout(Duration::from_millis(300 * 8), async {
+            loop {
+                match ws.next().await {
+                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return false,
+                    Some(Ok(_)) => continue,
+                }
+            }
+        })
+        .await;
+        assert!(quiet.is_err(), "{protocol}: a live, idle peer was dropped");
+        send(&mut ws, start(protocol, "alive", "{ __typename }")).await;
+        let v = recv_for(&mut ws, "alive").await;
+        assert_ne!(v["type"], "error", "{protocol}: {v}");
+
         // A peer that stops reading (so never answers) is dropped after two intervals.
         let mut silent = connect(&app, "/graphql/ws", protocol).await;
         init(&mut silent, json!({})).await;
