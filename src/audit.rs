@@ -65,12 +65,10 @@ pub async fn list(
     page: &crate::pagination::PageArgs,
 ) -> Result<crate::pagination::Page<audit_log::Model>> {
     use audit_log::{Column as C, Entity as Logs};
-    use sea_orm::{
-        ColumnTrait, Condition, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
-    };
+    use sea_orm::{ColumnTrait, Condition, EntityTrait, QueryFilter};
 
     ctx.actor.require_admin()?;
-    let limit = page.limit()?;
+    let pager = page.newest_first(CURSOR_KIND)?;
     let mut cond = Condition::all();
     if let Some(v) = &filter.actor_id {
         cond = cond.add(C::ActorId.eq(v.as_str()));
@@ -90,19 +88,5 @@ pub async fn list(
     if let Some(v) = filter.until {
         cond = cond.add(C::CreatedAt.lt(v));
     }
-    let total_count = Logs::find().filter(cond.clone()).count(db).await?;
-    let mut q = Logs::find().filter(cond);
-    if let Some(after) = page.after_key(CURSOR_KIND)? {
-        let id = uuid::Uuid::parse_str(&after)
-            .map_err(|_| crate::error::Error::validation("after", "after is not a valid cursor"))?;
-        q = q.filter(C::Id.lt(id));
-    }
-    let mut items = q.order_by_desc(C::Id).limit(limit + 1).all(db).await?;
-    let has_next_page = items.len() as u64 > limit;
-    items.truncate(limit as usize);
-    Ok(crate::pagination::Page {
-        items,
-        total_count,
-        has_next_page,
-    })
+    pager.fetch(db, Logs::find().filter(cond), C::Id).await
 }

@@ -3,8 +3,23 @@
 //! The defaults *are* the embedded mode: a SQLite file and media under `./data`, port 4001, no Redis.
 //! Setting `DATABASE_URL=postgres://…` and `REDIS_URL=redis://…` switches the same binary to scale-out.
 //! Nothing else in the program reads the environment.
+//!
+//! `Config` is a serde struct: figment extracts it from the variables (each field is its variable,
+//! lowercased; `WHATSAPP_*` nest under `whatsapp`), humantime-serde reads the durations, and the
+//! few domain formats (comma lists of CIDRs, delays and `queue=N`, `off`) are the deserializers in
+//! [`de`]. Range rules that span no format live in [`Config::check`]. A bad value is a VALIDATION
+//! error that names its variable. figment's own `Env` provider is not used: it reads values as
+//! literals (`123` becomes a number, `"x"` loses its quotes, `[a]` an array), which would corrupt
+//! digit-only ids and secrets; [`env_dict`] hands figment every value as the string it was.
 
 use std::{collections::HashMap, net::IpAddr, path::PathBuf, time::Duration};
+
+use figment::{
+    Figment,
+    providers::Serialized,
+    value::{Dict, Value},
+};
+use serde::Deserialize;
 
 use crate::{error::Error, queue::QueueName};
 
@@ -13,6 +28,18 @@ use crate::{error::Error, queue::QueueName};
 pub enum LogFormat {
     Pretty,
     Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = &'static str;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "json" => Ok(Self::Json),
+            "pretty" | "text" => Ok(Self::Pretty),
+            _ => Err("expected json or pretty"),
+        }
+    }
 }
 
 /// `RATE_LIMIT=100/15m`: at most `max` requests per client IP in each `window`.
@@ -42,7 +69,8 @@ impl std::str::FromStr for RateLimit {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
 pub struct Config {
     /// `BIND_ADDR` (default 0.0.0.0).
     pub bind_addr: IpAddr,
@@ -62,6 +90,7 @@ pub struct Config {
     /// encrypts). When unset a key is generated and kept in DATA_DIR/encryption_key.
     pub encryption_key: Option<String>,
     /// `RATE_LIMIT` (default 100/15m; `off` disables).
+    #[serde(deserialize_with = "de::off_or")]
     pub rate_limit: Option<RateLimit>,
     /// `TRUST_PROXY` (default false): take the client IP from X-Forwarded-For, as the nearest
     /// trusted proxy saw it.
@@ -69,14 +98,18 @@ pub struct Config {
     /// `TRUSTED_PROXIES`: CIDRs of the proxies in front of the server (comma-separated). The
     /// client IP is the rightmost X-Forwarded-For hop outside them. Empty: only the direct peer is
     /// trusted, so the client IP is the last hop it appended.
+    #[serde(deserialize_with = "de::cidrs")]
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// `WS_INIT_TIMEOUT` (default 10s): a socket must send `connection_init` within this (4408).
+    #[serde(with = "humantime_serde")]
     pub ws_init_timeout: Duration,
     /// `WS_MAX_OPERATIONS` (default 100): operations that may run at once on one socket.
     pub ws_max_operations: usize,
     /// `WS_KEEPALIVE` (default 15s): ping interval; a peer silent for two intervals is dropped.
+    #[serde(with = "humantime_serde")]
     pub ws_keepalive: Duration,
     /// `LOG_FORMAT` (pretty | json).
+    #[serde(deserialize_with = "de::parsed")]
     pub log_format: LogFormat,
     /// `BODY_LIMIT` in bytes (default 10 MiB).
     pub body_limit: usize,
@@ -85,6 +118,7 @@ pub struct Config {
     /// `GRAPHQL_MAX_COMPLEXITY` (default 2000).
     pub graphql_max_complexity: usize,
     /// `SHUTDOWN_GRACE` (default 10s).
+    #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
     /// `SEED_TEMPLATES` (default true): insert the default templates into an empty database.
     pub seed_templates: bool,
@@ -92,12 +126,15 @@ pub struct Config {
     pub redis_prefix: String,
     /// `QUEUE_CONCURRENCY`, e.g. `media_processing=3,message_sending=5` (unset queues keep the
     /// seed's defaults: 3, 5, 2, 5).
+    #[serde(deserialize_with = "de::concurrency")]
     pub queue_concurrency: HashMap<QueueName, usize>,
     /// `JOB_LEASE` (default 30s): how long a job stays leased without renewal; a crashed worker's
     /// job is reclaimed after this.
+    #[serde(with = "humantime_serde")]
     pub job_lease: Duration,
     /// `QUEUE_POLL_INTERVAL` (default 250ms): how often the embedded queue looks for work that
     /// other processes enqueued.
+    #[serde(with = "humantime_serde")]
     pub queue_poll_interval: Duration,
     /// `RUN_WORKERS` (default true): `serve` runs the workers in-process.
     pub run_workers: bool,
@@ -105,6 +142,7 @@ pub struct Config {
     pub media_max_bytes: usize,
     /// `MEDIA_DECODE_BUDGET_MB` (default 512): the memory all image decodes may hold at once; a
     /// burst of large images queues instead of allocating.
+    #[serde(rename = "media_decode_budget_mb", deserialize_with = "de::megabytes")]
     pub media_decode_budget: u64,
     /// `EVENT_HISTORY` (default 1000): events kept per merchant for replay and `recentEvents`.
     pub event_history: usize,
@@ -114,28 +152,42 @@ pub struct Config {
     /// `METRICS_TOKEN` (default none): when set, `/metrics` needs `Authorization: Bearer <token>`.
     pub metrics_token: Option<String>,
     /// `WEBHOOK_TIMEOUT` (default 15s): one delivery attempt, connect to last byte.
+    #[serde(with = "humantime_serde")]
     pub webhook_timeout: Duration,
     /// `WEBHOOK_RETRY_SCHEDULE` (default `0s,5s,5m,30m,2h,5h,10h`): the delay before each
     /// attempt (the first is the first attempt's); its length is the number of attempts.
+    #[serde(deserialize_with = "de::retry_schedule")]
     pub webhook_retry_schedule: Vec<Duration>,
     /// `WEBHOOK_DISABLE_AFTER` (default 5 days): an endpoint whose every attempt failed for this
     /// long is disabled.
+    #[serde(with = "humantime_serde")]
     pub webhook_disable_after: Duration,
     /// `WEBHOOK_ALLOWED_NETWORKS`: CIDRs that deliveries may reach although they are private,
     /// loopback, etc. (default none).
+    #[serde(deserialize_with = "de::cidrs")]
     pub webhook_allowed_networks: Vec<ipnet::IpNet>,
     /// `WEBHOOK_HTTPS_ONLY` (default false): refuse `http://` endpoints.
     pub webhook_https_only: bool,
     /// `WEBHOOK_LOG_RETENTION` (default 30 days): delivery logs older than this are trimmed.
+    #[serde(with = "humantime_serde")]
     pub webhook_log_retention: Duration,
     /// `WEBHOOK_SWEEP_INTERVAL` (default 5s): how often each process looks for events whose
     /// webhook fan-out was interrupted by a crash (and trims old logs).
+    #[serde(with = "humantime_serde")]
     pub webhook_sweep_interval: Duration,
     /// `WHATSAPP_*`: the Cloud API, the platform number, the inbound webhook's secrets.
     pub whatsapp: crate::whatsapp::WhatsAppConfig,
     /// `BOT_STALE_AFTER` (default 5m; `off` disables): a connected bot that has not reported for
     /// this long is marked disconnected.
+    #[serde(deserialize_with = "de::off_or_duration")]
     pub bot_stale_after: Option<Duration>,
+}
+
+impl Default for Config {
+    /// The embedded defaults under `./data`.
+    fn default() -> Self {
+        Self::embedded("./data")
+    }
 }
 
 impl Config {
@@ -191,168 +243,55 @@ impl Config {
     /// Reads `.env` (when present) and then the process environment.
     pub fn from_env() -> Result<Self, Error> {
         let _ = dotenvy::dotenv();
-        Self::from_lookup(|key| std::env::var(key).ok())
+        Self::from_vars(
+            std::env::vars_os()
+                .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))),
+        )
     }
 
-    /// Builds a Config from any key lookup; unset or empty keys take the embedded default.
-    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, Error> {
-        let get = |key: &str| {
-            get(key)
-                .map(|v| v.trim().to_owned())
-                .filter(|v| !v.is_empty())
-        };
-        let data_dir = PathBuf::from(get("DATA_DIR").unwrap_or_else(|| "./data".into()));
-        let mut c = Self::embedded(data_dir);
-        if let Some(v) = get("BIND_ADDR") {
-            c.bind_addr = parse("BIND_ADDR", &v)?;
+    /// Builds a Config from `(NAME, value)` pairs; unset or empty names take the embedded default.
+    pub fn from_vars(vars: impl IntoIterator<Item = (String, String)>) -> Result<Self, Error> {
+        let figment = Figment::from(Serialized::defaults(env_dict(vars)));
+        let mut c: Self = figment.extract_lossy().map_err(|e| {
+            let key = e.path.join("_").to_ascii_uppercase();
+            invalid(&key, e.kind)
+        })?;
+        if !figment.contains("database_url") {
+            c.database_url = sqlite_url(&c.data_dir);
         }
-        if let Some(v) = get("PORT") {
-            c.port = parse("PORT", &v)?;
-        }
-        if let Some(v) = get("DATABASE_URL") {
-            c.database_url = v;
-        }
-        if let Some(v) = get("DATABASE_MAX_CONNECTIONS") {
-            c.database_max_connections = parse("DATABASE_MAX_CONNECTIONS", &v)?;
-        }
-        c.redis_url = get("REDIS_URL");
-        c.jwt_secret = get("JWT_SECRET");
-        c.encryption_key = get("ENCRYPTION_KEY");
-        if let Some(v) = get("RATE_LIMIT") {
-            c.rate_limit = if v.eq_ignore_ascii_case("off") {
-                None
-            } else {
-                Some(v.parse().map_err(|e| invalid("RATE_LIMIT", e))?)
-            };
-        }
-        if let Some(v) = get("TRUST_PROXY") {
-            c.trust_proxy = parse_bool("TRUST_PROXY", &v)?;
-        }
-        if let Some(v) = get("TRUSTED_PROXIES") {
-            c.trusted_proxies = v
-                .split(',')
-                .map(str::trim)
-                .filter(|p| !p.is_empty())
-                .map(|p| {
-                    p.parse::<ipnet::IpNet>()
-                        .or_else(|_| p.parse::<IpAddr>().map(ipnet::IpNet::from))
-                        .map_err(|_| invalid("TRUSTED_PROXIES", format!("{p:?} is not a CIDR")))
-                })
-                .collect::<Result<_, _>>()?;
-        }
-        if let Some(v) = get("WS_INIT_TIMEOUT") {
-            c.ws_init_timeout = duration("WS_INIT_TIMEOUT", &v)?;
-        }
-        if let Some(v) = get("WS_MAX_OPERATIONS") {
-            c.ws_max_operations = parse("WS_MAX_OPERATIONS", &v)?;
-            if c.ws_max_operations == 0 {
-                return Err(invalid("WS_MAX_OPERATIONS", "must be greater than zero"));
-            }
-        }
-        if let Some(v) = get("WS_KEEPALIVE") {
-            c.ws_keepalive = duration("WS_KEEPALIVE", &v)?;
-        }
-        if let Some(v) = get("LOG_FORMAT") {
-            c.log_format = match v.to_ascii_lowercase().as_str() {
-                "json" => LogFormat::Json,
-                "pretty" | "text" => LogFormat::Pretty,
-                _ => return Err(invalid("LOG_FORMAT", "expected json or pretty")),
-            };
-        }
-        if let Some(v) = get("BODY_LIMIT") {
-            c.body_limit = parse("BODY_LIMIT", &v)?;
-        }
-        if let Some(v) = get("GRAPHQL_MAX_DEPTH") {
-            c.graphql_max_depth = parse("GRAPHQL_MAX_DEPTH", &v)?;
-        }
-        if let Some(v) = get("GRAPHQL_MAX_COMPLEXITY") {
-            c.graphql_max_complexity = parse("GRAPHQL_MAX_COMPLEXITY", &v)?;
-        }
-        if let Some(v) = get("SHUTDOWN_GRACE") {
-            c.shutdown_grace =
-                humantime::parse_duration(&v).map_err(|e| invalid("SHUTDOWN_GRACE", e))?;
-        }
-        if let Some(v) = get("SEED_TEMPLATES") {
-            c.seed_templates = parse_bool("SEED_TEMPLATES", &v)?;
-        }
-        if let Some(v) = get("REDIS_PREFIX") {
-            c.redis_prefix = v;
-        }
-        if let Some(v) = get("QUEUE_CONCURRENCY") {
-            c.queue_concurrency = parse_concurrency(&v)?;
-        }
-        if let Some(v) = get("JOB_LEASE") {
-            c.job_lease = humantime::parse_duration(&v).map_err(|e| invalid("JOB_LEASE", e))?;
-            if c.job_lease < Duration::from_secs(1) {
-                return Err(invalid("JOB_LEASE", "must be at least 1s"));
-            }
-        }
-        if let Some(v) = get("QUEUE_POLL_INTERVAL") {
-            c.queue_poll_interval =
-                humantime::parse_duration(&v).map_err(|e| invalid("QUEUE_POLL_INTERVAL", e))?;
-        }
-        if let Some(v) = get("RUN_WORKERS") {
-            c.run_workers = parse_bool("RUN_WORKERS", &v)?;
-        }
-        if let Some(v) = get("MEDIA_MAX_BYTES") {
-            c.media_max_bytes = parse("MEDIA_MAX_BYTES", &v)?;
-            if c.media_max_bytes == 0 {
-                return Err(invalid("MEDIA_MAX_BYTES", "must be greater than zero"));
-            }
-        }
-        if let Some(v) = get("MEDIA_DECODE_BUDGET_MB") {
-            let mb: u64 = parse("MEDIA_DECODE_BUDGET_MB", &v)?;
-            if !(16..=1 << 20).contains(&mb) {
-                return Err(invalid("MEDIA_DECODE_BUDGET_MB", "must be 16 to 1048576"));
-            }
-            c.media_decode_budget = mb << 20;
-        }
-        if let Some(v) = get("EVENT_HISTORY") {
-            c.event_history = parse("EVENT_HISTORY", &v)?;
-            if c.event_history == 0 {
-                return Err(invalid("EVENT_HISTORY", "must be greater than zero"));
-            }
-        }
-        if let Some(v) = get("EVENT_BUFFER") {
-            c.event_buffer = parse("EVENT_BUFFER", &v)?;
-            if c.event_buffer == 0 {
-                return Err(invalid("EVENT_BUFFER", "must be greater than zero"));
-            }
-        }
-        c.metrics_token = get("METRICS_TOKEN");
-        if let Some(v) = get("WEBHOOK_TIMEOUT") {
-            c.webhook_timeout = duration("WEBHOOK_TIMEOUT", &v)?;
-            if c.webhook_timeout > Duration::from_secs(300) {
-                return Err(invalid("WEBHOOK_TIMEOUT", "must be at most 5m"));
-            }
-        }
-        if let Some(v) = get("WEBHOOK_RETRY_SCHEDULE") {
-            c.webhook_retry_schedule = parse_retry_schedule(&v)?;
-        }
-        if let Some(v) = get("WEBHOOK_DISABLE_AFTER") {
-            c.webhook_disable_after = duration("WEBHOOK_DISABLE_AFTER", &v)?;
-        }
-        if let Some(v) = get("WEBHOOK_ALLOWED_NETWORKS") {
-            c.webhook_allowed_networks = parse_cidrs("WEBHOOK_ALLOWED_NETWORKS", &v)?;
-        }
-        if let Some(v) = get("WEBHOOK_HTTPS_ONLY") {
-            c.webhook_https_only = parse_bool("WEBHOOK_HTTPS_ONLY", &v)?;
-        }
-        if let Some(v) = get("WEBHOOK_LOG_RETENTION") {
-            c.webhook_log_retention = duration("WEBHOOK_LOG_RETENTION", &v)?;
-        }
-        if let Some(v) = get("WEBHOOK_SWEEP_INTERVAL") {
-            c.webhook_sweep_interval = duration("WEBHOOK_SWEEP_INTERVAL", &v)?;
-        }
-        c.whatsapp = crate::whatsapp::WhatsAppConfig::from_lookup(get)?;
-        if let Some(v) = get("BOT_STALE_AFTER") {
-            c.bot_stale_after = if v.eq_ignore_ascii_case("off") {
-                None
-            } else {
-                Some(duration("BOT_STALE_AFTER", &v)?)
-            };
-        }
+        c.whatsapp.check()?;
+        c.check()?;
         Ok(c)
+    }
+
+    /// The rules a value's format does not carry.
+    fn check(&self) -> Result<(), Error> {
+        let counts = [
+            ("WS_MAX_OPERATIONS", self.ws_max_operations),
+            ("MEDIA_MAX_BYTES", self.media_max_bytes),
+            ("EVENT_HISTORY", self.event_history),
+            ("EVENT_BUFFER", self.event_buffer),
+        ];
+        let spans = [
+            ("WS_INIT_TIMEOUT", self.ws_init_timeout),
+            ("WS_KEEPALIVE", self.ws_keepalive),
+            ("WEBHOOK_TIMEOUT", self.webhook_timeout),
+            ("WEBHOOK_DISABLE_AFTER", self.webhook_disable_after),
+            ("WEBHOOK_LOG_RETENTION", self.webhook_log_retention),
+            ("WEBHOOK_SWEEP_INTERVAL", self.webhook_sweep_interval),
+        ];
+        let zero = counts.iter().find(|(_, n)| *n == 0).map(|(k, _)| k);
+        let zero = zero.or(spans.iter().find(|(_, d)| d.is_zero()).map(|(k, _)| k));
+        if let Some(key) = zero {
+            return Err(invalid(key, "must be greater than zero"));
+        }
+        if self.job_lease < Duration::from_secs(1) {
+            return Err(invalid("JOB_LEASE", "must be at least 1s"));
+        }
+        if self.webhook_timeout > Duration::from_secs(300) {
+            return Err(invalid("WEBHOOK_TIMEOUT", "must be at most 5m"));
+        }
+        Ok(())
     }
 
     pub fn is_sqlite(&self) -> bool {
@@ -365,30 +304,43 @@ impl Config {
     }
 }
 
+/// The variables as figment data: names lowercased, values trimmed and kept as strings, empty
+/// ones dropped, `WHATSAPP_X` nested as `whatsapp.x`. Names with lowercase letters are not ours.
+fn env_dict(vars: impl IntoIterator<Item = (String, String)>) -> Dict {
+    let (mut top, mut whatsapp) = (Dict::new(), Dict::new());
+    for (name, value) in vars {
+        let value = value.trim();
+        if value.is_empty() || name.bytes().any(|b| b.is_ascii_lowercase()) {
+            continue;
+        }
+        let key = name.to_ascii_lowercase();
+        match key.strip_prefix("whatsapp_") {
+            Some(rest) => whatsapp.insert(rest.to_owned(), Value::from(value)),
+            None => top.insert(key, Value::from(value)),
+        };
+    }
+    top.insert("whatsapp".into(), Value::from(whatsapp));
+    top
+}
+
 /// `media_processing=3,message_sending=5` → per-queue worker counts.
 pub fn parse_concurrency(v: &str) -> Result<HashMap<QueueName, usize>, Error> {
+    concurrency(v).map_err(|why| invalid("QUEUE_CONCURRENCY", why))
+}
+
+fn concurrency(v: &str) -> Result<HashMap<QueueName, usize>, String> {
     let mut out = HashMap::new();
-    for part in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (q, n) = part.split_once('=').ok_or_else(|| {
-            invalid(
-                "QUEUE_CONCURRENCY",
-                format!("expected queue=N, got {part:?}"),
-            )
-        })?;
-        let queue: QueueName = q
-            .parse()
-            .map_err(|e: Error| invalid("QUEUE_CONCURRENCY", e))?;
+    for part in list(v) {
+        let (q, n) = part
+            .split_once('=')
+            .ok_or_else(|| format!("expected queue=N, got {part:?}"))?;
+        let queue: QueueName = q.parse().map_err(|e: Error| e.to_string())?;
         let n: usize = n
             .trim()
             .parse()
             .ok()
             .filter(|n| (1..=1000).contains(n))
-            .ok_or_else(|| {
-                invalid(
-                    "QUEUE_CONCURRENCY",
-                    format!("{n:?} is not a count between 1 and 1000"),
-                )
-            })?;
+            .ok_or_else(|| format!("{n:?} is not a count between 1 and 1000"))?;
         out.insert(queue, n);
     }
     Ok(out)
@@ -404,32 +356,104 @@ pub fn default_retry_schedule() -> Vec<Duration> {
 
 /// `0s,5s,5m`: 1 to 20 delays, each at most a day.
 pub fn parse_retry_schedule(v: &str) -> Result<Vec<Duration>, Error> {
-    let key = "WEBHOOK_RETRY_SCHEDULE";
-    let out = v
-        .split(',')
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-        .map(|p| humantime::parse_duration(p).map_err(|e| invalid(key, format!("{p:?}: {e}"))))
+    retry_schedule(v).map_err(|why| invalid("WEBHOOK_RETRY_SCHEDULE", why))
+}
+
+fn retry_schedule(v: &str) -> Result<Vec<Duration>, String> {
+    let out = list(v)
+        .map(|p| humantime::parse_duration(p).map_err(|e| format!("{p:?}: {e}")))
         .collect::<Result<Vec<_>, _>>()?;
     if out.is_empty() || out.len() > 20 {
-        return Err(invalid(key, "must list 1 to 20 delays"));
+        return Err("must list 1 to 20 delays".into());
     }
     if out.iter().any(|d| *d > Duration::from_secs(24 * 3600)) {
-        return Err(invalid(key, "each delay must be at most 24h"));
+        return Err("each delay must be at most 24h".into());
     }
     Ok(out)
 }
 
-fn parse_cidrs(key: &str, v: &str) -> Result<Vec<ipnet::IpNet>, Error> {
-    v.split(',')
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
+fn cidrs(v: &str) -> Result<Vec<ipnet::IpNet>, String> {
+    list(v)
         .map(|p| {
             p.parse::<ipnet::IpNet>()
                 .or_else(|_| p.parse::<IpAddr>().map(ipnet::IpNet::from))
-                .map_err(|_| invalid(key, format!("{p:?} is not a CIDR")))
+                .map_err(|_| format!("{p:?} is not a CIDR"))
         })
         .collect()
+}
+
+/// The non-empty, trimmed items of a comma-separated list.
+fn list(v: &str) -> impl Iterator<Item = &str> {
+    v.split(',').map(str::trim).filter(|p| !p.is_empty())
+}
+
+/// The deserializers of the formats that are ours.
+mod de {
+    use std::{collections::HashMap, fmt::Display, str::FromStr, time::Duration};
+
+    use serde::{Deserialize, Deserializer, de::Error as _};
+
+    use crate::queue::QueueName;
+
+    fn with<'de, D: Deserializer<'de>, T, E: Display>(
+        d: D,
+        parse: impl FnOnce(&str) -> Result<T, E>,
+    ) -> Result<T, D::Error> {
+        let s = String::deserialize(d)?;
+        parse(&s).map_err(D::Error::custom)
+    }
+
+    /// Any `FromStr` type, with its own error message.
+    pub fn parsed<'de, D: Deserializer<'de>, T: FromStr<Err: Display>>(
+        d: D,
+    ) -> Result<T, D::Error> {
+        with(d, str::parse)
+    }
+
+    /// `off`, or a `FromStr` value.
+    pub fn off_or<'de, D: Deserializer<'de>, T: FromStr<Err: Display>>(
+        d: D,
+    ) -> Result<Option<T>, D::Error> {
+        with(d, |s| {
+            if s.eq_ignore_ascii_case("off") {
+                Ok(None)
+            } else {
+                s.parse().map(Some)
+            }
+        })
+    }
+
+    /// `off`, or a duration greater than zero.
+    pub fn off_or_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let d = off_or::<D, humantime::Duration>(d)?.map(Duration::from);
+        match d {
+            Some(d) if d.is_zero() => Err(D::Error::custom("must be greater than zero")),
+            d => Ok(d),
+        }
+    }
+
+    pub fn cidrs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ipnet::IpNet>, D::Error> {
+        with(d, super::cidrs)
+    }
+
+    pub fn concurrency<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<HashMap<QueueName, usize>, D::Error> {
+        with(d, super::concurrency)
+    }
+
+    pub fn retry_schedule<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
+        with(d, super::retry_schedule)
+    }
+
+    /// `MEDIA_DECODE_BUDGET_MB`: 16 MiB to 1 TiB, in bytes.
+    pub fn megabytes<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        let mb = u64::deserialize(d)?;
+        if !(16..=1 << 20).contains(&mb) {
+            return Err(D::Error::custom("must be 16 to 1048576"));
+        }
+        Ok(mb << 20)
+    }
 }
 
 fn sqlite_url(data_dir: &std::path::Path) -> String {
@@ -439,44 +463,16 @@ fn sqlite_url(data_dir: &std::path::Path) -> String {
     )
 }
 
-fn invalid(key: &str, why: impl std::fmt::Display) -> Error {
+pub(crate) fn invalid(key: &str, why: impl std::fmt::Display) -> Error {
     Error::validation(key, format!("invalid {key}: {why}"))
-}
-
-fn parse<T: std::str::FromStr>(key: &str, v: &str) -> Result<T, Error>
-where
-    T::Err: std::fmt::Display,
-{
-    v.parse().map_err(|e| invalid(key, e))
-}
-
-fn duration(key: &str, v: &str) -> Result<Duration, Error> {
-    let d = humantime::parse_duration(v).map_err(|e| invalid(key, e))?;
-    if d.is_zero() {
-        return Err(invalid(key, "must be greater than zero"));
-    }
-    Ok(d)
-}
-
-fn parse_bool(key: &str, v: &str) -> Result<bool, Error> {
-    match v.to_ascii_lowercase().as_str() {
-        "1" | "true" | "yes" | "on" => Ok(true),
-        "0" | "false" | "no" | "off" => Ok(false),
-        _ => Err(invalid(key, "expected true or false")),
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
 
     fn from(pairs: &[(&str, &str)]) -> Result<Config, Error> {
-        let map: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        Config::from_lookup(|k| map.get(k).cloned())
+        Config::from_vars(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())))
     }
 
     #[test]
@@ -579,5 +575,62 @@ mod tests {
                 window: Duration::from_secs(1)
             }
         );
+    }
+
+    #[test]
+    fn values_stay_strings_and_formats_are_read() {
+        let c = from(&[
+            ("JWT_SECRET", " 0123456789012345 "),
+            ("METRICS_TOKEN", "[not-an-array]"),
+            ("WHATSAPP_PHONE_NUMBER_ID", "0123456"),
+            ("WHATSAPP_API_BASE", "http://127.0.0.1:9/"),
+            ("WHATSAPP_TIMEOUT", "2s"),
+            ("DATA_DIR", "/tmp/y"),
+            ("TRUST_PROXY", "Yes"),
+            ("SEED_TEMPLATES", "0"),
+            ("LOG_FORMAT", "JSON"),
+            ("BOT_STALE_AFTER", "off"),
+            ("SHUTDOWN_GRACE", "1m 30s"),
+            ("MEDIA_DECODE_BUDGET_MB", "64"),
+            ("BIND_ADDR", "127.0.0.1"),
+            ("RATE_LIMIT", ""),
+            ("port", "1"),
+        ])
+        .unwrap();
+        assert_eq!(c.jwt_secret.as_deref(), Some("0123456789012345"));
+        assert_eq!(c.metrics_token.as_deref(), Some("[not-an-array]"));
+        assert_eq!(c.whatsapp.phone_number_id.as_deref(), Some("0123456"));
+        assert_eq!(c.whatsapp.api_base, "http://127.0.0.1:9");
+        assert_eq!(c.whatsapp.timeout, Duration::from_secs(2));
+        assert_eq!(c.database_url, "sqlite:///tmp/y/smartbot.db?mode=rwc");
+        assert!(c.trust_proxy && !c.seed_templates);
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert_eq!(c.bot_stale_after, None);
+        assert_eq!(c.shutdown_grace, Duration::from_secs(90));
+        assert_eq!(c.media_decode_budget, 64 << 20);
+        assert_eq!(c.bind_addr, IpAddr::from([127, 0, 0, 1]));
+        assert!(c.rate_limit.is_some(), "empty takes the default");
+        assert_eq!(c.port, 4001, "lowercase names are not ours");
+        for (k, v) in [
+            ("WHATSAPP_API_BASE", "ftp://x"),
+            ("WHATSAPP_PHONE_NUMBER_ID", "12a"),
+            ("WHATSAPP_TIMEOUT", "0s"),
+            ("WHATSAPP_RETRY_BASE", "soon"),
+            ("WHATSAPP_MERCHANT_ID", "a b"),
+            ("MEDIA_DECODE_BUDGET_MB", "8"),
+            ("JOB_LEASE", "10ms"),
+            ("WEBHOOK_TIMEOUT", "6m"),
+            ("BOT_STALE_AFTER", "0s"),
+            ("EVENT_BUFFER", "0"),
+            ("TRUST_PROXY", "maybe"),
+            ("LOG_FORMAT", "xml"),
+            ("BIND_ADDR", "localhost"),
+            ("DATABASE_MAX_CONNECTIONS", "-1"),
+            ("TRUSTED_PROXIES", "10.0.0.0/8, nope"),
+        ] {
+            let err = from(&[(k, v)]).unwrap_err();
+            assert!(err.to_string().contains(k), "{k}={v}: {err}");
+            assert_eq!(err.field(), Some(k), "{k}={v}");
+        }
     }
 }

@@ -1,6 +1,15 @@
 //! Cursor pagination shared by every list: `first` (1..=100, default 20) and an opaque `after`.
+//!
+//! Most lists page newest first by a time-ordered (v7) uuid id; [`NewestFirst`] is that keyset
+//! pager, written once. The cursor is `base64url("{kind}:{uuid}")`, so cursors handed out before
+//! it existed still decode.
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, EntityTrait, FromQueryResult, PaginatorTrait, QueryFilter,
+    QueryOrder, QuerySelect, Select,
+};
+use uuid::Uuid;
 
 use crate::error::{Error, Result};
 
@@ -25,6 +34,16 @@ impl PageArgs {
         }
     }
 
+    /// A newest-first keyset pager over this page's arguments, for the list whose cursors carry
+    /// `kind`. Checks `first` now (before the caller's own checks, as every list did).
+    pub fn newest_first<'a>(&'a self, kind: &'a str) -> Result<NewestFirst<'a>> {
+        Ok(NewestFirst {
+            args: self,
+            kind,
+            limit: self.limit()?,
+        })
+    }
+
     /// The decoded `after` cursor, tagged with `kind` so a cursor from one list is refused by another.
     pub fn after_key(&self, kind: &str) -> Result<Option<String>> {
         self.after
@@ -40,6 +59,63 @@ pub struct Page<T> {
     /// 0 when the caller did not ask for it (a list may skip its COUNT query).
     pub total_count: u64,
     pub has_next_page: bool,
+}
+
+impl<T> Page<T> {
+    pub fn map<U>(self, f: impl FnMut(T) -> U) -> Page<U> {
+        Page {
+            items: self.items.into_iter().map(f).collect(),
+            total_count: self.total_count,
+            has_next_page: self.has_next_page,
+        }
+    }
+
+    pub fn try_map<U>(self, f: impl FnMut(T) -> Result<U>) -> Result<Page<U>> {
+        Ok(Page {
+            items: self.items.into_iter().map(f).collect::<Result<_>>()?,
+            total_count: self.total_count,
+            has_next_page: self.has_next_page,
+        })
+    }
+}
+
+/// Newest-first keyset paging by a time-ordered uuid id: `id < after`, `ORDER BY id DESC`, one
+/// row more than asked to learn `hasNextPage`, and the filtered COUNT for `totalCount`.
+pub struct NewestFirst<'a> {
+    args: &'a PageArgs,
+    kind: &'a str,
+    limit: u64,
+}
+
+impl NewestFirst<'_> {
+    /// The page of `select` (already filtered and scoped), keyed by its uuid column `id`.
+    pub async fn fetch<E, C>(
+        &self,
+        db: &C,
+        select: Select<E>,
+        id: E::Column,
+    ) -> Result<Page<E::Model>>
+    where
+        E: EntityTrait,
+        E::Model: FromQueryResult + Send + Sync,
+        C: ConnectionTrait,
+    {
+        let total_count = select.clone().count(db).await?;
+        let mut q = select;
+        if let Some(after) = self.args.after_key(self.kind)? {
+            let after = Uuid::parse_str(&after)
+                .map_err(|_| Error::validation("after", "after is not a valid cursor"))?;
+            q = q.filter(id.lt(after));
+        }
+        let mut items = q.order_by_desc(id).limit(self.limit + 1).all(db).await?;
+        let has_next_page = items.len() as u64 > self.limit;
+        items.truncate(self.limit as usize);
+        Ok(Page {
+            items,
+            total_count,
+            has_next_page,
+        })
+    }
 }
 
 pub fn encode_cursor(kind: &str, key: &str) -> String {

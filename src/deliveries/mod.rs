@@ -10,8 +10,7 @@
 
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait,
-    DatabaseConnection, EntityTrait, ExprTrait, PaginatorTrait, QueryFilter, QueryOrder,
-    QuerySelect, sea_query::Expr,
+    DatabaseConnection, EntityTrait, ExprTrait, PaginatorTrait, QueryFilter, sea_query::Expr,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -370,27 +369,13 @@ pub async fn list(
     status: Option<DeliveryStatus>,
     page: &PageArgs,
 ) -> Result<Page<delivery_task::Model>> {
-    let limit = page.limit()?;
+    let pager = page.newest_first(CURSOR_KIND)?;
     let scope = ctx.actor.merchant_scope(merchant_id)?;
     let mut cond = Tasks::scope_condition(&scope);
     if let Some(s) = status {
         cond = cond.add(C::Status.eq(s));
     }
-    let total_count = Tasks::find().filter(cond.clone()).count(db).await?;
-    let mut q = Tasks::find().filter(cond);
-    if let Some(after) = page.after_key(CURSOR_KIND)? {
-        let after = Uuid::parse_str(&after)
-            .map_err(|_| Error::validation("after", "after is not a valid cursor"))?;
-        q = q.filter(C::Id.lt(after));
-    }
-    let mut items = q.order_by_desc(C::Id).limit(limit + 1).all(db).await?;
-    let has_next_page = items.len() as u64 > limit;
-    items.truncate(limit as usize);
-    Ok(Page {
-        items,
-        total_count,
-        has_next_page,
-    })
+    pager.fetch(db, Tasks::find().filter(cond), C::Id).await
 }
 
 #[cfg(test)]

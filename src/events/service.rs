@@ -189,31 +189,12 @@ impl Events {
         types: &[EventType],
         page: &PageArgs,
     ) -> Result<Page<Event>> {
-        let limit = page.limit()?;
+        let pager = page.newest_first(CURSOR_KIND)?;
         let cond = filter(scope, types);
-        let total_count = Events_::find().filter(cond.clone()).count(&self.db).await?;
-        let mut q = Events_::find().filter(cond);
-        if let Some(after) = page.after_key(CURSOR_KIND)? {
-            let after = Uuid::parse_str(&after)
-                .map_err(|_| Error::validation("after", "after is not a valid cursor"))?;
-            q = q.filter(C::Id.lt(after));
-        }
-        let rows = q
-            .order_by_desc(C::Id)
-            .limit(limit + 1)
-            .all(&self.db)
+        let rows = pager
+            .fetch(&self.db, Events_::find().filter(cond), C::Id)
             .await?;
-        let has_next_page = rows.len() as u64 > limit;
-        let items = rows
-            .into_iter()
-            .take(limit as usize)
-            .map(to_event)
-            .collect::<Result<_>>()?;
-        Ok(Page {
-            items,
-            total_count,
-            has_next_page,
-        })
+        rows.try_map(to_event)
     }
 
     pub fn cursor(e: &Event) -> String {

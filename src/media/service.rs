@@ -9,8 +9,7 @@
 
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait,
-    DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
-    sea_query::Expr,
+    DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, sea_query::Expr,
 };
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -439,7 +438,7 @@ pub async fn list(
     page: &PageArgs,
 ) -> Result<Page<MediaView>> {
     let merchant = access::list_scope(&ctx.actor, filter.merchant_id.clone())?;
-    let limit = page.limit()?;
+    let pager = page.newest_first(CURSOR_KIND)?;
     let mut cond = Condition::all();
     if let Some(m) = &merchant {
         cond = cond.add(C::MerchantId.eq(m.as_str()));
@@ -447,24 +446,8 @@ pub async fn list(
     if let Some(s) = filter.status {
         cond = cond.add(C::Status.eq(s));
     }
-    let total_count = Media::find().filter(cond.clone()).count(db).await?;
-    let mut q = Media::find().filter(cond);
-    if let Some(after) = page.after_key(CURSOR_KIND)? {
-        let id = Uuid::parse_str(&after)
-            .map_err(|_| Error::validation("after", "after is not a valid cursor"))?;
-        q = q.filter(C::Id.lt(id));
-    }
-    let mut items = q.order_by_desc(C::Id).limit(limit + 1).all(db).await?;
-    let has_next_page = items.len() as u64 > limit;
-    items.truncate(limit as usize);
-    Ok(Page {
-        items: items
-            .into_iter()
-            .map(|m| MediaView::for_caller(ctx, m))
-            .collect(),
-        total_count,
-        has_next_page,
-    })
+    let page = pager.fetch(db, Media::find().filter(cond), C::Id).await?;
+    Ok(page.map(|m| MediaView::for_caller(ctx, m)))
 }
 
 /// The storage keys a row's files live under.

@@ -3,8 +3,7 @@
 
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait,
-    DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
-    sea_query::Expr,
+    DatabaseConnection, EntityTrait, QueryFilter, sea_query::Expr,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -448,27 +447,13 @@ pub async fn list(
     status: Option<OrderStatus>,
     page: &PageArgs,
 ) -> Result<Page<order::Model>> {
-    let limit = page.limit()?;
+    let pager = page.newest_first(CURSOR_KIND)?;
     let scope = ctx.actor.merchant_scope(merchant_id)?;
     let mut cond = Orders::scope_condition(&scope);
     if let Some(s) = status {
         cond = cond.add(C::Status.eq(s));
     }
-    let total_count = Orders::find().filter(cond.clone()).count(db).await?;
-    let mut q = Orders::find().filter(cond);
-    if let Some(after) = page.after_key(CURSOR_KIND)? {
-        let after = Uuid::parse_str(&after)
-            .map_err(|_| Error::validation("after", "after is not a valid cursor"))?;
-        q = q.filter(C::Id.lt(after));
-    }
-    let mut items = q.order_by_desc(C::Id).limit(limit + 1).all(db).await?;
-    let has_next_page = items.len() as u64 > limit;
-    items.truncate(limit as usize);
-    Ok(Page {
-        items,
-        total_count,
-        has_next_page,
-    })
+    pager.fetch(db, Orders::find().filter(cond), C::Id).await
 }
 
 #[cfg(test)]

@@ -223,23 +223,9 @@ pub async fn list(
     merchant_id: Option<&str>,
     page: &PageArgs,
 ) -> Result<Page<webhook::Model>> {
-    let limit = page.limit()?;
+    let pager = page.newest_first(CURSOR_KIND)?;
     let cond = Webhooks::scope_condition(&ctx.actor.merchant_scope(merchant_id)?);
-    let total_count = Webhooks::find().filter(cond.clone()).count(db).await?;
-    let mut q = Webhooks::find().filter(cond);
-    if let Some(after) = page.after_key(CURSOR_KIND)? {
-        let id = Uuid::parse_str(&after)
-            .map_err(|_| Error::validation("after", "after is not a valid cursor"))?;
-        q = q.filter(W::Id.lt(id));
-    }
-    let mut items = q.order_by_desc(W::Id).limit(limit + 1).all(db).await?;
-    let has_next_page = items.len() as u64 > limit;
-    items.truncate(limit as usize);
-    Ok(Page {
-        items,
-        total_count,
-        has_next_page,
-    })
+    pager.fetch(db, Webhooks::find().filter(cond), W::Id).await
 }
 
 pub fn cursor(w: &webhook::Model) -> String {
@@ -396,7 +382,7 @@ pub async fn logs(
     filter: &LogFilter,
     page: &PageArgs,
 ) -> Result<Page<webhook_log::Model>> {
-    let limit = page.limit()?;
+    let pager = page.newest_first(LOG_CURSOR_KIND)?;
     let mut cond = Condition::all();
     match filter.webhook_id {
         Some(id) => {
@@ -427,21 +413,7 @@ pub async fn logs(
     if let Some(t) = filter.event_type {
         cond = cond.add(L::EventType.eq(t.as_str()));
     }
-    let total_count = Logs::find().filter(cond.clone()).count(db).await?;
-    let mut q = Logs::find().filter(cond);
-    if let Some(after) = page.after_key(LOG_CURSOR_KIND)? {
-        let id = Uuid::parse_str(&after)
-            .map_err(|_| Error::validation("after", "after is not a valid cursor"))?;
-        q = q.filter(L::Id.lt(id));
-    }
-    let mut items = q.order_by_desc(L::Id).limit(limit + 1).all(db).await?;
-    let has_next_page = items.len() as u64 > limit;
-    items.truncate(limit as usize);
-    Ok(Page {
-        items,
-        total_count,
-        has_next_page,
-    })
+    pager.fetch(db, Logs::find().filter(cond), L::Id).await
 }
 
 /// The next attempt number of `(webhook, event)`, for manual sends.

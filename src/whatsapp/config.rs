@@ -1,10 +1,14 @@
-//! `WHATSAPP_*` settings, read by `Config` through its lookup (nothing here reads the environment).
+//! `WHATSAPP_*` settings, read as part of `Config` (nothing here reads the environment).
 
 use std::time::Duration;
 
-use crate::error::{Error, Result};
+use serde::Deserialize;
 
-#[derive(Clone)]
+use crate::{config::invalid, error::Result};
+
+/// Each field is its `WHATSAPP_*` variable without the prefix, lowercased.
+#[derive(Clone, Deserialize)]
+#[serde(default)]
 pub struct WhatsAppConfig {
     /// `WHATSAPP_API_BASE` (default `https://graph.facebook.com`).
     pub api_base: String,
@@ -22,8 +26,10 @@ pub struct WhatsAppConfig {
     /// `WHATSAPP_APP_SECRET`: keys the `X-Hub-Signature-256` HMAC of inbound webhooks.
     pub app_secret: Option<String>,
     /// `WHATSAPP_RETRY_BASE` (default 1s): the first retry delay of a send (doubling, jittered).
+    #[serde(with = "humantime_serde")]
     pub retry_base: Duration,
     /// `WHATSAPP_TIMEOUT` (default 15s): one Cloud API call.
+    #[serde(with = "humantime_serde")]
     pub timeout: Duration,
 }
 
@@ -61,57 +67,38 @@ impl std::fmt::Debug for WhatsAppConfig {
     }
 }
 
-fn invalid(key: &str, why: impl std::fmt::Display) -> Error {
-    Error::validation(key, format!("invalid {key}: {why}"))
-}
-
 /// A phone number id is a path segment of the Cloud API URL: digits only.
 pub fn valid_phone_number_id(v: &str) -> bool {
     !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_digit())
 }
 
 impl WhatsAppConfig {
-    /// Reads the `WHATSAPP_*` keys through `get` (trimmed, empty = unset).
-    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self> {
-        let mut c = Self::default();
-        if let Some(v) = get("WHATSAPP_API_BASE") {
-            if !(v.starts_with("https://") || v.starts_with("http://")) {
-                return Err(invalid("WHATSAPP_API_BASE", "must be an http(s) URL"));
-            }
-            c.api_base = v.trim_end_matches('/').to_owned();
+    /// The rules the formats do not carry; trims a trailing `/` off the API base.
+    pub(crate) fn check(&mut self) -> Result<()> {
+        if !(self.api_base.starts_with("https://") || self.api_base.starts_with("http://")) {
+            return Err(invalid("WHATSAPP_API_BASE", "must be an http(s) URL"));
         }
-        if let Some(v) = get("WHATSAPP_API_VERSION") {
-            if !v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.') {
-                return Err(invalid(
-                    "WHATSAPP_API_VERSION",
-                    "expected a version such as v23.0",
-                ));
-            }
-            c.api_version = v;
+        self.api_base = self.api_base.trim_end_matches('/').to_owned();
+        if !self
+            .api_version
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.')
+        {
+            return Err(invalid(
+                "WHATSAPP_API_VERSION",
+                "expected a version such as v23.0",
+            ));
         }
-        c.token = get("WHATSAPP_TOKEN");
-        c.phone_number_id = get("WHATSAPP_PHONE_NUMBER_ID");
-        if let Some(id) = &c.phone_number_id
+        if let Some(id) = &self.phone_number_id
             && !valid_phone_number_id(id)
         {
             return Err(invalid("WHATSAPP_PHONE_NUMBER_ID", "must be digits"));
         }
-        if let Some(v) = get("WHATSAPP_MERCHANT_ID") {
-            c.merchant_id = crate::auth::parse_merchant_id("WHATSAPP_MERCHANT_ID", &v)?;
+        self.merchant_id =
+            crate::auth::parse_merchant_id("WHATSAPP_MERCHANT_ID", &self.merchant_id)?;
+        if self.timeout.is_zero() {
+            return Err(invalid("WHATSAPP_TIMEOUT", "must be greater than zero"));
         }
-        c.verify_token = get("WHATSAPP_VERIFY_TOKEN");
-        c.app_secret = get("WHATSAPP_APP_SECRET");
-        if let Some(v) = get("WHATSAPP_RETRY_BASE") {
-            c.retry_base =
-                humantime::parse_duration(&v).map_err(|e| invalid("WHATSAPP_RETRY_BASE", e))?;
-        }
-        if let Some(v) = get("WHATSAPP_TIMEOUT") {
-            c.timeout =
-                humantime::parse_duration(&v).map_err(|e| invalid("WHATSAPP_TIMEOUT", e))?;
-            if c.timeout.is_zero() {
-                return Err(invalid("WHATSAPP_TIMEOUT", "must be greater than zero"));
-            }
-        }
-        Ok(c)
+        Ok(())
     }
 }

@@ -19,7 +19,7 @@ use sea_orm::{
     ActiveModelTrait,
     ActiveValue::Set,
     ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, EntityTrait, PaginatorTrait,
-    QueryFilter, QueryOrder, QuerySelect,
+    QueryFilter,
     sea_query::{Expr, OnConflict},
 };
 use serde_json::{Map, Value, json};
@@ -530,7 +530,7 @@ pub async fn list(
     recorded_only: bool,
     page: &PageArgs,
 ) -> Result<Page<message::Model>> {
-    let limit = page.limit()?;
+    let pager = page.newest_first(CURSOR_KIND)?;
     let scope = ctx.actor.merchant_scope(merchant_id)?;
     let mut cond = Messages::scope_condition(&scope);
     if let Some(d) = direction {
@@ -541,21 +541,7 @@ pub async fn list(
             .add(C::Direction.eq(MessageDirection::Outbound))
             .add(C::Transport.eq("recording"));
     }
-    let total_count = Messages::find().filter(cond.clone()).count(db).await?;
-    let mut q = Messages::find().filter(cond);
-    if let Some(after) = page.after_key(CURSOR_KIND)? {
-        let after = Uuid::parse_str(&after)
-            .map_err(|_| Error::validation("after", "after is not a valid cursor"))?;
-        q = q.filter(C::Id.lt(after));
-    }
-    let mut items = q.order_by_desc(C::Id).limit(limit + 1).all(db).await?;
-    let has_next_page = items.len() as u64 > limit;
-    items.truncate(limit as usize);
-    Ok(Page {
-        items,
-        total_count,
-        has_next_page,
-    })
+    pager.fetch(db, Messages::find().filter(cond), C::Id).await
 }
 
 /// `setWhatsAppCredentials`: a merchant's own number. The token is encrypted at rest and never

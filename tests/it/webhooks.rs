@@ -999,7 +999,7 @@ async fn child_server_entry() {
         .filter_map(|l| l.split_once('='))
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
-    let mut config = Config::from_lookup(|k| vars.get(k).cloned()).unwrap();
+    let mut config = Config::from_vars(vars).unwrap();
     hooks(&mut config);
     config.webhook_timeout = Duration::from_secs(120);
     let server = smartbot::spawn(config).await.unwrap();
