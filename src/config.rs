@@ -136,6 +136,9 @@ pub struct Config {
     /// `BOT_STALE_AFTER` (default 5m; `off` disables): a connected bot that has not reported for
     /// this long is marked disconnected.
     pub bot_stale_after: Option<Duration>,
+    /// `TEMPLATE_CACHE_MB` (default 32; 0 turns it off): the memory the template read cache may
+    /// hold (see `templates::cache`).
+    pub template_cache_bytes: usize,
 }
 
 impl Config {
@@ -185,6 +188,7 @@ impl Config {
             webhook_sweep_interval: Duration::from_secs(5),
             whatsapp: crate::whatsapp::WhatsAppConfig::default(),
             bot_stale_after: Some(Duration::from_secs(5 * 60)),
+            template_cache_bytes: 32 << 20,
         }
     }
 
@@ -351,6 +355,13 @@ impl Config {
             } else {
                 Some(duration("BOT_STALE_AFTER", &v)?)
             };
+        }
+        if let Some(v) = get("TEMPLATE_CACHE_MB") {
+            let mb: usize = parse("TEMPLATE_CACHE_MB", &v)?;
+            if mb > 1 << 20 {
+                return Err(invalid("TEMPLATE_CACHE_MB", "must be at most 1048576"));
+            }
+            c.template_cache_bytes = mb << 20;
         }
         Ok(c)
     }
