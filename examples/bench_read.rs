@@ -15,6 +15,9 @@
 //! Options: `--duration 10s`, `--rounds N`, `--peer URL` (the peer's base URL), `--port P`
 //! (serve on P), `--seed-only` (seed and exit), `--serve` (seed, serve, and wait for Ctrl-C).
 //! Needs `wrk` on PATH. Prints one JSON line per measurement.
+//!
+//! Every request after the first is a hit of the template read cache (`src/templates/cache.rs`):
+//! one shared generation read, then the stored bytes. Nothing writes templates during a run.
 
 use std::{process::Command, time::Duration};
 

@@ -181,6 +181,10 @@ pub struct Config {
     /// this long is marked disconnected.
     #[serde(deserialize_with = "de::off_or_duration")]
     pub bot_stale_after: Option<Duration>,
+    /// `TEMPLATE_CACHE_MB` (default 32; 0 turns it off): the memory the template read cache may
+    /// hold (see `templates::cache`).
+    #[serde(rename = "template_cache_mb", deserialize_with = "de::cache_megabytes")]
+    pub template_cache_bytes: usize,
 }
 
 impl Default for Config {
@@ -237,6 +241,7 @@ impl Config {
             webhook_sweep_interval: Duration::from_secs(5),
             whatsapp: crate::whatsapp::WhatsAppConfig::default(),
             bot_stale_after: Some(Duration::from_secs(5 * 60)),
+            template_cache_bytes: 32 << 20,
         }
     }
 
@@ -444,6 +449,15 @@ mod de {
 
     pub fn retry_schedule<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
         with(d, super::retry_schedule)
+    }
+
+    /// `TEMPLATE_CACHE_MB`: 0 (off) to 1 TiB, in bytes.
+    pub fn cache_megabytes<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+        let mb = usize::deserialize(d)?;
+        if mb > 1 << 20 {
+            return Err(D::Error::custom("must be at most 1048576"));
+        }
+        Ok(mb << 20)
     }
 
     /// `MEDIA_DECODE_BUDGET_MB`: 16 MiB to 1 TiB, in bytes.

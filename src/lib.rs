@@ -58,6 +58,8 @@ pub struct AppState {
     pub webhooks: Arc<webhooks::WebhookRuntime>,
     /// The WhatsApp Cloud API client and the platform number, picked at start-up.
     pub whatsapp: Arc<whatsapp::Outbound>,
+    /// Serialized template reads, checked against the database's generation on every request.
+    pub template_cache: Arc<templates::cache::ReadCache>,
     schema: AppSchema,
 }
 
@@ -117,6 +119,9 @@ pub async fn build(config: Config) -> Result<App> {
     let whatsapp = Arc::new(whatsapp::Outbound::new(&config.whatsapp)?);
     Ok(App {
         state: AppState {
+            template_cache: Arc::new(templates::cache::ReadCache::new(
+                config.template_cache_bytes,
+            )),
             whatsapp,
             queue,
             storage,

@@ -11,6 +11,7 @@ mod m20261126_000005_product_media_per_merchant;
 mod m20261126_000006_webhooks;
 mod m20261126_000007_orders;
 mod m20261126_000008_jobs_fetch_index;
+mod m20261202_000009_cache_generations;
 
 pub struct Migrator;
 
@@ -26,6 +27,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261126_000006_webhooks::Migration),
             Box::new(m20261126_000007_orders::Migration),
             Box::new(m20261126_000008_jobs_fetch_index::Migration),
+            Box::new(m20261202_000009_cache_generations::Migration),
         ]
     }
 }

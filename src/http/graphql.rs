@@ -15,6 +15,7 @@ use std::sync::{
 use async_graphql::{
     Data, ParseRequestError,
     http::{ALL_WEBSOCKET_PROTOCOLS, MultipartOptions, WebSocketProtocols},
+    parser::types::{DocumentOperations, ExecutableDocument, OperationType, Selection},
 };
 use async_graphql_axum::GraphQLResponse;
 use axum::{
@@ -30,7 +31,12 @@ use axum::{
 use futures::{SinkExt, StreamExt};
 
 use super::{explorer, request_context};
-use crate::{AppState, auth::RequestContext, error::Error};
+use crate::{
+    AppState,
+    auth::RequestContext,
+    error::Error,
+    templates::cache::{self, Lookup},
+};
 
 /// Close code for a refused `connection_init` (graphql-ws: "Forbidden").
 pub const CLOSE_FORBIDDEN: u16 = 4403;
@@ -83,11 +89,86 @@ pub async fn graphql_post(
         return bad_request("at most one file may be uploaded per request".into());
     }
     // A syntax error is a malformed request: answer 400, not 200 with errors.
-    if let Err(e) = async_graphql::parser::parse_query(&req.query) {
-        return bad_request(format!("malformed GraphQL query: {e}"));
+    let doc = match async_graphql::parser::parse_query(&req.query) {
+        Ok(doc) => doc,
+        Err(e) => return bad_request(format!("malformed GraphQL query: {e}")),
+    };
+    if !cacheable(&doc, &req) {
+        let schema = state.schema().clone();
+        return GraphQLResponse::from(schema.execute(req.data(ctx).data(state)).await)
+            .into_response();
     }
+    let variables = match serde_json::to_string(&req.variables) {
+        Ok(v) => v,
+        Err(e) => return Error::internal(e).into_graphql_response(),
+    };
+    let key = cache::Key::new(
+        &ctx.actor,
+        cache::Request::Graphql {
+            query: req.query.clone(),
+            operation: req.operation_name.clone(),
+            variables,
+        },
+    );
+    let cache = state.template_cache.clone();
+    let slot = match cache.lookup(&state.db, key).await {
+        Ok(Lookup::Hit(body)) => return graphql_json(body),
+        Ok(Lookup::Miss(slot)) => slot,
+        Err(e) => return e.into_graphql_response(),
+    };
     let schema = state.schema().clone();
-    GraphQLResponse::from(schema.execute(req.data(ctx).data(state)).await).into_response()
+    let res = schema.execute(req.data(ctx).data(state)).await;
+    // Only a plain success is stored: no errors, no headers or cache hints set by a resolver.
+    if !(res.is_ok() && res.http_headers.is_empty() && res.cache_control.value().is_none()) {
+        return GraphQLResponse::from(res).into_response();
+    }
+    match serde_json::to_vec(&res) {
+        Ok(body) => {
+            let body = Bytes::from(body);
+            slot.fill(body.clone());
+            graphql_json(body)
+        }
+        Err(_) => GraphQLResponse::from(res).into_response(),
+    }
+}
+
+/// Whether the response to `req` may come from the template read cache: a query operation
+/// (no uploads, no request extensions) whose root fields are all template reads
+/// ([`cache::GRAPHQL_ROOT_FIELDS`]), selected directly (no fragments at the root).
+fn cacheable(doc: &ExecutableDocument, req: &async_graphql::Request) -> bool {
+    if !req.uploads.is_empty() || !req.extensions.0.is_empty() {
+        return false;
+    }
+    // The operation async-graphql will run (its own rule); the other cases are errors.
+    let op = match (&doc.operations, req.operation_name.as_deref()) {
+        (DocumentOperations::Single(op), None) => op,
+        (DocumentOperations::Multiple(ops), Some(name)) => match ops.get(name) {
+            Some(op) => op,
+            None => return false,
+        },
+        (DocumentOperations::Multiple(ops), None) if ops.len() == 1 => match ops.values().next() {
+            Some(op) => op,
+            None => return false,
+        },
+        _ => return false,
+    };
+    op.node.ty == OperationType::Query
+        && op.node.selection_set.node.items.iter().all(|sel| {
+            matches!(&sel.node, Selection::Field(f)
+                if cache::GRAPHQL_ROOT_FIELDS.contains(&f.node.name.node.as_str()))
+        })
+}
+
+/// A GraphQL success body already serialized, with the content type async-graphql-axum sends.
+fn graphql_json(body: Bytes) -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static("application/graphql-response+json"),
+        )],
+        body,
+    )
+        .into_response()
 }
 
 /// GET /graphql: the WebSocket when the client asks to upgrade, GraphiQL otherwise.

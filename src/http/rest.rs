@@ -6,7 +6,7 @@ use axum::{
     Json, Router,
     body::Bytes,
     extract::{FromRequest, Path, Query, Request, State},
-    http::{StatusCode, header},
+    http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
     routing::{get, post},
 };
@@ -19,6 +19,7 @@ use crate::{
     AppState,
     error::{Error, FieldError, Result},
     templates::{
+        cache::{self, Lookup},
         engine::{Button, Media, Section, TemplateContent},
         service::{
             self, NewTemplate, PreviewSource, TemplateFilter, TemplatePatch, TemplateRef,
@@ -177,7 +178,8 @@ fn parse_enum<T: std::str::FromStr<Err = String>>(
 }
 
 /// GET /api/templates?type=&status=&search= → `{"success":true,"count":N,"templates":[…]}`:
-/// every visible row (the seed did not page), in one query and without a COUNT.
+/// every visible row (the seed did not page), in one query and without a COUNT, served from the
+/// template read cache while no template changed (`templates::cache`).
 async fn list_templates(
     State(state): State<AppState>,
     Ctx(ctx): Ctx,
@@ -188,13 +190,40 @@ async fn list_templates(
         status: parse_enum::<TemplateStatus>("status", q.status)?,
         search: q.search,
     };
+    let key = cache::Key::new(
+        &ctx.actor,
+        cache::Request::RestList {
+            kind: filter.kind,
+            status: filter.status,
+            search: filter.search.clone(),
+        },
+    );
+    let slot = match state.template_cache.lookup(&state.db, key).await? {
+        Lookup::Hit(body) => return Ok(json_bytes(body)),
+        Lookup::Miss(slot) => slot,
+    };
     let rows = service::list_all(&state.db, &ctx, &filter).await?;
-    Ok(Json(TemplateListEnvelope {
+    let body = serde_json::to_vec(&TemplateListEnvelope {
         success: true,
         count: rows.len(),
         templates: rows.iter().map(TemplateRow::from).collect(),
     })
-    .into_response())
+    .map_err(Error::internal)?;
+    let body = Bytes::from(body);
+    slot.fill(body.clone());
+    Ok(json_bytes(body))
+}
+
+/// A JSON body already serialized.
+fn json_bytes(body: Bytes) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
 }
 
 async fn get_template(

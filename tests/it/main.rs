@@ -14,6 +14,7 @@ mod pagination;
 mod preview;
 mod queue;
 mod queue_api;
+mod read_cache;
 mod rest;
 mod schema;
 mod templates;

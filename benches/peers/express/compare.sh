@@ -7,6 +7,9 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../../.." && pwd)
 pg=${TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/test}
+# bench_read creates smartbot_bench_read from this server URL (DATABASE_URL below names that
+# database, which does not exist before the first run).
+export TEST_POSTGRES_URL="$pg"
 export DATABASE_URL="${pg%/*}/smartbot_bench_read"
 rounds=${ROUNDS:-3}
 duration=${DURATION:-10s}
