@@ -883,6 +883,13 @@ impl QueueBackend for SqlQueue {
         concurrency
     }
 
+    /// Short jobs: up to 500 leased ahead (graphile-worker's benchmark setting for its local
+    /// queue), so one statement records and refills hundreds of jobs instead of a handful; the
+    /// cost per commit (a WAL flush) is then shared by the batch.
+    fn max_prefetch(&self, concurrency: usize) -> usize {
+        concurrency.max(500)
+    }
+
     /// PostgreSQL: two fetch loops whose round trips overlap (SKIP LOCKED keeps them disjoint).
     /// SQLite has one writer, so a second loop would only wait for it.
     fn lanes(&self, concurrency: usize) -> usize {

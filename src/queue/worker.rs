@@ -260,6 +260,7 @@ async fn run_queue(
             lease: config.lease,
             metrics: config.metrics.clone(),
             trim: trim.clone(),
+            avg_run_ns: AtomicU64::new(0),
         };
         set.spawn(run_lane(
             Arc::new(lane),
@@ -279,6 +280,31 @@ struct Lane {
     lease: Duration,
     metrics: Arc<metrics::QueueMetrics>,
     trim: Arc<Trim>,
+    /// Moving average of how long a handler runs, in nanoseconds (0 until one has run).
+    avg_run_ns: AtomicU64,
+}
+
+impl Lane {
+    /// How many leased jobs may wait for a slot now: the backend's base, grown towards its
+    /// maximum while jobs are short, so that the last prefetched job is expected to start
+    /// within a quarter of its lease (slow handlers keep the base).
+    fn prefetch(&self, concurrency: usize, base: usize, max: usize) -> usize {
+        let avg = self.avg_run_ns.load(Ordering::Relaxed);
+        if avg == 0 || max <= base {
+            return base;
+        }
+        let per_slot = (self.lease.as_nanos() / 4 / u128::from(avg)).min(usize::MAX as u128);
+        (per_slot as usize)
+            .saturating_mul(concurrency)
+            .clamp(base, max)
+    }
+
+    fn ran_for(&self, d: Duration) {
+        let d = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX).max(1);
+        let old = self.avg_run_ns.load(Ordering::Relaxed);
+        let new = if old == 0 { d } else { (old / 8) * 7 + d / 8 };
+        self.avg_run_ns.store(new.max(1), Ordering::Relaxed);
+    }
 }
 
 async fn run_lane(
@@ -296,7 +322,10 @@ async fn run_lane(
             crate::error::Result<(usize, Vec<Leased>)>,
         ),
     >;
-    let prefetch = backend.prefetch(concurrency);
+    let (base_prefetch, max_prefetch) = (
+        backend.prefetch(concurrency),
+        backend.max_prefetch(concurrency),
+    );
     let lease = config.lease;
     let slots = Arc::new(Semaphore::new(concurrency));
     let mut running: JoinSet<()> = JoinSet::new();
@@ -334,6 +363,7 @@ async fn run_lane(
         }
         if inflight.is_none() && !stopping {
             let busy = concurrency - slots.available_permits();
+            let prefetch = lane.prefetch(concurrency, base_prefetch, max_prefetch);
             let want = (concurrency + prefetch).saturating_sub(busy + buffer.len());
             let want = if idle { 0 } else { want };
             if !pending.is_empty() || want > 0 {
@@ -557,6 +587,7 @@ async fn run_one(
             },
         }
     };
+    lane.ran_for(started.elapsed());
     let secs = started.elapsed().as_secs_f64();
     let outcome = match result {
         Ok(value) => {
