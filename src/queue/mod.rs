@@ -474,6 +474,11 @@ pub trait QueueBackend: QueueControl {
         let _ = concurrency;
         0
     }
+    /// The most a worker may prefetch while its jobs are short (it grows from `prefetch` so
+    /// that a prefetched job is still expected to start within a quarter of its lease).
+    fn max_prefetch(&self, concurrency: usize) -> usize {
+        self.prefetch(concurrency)
+    }
     /// How many independent fetch loops a worker should split `concurrency` into. Round trips of
     /// separate loops overlap; one loop batches more per trip.
     fn lanes(&self, concurrency: usize) -> usize {

@@ -19,8 +19,8 @@
 //! * `paused` — a flag the fetch script honours.
 //!
 //! Every key of a queue shares the hash tag `{q:<queue>}`, so the scripts touch one slot and a
-//! cluster would work. Scripts run by EVALSHA and are reloaded on NOSCRIPT (after a Redis restart).
-//! All times come from Redis `TIME`, so workers on different machines agree. Every lease has a
+//! cluster would work. Scripts run by EVALSHA through fred's `Script`, which reloads them on
+//! NOSCRIPT (after a Redis restart). All times come from Redis `TIME`, so workers on different machines agree. Every lease has a
 //! fresh token that complete/fail/extend check, so a worker that lost its lease changes nothing.
 
 use std::{
@@ -32,9 +32,9 @@ use std::{
 use async_trait::async_trait;
 use fred::{
     clients::{Client, Pool},
-    interfaces::{ClientLike, KeysInterface, ListInterface, LuaInterface, SortedSetsInterface},
+    interfaces::{ClientLike, KeysInterface, ListInterface, SortedSetsInterface},
     prelude::{Builder, Config as RedisConfig, Options, ReconnectPolicy},
-    types::{ClusterHash, CustomCommand, Value as RedisValue},
+    types::{ClusterHash, CustomCommand, Value as RedisValue, scripts::Script as FredScript},
 };
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -284,18 +284,15 @@ trim(KEYS[2], tonumber(ARGV[4]), tonumber(ARGV[5]))
 return {removed, more}
 "#;
 
-/// A Lua script with its SHA1, run by EVALSHA and loaded again on NOSCRIPT.
-struct Script {
-    body: String,
-    sha: String,
-}
+/// One of the queue's Lua scripts: fred's [`FredScript`] (which hashes it and reloads it on
+/// NOSCRIPT, after a Redis restart), plus the one call fred has no form for.
+struct Script(FredScript);
 
 impl Script {
     fn new(body: &str) -> Self {
-        use sha1::Digest;
-        let body = format!("{LUA_NOW}{LUA_FETCH_FN}{body}");
-        let sha = hex::encode(sha1::Sha1::digest(body.as_bytes()));
-        Self { body, sha }
+        Self(FredScript::from_lua(format!(
+            "{LUA_NOW}{LUA_FETCH_FN}{body}"
+        )))
     }
 
     async fn run<R: fred::types::FromValue>(
@@ -304,24 +301,17 @@ impl Script {
         keys: Vec<String>,
         args: Vec<RedisValue>,
     ) -> Result<R> {
-        match client
-            .evalsha::<R, _, _, _>(self.sha.as_str(), keys.clone(), args.clone())
+        self.0
+            .evalsha_with_reload(client, keys, args)
             .await
-        {
-            Err(e) if e.details().starts_with("NOSCRIPT") => {
-                self.load(client).await?;
-                client
-                    .evalsha(self.sha.as_str(), keys, args)
-                    .await
-                    .map_err(redis_err)
-            }
-            other => other.map_err(redis_err),
-        }
+            .map_err(redis_err)
     }
 
     /// Runs a script that must never run twice for one call (a lease): fred re-sends a command
     /// whose reply was lost to a dropped connection, which would lease a second batch, so this
     /// one is written at most once and a lost reply is an error (its leases expire and recover).
+    /// fred's `Script` only runs on a plain `Client`, and the at-most-once client is a
+    /// `WithOptions<Client>`, so this sends the EVALSHA itself with the script's own hash.
     async fn run_once<R: fred::types::FromValue>(
         &self,
         client: &Client,
@@ -333,7 +323,7 @@ impl Script {
             ..Default::default()
         });
         let mut argv: Vec<RedisValue> = Vec::with_capacity(2 + keys.len() + args.len());
-        argv.push(self.sha.as_str().into());
+        argv.push(self.0.sha1().clone().into());
         argv.push((keys.len() as i64).into());
         argv.extend(keys.into_iter().map(RedisValue::from));
         argv.extend(args);
@@ -341,19 +331,11 @@ impl Script {
         let cmd = CustomCommand::new_static("EVALSHA", ClusterHash::Offset(2), false);
         match once.custom::<R, _>(cmd.clone(), argv.clone()).await {
             Err(e) if e.details().starts_with("NOSCRIPT") => {
-                self.load(client).await?;
+                self.0.load(client).await.map_err(redis_err)?;
                 once.custom(cmd, argv).await.map_err(redis_err)
             }
             other => other.map_err(redis_err),
         }
-    }
-
-    async fn load(&self, client: &Client) -> Result<()> {
-        let _: String = client
-            .script_load(self.body.as_str())
-            .await
-            .map_err(redis_err)?;
-        Ok(())
     }
 }
 

@@ -15,6 +15,7 @@ use std::{
 };
 
 use async_trait::async_trait;
+use backon::{ExponentialBuilder, Retryable};
 use futures::FutureExt;
 use serde_json::Value;
 use tokio::{
@@ -159,13 +160,18 @@ impl Trim {
         }
     }
 
+    fn due(&self) -> bool {
+        self.finished.load(Ordering::Relaxed) >= self.threshold
+    }
+
     fn add(&self, n: u64) {
         if n > 0 && self.finished.fetch_add(n, Ordering::Relaxed) + n >= self.threshold {
             self.wake.notify_one();
         }
     }
 
-    /// The queue went idle: trim what finished since the last trim.
+    /// The queue went idle: trim what finished since the last trim (after [`IDLE_TRIM_DELAY`],
+    /// so a queue that goes idle between every job does not trim after every job).
     fn flush(&self) {
         if self.finished.load(Ordering::Relaxed) > 0 {
             self.wake.notify_one();
@@ -254,6 +260,7 @@ async fn run_queue(
             lease: config.lease,
             metrics: config.metrics.clone(),
             trim: trim.clone(),
+            avg_run_ns: AtomicU64::new(0),
         };
         set.spawn(run_lane(
             Arc::new(lane),
@@ -273,6 +280,31 @@ struct Lane {
     lease: Duration,
     metrics: Arc<metrics::QueueMetrics>,
     trim: Arc<Trim>,
+    /// Moving average of how long a handler runs, in nanoseconds (0 until one has run).
+    avg_run_ns: AtomicU64,
+}
+
+impl Lane {
+    /// How many leased jobs may wait for a slot now: the backend's base, grown towards its
+    /// maximum while jobs are short, so that the last prefetched job is expected to start
+    /// within a quarter of its lease (slow handlers keep the base).
+    fn prefetch(&self, concurrency: usize, base: usize, max: usize) -> usize {
+        let avg = self.avg_run_ns.load(Ordering::Relaxed);
+        if avg == 0 || max <= base {
+            return base;
+        }
+        let per_slot = (self.lease.as_nanos() / 4 / u128::from(avg)).min(usize::MAX as u128);
+        (per_slot as usize)
+            .saturating_mul(concurrency)
+            .clamp(base, max)
+    }
+
+    fn ran_for(&self, d: Duration) {
+        let d = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX).max(1);
+        let old = self.avg_run_ns.load(Ordering::Relaxed);
+        let new = if old == 0 { d } else { (old / 8) * 7 + d / 8 };
+        self.avg_run_ns.store(new.max(1), Ordering::Relaxed);
+    }
 }
 
 async fn run_lane(
@@ -290,7 +322,10 @@ async fn run_lane(
             crate::error::Result<(usize, Vec<Leased>)>,
         ),
     >;
-    let prefetch = backend.prefetch(concurrency);
+    let (base_prefetch, max_prefetch) = (
+        backend.prefetch(concurrency),
+        backend.max_prefetch(concurrency),
+    );
     let lease = config.lease;
     let slots = Arc::new(Semaphore::new(concurrency));
     let mut running: JoinSet<()> = JoinSet::new();
@@ -303,6 +338,9 @@ async fn run_lane(
     // trip carries everything that happened during this one.
     let mut inflight: Option<Sync> = None;
     let mut idle = false;
+    // Not `backon`: a failed round trip is not retried as such. The next trip carries whatever
+    // completed meanwhile and asks for a fresh number of jobs, and the lane keeps running jobs
+    // and collecting completions while it waits, so the delay lives in this loop's own state.
     let mut error_backoff = Duration::from_millis(50);
 
     loop {
@@ -325,6 +363,7 @@ async fn run_lane(
         }
         if inflight.is_none() && !stopping {
             let busy = concurrency - slots.available_permits();
+            let prefetch = lane.prefetch(concurrency, base_prefetch, max_prefetch);
             let want = (concurrency + prefetch).saturating_sub(busy + buffer.len());
             let want = if idle { 0 } else { want };
             if !pending.is_empty() || want > 0 {
@@ -397,19 +436,29 @@ async fn run_lane(
     while let Some(c) = done_rx.recv().await {
         pending.push(c);
     }
-    for attempt in 0..5u32 {
-        if pending.is_empty() {
-            break;
-        }
-        match backend.complete_and_fetch(queue, &pending, 0, lease).await {
-            Ok(_) => pending.clear(),
-            Err(e) => {
-                tracing::warn!(queue = %queue, error = %e, "recording completions at shutdown failed; retrying");
-                tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
-            }
+    if !pending.is_empty() {
+        let record = || backend.complete_and_fetch(queue, &pending, 0, lease);
+        if let Err(e) = record
+            .retry(record_retries())
+            .notify(|e, _| tracing::warn!(queue = %queue, error = %e, "recording completions at shutdown failed; retrying"))
+            .await
+        {
+            tracing::warn!(queue = %queue, error = %e, jobs = pending.len(), "could not record completions at shutdown; those jobs run again after their lease");
         }
     }
 }
+
+/// Recording an outcome: five tries, 100 ms doubling, with jitter. If it never lands, the lease
+/// expires and the job runs again (at-least-once).
+fn record_retries() -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_times(4)
+        .with_jitter()
+}
+
+/// How long after a queue goes idle the jobs that finished since the last trim are trimmed.
+const IDLE_TRIM_DELAY: Duration = Duration::from_secs(1);
 
 /// Stall recovery and retention for one queue.
 async fn maintain(
@@ -423,6 +472,8 @@ async fn maintain(
     let mut clean = tokio::time::interval(config.clean_interval);
     stall.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     clean.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // When the queue went idle with finished jobs not yet trimmed: trim at this time.
+    let mut idle_trim: Option<Instant> = None;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -435,8 +486,22 @@ async fn maintain(
                 }
                 Err(e) => tracing::warn!(queue = %queue, error = %e, "stall recovery failed"),
             },
-            _ = clean.tick() => trim_finished(queue, backend.as_ref(), &config, &trim).await,
-            _ = trim.wake.notified() => trim_finished(queue, backend.as_ref(), &config, &trim).await,
+            _ = clean.tick() => {
+                idle_trim = None;
+                trim_finished(queue, backend.as_ref(), &config, &trim).await;
+            }
+            _ = trim.wake.notified() => {
+                if trim.due() {
+                    idle_trim = None;
+                    trim_finished(queue, backend.as_ref(), &config, &trim).await;
+                } else {
+                    idle_trim.get_or_insert_with(|| Instant::now() + IDLE_TRIM_DELAY);
+                }
+            }
+            _ = tokio::time::sleep_until(idle_trim.unwrap_or_else(Instant::now)), if idle_trim.is_some() => {
+                idle_trim = None;
+                trim_finished(queue, backend.as_ref(), &config, &trim).await;
+            }
         }
     }
 }
@@ -522,6 +587,7 @@ async fn run_one(
             },
         }
     };
+    lane.ran_for(started.elapsed());
     let secs = started.elapsed().as_secs_f64();
     let outcome = match result {
         Ok(value) => {
@@ -557,23 +623,18 @@ async fn run_one(
     // Recording the outcome is retried briefly; if it never lands, the lease expires and the job
     // runs again (at-least-once).
     let ends = matches!(outcome, Outcome::Failed { retry_in: None, .. });
-    for attempt in 0..5u32 {
-        match backend
-            .finish(queue, &job.id, &token, job.attempts_made, outcome.clone())
-            .await
-        {
-            Ok(true) => {
-                lane.trim.add(u64::from(ends));
-                return;
-            }
-            Ok(false) => {
-                tracing::warn!(queue = %queue, job = %job.id, "lease lost before the outcome was recorded");
-                return;
-            }
-            Err(e) => {
-                tracing::warn!(queue = %queue, job = %job.id, error = %e, "recording the outcome failed; retrying");
-                tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
-            }
+    let record = || backend.finish(queue, &job.id, &token, job.attempts_made, outcome.clone());
+    match record
+        .retry(record_retries())
+        .notify(|e, _| tracing::warn!(queue = %queue, job = %job.id, error = %e, "recording the outcome failed; retrying"))
+        .await
+    {
+        Ok(true) => lane.trim.add(u64::from(ends)),
+        Ok(false) => {
+            tracing::warn!(queue = %queue, job = %job.id, "lease lost before the outcome was recorded")
+        }
+        Err(e) => {
+            tracing::warn!(queue = %queue, job = %job.id, error = %e, "could not record the outcome; the job runs again after its lease")
         }
     }
 }
