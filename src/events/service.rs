@@ -51,6 +51,8 @@ pub struct Events {
     bus: Arc<dyn EventBus>,
     history: u64,
     emitted: AtomicU64,
+    /// Subscriptions opened by this process so far (they are live from the moment they count).
+    opened: AtomicU64,
     outbox: Option<Arc<dyn Outbox>>,
 }
 
@@ -112,6 +114,7 @@ impl Events {
             bus,
             history: history.max(1) as u64,
             emitted: AtomicU64::new(0),
+            opened: AtomicU64::new(0),
             outbox: None,
         }
     }
@@ -120,6 +123,12 @@ impl Events {
     pub fn with_outbox(mut self, outbox: Arc<dyn Outbox>) -> Self {
         self.outbox = Some(outbox);
         self
+    }
+
+    /// How many subscriptions this process has opened since it started. A subscription receives
+    /// every event published after it counted here (tests wait on this instead of sleeping).
+    pub fn subscriptions_opened(&self) -> u64 {
+        self.opened.load(Ordering::Relaxed)
     }
 
     pub fn bus(&self) -> &Arc<dyn EventBus> {
@@ -213,6 +222,7 @@ impl Events {
         let this = self.clone();
         // Listen before reading the history, so nothing published meanwhile is missed.
         let mut rx = self.bus.subscribe();
+        self.opened.fetch_add(1, Ordering::Relaxed);
         async_stream::try_stream! {
             let mut last = Uuid::nil();
             if let Some(after) = after {

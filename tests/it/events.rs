@@ -85,6 +85,15 @@ async fn emit_rest(app: &TestApp, t: EventType, merchant: &str, n: usize) -> Str
 
 /// Opens a socket, inits with `token` and subscribes as operation "s".
 async fn subscribe(app: &TestApp, protocol: &str, token: &str, vars: Value) -> Ws {
+    let before = app.server.state.events.subscriptions_opened();
+    let ws = send_subscribe(app, protocol, token, vars).await;
+    opened(&app.server.state, before).await;
+    ws
+}
+
+/// Opens a socket, inits and sends the subscription, without waiting for it to open (for
+/// subscriptions the server refuses).
+async fn send_subscribe(app: &TestApp, protocol: &str, token: &str, vars: Value) -> Ws {
     let mut ws = connect(app, "/graphql/ws", protocol).await;
     send(
         &mut ws,
@@ -102,9 +111,21 @@ async fn subscribe(app: &TestApp, protocol: &str, token: &str, vars: Value) -> W
         json!({ "type": kind, "id": "s", "payload": { "query": SUB, "variables": vars } }),
     )
     .await;
-    // Let the server register the subscription before the test emits.
-    tokio::time::sleep(Duration::from_millis(500)).await;
     ws
+}
+
+/// Waits until the server has opened a subscription after `before` (a count of
+/// `subscriptions_opened`): from then on, every event emitted reaches it.
+pub(crate) async fn opened(state: &smartbot::AppState, before: u64) {
+    crate::common::eventually("the subscription is open", || async {
+        let now = state.events.subscriptions_opened();
+        if now > before {
+            Ok(())
+        } else {
+            Err(format!("{now} opened"))
+        }
+    })
+    .await
 }
 
 /// The next event on the socket, or the error that ended the subscription.
@@ -165,7 +186,7 @@ async fn merchants_see_only_their_own(db: Db) {
     let app = TestApp::spawn(db).await;
     let (a, b) = (app.merchant("m-a"), app.merchant("m-b"));
     // Naming another merchant is refused, on the socket and in the history.
-    let mut ws = subscribe(&app, "graphql-transport-ws", &a, json!({ "m": "m-b" })).await;
+    let mut ws = send_subscribe(&app, "graphql-transport-ws", &a, json!({ "m": "m-b" })).await;
     let err = next_event(&mut ws).await.unwrap_err();
     assert_eq!(error_code(&err), "FORBIDDEN", "{err}");
     let q = r#"query($m: ID) { recentEvents(merchantId: $m) { totalCount nodes { merchantId } } }"#;
@@ -443,6 +464,7 @@ async fn events_cross_instances_over_redis() {
 }
 
 async fn connect_to(server: &smartbot::RunningServer, token: &str) -> Ws {
+    let before = server.state.events.subscriptions_opened();
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let mut req = format!("ws://{}/graphql/ws", server.addr)
         .into_client_request()
@@ -463,7 +485,7 @@ async fn connect_to(server: &smartbot::RunningServer, token: &str) -> Ws {
         json!({ "type": "subscribe", "id": "s", "payload": { "query": SUB, "variables": {} } }),
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    opened(&server.state, before).await;
     ws
 }
 

@@ -73,112 +73,7 @@ async fn all_ten_event_types_reach_a_subscriber(db: Db) {
         }
     });
 
-    // bot_connected
-    ok(
-        &app,
-        &service,
-        docs::REPORT_BOT_STATUS,
-        json!({ "m": m, "connected": true }),
-    )
-    .await;
-    // product_updated
-    ok(
-        &app,
-        &service,
-        docs::UPDATE_PRODUCT,
-        json!({ "m": m, "p": "bread", "changes": { "price": 130 } }),
-    )
-    .await;
-    // order_created (through order_processing)
-    let order = ok(
-        &app,
-        &shop,
-        docs::SUBMIT_ORDER,
-        json!({ "input": {
-            "customerPhone": "+263781564004", "currency": "USD", "totalAmount": 250,
-            "items": [{ "productId": "bread", "name": "Bread", "quantity": 2, "unitPrice": 125 }],
-        }}),
-    )
-    .await["submitOrder"]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    order_in(&app, &order, "CONFIRMED").await;
-    // order_status_changed
-    ok(
-        &app,
-        &shop,
-        docs::UPDATE_ORDER_STATUS,
-        json!({ "id": order, "status": "PREPARING" }),
-    )
-    .await;
-    ok(
-        &app,
-        &shop,
-        docs::UPDATE_ORDER_STATUS,
-        json!({ "id": order, "status": "READY" }),
-    )
-    .await;
-    // payment_received
-    ok(
-        &app,
-        &shop,
-        docs::RECORD_PAYMENT,
-        json!({ "order": order, "amount": 250, "currency": "USD", "ref": "EC-9" }),
-    )
-    .await;
-    // delivery_started, delivery_completed
-    let task = ok(&app, &shop, docs::CREATE_DELIVERY, json!({
-        "order": order, "pickup": { "address": "Mbare Mart" }, "dropoff": { "address": "12 Samora Machel Ave" },
-    }))
-    .await["createDeliveryTask"]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    ok(
-        &app,
-        &shop,
-        docs::ASSIGN_DRIVER,
-        json!({ "id": task, "driver": "Farai" }),
-    )
-    .await;
-    for status in ["PICKED_UP", "IN_TRANSIT", "DELIVERED"] {
-        ok(
-            &app,
-            &shop,
-            docs::UPDATE_DELIVERY_STATUS,
-            json!({ "id": task, "status": status }),
-        )
-        .await;
-    }
-    // message_sent (through message_sending, recording transport)
-    ok(
-        &app,
-        &shop,
-        docs::SEND_MESSAGE,
-        json!({ "input": { "to": "+263781564004", "text": "On its way!" } }),
-    )
-    .await;
-    // message_received (the signed inbound webhook)
-    let (status, _) = post_webhook(
-        &app,
-        &webhook(
-            PHONE_NUMBER_ID,
-            json!([text_message("wamid.TEN", "Thanks!")]),
-            json!([]),
-        ),
-        Some(APP_SECRET),
-    )
-    .await;
-    assert_eq!(status, 200);
-    // bot_disconnected
-    ok(
-        &app,
-        &service,
-        docs::REPORT_BOT_STATUS,
-        json!({ "m": m, "connected": false }),
-    )
-    .await;
+    produce_all_ten(&app, &shop, &service, m).await;
 
     let mut seen = BTreeSet::new();
     let want: BTreeSet<String> = smartbot::events::EventType::ALL
@@ -237,6 +132,117 @@ async fn all_ten_event_types_reach_a_subscriber(db: Db) {
     })
     .await;
     assert_eq!(hooked.len(), 10);
+}
+
+/// Makes each of the ten event types happen for `m` through the API, the jobs and the inbound
+/// WhatsApp webhook, as the dashboard and the bot would.
+async fn produce_all_ten(app: &TestApp, shop: &str, service: &str, m: &str) {
+    // bot_connected
+    ok(
+        app,
+        service,
+        docs::REPORT_BOT_STATUS,
+        json!({ "m": m, "connected": true }),
+    )
+    .await;
+    // product_updated
+    ok(
+        app,
+        service,
+        docs::UPDATE_PRODUCT,
+        json!({ "m": m, "p": "bread", "changes": { "price": 130 } }),
+    )
+    .await;
+    // order_created (through order_processing)
+    let order = ok(
+        app,
+        shop,
+        docs::SUBMIT_ORDER,
+        json!({ "input": {
+            "customerPhone": "+263781564004", "currency": "USD", "totalAmount": 250,
+            "items": [{ "productId": "bread", "name": "Bread", "quantity": 2, "unitPrice": 125 }],
+        }}),
+    )
+    .await["submitOrder"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    order_in(app, &order, "CONFIRMED").await;
+    // order_status_changed
+    ok(
+        app,
+        shop,
+        docs::UPDATE_ORDER_STATUS,
+        json!({ "id": order, "status": "PREPARING" }),
+    )
+    .await;
+    ok(
+        app,
+        shop,
+        docs::UPDATE_ORDER_STATUS,
+        json!({ "id": order, "status": "READY" }),
+    )
+    .await;
+    // payment_received
+    ok(
+        app,
+        shop,
+        docs::RECORD_PAYMENT,
+        json!({ "order": order, "amount": 250, "currency": "USD", "ref": "EC-9" }),
+    )
+    .await;
+    // delivery_started, delivery_completed
+    let task = ok(app, shop, docs::CREATE_DELIVERY, json!({
+        "order": order, "pickup": { "address": "Mbare Mart" }, "dropoff": { "address": "12 Samora Machel Ave" },
+    }))
+    .await["createDeliveryTask"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    ok(
+        app,
+        shop,
+        docs::ASSIGN_DRIVER,
+        json!({ "id": task, "driver": "Farai" }),
+    )
+    .await;
+    for status in ["PICKED_UP", "IN_TRANSIT", "DELIVERED"] {
+        ok(
+            app,
+            shop,
+            docs::UPDATE_DELIVERY_STATUS,
+            json!({ "id": task, "status": status }),
+        )
+        .await;
+    }
+    // message_sent (through message_sending, recording transport)
+    ok(
+        app,
+        shop,
+        docs::SEND_MESSAGE,
+        json!({ "input": { "to": "+263781564004", "text": "On its way!" } }),
+    )
+    .await;
+    // message_received (the signed inbound webhook)
+    let (status, _) = post_webhook(
+        app,
+        &webhook(
+            PHONE_NUMBER_ID,
+            json!([text_message("wamid.TEN", "Thanks!")]),
+            json!([]),
+        ),
+        Some(APP_SECRET),
+    )
+    .await;
+    assert_eq!(status, 200);
+    // bot_disconnected
+    ok(
+        app,
+        service,
+        docs::REPORT_BOT_STATUS,
+        json!({ "m": m, "connected": false }),
+    )
+    .await;
 }
 
 both_dbs!(all_ten_event_types_reach_a_subscriber);

@@ -30,8 +30,15 @@ const ENQUEUE: &str = r#"mutation($q: QueueName!, $data: JSON!, $opts: JSON) {
 async fn queue_api(redis: bool) {
     // This test plays the worker itself (message_sending has a handler now).
     let app = spawn_workers(redis, false).await;
-    let admin = Some(app.admin.as_str());
+    enqueue_dedupes_and_refuses_bad_input(&app).await;
+    failures_are_recorded_per_attempt(&app).await;
+    metrics_and_job_actions(&app).await;
+    roles_metrics_and_readiness(&app, redis).await;
+}
 
+/// The four queues; a job id enqueues once; bad input enqueues nothing.
+async fn enqueue_dedupes_and_refuses_bad_input(app: &TestApp) {
+    let admin = Some(app.admin.as_str());
     let data = app
         .gql_ok(
             admin,
@@ -127,7 +134,11 @@ async fn queue_api(redis: bool) {
         .map(|q| q["waiting"].as_u64().unwrap())
         .sum();
     assert_eq!(total, 1, "only m-1 was ever enqueued");
+}
 
+/// Two failed attempts of m-1, each recorded with its error and time.
+async fn failures_are_recorded_per_attempt(app: &TestApp) {
+    let admin = Some(app.admin.as_str());
     // Fail it twice through the backend, as a worker would.
     let backend = app.server.state.queue.backend().clone();
     for attempt in 1..=2 {
@@ -181,7 +192,12 @@ async fn queue_api(redis: bool) {
         );
     }
     assert!(node["finishedAt"].is_string());
+}
 
+/// /metrics counts what the test did; retry, pause, resume and remove act on the queue.
+async fn metrics_and_job_actions(app: &TestApp) {
+    let admin = Some(app.admin.as_str());
+    let backend = app.server.state.queue.backend().clone();
     // /metrics reports what this test did: one job enqueued and one duplicate on message_sending,
     // and (from the background-refreshed gauges) one failed job; two jobs waiting on
     // order_processing, which has no handler in this build.
@@ -281,7 +297,10 @@ async fn queue_api(redis: bool) {
         )
         .await;
     assert_eq!(removed["removeJob"], true);
+}
 
+/// Roles, the histograms on /metrics, and /ready naming the backend.
+async fn roles_metrics_and_readiness(app: &TestApp, redis: bool) {
     // Roles: merchants and anonymous callers see nothing; service reads; only admin changes.
     let merchant = app.merchant("m1");
     let (code, _) = app
