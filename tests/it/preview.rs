@@ -36,170 +36,185 @@ async fn preview(app: &TestApp, template: Value, vars: Value, to: Option<&str>) 
 
 async fn inline_payloads_match_the_cloud_api(db: Db) {
     let app = TestApp::spawn(db).await;
-
     for to in [Some(TO), None] {
-        // Text.
-        let p = preview(
-            &app,
-            json!({ "type": "TEXT", "body": "Hi {{ name }}, your code is {{ code }}." }),
-            json!({ "name": "Ann", "code": 4711 }),
-            to,
-        )
-        .await;
-        assert_eq!(
-            p["payload"],
-            with_to(
-                json!({
-                    "messaging_product": "whatsapp",
-                    "recipient_type": "individual",
-                    "type": "text",
-                    "text": { "preview_url": false, "body": "Hi Ann, your code is 4711." }
-                }),
-                to
-            )
-        );
-        assert_eq!(p["text"], "Hi Ann, your code is 4711.");
-        assert_eq!(p["variables"], json!(["name", "code"]));
-        assert_eq!(p["violations"], json!([]));
-        assert_eq!(p["payload"].get("to").is_some(), to.is_some(), "{p}");
-
-        // Interactive reply buttons with header and footer.
-        let p = preview(
-            &app,
-            json!({
-                "type": "BUTTONS",
-                "header": "Order {{ order }}",
-                "body": "Confirm order {{ order }}?",
-                "footer": "Shop {{ shop }}",
-                "buttons": [
-                    { "id": "yes", "title": "Yes {{ order }}" },
-                    { "id": "no", "title": "No" }
-                ]
-            }),
-            json!({ "order": "A7", "shop": "Kiosk" }),
-            to,
-        )
-        .await;
-        assert_eq!(
-            p["payload"],
-            with_to(
-                json!({
-                    "messaging_product": "whatsapp",
-                    "recipient_type": "individual",
-                    "type": "interactive",
-                    "interactive": {
-                        "type": "button",
-                        "header": { "type": "text", "text": "Order A7" },
-                        "body": { "text": "Confirm order A7?" },
-                        "footer": { "text": "Shop Kiosk" },
-                        "action": { "buttons": [
-                            { "type": "reply", "reply": { "id": "yes", "title": "Yes A7" } },
-                            { "type": "reply", "reply": { "id": "no", "title": "No" } }
-                        ]}
-                    }
-                }),
-                to
-            )
-        );
-        assert_eq!(p["text"], "Order A7\n\nConfirm order A7?\n\nShop Kiosk");
-        assert_eq!(p["variables"], json!(["order", "shop"]));
-
-        // Interactive list with sections and rows.
-        let p = preview(
-            &app,
-            json!({
-                "type": "LIST",
-                "header": "Menu",
-                "body": "Hello {{ name }}, pick one",
-                "footer": "Thanks",
-                "buttonText": "See options",
-                "sections": [
-                    { "title": "Food", "rows": [
-                        { "id": "pizza", "title": "Pizza", "description": "With {{ topping }}" },
-                        { "id": "salad", "title": "Salad" }
-                    ]},
-                    { "title": "Drinks", "rows": [ { "id": "tea", "title": "Tea" } ] }
-                ]
-            }),
-            json!({ "name": "Bo", "topping": "olives" }),
-            to,
-        )
-        .await;
-        assert_eq!(
-            p["payload"],
-            with_to(
-                json!({
-                    "messaging_product": "whatsapp",
-                    "recipient_type": "individual",
-                    "type": "interactive",
-                    "interactive": {
-                        "type": "list",
-                        "header": { "type": "text", "text": "Menu" },
-                        "body": { "text": "Hello Bo, pick one" },
-                        "footer": { "text": "Thanks" },
-                        "action": {
-                            "button": "See options",
-                            "sections": [
-                                { "title": "Food", "rows": [
-                                    { "id": "pizza", "title": "Pizza", "description": "With olives" },
-                                    { "id": "salad", "title": "Salad" }
-                                ]},
-                                { "title": "Drinks", "rows": [ { "id": "tea", "title": "Tea" } ] }
-                            ]
-                        }
-                    }
-                }),
-                to
-            )
-        );
-        assert_eq!(p["violations"], json!([]));
-
-        // Image by link (the link may itself be a variable).
-        let p = preview(
-            &app,
-            json!({ "type": "MEDIA", "body": "{{ product }} for {{ price }}",
-                    "media": { "link": "{{ url }}" } }),
-            json!({ "product": "Mug", "price": "$5", "url": "https://cdn.example.com/mug.jpg" }),
-            to,
-        )
-        .await;
-        assert_eq!(
-            p["payload"],
-            with_to(
-                json!({
-                    "messaging_product": "whatsapp",
-                    "recipient_type": "individual",
-                    "type": "image",
-                    "image": { "link": "https://cdn.example.com/mug.jpg", "caption": "Mug for $5" }
-                }),
-                to
-            )
-        );
-        assert_eq!(p["variables"], json!(["product", "price", "url"]));
-
-        // Image by uploaded media id, no caption variables.
-        let p = preview(
-            &app,
-            json!({ "type": "MEDIA", "body": "Our new mug",
-                    "media": { "type": "image", "id": "1234567890" } }),
-            json!({}),
-            to,
-        )
-        .await;
-        assert_eq!(
-            p["payload"],
-            with_to(
-                json!({
-                    "messaging_product": "whatsapp",
-                    "recipient_type": "individual",
-                    "type": "image",
-                    "image": { "id": "1234567890", "caption": "Our new mug" }
-                }),
-                to
-            )
-        );
-        assert_eq!(p["variables"], json!([]));
+        text_payload(&app, to).await;
+        buttons_payload(&app, to).await;
+        list_payload(&app, to).await;
+        image_link_payload(&app, to).await;
+        image_id_payload(&app, to).await;
     }
+}
+
+/// Text, with its variables listed.
+async fn text_payload(app: &TestApp, to: Option<&str>) {
+    let p = preview(
+        app,
+        json!({ "type": "TEXT", "body": "Hi {{ name }}, your code is {{ code }}." }),
+        json!({ "name": "Ann", "code": 4711 }),
+        to,
+    )
+    .await;
+    assert_eq!(
+        p["payload"],
+        with_to(
+            json!({
+                "messaging_product": "whatsapp",
+                "recipient_type": "individual",
+                "type": "text",
+                "text": { "preview_url": false, "body": "Hi Ann, your code is 4711." }
+            }),
+            to
+        )
+    );
+    assert_eq!(p["text"], "Hi Ann, your code is 4711.");
+    assert_eq!(p["variables"], json!(["name", "code"]));
+    assert_eq!(p["violations"], json!([]));
+    assert_eq!(p["payload"].get("to").is_some(), to.is_some(), "{p}");
+}
+
+/// Interactive reply buttons with header and footer.
+async fn buttons_payload(app: &TestApp, to: Option<&str>) {
+    let p = preview(
+        app,
+        json!({
+            "type": "BUTTONS",
+            "header": "Order {{ order }}",
+            "body": "Confirm order {{ order }}?",
+            "footer": "Shop {{ shop }}",
+            "buttons": [
+                { "id": "yes", "title": "Yes {{ order }}" },
+                { "id": "no", "title": "No" }
+            ]
+        }),
+        json!({ "order": "A7", "shop": "Kiosk" }),
+        to,
+    )
+    .await;
+    assert_eq!(
+        p["payload"],
+        with_to(
+            json!({
+                "messaging_product": "whatsapp",
+                "recipient_type": "individual",
+                "type": "interactive",
+                "interactive": {
+                    "type": "button",
+                    "header": { "type": "text", "text": "Order A7" },
+                    "body": { "text": "Confirm order A7?" },
+                    "footer": { "text": "Shop Kiosk" },
+                    "action": { "buttons": [
+                        { "type": "reply", "reply": { "id": "yes", "title": "Yes A7" } },
+                        { "type": "reply", "reply": { "id": "no", "title": "No" } }
+                    ]}
+                }
+            }),
+            to
+        )
+    );
+    assert_eq!(p["text"], "Order A7\n\nConfirm order A7?\n\nShop Kiosk");
+    assert_eq!(p["variables"], json!(["order", "shop"]));
+}
+
+/// Interactive list with sections and rows.
+async fn list_payload(app: &TestApp, to: Option<&str>) {
+    let p = preview(
+        app,
+        json!({
+            "type": "LIST",
+            "header": "Menu",
+            "body": "Hello {{ name }}, pick one",
+            "footer": "Thanks",
+            "buttonText": "See options",
+            "sections": [
+                { "title": "Food", "rows": [
+                    { "id": "pizza", "title": "Pizza", "description": "With {{ topping }}" },
+                    { "id": "salad", "title": "Salad" }
+                ]},
+                { "title": "Drinks", "rows": [ { "id": "tea", "title": "Tea" } ] }
+            ]
+        }),
+        json!({ "name": "Bo", "topping": "olives" }),
+        to,
+    )
+    .await;
+    assert_eq!(
+        p["payload"],
+        with_to(
+            json!({
+                "messaging_product": "whatsapp",
+                "recipient_type": "individual",
+                "type": "interactive",
+                "interactive": {
+                    "type": "list",
+                    "header": { "type": "text", "text": "Menu" },
+                    "body": { "text": "Hello Bo, pick one" },
+                    "footer": { "text": "Thanks" },
+                    "action": {
+                        "button": "See options",
+                        "sections": [
+                            { "title": "Food", "rows": [
+                                { "id": "pizza", "title": "Pizza", "description": "With olives" },
+                                { "id": "salad", "title": "Salad" }
+                            ]},
+                            { "title": "Drinks", "rows": [ { "id": "tea", "title": "Tea" } ] }
+                        ]
+                    }
+                }
+            }),
+            to
+        )
+    );
+    assert_eq!(p["violations"], json!([]));
+}
+
+/// Image by link (the link may itself be a variable).
+async fn image_link_payload(app: &TestApp, to: Option<&str>) {
+    let p = preview(
+        app,
+        json!({ "type": "MEDIA", "body": "{{ product }} for {{ price }}",
+                "media": { "link": "{{ url }}" } }),
+        json!({ "product": "Mug", "price": "$5", "url": "https://cdn.example.com/mug.jpg" }),
+        to,
+    )
+    .await;
+    assert_eq!(
+        p["payload"],
+        with_to(
+            json!({
+                "messaging_product": "whatsapp",
+                "recipient_type": "individual",
+                "type": "image",
+                "image": { "link": "https://cdn.example.com/mug.jpg", "caption": "Mug for $5" }
+            }),
+            to
+        )
+    );
+    assert_eq!(p["variables"], json!(["product", "price", "url"]));
+}
+
+/// Image by uploaded media id, no caption variables.
+async fn image_id_payload(app: &TestApp, to: Option<&str>) {
+    let p = preview(
+        app,
+        json!({ "type": "MEDIA", "body": "Our new mug",
+                "media": { "type": "image", "id": "1234567890" } }),
+        json!({}),
+        to,
+    )
+    .await;
+    assert_eq!(
+        p["payload"],
+        with_to(
+            json!({
+                "messaging_product": "whatsapp",
+                "recipient_type": "individual",
+                "type": "image",
+                "image": { "id": "1234567890", "caption": "Our new mug" }
+            }),
+            to
+        )
+    );
+    assert_eq!(p["variables"], json!([]));
 }
 
 async fn missing_variables_are_all_named(db: Db) {

@@ -131,8 +131,14 @@ async fn list_shape_and_filters(db: Db) {
 
 async fn create_read_update_delete(db: Db) {
     let app = TestApp::spawn(db).await;
-    let admin = Some(app.admin.as_str());
+    let id = create_in_the_seeds_shapes(&app).await;
+    refusals_keep_the_seeds_shape(&app).await;
+    read_update_delete(&app, &id).await;
+}
 
+/// POST with the seed's body (buttons as objects, then as bare strings); returns the first id.
+async fn create_in_the_seeds_shapes(app: &TestApp) -> String {
+    let admin = Some(app.admin.as_str());
     // The seed's body, buttons as objects.
     let (status, body) = app
         .rest(
@@ -179,7 +185,12 @@ async fn create_read_update_delete(db: Db) {
             { "id": "no_thanks", "title": "No thanks" }
         ])
     );
+    id
+}
 
+/// No token, a duplicate name, malformed and mis-shaped JSON: each refused in the seed's shape.
+async fn refusals_keep_the_seeds_shape(app: &TestApp) {
+    let admin = Some(app.admin.as_str());
     // No token.
     let (status, body) = app
         .rest(
@@ -232,18 +243,22 @@ async fn create_read_update_delete(db: Db) {
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert_eq!(body["success"], false);
     assert_eq!(body["code"], "VALIDATION");
+}
 
+/// GET by id and name, PUT (content, null clears, status), DELETE, and unknown routes.
+async fn read_update_delete(app: &TestApp, id: &str) {
+    let admin = Some(app.admin.as_str());
     // GET by id and by name.
     let (status, body) = app
         .rest(Method::GET, &format!("/api/templates/{id}"), None, None)
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["success"], true);
-    assert_eq!(body["template"]["id"], id.as_str());
+    assert_eq!(body["template"]["id"], id);
     let (_, body) = app
         .rest(Method::GET, "/api/templates/rest_buttons", None, None)
         .await;
-    assert_eq!(body["template"]["id"], id.as_str(), "{body}");
+    assert_eq!(body["template"]["id"], id, "{body}");
     let (status, body) = app
         .rest(Method::GET, "/api/templates/not_there", None, None)
         .await;
