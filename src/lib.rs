@@ -60,6 +60,8 @@ pub struct AppState {
     pub whatsapp: Arc<whatsapp::Outbound>,
     /// Serialized template reads, checked against the database's generation on every request.
     pub template_cache: Arc<templates::cache::ReadCache>,
+    /// Live `events` subscriptions that ask the same thing share one execution.
+    pub subscriptions: Arc<graphql::shared::Hubs>,
     schema: AppSchema,
 }
 
@@ -122,6 +124,7 @@ pub async fn build(config: Config) -> Result<App> {
             template_cache: Arc::new(templates::cache::ReadCache::new(
                 config.template_cache_bytes,
             )),
+            subscriptions: graphql::shared::Hubs::new(config.event_buffer),
             whatsapp,
             queue,
             storage,

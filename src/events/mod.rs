@@ -225,6 +225,25 @@ pub enum EventData {
     BotDisconnected(BotDisconnectedData),
 }
 
+impl EventData {
+    /// Types a payload by its event type, naming the field of a wrong shape. Stored events were
+    /// validated when emitted ([`validate_payload`]); this is the typing step alone.
+    pub fn parse(kind: EventType, payload: &Value) -> Result<Self> {
+        Ok(match kind {
+            EventType::MessageReceived => Self::MessageReceived(parse(payload)?),
+            EventType::MessageSent => Self::MessageSent(parse(payload)?),
+            EventType::OrderCreated => Self::OrderCreated(parse(payload)?),
+            EventType::OrderStatusChanged => Self::OrderStatusChanged(parse(payload)?),
+            EventType::ProductUpdated => Self::ProductUpdated(parse(payload)?),
+            EventType::PaymentReceived => Self::PaymentReceived(parse(payload)?),
+            EventType::DeliveryStarted => Self::DeliveryStarted(parse(payload)?),
+            EventType::DeliveryCompleted => Self::DeliveryCompleted(parse(payload)?),
+            EventType::BotConnected => Self::BotConnected(parse(payload)?),
+            EventType::BotDisconnected => Self::BotDisconnected(parse(payload)?),
+        })
+    }
+}
+
 /// Parses `payload` as `T`, naming the wrong field (`payload.orderId`).
 fn parse<T: DeserializeOwned>(payload: &Value) -> Result<T> {
     serde_path_to_error::deserialize(payload).map_err(|e| {
@@ -304,78 +323,59 @@ pub fn validate_payload(kind: EventType, payload: &Value) -> Result<EventData> {
             format!("payload must be at most {MAX_PAYLOAD_BYTES} bytes of JSON"),
         ));
     }
+    let data = EventData::parse(kind, payload)?;
     let mut c = Checks(vec![]);
-    let data = match kind {
-        EventType::MessageReceived => {
-            let d: MessageReceivedData = parse(payload)?;
+    match &data {
+        EventData::MessageReceived(d) => {
             c.id("messageId", &d.message_id);
             c.phone("from", &d.from);
             c.text("messageType", d.message_type.as_deref(), 32);
             c.text("text", d.text.as_deref(), 4096);
-            EventData::MessageReceived(d)
         }
-        EventType::MessageSent => {
-            let d: MessageSentData = parse(payload)?;
+        EventData::MessageSent(d) => {
             c.id("messageId", &d.message_id);
             c.phone("to", &d.to);
             c.text("templateId", d.template_id.as_deref(), 128);
             c.text("providerMessageId", d.provider_message_id.as_deref(), 256);
-            EventData::MessageSent(d)
         }
-        EventType::OrderCreated => {
-            let d: OrderCreatedData = parse(payload)?;
+        EventData::OrderCreated(d) => {
             c.id("orderId", &d.order_id);
             c.phone("customerPhone", &d.customer_phone);
             c.amount("totalAmount", d.total_amount);
             c.currency("currency", &d.currency);
-            EventData::OrderCreated(d)
         }
-        EventType::OrderStatusChanged => {
-            let d: OrderStatusChangedData = parse(payload)?;
+        EventData::OrderStatusChanged(d) => {
             c.id("orderId", &d.order_id);
             c.id("oldStatus", &d.old_status);
             c.id("newStatus", &d.new_status);
-            EventData::OrderStatusChanged(d)
         }
-        EventType::ProductUpdated => {
-            let d: ProductUpdatedData = parse(payload)?;
+        EventData::ProductUpdated(d) => {
             c.id("productId", &d.product_id);
             c.text("change", d.change.as_deref(), 64);
-            EventData::ProductUpdated(d)
         }
-        EventType::PaymentReceived => {
-            let d: PaymentReceivedData = parse(payload)?;
+        EventData::PaymentReceived(d) => {
             c.id("orderId", &d.order_id);
             c.amount("amount", d.amount);
             c.currency("currency", &d.currency);
             c.id("reference", &d.reference);
             c.text("method", d.method.as_deref(), 64);
-            EventData::PaymentReceived(d)
         }
-        EventType::DeliveryStarted => {
-            let d: DeliveryStartedData = parse(payload)?;
+        EventData::DeliveryStarted(d) => {
             c.id("deliveryId", &d.delivery_id);
             c.id("orderId", &d.order_id);
             c.text("driver", d.driver.as_deref(), 128);
-            EventData::DeliveryStarted(d)
         }
-        EventType::DeliveryCompleted => {
-            let d: DeliveryCompletedData = parse(payload)?;
+        EventData::DeliveryCompleted(d) => {
             c.id("deliveryId", &d.delivery_id);
             c.id("orderId", &d.order_id);
-            EventData::DeliveryCompleted(d)
         }
-        EventType::BotConnected => {
-            let d: BotConnectedData = parse(payload)?;
+        EventData::BotConnected(d) => {
             c.text("reason", d.reason.as_deref(), 256);
-            EventData::BotConnected(d)
         }
-        EventType::BotDisconnected => {
-            let d: BotDisconnectedData = parse(payload)?;
+        EventData::BotDisconnected(d) => {
             c.text("reason", d.reason.as_deref(), 256);
-            EventData::BotDisconnected(d)
         }
-    };
+    }
     if c.0.is_empty() {
         Ok(data)
     } else {

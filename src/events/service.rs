@@ -131,6 +131,12 @@ impl Events {
         self.opened.load(Ordering::Relaxed)
     }
 
+    /// Counts a subscription that listens through another's stream (a shared subscription,
+    /// `graphql::shared`): live from now on.
+    pub fn count_opened(&self) {
+        self.opened.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn bus(&self) -> &Arc<dyn EventBus> {
         &self.bus
     }
@@ -218,7 +224,7 @@ impl Events {
         scope: MerchantScope,
         types: Vec<EventType>,
         after: Option<Uuid>,
-    ) -> impl Stream<Item = Result<Event>> + Send + 'static {
+    ) -> impl Stream<Item = Result<Arc<Event>>> + Send + 'static {
         let this = self.clone();
         // Listen before reading the history, so nothing published meanwhile is missed.
         let mut rx = self.bus.subscribe();
@@ -251,7 +257,7 @@ impl Events {
                     for row in rows {
                         let e = to_event(row)?;
                         last = e.id;
-                        yield e;
+                        yield Arc::new(e);
                     }
                     if n < REPLAY_PAGE {
                         break;
@@ -266,7 +272,8 @@ impl Events {
                             continue;
                         }
                         last = e.id;
-                        yield Event::clone(&e);
+                        // Shared, not copied: every subscriber holds the same event.
+                        yield e;
                     }
                     Err(RecvError::Lagged(missed)) => {
                         Err(Error::Lagged(format!(

@@ -78,8 +78,10 @@ impl BotMutation {
         changes: Json<Value>,
     ) -> async_graphql::Result<EventNode> {
         let (state, rc) = req(ctx);
-        Ok(EventNode(
-            products::update(state, rc, &merchant_id, &product_id, changes.0).await?,
-        ))
+        Ok(
+            products::update(state, rc, &merchant_id, &product_id, changes.0)
+                .await?
+                .into(),
+        )
     }
 }

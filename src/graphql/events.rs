@@ -2,6 +2,8 @@
 //! `recentEvents` history, and `emitEvent` for trusted callers (the Node bot posts its events
 //! here). Scope comes from the caller: a merchant sees only its own merchant's events.
 
+use std::sync::Arc;
+
 use async_graphql::{Context, ID, Json, Object, Subscription, connection::Connection};
 use chrono::{DateTime, Utc};
 use futures::{Stream, StreamExt};
@@ -11,12 +13,19 @@ use super::{audit::CountFields, connection, parse_id, req};
 use crate::{
     auth::Actor,
     error::Error,
-    events::{Event, EventData, EventType, service::Events, validate_payload},
+    events::{Event, EventData, EventType, service::Events},
     pagination::PageArgs,
 };
 
-/// One event: the envelope, the raw `payload`, and the typed `data`.
-pub struct EventNode(pub Event);
+/// One event: the envelope, the raw `payload`, and the typed `data`. Shared: a live event
+/// reaches every subscriber as the same allocation.
+pub struct EventNode(pub Arc<Event>);
+
+impl From<Event> for EventNode {
+    fn from(e: Event) -> Self {
+        Self(Arc::new(e))
+    }
+}
 
 #[Object(name = "Event")]
 impl EventNode {
@@ -40,7 +49,8 @@ impl EventNode {
     }
     /// The payload typed by event type (one object type per event type).
     async fn data(&self) -> Option<EventData> {
-        validate_payload(self.0.kind, &self.0.payload).ok()
+        // Validated when it was emitted: only typed here.
+        EventData::parse(self.0.kind, &self.0.payload).ok()
     }
 }
 
@@ -77,7 +87,12 @@ impl EventQuery {
                 },
             )
             .await?;
-        Ok(connection(page, after.is_some(), Events::cursor, EventNode))
+        Ok(connection(
+            page,
+            after.is_some(),
+            Events::cursor,
+            EventNode::from,
+        ))
     }
 }
 
@@ -99,9 +114,7 @@ impl EventMutation {
         let merchant = rc
             .actor
             .owning_merchant(merchant_id.as_ref().map(|m| m.as_str()))?;
-        Ok(EventNode(
-            state.events.emit(kind, &merchant, payload.0).await?,
-        ))
+        Ok(state.events.emit(kind, &merchant, payload.0).await?.into())
     }
 }
 

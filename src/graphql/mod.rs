@@ -7,12 +7,16 @@ pub mod events;
 pub mod media;
 pub mod orders;
 pub mod queue;
+pub mod shared;
 pub mod system;
 pub mod templates;
 pub mod webhooks;
 pub mod whatsapp;
 
-use async_graphql::{Context, MergedObject, MergedSubscription, Schema};
+use async_graphql::{
+    Context, MergedObject, MergedSubscription, Positioned, Schema,
+    parser::types::{DocumentOperations, ExecutableDocument, OperationDefinition},
+};
 
 use crate::{AppState, auth::RequestContext};
 
@@ -46,6 +50,20 @@ pub struct MutationRoot(
 pub struct SubscriptionRoot(system::SystemSubscription, events::EventSubscription);
 
 pub type AppSchema = Schema<QueryRoot, MutationRoot, SubscriptionRoot>;
+
+/// The operation of `doc` that a request runs, by async-graphql's rule: the named one, or the
+/// only one. `None` where async-graphql answers with an error.
+pub(crate) fn chosen_operation<'a>(
+    doc: &'a ExecutableDocument,
+    name: Option<&str>,
+) -> Option<&'a Positioned<OperationDefinition>> {
+    match (&doc.operations, name) {
+        (DocumentOperations::Single(op), None) => Some(op),
+        (DocumentOperations::Multiple(ops), Some(name)) => ops.get(name),
+        (DocumentOperations::Multiple(ops), None) if ops.len() == 1 => ops.values().next(),
+        _ => None,
+    }
+}
 
 /// The schema without runtime data: for `smartbot schema` and the drift test.
 pub fn schema_builder() -> async_graphql::SchemaBuilder<QueryRoot, MutationRoot, SubscriptionRoot> {

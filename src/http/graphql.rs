@@ -15,7 +15,7 @@ use std::sync::{
 use async_graphql::{
     Data, ParseRequestError,
     http::{ALL_WEBSOCKET_PROTOCOLS, MultipartOptions, WebSocketProtocols},
-    parser::types::{DocumentOperations, ExecutableDocument, OperationType, Selection},
+    parser::types::{ExecutableDocument, OperationType, Selection},
 };
 use async_graphql_axum::GraphQLResponse;
 use axum::{
@@ -140,17 +140,8 @@ fn cacheable(doc: &ExecutableDocument, req: &async_graphql::Request) -> bool {
         return false;
     }
     // The operation async-graphql will run (its own rule); the other cases are errors.
-    let op = match (&doc.operations, req.operation_name.as_deref()) {
-        (DocumentOperations::Single(op), None) => op,
-        (DocumentOperations::Multiple(ops), Some(name)) => match ops.get(name) {
-            Some(op) => op,
-            None => return false,
-        },
-        (DocumentOperations::Multiple(ops), None) if ops.len() == 1 => match ops.values().next() {
-            Some(op) => op,
-            None => return false,
-        },
-        _ => return false,
+    let Some(op) = crate::graphql::chosen_operation(doc, req.operation_name.as_deref()) else {
+        return false;
     };
     op.node.ty == OperationType::Query
         && op.node.selection_set.node.items.iter().all(|sel| {
@@ -439,9 +430,14 @@ async fn serve_ws(
         Ok(data)
     };
 
-    let schema = state.schema().clone();
+    // Live `events` subscriptions asking the same thing share one execution.
+    let executor = crate::graphql::shared::SharedExecutor {
+        schema: state.schema().clone(),
+        hubs: state.subscriptions.clone(),
+        events: state.events.clone(),
+    };
     let out =
-        async_graphql::http::WebSocket::new(schema, input, protocol).on_connection_init(on_init);
+        async_graphql::http::WebSocket::new(executor, input, protocol).on_connection_init(on_init);
     futures::pin_mut!(out, sink);
     let started = tokio::time::Instant::now();
     let keepalive = state.config.ws_keepalive;

@@ -221,6 +221,60 @@ async fn merchants_see_only_their_own(db: Db) {
     assert_eq!(body["errors"][0]["extensions"]["code"], "FORBIDDEN");
 }
 
+/// Live subscriptions that ask the same thing share one execution (`graphql::shared`): one per
+/// query, variables and visibility class. Another merchant, or a replay with `after`, gets its
+/// own; every subscriber still gets exactly what it may see; a shared execution ends with its
+/// last subscriber.
+#[tokio::test]
+async fn identical_live_subscriptions_share_one_execution() {
+    let app = TestApp::spawn(Db::Sqlite).await;
+    let hubs = app.server.state.subscriptions.clone();
+    let (a, b) = (app.merchant("m-a"), app.merchant("m-b"));
+    let first = emit_gql(&app, EventType::OrderCreated, "m-a", 0).await;
+    let mut a1 = subscribe(&app, "graphql-transport-ws", &a, json!({})).await;
+    let mut a2 = subscribe(&app, "graphql-ws", &a, json!({})).await;
+    assert_eq!(
+        hubs.running(),
+        1,
+        "two identical subscriptions, one execution"
+    );
+    let mut b1 = subscribe(&app, "graphql-transport-ws", &b, json!({})).await;
+    assert_eq!(hubs.running(), 2, "another merchant is another execution");
+    let mut replay = subscribe(&app, "graphql-transport-ws", &a, json!({ "after": first })).await;
+    assert_eq!(hubs.running(), 2, "a replay is not shared");
+
+    let for_a = emit_gql(&app, EventType::OrderCreated, "m-a", 1).await;
+    let for_b = emit_gql(&app, EventType::OrderCreated, "m-b", 2).await;
+    for ws in [&mut a1, &mut a2, &mut replay] {
+        assert_eq!(next_event(ws).await.unwrap()["id"], for_a.as_str());
+        assert!(next_within(ws, Duration::from_millis(300)).await.is_none());
+    }
+    assert_eq!(next_event(&mut b1).await.unwrap()["id"], for_b.as_str());
+    assert!(
+        next_within(&mut b1, Duration::from_millis(300))
+            .await
+            .is_none()
+    );
+
+    drop((a1, a2));
+    crate::common::eventually("the shared execution of m-a ends", || {
+        let n = hubs.running();
+        async move {
+            if n == 1 {
+                Ok(())
+            } else {
+                Err(format!("{n} running"))
+            }
+        }
+    })
+    .await;
+    // A new subscriber starts a new execution and is live.
+    let mut a3 = subscribe(&app, "graphql-transport-ws", &a, json!({})).await;
+    assert_eq!(hubs.running(), 2);
+    let again = emit_rest(&app, EventType::OrderCreated, "m-a", 3).await;
+    assert_eq!(next_event(&mut a3).await.unwrap()["id"], again.as_str());
+}
+
 async fn resume_replays_exactly_what_was_missed(db: Db) {
     let app = TestApp::spawn(db).await;
     let first = emit_gql(&app, EventType::MessageReceived, "m-r", 0).await;
@@ -591,7 +645,9 @@ async fn a_stalled_socket_is_cut_off_with_lagged() {
     assert_eq!(recv(&mut slow).await["type"], "connection_ack");
     let sub =
         json!({ "type": "subscribe", "id": "s", "payload": { "query": SUB, "variables": {} } });
+    let before = app.server.state.events.subscriptions_opened();
     send(&mut slow, sub).await;
+    opened(&app.server.state, before).await;
 
     // The attentive client reads as events arrive.
     let mut fast = subscribe(&app, "graphql-transport-ws", &app.admin, json!({})).await;

@@ -1,0 +1,261 @@
+//! Shared subscriptions: one execution per distinct live `events` subscription.
+//!
+//! Ten thousand dashboards watching the same feed ask the same question. Run one by one, each
+//! subscription listens to the bus, filters, resolves its selection set and builds a response for
+//! every event, so one event costs ten thousand executions. [`SharedExecutor`] runs each distinct
+//! live subscription once and hands its responses to every subscriber that asked the same thing.
+//!
+//! "The same thing" is the key of a [`Hub`]: the query text, the operation name, the variables,
+//! and the caller's visibility class (one merchant, or admin and service, who see everything).
+//! Resolvers of `Event` read nothing else of the caller, so two subscribers with one key get the
+//! same responses.
+//!
+//! Shared are only subscriptions whose one root field is `events` without `after`. A replay from
+//! the history is each subscriber's own; anything else runs as before. A subscriber reads the
+//! shared stream through its own bounded buffer (`EVENT_BUFFER` responses): one that falls a
+//! whole buffer behind is cut off with LAGGED, exactly as on its own stream, and resumes with
+//! `after`. The hub stops when its last subscriber leaves.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, Weak},
+};
+
+use async_graphql::{
+    Executor, PathSegment, Request, Response, Value,
+    parser::types::{OperationType, Selection},
+};
+use futures::{StreamExt, stream::BoxStream};
+use tokio::sync::broadcast::{self, error::RecvError};
+use tokio_util::sync::CancellationToken;
+
+use super::{AppSchema, chosen_operation};
+use crate::{
+    auth::{Actor, RequestContext},
+    error::Error,
+    events::service::Events,
+    templates::cache::Reader,
+};
+
+/// The live subscriptions of one process, by key.
+pub struct Hubs {
+    map: Mutex<HashMap<HubKey, Weak<Hub>>>,
+    /// Each subscriber's buffer, in responses.
+    capacity: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct HubKey {
+    reader: Reader,
+    query: String,
+    operation: Option<String>,
+    variables: String,
+}
+
+/// One shared execution. Subscribers hold it; when the last one leaves it stops the execution.
+struct Hub {
+    /// Responses of the execution, to each subscriber's receiver. Weak: the execution's task
+    /// holds the sender, so subscribers see the end of the stream when the execution ends.
+    tx: broadcast::WeakSender<Arc<Response>>,
+    stop: CancellationToken,
+    key: HubKey,
+    hubs: Weak<Hubs>,
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        if let Some(hubs) = self.hubs.upgrade() {
+            let mut map = hubs.map.lock().unwrap_or_else(|e| e.into_inner());
+            if map.get(&self.key).is_some_and(|w| w.strong_count() == 0) {
+                map.remove(&self.key);
+            }
+        }
+    }
+}
+
+impl Hubs {
+    pub fn new(capacity: usize) -> Arc<Self> {
+        Arc::new(Self {
+            map: Mutex::default(),
+            capacity: capacity.max(1),
+        })
+    }
+
+    /// How many shared executions are running (for tests and metrics).
+    pub fn running(&self) -> usize {
+        self.map
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .filter(|w| w.strong_count() > 0)
+            .count()
+    }
+}
+
+/// The WebSocket's executor: the schema, with live `events` subscriptions shared.
+#[derive(Clone)]
+pub struct SharedExecutor {
+    pub schema: AppSchema,
+    pub hubs: Arc<Hubs>,
+    pub events: Arc<Events>,
+}
+
+impl Executor for SharedExecutor {
+    fn execute(&self, request: Request) -> impl Future<Output = Response> + Send {
+        let schema = self.schema.clone();
+        async move { schema.execute(request).await }
+    }
+
+    fn execute_stream(
+        &self,
+        request: Request,
+        session_data: Option<Arc<async_graphql::Data>>,
+    ) -> BoxStream<'static, Response> {
+        let data = session_data.unwrap_or_default();
+        let Some((key, field)) = shareable(&request, &data) else {
+            return self.schema.execute_stream_with_session_data(request, data);
+        };
+        let hub = {
+            let mut map = self.hubs.map.lock().unwrap_or_else(|e| e.into_inner());
+            let live = map
+                .get(&key)
+                .and_then(Weak::upgrade)
+                .and_then(|hub| hub.tx.upgrade().map(|tx| (hub, tx.subscribe())));
+            match live {
+                Some((hub, rx)) => {
+                    // Listening from now on, like a subscription of its own.
+                    self.events.count_opened();
+                    return member(hub, rx, field);
+                }
+                None => {
+                    let (tx, rx) = broadcast::channel(self.hubs.capacity);
+                    let hub = Arc::new(Hub {
+                        tx: tx.downgrade(),
+                        stop: CancellationToken::new(),
+                        key: key.clone(),
+                        hubs: Arc::downgrade(&self.hubs),
+                    });
+                    map.insert(key, Arc::downgrade(&hub));
+                    let inner = self.schema.execute_stream_with_session_data(request, data);
+                    tokio::spawn(run(inner, tx, hub.stop.clone()));
+                    (hub, rx)
+                }
+            }
+        };
+        member(hub.0, hub.1, field)
+    }
+}
+
+/// Drives one shared execution until it ends or its last subscriber leaves.
+async fn run(
+    mut inner: BoxStream<'static, Response>,
+    tx: broadcast::Sender<Arc<Response>>,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            next = inner.next() => match next {
+                // No receiver is not an error: the last one is leaving, and `stop` follows.
+                Some(resp) => { let _ = tx.send(Arc::new(resp)); }
+                None => return,
+            },
+        }
+    }
+}
+
+/// Where the root field sits, for an error of this subscriber's own (LAGGED).
+#[derive(Clone)]
+struct RootField {
+    key: String,
+    pos: async_graphql::Pos,
+}
+
+/// One subscriber's view of a shared execution.
+fn member(
+    hub: Arc<Hub>,
+    mut rx: broadcast::Receiver<Arc<Response>>,
+    field: RootField,
+) -> BoxStream<'static, Response> {
+    async_stream::stream! {
+        let _hub = hub;
+        loop {
+            match rx.recv().await {
+                Ok(resp) => yield copy(&resp),
+                Err(RecvError::Lagged(missed)) => {
+                    let err = Error::Lagged(format!(
+                        "this subscriber fell {missed} events behind and was cut off; \
+                         resubscribe with `after` set to the last event id you received"
+                    ));
+                    let err = async_graphql::Error::from(err)
+                        .into_server_error(field.pos)
+                        .with_path(vec![PathSegment::Field(field.key.clone())]);
+                    yield Response::from_errors(vec![err]);
+                    break;
+                }
+                Err(RecvError::Closed) => break,
+            }
+        }
+    }
+    .boxed()
+}
+
+/// A subscriber's own copy of a shared response (async-graphql's `Response` is not `Clone`).
+fn copy(r: &Response) -> Response {
+    let mut out = Response::new(r.data.clone());
+    out.errors = r.errors.clone();
+    out.extensions = r.extensions.clone();
+    out.http_headers = r.http_headers.clone();
+    out
+}
+
+/// The hub key and root field of a request that may share an execution, or `None`.
+fn shareable(request: &Request, data: &async_graphql::Data) -> Option<(HubKey, RootField)> {
+    if !request.uploads.is_empty() || !request.extensions.0.is_empty() {
+        return None;
+    }
+    let ctx = data
+        .get(&std::any::TypeId::of::<RequestContext>())
+        .and_then(|d| d.downcast_ref::<RequestContext>())?;
+    if matches!(ctx.actor, Actor::Anonymous) {
+        return None;
+    }
+    let doc = async_graphql::parser::parse_query(&request.query).ok()?;
+    let op = chosen_operation(&doc, request.operation_name.as_deref())?;
+    if op.node.ty != OperationType::Subscription {
+        return None;
+    }
+    let [root] = op.node.selection_set.node.items.as_slice() else {
+        return None;
+    };
+    let Selection::Field(field) = &root.node else {
+        return None;
+    };
+    if field.node.name.node != "events" {
+        return None;
+    }
+    // `after` replays the history: that part is each subscriber's own.
+    let replays = field.node.get_argument("after").is_some_and(|v| {
+        let after = v.node.clone().into_const_with(|name| {
+            Ok::<_, std::convert::Infallible>(
+                request.variables.get(&name).cloned().unwrap_or(Value::Null),
+            )
+        });
+        !matches!(after, Ok(Value::Null))
+    });
+    if replays {
+        return None;
+    }
+    let key = HubKey {
+        reader: Reader::of(&ctx.actor),
+        query: request.query.clone(),
+        operation: request.operation_name.clone(),
+        variables: serde_json::to_string(&request.variables).ok()?,
+    };
+    let root = RootField {
+        key: field.node.response_key().node.to_string(),
+        pos: field.pos,
+    };
+    Some((key, root))
+}
