@@ -38,6 +38,10 @@ const CURSOR_KIND: &str = "evt";
 /// never holds fewer than the configured length.
 const TRIM_EVERY: u64 = 32;
 const REPLAY_PAGE: u64 = 500;
+/// How long an event may take from its id (taken in its transaction) to being published. Only
+/// events replayed with an id this recent can also arrive live, so only they are remembered to
+/// drop their live copy.
+const SEAM: chrono::Duration = chrono::Duration::minutes(2);
 
 /// Where committed events go besides the bus: the webhook fan-out. It marks what it dispatched.
 #[async_trait::async_trait]
@@ -230,7 +234,8 @@ impl Events {
         let mut rx = self.bus.subscribe();
         self.opened.fetch_add(1, Ordering::Relaxed);
         async_stream::try_stream! {
-            let mut last = Uuid::nil();
+            // Replayed events that may also arrive live (see `SEAM`), to drop their live copy.
+            let mut replayed = std::collections::HashSet::new();
             if let Some(after) = after {
                 let known = Events_::find()
                     .filter(C::Id.eq(after))
@@ -244,7 +249,8 @@ impl Events {
                             .into(),
                     ))?;
                 }
-                last = after;
+                let seam = chrono::Utc::now() - SEAM;
+                let mut last = after;
                 loop {
                     let rows = Events_::find()
                         .filter(filter(&scope, &types))
@@ -257,6 +263,9 @@ impl Events {
                     for row in rows {
                         let e = to_event(row)?;
                         last = e.id;
+                        if e.occurred_at >= seam {
+                            replayed.insert(e.id);
+                        }
                         yield Arc::new(e);
                     }
                     if n < REPLAY_PAGE {
@@ -268,10 +277,13 @@ impl Events {
                 match rx.recv().await {
                     Ok(e) => {
                         // Already replayed from the history (the seam), or not for this caller.
-                        if e.id <= last || !wanted(&scope, &types, &e) {
+                        // Not by id order: events are published in commit order, and an id is
+                        // taken before its transaction commits, so a later event may come first.
+                        if (!replayed.is_empty() && replayed.remove(&e.id))
+                            || !wanted(&scope, &types, &e)
+                        {
                             continue;
                         }
-                        last = e.id;
                         // Shared, not copied: every subscriber holds the same event.
                         yield e;
                     }

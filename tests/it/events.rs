@@ -448,6 +448,41 @@ async fn a_lagging_consumer_is_cut_off() {
     assert!(slow.next().await.is_none(), "the stream ends after LAGGED");
 }
 
+/// An event's id is taken inside its transaction and it is published after the commit, so a
+/// newer event can be published first. A live subscriber still gets the older one: nothing is
+/// skipped by id order.
+#[tokio::test]
+async fn an_event_published_after_a_newer_one_still_arrives() {
+    use futures::StreamExt;
+    let app = TestApp::spawn(Db::Sqlite).await;
+    let events = app.server.state.events.clone();
+    let m = MerchantId::parse("m", "m-order").unwrap();
+    let stream = events.stream(MerchantScope::All, vec![], None);
+    futures::pin_mut!(stream);
+    let older = smartbot::events::service::record(
+        &app.server.state.db,
+        EventType::BotConnected,
+        &m,
+        json!({}),
+    )
+    .await
+    .unwrap();
+    let newer = events
+        .emit(EventType::BotDisconnected, &m, json!({}))
+        .await
+        .unwrap();
+    assert!(older.id < newer.id);
+    events.publish(older.clone()).await;
+    for want in [newer.id, older.id] {
+        let got = tokio::time::timeout(Duration::from_secs(5), stream.next())
+            .await
+            .expect("an event within 5 s")
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.id, want);
+    }
+}
+
 /// The history survives a restart: resume works against a new process on the same database.
 #[tokio::test]
 async fn resume_works_across_a_restart() {
