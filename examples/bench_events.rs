@@ -140,8 +140,13 @@ async fn subscriber(port: u16, token: &str, seen: Seen) -> tokio::task::JoinHand
         "Sec-WebSocket-Protocol",
         HeaderValue::from_static("graphql-transport-ws"),
     );
+    // tungstenite's default client reads into a zeroed 128 KiB buffer per socket: with 10,000
+    // sockets that memset took most of this process's CPU and measured the client, not the
+    // server. Frames here are small; the buffer grows when one is not.
+    let config =
+        tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(4096);
     let (mut ws, _) = loop {
-        match tokio_tungstenite::connect_async(req.clone()).await {
+        match tokio_tungstenite::connect_async_with_config(req.clone(), Some(config), true).await {
             Ok(c) => break c,
             Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
         }

@@ -188,7 +188,7 @@ fn negotiate(parts: &Parts) -> Option<WebSocketProtocols> {
 }
 
 /// The initial read buffer of a socket (it grows for a larger frame, up to the frame limit).
-const WS_READ_BUFFER: usize = 4 * 1024;
+const WS_READ_BUFFER: usize = 2 * 1024;
 
 async fn ws_upgrade(State(state): State<AppState>, parts: Parts, ws: WebSocketUpgrade) -> Response {
     let Some(protocol) = negotiate(&parts) else {
@@ -442,27 +442,37 @@ async fn serve_ws(
     let started = tokio::time::Instant::now();
     let keepalive = state.config.ws_keepalive;
     let mut ping = tokio::time::interval_at(started + keepalive, keepalive);
+    // One timer for the socket's deadline: the init timeout until `connection_init`, then the
+    // token's expiry. Re-armed only when either changes, not for every frame sent.
+    let deadline = tokio::time::sleep_until(started + state.config.ws_init_timeout);
+    tokio::pin!(deadline);
+    let mut armed: Option<(bool, Option<i64>)> = None;
+    let mut on_deadline: Option<(u16, &str)> = None;
     loop {
-        let (initialised, valid_until) = {
+        let watched = {
             let s = shared.lock().unwrap_or_else(|e| e.into_inner());
             (s.initialised, s.valid_until)
         };
-        let init_deadline = async {
-            if initialised {
-                std::future::pending::<()>().await
-            } else {
-                tokio::time::sleep_until(started + state.config.ws_init_timeout).await
-            }
-        };
-        let expiry = async {
-            match valid_until {
-                Some(t) => {
-                    let left = t.saturating_sub(chrono::Utc::now().timestamp()).max(0);
-                    tokio::time::sleep(std::time::Duration::from_secs(left as u64 + 1)).await
+        if armed != Some(watched) {
+            armed = Some(watched);
+            on_deadline = match watched {
+                (false, _) => {
+                    deadline
+                        .as_mut()
+                        .reset(started + state.config.ws_init_timeout);
+                    Some((CLOSE_INIT_TIMEOUT, "Connection initialisation timeout"))
                 }
-                None => std::future::pending::<()>().await,
-            }
-        };
+                (true, Some(t)) => {
+                    let left = t.saturating_sub(chrono::Utc::now().timestamp()).max(0);
+                    deadline.as_mut().reset(
+                        tokio::time::Instant::now()
+                            + std::time::Duration::from_secs(left as u64 + 1),
+                    );
+                    Some((CLOSE_FORBIDDEN, "token expired"))
+                }
+                (true, None) => None,
+            };
+        }
         let msg = tokio::select! {
             msg = out.next() => match msg {
                 Some(async_graphql::http::WsMessage::Text(text)) => {
@@ -482,12 +492,10 @@ async fn serve_ws(
                 None => break,
             },
             Some(refusal) = refusals.recv() => Message::Text(refusal.into()),
-            _ = init_deadline => {
-                let _ = sink.send(close(CLOSE_INIT_TIMEOUT, "Connection initialisation timeout")).await;
-                return;
-            }
-            _ = expiry => {
-                let _ = sink.send(close(CLOSE_FORBIDDEN, "token expired")).await;
+            _ = &mut deadline, if on_deadline.is_some() => {
+                if let Some((code, reason)) = on_deadline {
+                    let _ = sink.send(close(code, reason)).await;
+                }
                 return;
             }
             _ = ping.tick() => {

@@ -656,9 +656,10 @@ async fn product_media_changes_emit_product_updated(db: Db) {
 both_dbs!(product_media_changes_emit_product_updated);
 
 /// Over real sockets: a client that stops reading is cut off with LAGGED once the server's
-/// per-subscriber buffer overflows (the socket's own buffers fill first, then the bus buffer),
-/// while a client that keeps reading gets every event. Server memory is bounded by the socket
-/// buffers plus EVENT_BUFFER events, whatever the stalled client does.
+/// per-subscriber buffer overflows (the socket's own buffers fill first, then its buffer on the
+/// execution both clients share), while a client that keeps reading gets every event. Server
+/// memory is bounded by the socket buffers plus EVENT_BUFFER responses, whatever the stalled
+/// client does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_socket_is_cut_off_with_lagged() {
     use futures::StreamExt;
