@@ -167,13 +167,14 @@ impl Events {
     /// undispatched row is picked up by the outbox's sweeper.
     pub async fn publish(&self, event: Event) {
         let event = Arc::new(event);
-        if let Err(e) = self.bus.publish(event.clone()).await {
-            tracing::warn!(error = %e, "event stored but not published live");
-        }
+        // The outbox first: handing over is immediate, while the bus may be a Redis round trip.
         if let Some(outbox) = &self.outbox
             && let Err(e) = outbox.dispatch(std::slice::from_ref(&*event)).await
         {
             tracing::warn!(error = %e, event = %event.id, "webhook fan-out deferred to the sweeper");
+        }
+        if let Err(e) = self.bus.publish(event.clone()).await {
+            tracing::warn!(error = %e, "event stored but not published live");
         }
     }
 
