@@ -116,34 +116,39 @@ impl Executor for SharedExecutor {
         let Some((key, field)) = shareable(&request, &data) else {
             return self.schema.execute_stream_with_session_data(request, data);
         };
-        let hub = {
-            let mut map = self.hubs.map.lock().unwrap_or_else(|e| e.into_inner());
-            let live = map
-                .get(&key)
-                .and_then(Weak::upgrade)
-                .and_then(|hub| hub.tx.upgrade().map(|tx| (hub, tx.subscribe())));
-            match live {
-                Some((hub, rx)) => {
-                    // Listening from now on, like a subscription of its own.
-                    self.events.count_opened();
-                    return member(hub, rx, field);
-                }
-                None => {
-                    let (tx, rx) = broadcast::channel(self.hubs.capacity);
-                    let hub = Arc::new(Hub {
-                        tx: tx.downgrade(),
-                        stop: CancellationToken::new(),
-                        key: key.clone(),
-                        hubs: Arc::downgrade(&self.hubs),
-                    });
-                    map.insert(key, Arc::downgrade(&hub));
-                    let inner = self.schema.execute_stream_with_session_data(request, data);
-                    tokio::spawn(run(inner, tx, hub.stop.clone()));
-                    (hub, rx)
-                }
-            }
-        };
-        member(hub.0, hub.1, field)
+        // The lock is never held while a hub may drop: its Drop takes the same lock.
+        let live = self
+            .hubs
+            .map
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .and_then(Weak::upgrade);
+        if let Some(hub) = live
+            && let Some(tx) = hub.tx.upgrade()
+        {
+            let rx = tx.subscribe();
+            // Listening from now on, like a subscription of its own.
+            self.events.count_opened();
+            return member(hub, rx, field);
+        }
+        let (tx, rx) = broadcast::channel(self.hubs.capacity);
+        let hub = Arc::new(Hub {
+            tx: tx.downgrade(),
+            stop: CancellationToken::new(),
+            key: key.clone(),
+            hubs: Arc::downgrade(&self.hubs),
+        });
+        // Two first subscribers at once may both start one; the later entry wins, and the other
+        // serves its own subscriber until it leaves.
+        self.hubs
+            .map
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, Arc::downgrade(&hub));
+        let inner = self.schema.execute_stream_with_session_data(request, data);
+        tokio::spawn(run(inner, tx, hub.stop.clone()));
+        member(hub, rx, field)
     }
 }
 
