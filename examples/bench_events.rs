@@ -2,13 +2,17 @@
 //!
 //!     cargo build --release && cargo build --release --example bench_events
 //!     target/release/examples/bench_events fanout  [subscribers=10000] [events=5]
+//!     target/release/examples/bench_events fanout-distinct [subscribers=10000] [events=5]
 //!     target/release/examples/bench_events latency [subscribers=100] [rate=1000] [seconds=10]
 //!     target/release/examples/bench_events latency-redis [subscribers=100] [rate=1000] [seconds=10]
 //!
 //! * `fanout`: N graphql-transport-ws subscribers on one instance (embedded SQLite, local bus).
 //!   It reports the server's resident memory per idle subscriber, then emits events one at a
 //!   time and reports, for each, the delay from the emit request until each subscriber has it
-//!   (p50, p99, max over all subscribers).
+//!   (p50, p99, max over all subscribers). All subscribers send the same subscription, so the
+//!   server runs it once (`graphql::shared`).
+//! * `fanout-distinct`: the same, but each subscription under its own operation name: nothing
+//!   is shared, every subscriber has an execution of its own (the server's worst case).
 //! * `latency`: `rate` events per second for `seconds`, emitted over REST, with 100 subscribers
 //!   on the same instance. It reports emit-to-subscriber p50 and p99.
 //! * `latency-redis`: the same with two instances sharing PostgreSQL (`TEST_POSTGRES_URL`) and Redis
@@ -132,7 +136,12 @@ type Seen = Arc<Mutex<Vec<u64>>>;
 
 /// Opens a subscriber; returns once the server acknowledged the connection. Each event's payload
 /// carries its emit time (`reason`), and the receive delay goes to `seen`.
-async fn subscriber(port: u16, token: &str, seen: Seen) -> tokio::task::JoinHandle<()> {
+async fn subscriber(
+    port: u16,
+    token: &str,
+    seen: Seen,
+    query: String,
+) -> tokio::task::JoinHandle<()> {
     let mut req = format!("ws://127.0.0.1:{port}/graphql/ws")
         .into_client_request()
         .unwrap();
@@ -160,7 +169,7 @@ async fn subscriber(port: u16, token: &str, seen: Seen) -> tokio::task::JoinHand
             break;
         }
     }
-    let sub = json!({ "type": "subscribe", "id": "1", "payload": { "query": SUB } });
+    let sub = json!({ "type": "subscribe", "id": "1", "payload": { "query": query } });
     ws.send(Message::text(sub.to_string())).await.unwrap();
     tokio::spawn(async move {
         while let Some(Ok(msg)) = ws.next().await {
@@ -207,16 +216,27 @@ fn pct(sorted: &[u64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize] as f64 / 1000.0
 }
 
+/// The subscription of subscriber `i`: all the same (the server shares one execution), or each
+/// under its own operation name (same events, nothing shared: the server's worst case).
+fn query(i: usize, distinct: bool) -> String {
+    if distinct {
+        format!("subscription S{i} {}", &SUB["subscription ".len()..])
+    } else {
+        SUB.to_owned()
+    }
+}
+
 async fn connect_all(
     port: u16,
     n: usize,
     token: &str,
     seen: &Seen,
+    distinct: bool,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let mut handles = Vec::with_capacity(n);
     // A few hundred handshakes in flight at a time.
     let mut pending = futures::stream::iter(0..n)
-        .map(|_| subscriber(port, token, seen.clone()))
+        .map(|i| subscriber(port, token, seen.clone(), query(i, distinct)))
         .buffer_unordered(256);
     while let Some(h) = pending.next().await {
         handles.push(h);
@@ -232,14 +252,14 @@ async fn wait_for(seen: &Seen, count: usize, deadline: Duration) {
     }
 }
 
-async fn fanout(subscribers: usize, events: usize) {
+async fn fanout(subscribers: usize, events: usize, distinct: bool) {
     let server = start(&[]).await;
     let pid = server.child.id();
     let token = token();
     let client = reqwest::Client::new();
     // Warm the server (first emit, first socket) before taking the baseline.
     let seen: Seen = Arc::default();
-    let warm = subscriber(server.port, &token, seen.clone()).await;
+    let warm = subscriber(server.port, &token, seen.clone(), SUB.to_owned()).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     emit(&client, server.port, &token).await;
     wait_for(&seen, 1, Duration::from_secs(5)).await;
@@ -248,7 +268,7 @@ async fn fanout(subscribers: usize, events: usize) {
     let before = rss_kb(pid);
     let t = Instant::now();
     let seen: Seen = Arc::default();
-    let handles = connect_all(server.port, subscribers, &token, &seen).await;
+    let handles = connect_all(server.port, subscribers, &token, &seen, distinct).await;
     let connect_s = t.elapsed().as_secs_f64();
     // No frame says "subscribed": give the server a moment to register the last ones.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -256,7 +276,7 @@ async fn fanout(subscribers: usize, events: usize) {
     println!(
         "{}",
         json!({
-            "bench": "fanout_idle",
+            "bench": "fanout_idle", "distinct": distinct,
             "subscribers": subscribers,
             "connect_s": (connect_s * 10.0).round() / 10.0,
             "server_rss_before_mb": before / 1024,
@@ -285,7 +305,7 @@ async fn fanout(subscribers: usize, events: usize) {
     println!(
         "{}",
         json!({
-            "bench": "fanout", "subscribers": subscribers, "events": events,
+            "bench": "fanout", "distinct": distinct, "subscribers": subscribers, "events": events,
             "deliveries": all.len(), "expected": subscribers * events,
             "p50_ms": pct(&all, 0.5), "p99_ms": pct(&all, 0.99), "max_ms": pct(&all, 1.0),
             "kb_per_idle_subscriber": ((after.saturating_sub(before)) as f64 / subscribers as f64 * 10.0).round() / 10.0,
@@ -332,7 +352,7 @@ async fn latency(subscribers: usize, rate: u64, seconds: u64, redis: bool) {
     let token = token();
     let port_sub = b.as_ref().map_or(a.port, |b| b.port);
     let seen: Seen = Arc::default();
-    let handles = connect_all(port_sub, subscribers, &token, &seen).await;
+    let handles = connect_all(port_sub, subscribers, &token, &seen, false).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let client = reqwest::Client::new();
     let total = rate * seconds;
@@ -376,13 +396,14 @@ async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let num = |i: usize, d: u64| args.get(i).and_then(|s| s.parse().ok()).unwrap_or(d);
     match args.first().map(String::as_str) {
-        Some("fanout") => fanout(num(1, 10_000) as usize, num(2, 5) as usize).await,
+        Some("fanout") => fanout(num(1, 10_000) as usize, num(2, 5) as usize, false).await,
+        Some("fanout-distinct") => fanout(num(1, 10_000) as usize, num(2, 5) as usize, true).await,
         Some("latency") => latency(num(1, 100) as usize, num(2, 1000), num(3, 10), false).await,
         Some("latency-redis") => {
             latency(num(1, 100) as usize, num(2, 1000), num(3, 10), true).await
         }
         _ => {
-            eprintln!("usage: bench_events fanout|latency|latency-redis [...]");
+            eprintln!("usage: bench_events fanout|fanout-distinct|latency|latency-redis [...]");
             std::process::exit(2);
         }
     }

@@ -18,15 +18,18 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, Weak},
+    sync::{
+        Arc, Mutex, Weak,
+        atomic::{AtomicBool, Ordering},
+    },
 };
 
 use async_graphql::{
     Executor, PathSegment, Request, Response, Value,
     parser::types::{OperationType, Selection},
 };
+use futures::channel::mpsc;
 use futures::{StreamExt, stream::BoxStream};
-use tokio::sync::broadcast::{self, error::RecvError};
 use tokio_util::sync::CancellationToken;
 
 use super::{AppSchema, chosen_operation};
@@ -54,12 +57,27 @@ struct HubKey {
 
 /// One shared execution. Subscribers hold it; when the last one leaves it stops the execution.
 struct Hub {
-    /// Responses of the execution, to each subscriber's receiver. Weak: the execution's task
-    /// holds the sender, so subscribers see the end of the stream when the execution ends.
-    tx: broadcast::WeakSender<Arc<Response>>,
+    /// Where the execution's task delivers (the task holds them too, not the hub).
+    members: Arc<Mutex<Members>>,
     stop: CancellationToken,
     key: HubKey,
     hubs: Weak<Hubs>,
+}
+
+/// The subscribers of one execution, each with its own bounded buffer. A buffer is a `futures`
+/// bounded channel, which allocates per queued response: an idle subscriber costs a couple of
+/// hundred bytes, whatever `EVENT_BUFFER` allows.
+#[derive(Default)]
+struct Members {
+    list: Vec<Member>,
+    /// The execution ended: nobody joins any more.
+    ended: bool,
+}
+
+struct Member {
+    tx: mpsc::Sender<Arc<Response>>,
+    /// Set when the buffer overflowed and the subscriber was dropped from the list.
+    lagged: Arc<AtomicBool>,
 }
 
 impl Drop for Hub {
@@ -71,6 +89,25 @@ impl Drop for Hub {
                 map.remove(&self.key);
             }
         }
+    }
+}
+
+impl Hub {
+    /// A new subscriber's buffer, or `None` when the execution has ended.
+    fn join(&self, capacity: usize) -> Option<(mpsc::Receiver<Arc<Response>>, Arc<AtomicBool>)> {
+        // A futures channel holds `buffer` + one per sender.
+        let buffer = capacity.saturating_sub(1);
+        let mut members = self.members.lock().unwrap_or_else(|e| e.into_inner());
+        if members.ended {
+            return None;
+        }
+        let (tx, rx) = mpsc::channel(buffer);
+        let lagged = Arc::new(AtomicBool::new(false));
+        members.list.push(Member {
+            tx,
+            lagged: lagged.clone(),
+        });
+        Some((rx, lagged))
     }
 }
 
@@ -116,7 +153,7 @@ impl Executor for SharedExecutor {
         let Some((key, field)) = shareable(&request, &data) else {
             return self.schema.execute_stream_with_session_data(request, data);
         };
-        // The lock is never held while a hub may drop: its Drop takes the same lock.
+        // The map's lock is never held while a hub may drop: its Drop takes the same lock.
         let live = self
             .hubs
             .map
@@ -125,20 +162,21 @@ impl Executor for SharedExecutor {
             .get(&key)
             .and_then(Weak::upgrade);
         if let Some(hub) = live
-            && let Some(tx) = hub.tx.upgrade()
+            && let Some((rx, lagged)) = hub.join(self.hubs.capacity)
         {
-            let rx = tx.subscribe();
             // Listening from now on, like a subscription of its own.
             self.events.count_opened();
-            return member(hub, rx, field);
+            return member(hub, rx, lagged, field);
         }
-        let (tx, rx) = broadcast::channel(self.hubs.capacity);
         let hub = Arc::new(Hub {
-            tx: tx.downgrade(),
+            members: Arc::default(),
             stop: CancellationToken::new(),
             key: key.clone(),
             hubs: Arc::downgrade(&self.hubs),
         });
+        let (rx, lagged) = hub
+            .join(self.hubs.capacity)
+            .expect("a new execution has not ended");
         // Two first subscribers at once may both start one; the later entry wins, and the other
         // serves its own subscriber until it leaves.
         self.hubs
@@ -147,27 +185,43 @@ impl Executor for SharedExecutor {
             .unwrap_or_else(|e| e.into_inner())
             .insert(key, Arc::downgrade(&hub));
         let inner = self.schema.execute_stream_with_session_data(request, data);
-        tokio::spawn(run(inner, tx, hub.stop.clone()));
-        member(hub, rx, field)
+        tokio::spawn(run(inner, hub.members.clone(), hub.stop.clone()));
+        member(hub, rx, lagged, field)
     }
 }
 
-/// Drives one shared execution until it ends or its last subscriber leaves.
+/// Drives one shared execution until it ends or its last subscriber leaves, handing each
+/// response to every subscriber's buffer. A full buffer drops its subscriber (LAGGED).
 async fn run(
     mut inner: BoxStream<'static, Response>,
-    tx: broadcast::Sender<Arc<Response>>,
+    members: Arc<Mutex<Members>>,
     stop: CancellationToken,
 ) {
     loop {
         tokio::select! {
-            _ = stop.cancelled() => return,
+            _ = stop.cancelled() => break,
             next = inner.next() => match next {
-                // No receiver is not an error: the last one is leaving, and `stop` follows.
-                Some(resp) => { let _ = tx.send(Arc::new(resp)); }
-                None => return,
+                Some(resp) => {
+                    let resp = Arc::new(resp);
+                    let mut members = members.lock().unwrap_or_else(|e| e.into_inner());
+                    members.list.retain_mut(|m| match m.tx.try_send(resp.clone()) {
+                        Ok(()) => true,
+                        Err(e) => {
+                            if e.is_full() {
+                                m.lagged.store(true, Ordering::Relaxed);
+                            }
+                            false
+                        }
+                    });
+                }
+                None => break,
             },
         }
     }
+    // Dropping the senders ends every subscriber's stream once it has read its buffer.
+    let mut members = members.lock().unwrap_or_else(|e| e.into_inner());
+    members.ended = true;
+    members.list.clear();
 }
 
 /// Where the root field sits, for an error of this subscriber's own (LAGGED).
@@ -177,30 +231,28 @@ struct RootField {
     pos: async_graphql::Pos,
 }
 
-/// One subscriber's view of a shared execution.
+/// One subscriber's view of a shared execution: its buffer, then LAGGED if it overflowed.
 fn member(
     hub: Arc<Hub>,
-    mut rx: broadcast::Receiver<Arc<Response>>,
+    mut rx: mpsc::Receiver<Arc<Response>>,
+    lagged: Arc<AtomicBool>,
     field: RootField,
 ) -> BoxStream<'static, Response> {
+    let capacity = hub.hubs.upgrade().map_or(0, |h| h.capacity);
     async_stream::stream! {
         let _hub = hub;
-        loop {
-            match rx.recv().await {
-                Ok(resp) => yield copy(&resp),
-                Err(RecvError::Lagged(missed)) => {
-                    let err = Error::Lagged(format!(
-                        "this subscriber fell {missed} events behind and was cut off; \
-                         resubscribe with `after` set to the last event id you received"
-                    ));
-                    let err = async_graphql::Error::from(err)
-                        .into_server_error(field.pos)
-                        .with_path(vec![PathSegment::Field(field.key.clone())]);
-                    yield Response::from_errors(vec![err]);
-                    break;
-                }
-                Err(RecvError::Closed) => break,
-            }
+        while let Some(resp) = rx.next().await {
+            yield copy(&resp);
+        }
+        if lagged.load(Ordering::Relaxed) {
+            let err = Error::Lagged(format!(
+                "this subscriber fell more than {capacity} events behind and was cut off; \
+                 resubscribe with `after` set to the last event id you received"
+            ));
+            let err = async_graphql::Error::from(err)
+                .into_server_error(field.pos)
+                .with_path(vec![PathSegment::Field(field.key.clone())]);
+            yield Response::from_errors(vec![err]);
         }
     }
     .boxed()

@@ -361,7 +361,9 @@ async fn serve_ws(
     }));
     let (sink, stream) = socket.split();
     // Refusals found while reading go out through the writer below.
-    let (refusals_tx, mut refusals) = tokio::sync::mpsc::channel::<String>(16);
+    // A futures channel: it allocates per message, where tokio's allocates 32 slots up front,
+    // a kilobyte for every idle socket.
+    let (refusals_tx, mut refusals) = futures::channel::mpsc::channel::<String>(16);
     let ip = base.ip;
     let input = {
         let (state, shared, errors) = (state.clone(), shared.clone(), shared.clone());
@@ -374,7 +376,7 @@ async fn serve_ws(
                 futures::future::ready(res.is_ok())
             })
             .filter_map(move |msg| {
-                let (state, shared, refusals_tx) =
+                let (state, shared, mut refusals_tx) =
                     (state.clone(), shared.clone(), refusals_tx.clone());
                 async move {
                     let frame = match msg {
@@ -491,7 +493,7 @@ async fn serve_ws(
                 }
                 None => break,
             },
-            Some(refusal) = refusals.recv() => Message::Text(refusal.into()),
+            Some(refusal) = refusals.next() => Message::Text(refusal.into()),
             _ = &mut deadline, if on_deadline.is_some() => {
                 if let Some((code, reason)) = on_deadline {
                     let _ = sink.send(close(code, reason)).await;
