@@ -24,19 +24,28 @@ use tokio::sync::broadcast;
 use super::Event;
 use crate::error::{Error, Result};
 
+/// What the bus hands to each local subscriber.
+#[derive(Debug, Clone)]
+pub enum Delivery {
+    Event(Arc<Event>),
+    /// This instance lost events on their way from Redis (its subscription fell behind): a
+    /// subscriber cannot know which, so it ends with LAGGED and resumes from the history.
+    Gap(u64),
+}
+
 #[async_trait::async_trait]
 pub trait EventBus: Send + Sync {
     /// Hands a stored event to the subscribers on every instance.
     async fn publish(&self, event: Arc<Event>) -> Result<()>;
     /// A receiver of every event published from now on (on any instance).
-    fn subscribe(&self) -> broadcast::Receiver<Arc<Event>>;
+    fn subscribe(&self) -> broadcast::Receiver<Delivery>;
     /// `local` or `redis`, for /ready and the logs.
     fn backend(&self) -> &'static str;
 }
 
 /// In-process fan-out.
 pub struct LocalBus {
-    tx: broadcast::Sender<Arc<Event>>,
+    tx: broadcast::Sender<Delivery>,
 }
 
 impl LocalBus {
@@ -51,11 +60,11 @@ impl LocalBus {
 impl EventBus for LocalBus {
     async fn publish(&self, event: Arc<Event>) -> Result<()> {
         // No receiver is not an error: nobody is listening right now.
-        let _ = self.tx.send(event);
+        let _ = self.tx.send(Delivery::Event(event));
         Ok(())
     }
 
-    fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
+    fn subscribe(&self) -> broadcast::Receiver<Delivery> {
         self.tx.subscribe()
     }
 
@@ -69,7 +78,7 @@ pub struct RedisBus {
     publisher: Client,
     _subscriber: SubscriberClient,
     channel: String,
-    tx: broadcast::Sender<Arc<Event>>,
+    tx: broadcast::Sender<Delivery>,
 }
 
 /// The JSON on the wire between instances: the envelope, with the type's seed name.
@@ -92,6 +101,10 @@ impl RedisBus {
             b.with_connection_config(|c| {
                 c.connection_timeout = std::time::Duration::from_secs(5);
             })
+            .with_performance_config(|p| {
+                // fred's buffer between its connection and our forwarding task (default 32).
+                p.broadcast_channel_capacity = capacity.max(32);
+            })
             .set_policy(ReconnectPolicy::new_exponential(0, 50, 2000, 2));
             b
         };
@@ -103,36 +116,9 @@ impl RedisBus {
         drop(subscriber.manage_subscriptions());
         let channel = format!("{prefix}events");
         let (tx, _) = broadcast::channel(capacity.max(1));
-        let mut messages = subscriber.message_rx();
-        let forward = tx.clone();
-        tokio::spawn(async move {
-            loop {
-                match messages.recv().await {
-                    Ok(msg) => {
-                        let Some(text) = msg.value.as_str() else {
-                            continue;
-                        };
-                        match serde_json::from_str::<Wire>(&text) {
-                            Ok(w) => {
-                                let _ = forward.send(Arc::new(Event {
-                                    id: w.id,
-                                    kind: w.kind,
-                                    merchant_id: w.merchant_id,
-                                    occurred_at: w.occurred_at,
-                                    payload: w.payload,
-                                }));
-                            }
-                            Err(e) => tracing::warn!(error = %e, "unreadable event on the bus"),
-                        }
-                    }
-                    // fred's own buffer overflowed: subscribers resume from the history.
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
-                        tracing::warn!(missed = n, "event bus subscriber lagged");
-                    }
-                    Err(broadcast::error::RecvError::Closed) => break,
-                }
-            }
-        });
+        tokio::spawn(forward(subscriber.message_rx(), tx.clone(), |msg| {
+            msg.value.as_str().map(|text| text.into_owned())
+        }));
         subscriber
             .subscribe(channel.as_str())
             .await
@@ -143,6 +129,43 @@ impl RedisBus {
             channel,
             tx,
         })
+    }
+}
+
+/// Hands what arrives from Redis to this instance's subscribers. When fred's own buffer
+/// overflowed, events were lost on the way: the subscribers are told (a [`Delivery::Gap`]), never
+/// left to miss them silently.
+async fn forward<M: Clone>(
+    mut messages: broadcast::Receiver<M>,
+    to: broadcast::Sender<Delivery>,
+    text: impl Fn(M) -> Option<String>,
+) {
+    loop {
+        match messages.recv().await {
+            Ok(msg) => {
+                let Some(text) = text(msg) else { continue };
+                match serde_json::from_str::<Wire>(&text) {
+                    Ok(w) => {
+                        let _ = to.send(Delivery::Event(Arc::new(Event {
+                            id: w.id,
+                            kind: w.kind,
+                            merchant_id: w.merchant_id,
+                            occurred_at: w.occurred_at,
+                            payload: w.payload,
+                        })));
+                    }
+                    Err(e) => tracing::warn!(error = %e, "unreadable event on the bus"),
+                }
+            }
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                tracing::warn!(
+                    missed = n,
+                    "event bus subscriber lagged; live subscribers resume from the history"
+                );
+                let _ = to.send(Delivery::Gap(n));
+            }
+            Err(broadcast::error::RecvError::Closed) => break,
+        }
     }
 }
 
@@ -169,11 +192,45 @@ impl EventBus for RedisBus {
         Ok(())
     }
 
-    fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
+    fn subscribe(&self) -> broadcast::Receiver<Delivery> {
         self.tx.subscribe()
     }
 
     fn backend(&self) -> &'static str {
         "redis"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wire(n: u32) -> String {
+        serde_json::json!({
+            "id": uuid::Uuid::now_v7(), "type": "bot_connected", "merchant_id": "m",
+            "occurred_at": chrono::Utc::now(), "payload": { "n": n },
+        })
+        .to_string()
+    }
+
+    /// Messages lost in the Redis client's buffer reach subscribers as a gap, in their place:
+    /// never a silent skip.
+    #[tokio::test]
+    async fn a_lagging_redis_subscription_is_reported_as_a_gap() {
+        let (from_redis, messages) = broadcast::channel::<String>(2);
+        let (to, mut subscriber) = broadcast::channel(16);
+        for n in 0..5 {
+            from_redis.send(wire(n)).unwrap();
+        }
+        drop(from_redis);
+        forward(messages, to, Some).await;
+        let mut got = vec![];
+        while let Ok(d) = subscriber.try_recv() {
+            got.push(match d {
+                Delivery::Event(e) => format!("event {}", e.payload["n"]),
+                Delivery::Gap(n) => format!("gap {n}"),
+            });
+        }
+        assert_eq!(got, ["gap 3", "event 3", "event 4"]);
     }
 }

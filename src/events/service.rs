@@ -25,7 +25,11 @@ use serde_json::Value;
 use tokio::sync::broadcast::error::RecvError;
 use uuid::Uuid;
 
-use super::{Event, EventType, bus::EventBus, validate_payload};
+use super::{
+    Event, EventType,
+    bus::{Delivery, EventBus},
+    validate_payload,
+};
 use crate::{
     auth::{MerchantId, MerchantScope, scope::Scoped as _},
     error::{Error, Result},
@@ -276,7 +280,13 @@ impl Events {
             }
             loop {
                 match rx.recv().await {
-                    Ok(e) => {
+                    Ok(Delivery::Gap(missed)) => {
+                        Err(Error::Lagged(format!(
+                            "this instance missed {missed} events from the event bus; \
+                             resubscribe with `after` set to the last event id you received"
+                        )))?;
+                    }
+                    Ok(Delivery::Event(e)) => {
                         // Already replayed from the history (the seam), or not for this caller.
                         // Not by id order: events are published in commit order, and an id is
                         // taken before its transaction commits, so a later event may come first.
