@@ -28,8 +28,9 @@ use crate::error::{Error, Result};
 #[derive(Debug, Clone)]
 pub enum Delivery {
     Event(Arc<Event>),
-    /// This instance lost events on their way from Redis (its subscription fell behind): a
-    /// subscriber cannot know which, so it ends with LAGGED and resumes from the history.
+    /// This instance lost events on their way from Redis (its subscription fell behind, or
+    /// its connection dropped): a subscriber cannot know which, so it ends with LAGGED and
+    /// resumes from the history. How many, when known (0: unknown).
     Gap(u64),
 }
 
@@ -119,6 +120,19 @@ impl RedisBus {
         tokio::spawn(forward(subscriber.message_rx(), tx.clone(), |msg| {
             msg.value.as_str().map(|text| text.into_owned())
         }));
+        // Pub/sub keeps nothing for a subscriber that is away: whatever was published while the
+        // connection was down is lost, so a reconnect is a gap of unknown size.
+        let mut reconnects = subscriber.reconnect_rx();
+        let gap = tx.clone();
+        tokio::spawn(async move {
+            while let Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) = reconnects.recv().await
+            {
+                tracing::warn!(
+                    "event bus reconnected to Redis; live subscribers resume from the history"
+                );
+                let _ = gap.send(Delivery::Gap(0));
+            }
+        });
         subscriber
             .subscribe(channel.as_str())
             .await

@@ -281,8 +281,13 @@ impl Events {
             loop {
                 match rx.recv().await {
                     Ok(Delivery::Gap(missed)) => {
+                        let how_many = if missed == 0 {
+                            "events".to_owned()
+                        } else {
+                            format!("{missed} events")
+                        };
                         Err(Error::Lagged(format!(
-                            "this instance missed {missed} events from the event bus; \
+                            "this instance may have missed {how_many} from the event bus; \
                              resubscribe with `after` set to the last event id you received"
                         )))?;
                     }
