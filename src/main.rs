@@ -98,22 +98,27 @@ fn init_tracing(format: LogFormat) {
 }
 
 fn main() {
-    // The runtime shape is picked from the machine (see `queue::worker::runtime`).
-    let runtime = match smartbot::queue::worker::runtime() {
+    let cli = Cli::parse();
+    // The runtime's shape is picked from the command and the machine: `serve` takes every core
+    // for its sockets, the rest one fewer (see `queue::worker::runtime` and `serve_runtime`).
+    let runtime = match cli.command {
+        None | Some(Command::Serve { .. }) => smartbot::queue::worker::serve_runtime(),
+        Some(_) => smartbot::queue::worker::runtime(),
+    };
+    let runtime = match runtime {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
             std::process::exit(1);
         }
     };
-    if let Err(e) = runtime.block_on(run()) {
+    if let Err(e) = runtime.block_on(run(cli)) {
         eprintln!("error: {}", e);
         std::process::exit(1);
     }
 }
 
-async fn run() -> Result<(), smartbot::error::Error> {
-    let cli = Cli::parse();
+async fn run(cli: Cli) -> Result<(), smartbot::error::Error> {
     let command = cli.command.unwrap_or(Command::Serve { no_workers: false });
     if let Command::Schema = command {
         print!("{}", smartbot::graphql::sdl());

@@ -639,12 +639,12 @@ async fn run_one(
     }
 }
 
-/// The async runtime `smartbot serve` and `smartbot worker` run on: one thread per core but one,
-/// at least one. The queue's work is short I/O-bound steps between the process and Redis or
-/// PostgreSQL, usually on the same small machine; measured on 2 cores, a second async thread
-/// there mostly adds cross-thread wake-ups and takes CPU from Redis (see the README's
-/// benchmarks). CPU-heavy work (images) runs on the blocking pool either way.
-/// `TOKIO_WORKER_THREADS`, when set, wins.
+/// The async runtime `smartbot worker` runs on: one thread per core but one, at least one. The
+/// queue's work is short I/O-bound steps between the process and Redis or PostgreSQL, usually on
+/// the same small machine; measured on 2 cores, a second async thread there mostly adds
+/// cross-thread wake-ups and takes CPU from Redis (see the README's benchmarks). CPU-heavy work
+/// (images) runs on the blocking pool either way. `TOKIO_WORKER_THREADS`, when set, wins.
+/// `smartbot serve` runs on [`serve_runtime`] instead.
 pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();
@@ -653,4 +653,14 @@ pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
         builder.worker_threads(cores.saturating_sub(1).max(1));
     }
     builder.build()
+}
+
+/// The async runtime `smartbot serve` runs on: one thread per core (tokio's default, and
+/// `TOKIO_WORKER_THREADS` wins). Serving is socket work that spreads over cores: one event to
+/// 10,000 subscribers is 10,000 sends, and on 2 cores a second thread nearly halves that fan-out
+/// (see the README's event benchmarks). A dedicated `smartbot worker` keeps [`runtime`].
+pub fn serve_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
 }
