@@ -28,7 +28,7 @@ use axum::{
     http::{StatusCode, request::Parts},
     response::{IntoResponse, Response},
 };
-use futures::{SinkExt, StreamExt};
+use futures::{FutureExt, SinkExt, StreamExt};
 
 use super::{explorer, request_context};
 use crate::{
@@ -189,6 +189,10 @@ fn negotiate(parts: &Parts) -> Option<WebSocketProtocols> {
 
 /// The initial read buffer of a socket (it grows for a larger frame, up to the frame limit).
 const WS_READ_BUFFER: usize = 2 * 1024;
+/// A batch of ready frames is written once it holds this many bytes (and at its end).
+const WS_WRITE_BUFFER: usize = 16 * 1024;
+/// Ready frames written with one flush at most.
+const WS_WRITE_BATCH: usize = 64;
 
 async fn ws_upgrade(State(state): State<AppState>, parts: Parts, ws: WebSocketUpgrade) -> Response {
     let Some(protocol) = negotiate(&parts) else {
@@ -216,8 +220,10 @@ async fn ws_upgrade(State(state): State<AppState>, parts: Parts, ws: WebSocketUp
         .max_frame_size(limit)
         // tungstenite's defaults reserve 128 KiB to read and 128 KiB to write per socket: ~150 KB
         // for every idle subscriber. Frames here are small; the buffers grow when one is not.
+        // Writes are flushed by `serve_ws` after each batch of ready frames; this only bounds how
+        // much of a batch is held before it goes out.
         .read_buffer_size(WS_READ_BUFFER)
-        .write_buffer_size(0)
+        .write_buffer_size(WS_WRITE_BUFFER)
         .on_upgrade(move |socket| serve_ws(socket, state, protocol, base, valid_until))
 }
 
@@ -475,25 +481,37 @@ async fn serve_ws(
                 (true, None) => None,
             };
         }
-        let msg = tokio::select! {
-            msg = out.next() => match msg {
-                Some(async_graphql::http::WsMessage::Text(text)) => {
-                    if let Some(id) = ended_operation(&text) {
-                        shared.lock().unwrap_or_else(|e| e.into_inner()).active.remove(&id);
-                    }
-                    Message::Text(text.into())
+        let outgoing = |msg: async_graphql::http::WsMessage| match msg {
+            async_graphql::http::WsMessage::Text(text) => {
+                if let Some(id) = ended_operation(&text) {
+                    shared
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .active
+                        .remove(&id);
                 }
-                Some(async_graphql::http::WsMessage::Close(code, reason)) => {
-                    let code = if code == 1002 && refused.load(Ordering::SeqCst) {
-                        CLOSE_FORBIDDEN
-                    } else {
-                        code
-                    };
-                    close(code, &reason)
+                Message::Text(text.into())
+            }
+            async_graphql::http::WsMessage::Close(code, reason) => {
+                let code = if code == 1002 && refused.load(Ordering::SeqCst) {
+                    CLOSE_FORBIDDEN
+                } else {
+                    code
+                };
+                close(code, &reason)
+            }
+        };
+        // `batch`: whether more ready frames may follow this one in the same write.
+        let (msg, batch) = tokio::select! {
+            msg = out.next() => match msg {
+                Some(msg) => {
+                    let msg = outgoing(msg);
+                    let closing = matches!(msg, Message::Close(_));
+                    (msg, !closing)
                 }
                 None => break,
             },
-            Some(refusal) = refusals.next() => Message::Text(refusal.into()),
+            Some(refusal) = refusals.next() => (Message::Text(refusal.into()), false),
             _ = &mut deadline, if on_deadline.is_some() => {
                 if let Some((code, reason)) = on_deadline {
                     let _ = sink.send(close(code, reason)).await;
@@ -508,11 +526,41 @@ async fn serve_ws(
                     tracing::debug!("dropping a websocket peer that stopped answering pings");
                     return;
                 }
-                Message::Ping(Default::default())
+                (Message::Ping(Default::default()), false)
             }
         };
-        if sink.send(msg).await.is_err() {
+        if sink.feed(msg).await.is_err() {
             return;
+        }
+        // Frames the executions already have ready leave in the same write: a socket that fell
+        // behind catches up with one `send` system call per batch, not one per frame.
+        let mut ended = false;
+        if batch {
+            for _ in 1..WS_WRITE_BATCH {
+                match out.next().now_or_never() {
+                    Some(Some(msg)) => {
+                        let msg = outgoing(msg);
+                        let closing = matches!(msg, Message::Close(_));
+                        if sink.feed(msg).await.is_err() {
+                            return;
+                        }
+                        if closing {
+                            break;
+                        }
+                    }
+                    Some(None) => {
+                        ended = true;
+                        break;
+                    }
+                    None => break,
+                }
+            }
+        }
+        if sink.flush().await.is_err() {
+            return;
+        }
+        if ended {
+            break;
         }
     }
     // The legacy protocol reports a refused init with connection_error; close with 4403 after it.
