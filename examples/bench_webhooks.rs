@@ -17,8 +17,14 @@ use std::{
 };
 
 use axum::{Router, body::Bytes, extract::State, http::HeaderMap, http::StatusCode};
+use mimalloc::MiMalloc;
 use serde_json::json;
 use smartbot::{Config, auth::MerchantId, events::EventType};
+
+// The app runs in this process, so it gets the `smartbot` binary's allocator: with glibc's,
+// malloc and free were a seventh of this process's CPU at 1,000 events/s.
+#[global_allocator]
+static GLOBAL: MiMalloc = MiMalloc;
 
 struct Sink {
     secrets: Vec<String>,
@@ -68,7 +74,8 @@ fn peak_rss_mb() -> f64 {
 }
 
 fn main() {
-    let runtime = smartbot::queue::worker::runtime().expect("runtime");
+    // The app with its workers in one process is `smartbot serve`'s shape: its runtime too.
+    let runtime = smartbot::queue::worker::serve_runtime().expect("runtime");
     runtime.block_on(run());
 }
 
