@@ -98,12 +98,14 @@ fn init_tracing(format: LogFormat) {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    let command = Cli::parse()
+        .command
+        .unwrap_or(Command::Serve { no_workers: false });
     // The runtime's shape is picked from the command and the machine: `serve` takes every core
     // for its sockets, the rest one fewer (see `queue::worker::runtime` and `serve_runtime`).
-    let runtime = match cli.command {
-        None | Some(Command::Serve { .. }) => smartbot::queue::worker::serve_runtime(),
-        Some(_) => smartbot::queue::worker::runtime(),
+    let runtime = match command {
+        Command::Serve { .. } => smartbot::queue::worker::serve_runtime(),
+        _ => smartbot::queue::worker::runtime(),
     };
     let runtime = match runtime {
         Ok(r) => r,
@@ -112,14 +114,13 @@ fn main() {
             std::process::exit(1);
         }
     };
-    if let Err(e) = runtime.block_on(run(cli)) {
+    if let Err(e) = runtime.block_on(run(command)) {
         eprintln!("error: {}", e);
         std::process::exit(1);
     }
 }
 
-async fn run(cli: Cli) -> Result<(), smartbot::error::Error> {
-    let command = cli.command.unwrap_or(Command::Serve { no_workers: false });
+async fn run(command: Command) -> Result<(), smartbot::error::Error> {
     if let Command::Schema = command {
         print!("{}", smartbot::graphql::sdl());
         return Ok(());

@@ -456,6 +456,26 @@ async fn serve_ws(
     tokio::pin!(deadline);
     let mut armed: Option<(bool, Option<i64>)> = None;
     let mut on_deadline: Option<(u16, &str)> = None;
+    let outgoing = |msg: async_graphql::http::WsMessage| match msg {
+        async_graphql::http::WsMessage::Text(text) => {
+            if let Some(id) = ended_operation(&text) {
+                shared
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .active
+                    .remove(&id);
+            }
+            Message::Text(text.into())
+        }
+        async_graphql::http::WsMessage::Close(code, reason) => {
+            let code = if code == 1002 && refused.load(Ordering::SeqCst) {
+                CLOSE_FORBIDDEN
+            } else {
+                code
+            };
+            close(code, &reason)
+        }
+    };
     loop {
         let watched = {
             let s = shared.lock().unwrap_or_else(|e| e.into_inner());
@@ -481,34 +501,10 @@ async fn serve_ws(
                 (true, None) => None,
             };
         }
-        let outgoing = |msg: async_graphql::http::WsMessage| match msg {
-            async_graphql::http::WsMessage::Text(text) => {
-                if let Some(id) = ended_operation(&text) {
-                    shared
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .active
-                        .remove(&id);
-                }
-                Message::Text(text.into())
-            }
-            async_graphql::http::WsMessage::Close(code, reason) => {
-                let code = if code == 1002 && refused.load(Ordering::SeqCst) {
-                    CLOSE_FORBIDDEN
-                } else {
-                    code
-                };
-                close(code, &reason)
-            }
-        };
         // `batch`: whether more ready frames may follow this one in the same write.
-        let (msg, batch) = tokio::select! {
+        let (mut msg, batch) = tokio::select! {
             msg = out.next() => match msg {
-                Some(msg) => {
-                    let msg = outgoing(msg);
-                    let closing = matches!(msg, Message::Close(_));
-                    (msg, !closing)
-                }
+                Some(msg) => (outgoing(msg), true),
                 None => break,
             },
             Some(refusal) = refusals.next() => (Message::Text(refusal.into()), false),
@@ -529,32 +525,26 @@ async fn serve_ws(
                 (Message::Ping(Default::default()), false)
             }
         };
-        if sink.feed(msg).await.is_err() {
-            return;
-        }
         // Frames the executions already have ready leave in the same write: a socket that fell
-        // behind catches up with one `send` system call per batch, not one per frame.
+        // behind catches up with one `send` system call per batch, not one per frame. A close
+        // ends the batch.
         let mut ended = false;
-        if batch {
-            for _ in 1..WS_WRITE_BATCH {
-                match out.next().now_or_never() {
-                    Some(Some(msg)) => {
-                        let msg = outgoing(msg);
-                        let closing = matches!(msg, Message::Close(_));
-                        if sink.feed(msg).await.is_err() {
-                            return;
-                        }
-                        if closing {
-                            break;
-                        }
-                    }
-                    Some(None) => {
-                        ended = true;
-                        break;
-                    }
-                    None => break,
-                }
+        for fed in 1.. {
+            let closing = matches!(msg, Message::Close(_));
+            if sink.feed(msg).await.is_err() {
+                return;
             }
+            if !batch || closing || fed == WS_WRITE_BATCH {
+                break;
+            }
+            msg = match out.next().now_or_never() {
+                Some(Some(next)) => outgoing(next),
+                Some(None) => {
+                    ended = true;
+                    break;
+                }
+                None => break,
+            };
         }
         if sink.flush().await.is_err() {
             return;
