@@ -5,8 +5,8 @@
 //! `Events::publish` calls [`Dispatcher::dispatch`], which enqueues one `webhook_delivery` job per
 //! matching enabled endpoint and then marks the row dispatched (a burst's marks together, within
 //! a quarter of the sweep interval). A process that dies in between leaves the row NULL, and
-//! [`spawn_sweeper`] (in every serve and worker process) dispatches it again. The queue may be
-//! Redis while events live in SQL: nothing here needs a transaction that spans both.
+//! [`spawn_sweeper`] (in every serve and worker process) dispatches it again. The queue may be Redis while events live in SQL: nothing here needs a transaction that
+//! spans both.
 //!
 //! **Idempotence.** Dispatching twice is harmless: job ids are `{webhook}:{event}:{attempt}`, so
 //! the queue keeps one job per attempt, and an attempt whose log row exists (or whose event
@@ -140,10 +140,9 @@ pub fn subscribes(w: &webhook::Model, kind: EventType) -> bool {
 ///
 /// [`Outbox::dispatch`] hands the events to one task per process that fans them out in batches:
 /// a burst costs one endpoints query and one bulk enqueue per batch, not per event, and the
-/// outbox marks of everything fanned out within [`MARK_LINGER`] go in one UPDATE. The hand-off
-/// never blocks the emitter: when the task's buffer is full (or the process dies before the batch
-/// is done), the rows stay undispatched and [`spawn_sweeper`] fans them out after
-/// `WEBHOOK_SWEEP_INTERVAL`. Nothing is lost; only that path is slower.
+/// outbox marks of everything fanned out within [`MARK_LINGER`] go in one UPDATE. The hand-off never blocks the emitter: when the task's buffer is full (or the process
+/// dies before the batch is done), the rows stay undispatched and [`spawn_sweeper`] fans them out
+/// after `WEBHOOK_SWEEP_INTERVAL`. Nothing is lost; only that path is slower.
 #[derive(Clone)]
 pub struct Dispatcher {
     db: DatabaseConnection,
