@@ -18,8 +18,8 @@ use std::sync::{
 
 use futures::Stream;
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, EntityTrait,
-    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait,
+    DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
 };
 use serde_json::Value;
 use tokio::sync::broadcast::error::RecvError;
@@ -89,8 +89,7 @@ pub async fn record<C: ConnectionTrait>(
         occurred_at: chrono::Utc::now(),
         payload,
     };
-    // Without RETURNING: the row is what was just built, so nothing needs reading back.
-    Events_::insert(event::ActiveModel {
+    event::ActiveModel {
         id: Set(e.id),
         event_type: Set(kind.as_str().to_owned()),
         merchant_id: Set(e.merchant_id.clone()),
@@ -98,8 +97,8 @@ pub async fn record<C: ConnectionTrait>(
         occurred_at: Set(e.occurred_at),
         // NULL: the webhook fan-out is still to be dispatched (the outbox).
         webhooks_dispatched_at: sea_orm::ActiveValue::NotSet,
-    })
-    .exec_without_returning(db)
+    }
+    .insert(db)
     .await?;
     Ok(e)
 }
