@@ -18,8 +18,8 @@ use std::sync::{
 
 use futures::Stream;
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait,
-    DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
+    ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, EntityTrait,
+    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
 };
 use serde_json::Value;
 use tokio::sync::broadcast::error::RecvError;
@@ -51,6 +51,11 @@ const SEAM: chrono::Duration = chrono::Duration::minutes(2);
 #[async_trait::async_trait]
 pub trait Outbox: Send + Sync + 'static {
     async fn dispatch(&self, events: &[Event]) -> Result<()>;
+
+    /// Writes now the marks of what was already dispatched, if the outbox defers them.
+    async fn flush(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// The event service held in the app state.
@@ -89,7 +94,8 @@ pub async fn record<C: ConnectionTrait>(
         occurred_at: chrono::Utc::now(),
         payload,
     };
-    event::ActiveModel {
+    // Without RETURNING: the row is what was just built, so nothing needs reading back.
+    Events_::insert(event::ActiveModel {
         id: Set(e.id),
         event_type: Set(kind.as_str().to_owned()),
         merchant_id: Set(e.merchant_id.clone()),
@@ -97,8 +103,8 @@ pub async fn record<C: ConnectionTrait>(
         occurred_at: Set(e.occurred_at),
         // NULL: the webhook fan-out is still to be dispatched (the outbox).
         webhooks_dispatched_at: sea_orm::ActiveValue::NotSet,
-    }
-    .insert(db)
+    })
+    .exec_without_returning(db)
     .await?;
     Ok(e)
 }
@@ -184,6 +190,12 @@ impl Events {
 
     /// Keeps the newest `history` events of `merchant`.
     async fn trim(&self, merchant: &MerchantId) -> Result<()> {
+        // Marks the outbox still holds back would keep fanned-out events from being trimmed.
+        if let Some(outbox) = &self.outbox
+            && let Err(e) = outbox.flush().await
+        {
+            tracing::warn!(error = %e, "outbox marks not flushed before the history trim");
+        }
         let cutoff = Events_::find()
             .select_only()
             .column(C::Id)

@@ -3,10 +3,11 @@
 //! **The outbox.** `events::service::record` writes the event row in the caller's transaction
 //! with `webhooks_dispatched_at` NULL: that row is the durable intent. After commit,
 //! `Events::publish` calls [`Dispatcher::dispatch`], which enqueues one `webhook_delivery` job per
-//! matching enabled endpoint and then marks the row dispatched. A process that dies in between
-//! leaves the row NULL, and [`spawn_sweeper`] (in every serve and worker process) dispatches it
-//! again. The queue may be Redis while events live in SQL: nothing here needs a transaction that
-//! spans both.
+//! matching enabled endpoint and then marks the row dispatched (a burst's marks together, within
+//! a quarter of the sweep interval, or sooner when the history trim asks). A process that dies
+//! in between leaves the row NULL, and [`spawn_sweeper`] (in every serve and worker process)
+//! dispatches it again. The queue may be Redis while events live in SQL: nothing here needs a
+//! transaction that spans both.
 //!
 //! **Idempotence.** Dispatching twice is harmless: job ids are `{webhook}:{event}:{attempt}`, so
 //! the queue keeps one job per attempt, and an attempt whose log row exists (or whose event
@@ -139,9 +140,10 @@ pub fn subscribes(w: &webhook::Model, kind: EventType) -> bool {
 /// The `webhook_delivery` fan-out of committed events: the outbox's consumer.
 ///
 /// [`Outbox::dispatch`] hands the events to one task per process that fans them out in batches:
-/// a burst costs one endpoints query, one bulk enqueue and one outbox mark per batch, not per
-/// event. The hand-off never blocks the emitter: when the task's buffer is full (or the process
-/// dies before the batch is done), the rows stay undispatched and [`spawn_sweeper`] fans them out
+/// a burst costs one endpoints query and one bulk enqueue per batch, not per event, and the
+/// outbox marks of everything fanned out within [`MARK_LINGER`] go in one UPDATE. The hand-off
+/// never blocks the emitter: when the task's buffer is full (or the process dies before the
+/// batch is done), the rows stay undispatched and [`spawn_sweeper`] fans them out
 /// after `WEBHOOK_SWEEP_INTERVAL`. Nothing is lost; only that path is slower.
 #[derive(Clone)]
 pub struct Dispatcher {
@@ -149,12 +151,19 @@ pub struct Dispatcher {
     queue: JobQueue,
     runtime: Arc<WebhookRuntime>,
     batcher: Arc<std::sync::OnceLock<mpsc::Sender<Event>>>,
+    /// Events fanned out whose outbox mark is still to be written (shared by the batch task
+    /// and [`Outbox::flush`]).
+    unmarked: Arc<std::sync::Mutex<Vec<Uuid>>>,
 }
 
 /// Events waiting for the batch task, per process. Beyond this the sweeper takes over.
 const DISPATCH_BUFFER: usize = 20_000;
 /// Events fanned out in one batch at most.
 const DISPATCH_BATCH: usize = 500;
+/// Events marked dispatched in one UPDATE at most.
+const MARK_BATCH: usize = 500;
+/// The longest a fanned-out event waits for its mark (see [`Dispatcher::mark_linger`]).
+const MARK_LINGER: Duration = Duration::from_millis(250);
 
 impl Dispatcher {
     pub fn new(db: DatabaseConnection, queue: JobQueue, runtime: Arc<WebhookRuntime>) -> Self {
@@ -163,6 +172,7 @@ impl Dispatcher {
             queue,
             runtime,
             batcher: Arc::new(std::sync::OnceLock::new()),
+            unmarked: Arc::default(),
         }
     }
 
@@ -184,6 +194,12 @@ impl Dispatcher {
     /// Fans out `events` now: enqueues one first-attempt job per matching endpoint, then marks
     /// the rows dispatched. Idempotent (see the module doc).
     pub async fn dispatch_now(&self, events: &[Event]) -> Result<()> {
+        self.fan_out(events).await?;
+        self.mark_dispatched(events.iter().map(|e| e.id)).await
+    }
+
+    /// Enqueues one first-attempt job per matching endpoint of each event.
+    async fn fan_out(&self, events: &[Event]) -> Result<()> {
         if events.is_empty() {
             return Ok(());
         }
@@ -213,19 +229,73 @@ impl Dispatcher {
             }
         }
         enqueue(&self.queue, &self.runtime, &attempts).await?;
-        // Only now is the intent carried by the queue.
-        event::Entity::update_many()
-            .col_expr(
-                event::Column::WebhooksDispatchedAt,
-                Expr::value(Some(Utc::now())),
-            )
-            .filter(event::Column::Id.is_in(events.iter().map(|e| e.id)))
-            .exec(&self.db)
-            .await?;
         Ok(())
     }
 
+    /// Marks events whose fan-out the queue now carries, so the sweeper leaves them alone.
+    async fn mark_dispatched(&self, ids: impl IntoIterator<Item = Uuid>) -> Result<()> {
+        let ids: Vec<Uuid> = ids.into_iter().collect();
+        for chunk in ids.chunks(MARK_BATCH) {
+            event::Entity::update_many()
+                .col_expr(
+                    event::Column::WebhooksDispatchedAt,
+                    Expr::value(Some(Utc::now())),
+                )
+                .filter(event::Column::Id.is_in(chunk.iter().copied()))
+                .exec(&self.db)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Fans out one batch of the task and queues its marks, due within `linger` (at once when
+    /// a whole UPDATE's worth is waiting).
+    async fn fan_out_batch(
+        &self,
+        batch: &[Event],
+        due: &mut Option<tokio::time::Instant>,
+        linger: Duration,
+    ) {
+        match self.fan_out(batch).await {
+            Ok(()) => {
+                let waiting = {
+                    let mut unmarked = self.unmarked.lock().unwrap_or_else(|p| p.into_inner());
+                    unmarked.extend(batch.iter().map(|e| e.id));
+                    unmarked.len()
+                };
+                let now = tokio::time::Instant::now();
+                *due = Some(if waiting >= MARK_BATCH {
+                    now
+                } else {
+                    due.unwrap_or(now + linger)
+                });
+            }
+            Err(e) => tracing::warn!(
+                error = %e,
+                count = batch.len(),
+                "webhook fan-out deferred to the sweeper"
+            ),
+        }
+    }
+
+    /// Writes the marks of everything fanned out so far. If the UPDATE fails the rows stay
+    /// unmarked, and the sweeper dispatches them again (harmlessly).
+    async fn flush_marks(&self) -> Result<()> {
+        let ids = std::mem::take(&mut *self.unmarked.lock().unwrap_or_else(|p| p.into_inner()));
+        self.mark_dispatched(ids).await
+    }
+
+    /// How long a fanned-out event may wait for its mark: a fraction of the sweep interval, so
+    /// the sweeper (which takes rows older than one interval) never sees it unmarked.
+    fn mark_linger(&self) -> Duration {
+        (self.runtime.sweep_interval / 4).min(MARK_LINGER)
+    }
+
     /// This process's batch task, started on first use (on the caller's runtime).
+    ///
+    /// Fan-out is immediate; the marks are written together, at most `mark_linger` later (one
+    /// UPDATE for a burst instead of one commit per batch). If the process dies before the mark,
+    /// the sweeper dispatches the event again, which the job ids make harmless.
     fn batcher(&self) -> &mpsc::Sender<Event> {
         self.batcher.get_or_init(|| {
             let (tx, mut rx) = mpsc::channel::<Event>(DISPATCH_BUFFER);
@@ -234,16 +304,28 @@ impl Dispatcher {
                 ..self.clone()
             };
             tokio::spawn(async move {
+                let linger = this.mark_linger();
                 let mut batch = Vec::with_capacity(DISPATCH_BATCH);
-                while rx.recv_many(&mut batch, DISPATCH_BATCH).await > 0 {
-                    if let Err(e) = this.dispatch_now(&batch).await {
-                        tracing::warn!(
-                            error = %e,
-                            count = batch.len(),
-                            "webhook fan-out deferred to the sweeper"
-                        );
+                let mut due: Option<tokio::time::Instant> = None;
+                let mut open = true;
+                while open {
+                    tokio::select! {
+                        n = rx.recv_many(&mut batch, DISPATCH_BATCH) => {
+                            open = n > 0;
+                            if !batch.is_empty() {
+                                this.fan_out_batch(&batch, &mut due, linger).await;
+                                batch.clear();
+                            }
+                        }
+                        _ = sleep_until(due), if due.is_some() => {}
                     }
-                    batch.clear();
+                    if !open || due.is_some_and(|d| d <= tokio::time::Instant::now()) {
+                        due = None;
+                        if let Err(e) = this.flush_marks().await {
+                            // Left to the sweeper, which dispatches them again (harmlessly).
+                            tracing::warn!(error = %e, "marking webhook fan-out as dispatched failed");
+                        }
+                    }
                 }
             });
             tx
@@ -262,6 +344,18 @@ impl Outbox for Dispatcher {
             }
         }
         Ok(())
+    }
+
+    async fn flush(&self) -> Result<()> {
+        self.flush_marks().await
+    }
+}
+
+/// Sleeps until `at`; never wakes when there is nothing due.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -648,6 +742,8 @@ pub(crate) struct LogWriter {
 
 /// Rows per INSERT at most (well under SQLite's bound-parameter limit: 14 columns each).
 const LOG_BATCH: usize = 200;
+/// How long the first row of a batch waits for others to share its commit.
+const LOG_LINGER: Duration = Duration::from_millis(2);
 
 impl LogWriter {
     fn spawn(db: DatabaseConnection) -> Self {
@@ -659,8 +755,18 @@ impl LogWriter {
         tokio::spawn(async move {
             let mut batch: Vec<Pending> = Vec::with_capacity(LOG_BATCH);
             while rx.recv_many(&mut batch, LOG_BATCH).await > 0 {
+                // Rows that arrive within LOG_LINGER share this commit. The delay is after the
+                // POST, so no receiver waits for it; a job only holds its lease that much longer.
+                let until = tokio::time::Instant::now() + LOG_LINGER;
+                while batch.len() < LOG_BATCH {
+                    let room = LOG_BATCH - batch.len();
+                    match tokio::time::timeout_at(until, rx.recv_many(&mut batch, room)).await {
+                        Ok(n) if n > 0 => {}
+                        _ => break,
+                    }
+                }
                 let (rows, waiters): (Vec<_>, Vec<_>) = batch.drain(..).unzip();
-                let res = Logs::insert_many(rows).exec(&db).await;
+                let res = Logs::insert_many(rows).exec_without_returning(&db).await;
                 for w in waiters {
                     let _ = w.send(match &res {
                         Ok(_) => Ok(()),

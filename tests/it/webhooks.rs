@@ -920,7 +920,42 @@ async fn an_event_recorded_but_never_published_is_delivered(db: Db) {
     app.server.stop().await.unwrap();
 }
 
+/// The normal path marks what it fanned out (a burst's marks go together, shortly after), so the
+/// sweeper leaves those rows alone and every event is delivered once.
+async fn a_burst_is_fanned_out_once_and_marked(db: Db) {
+    use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
+    let app = spawn(db).await;
+    let rx = TestReceiver::start().await;
+    let (id, _) = register(&app, "m-a", json!({ "url": rx.url() })).await;
+    let mut ids = Vec::new();
+    for n in 0..20 {
+        ids.push(uuid::Uuid::parse_str(&emit(&app, "m-a", n).await).unwrap());
+    }
+    rx.wait_for(20).await;
+    let db = &app.server.state.db;
+    eventually("every emitted event marked dispatched", || async {
+        let unmarked = entity::event::Entity::find()
+            .filter(entity::event::Column::Id.is_in(ids.clone()))
+            .filter(entity::event::Column::WebhooksDispatchedAt.is_null())
+            .count(db)
+            .await
+            .unwrap();
+        if unmarked == 0 {
+            Ok(())
+        } else {
+            Err(format!("{unmarked} of 20 still unmarked"))
+        }
+    })
+    .await;
+    // Three sweeps later, still one delivery and one log row per event.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(rx.requests().len(), 20);
+    assert_eq!(wait_logs(&app, "m-a", &id, 20).await.len(), 20);
+    app.server.stop().await.unwrap();
+}
+
 both_dbs!(
+    a_burst_is_fanned_out_once_and_marked,
     deliveries_are_signed_to_spec_and_logged,
     failures_are_retried_until_success,
     a_down_receiver_is_logged_and_retried_later,
