@@ -230,7 +230,9 @@ async fn subscriber(
     })
 }
 
-async fn emit(client: &reqwest::Client, port: u16, token: &str) {
+/// Emits one event over REST; returns how long the request took (µs).
+async fn emit(client: &reqwest::Client, port: u16, token: &str) -> u64 {
+    let t = now_us();
     let body = json!({
         "event_type": "bot_connected",
         "merchant_id": "m-bench",
@@ -244,6 +246,7 @@ async fn emit(client: &reqwest::Client, port: u16, token: &str) {
         .await
         .unwrap();
     assert!(r.status().is_success(), "emit: {}", r.status());
+    now_us().saturating_sub(t)
 }
 
 fn pct(sorted: &[u64], p: f64) -> f64 {
@@ -398,6 +401,7 @@ async fn latency(subscribers: usize, rate: u64, seconds: u64, redis: bool) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let start_t = Instant::now();
     let mut inflight = futures::stream::FuturesUnordered::new();
+    let mut emits: Vec<u64> = Vec::with_capacity(total as usize);
     for _ in 0..total {
         tick.tick().await;
         let c = client.clone();
@@ -405,10 +409,17 @@ async fn latency(subscribers: usize, rate: u64, seconds: u64, redis: bool) {
         let port = a.port;
         inflight.push(tokio::spawn(async move { emit(&c, port, &t).await }));
         while inflight.len() > 256 {
-            inflight.next().await;
+            if let Some(Ok(us)) = inflight.next().await {
+                emits.push(us);
+            }
         }
     }
-    while inflight.next().await.is_some() {}
+    while let Some(done) = inflight.next().await {
+        if let Ok(us) = done {
+            emits.push(us);
+        }
+    }
+    emits.sort_unstable();
     let achieved = total as f64 / start_t.elapsed().as_secs_f64();
     wait_for(&seen, total as usize * subscribers, Duration::from_secs(30)).await;
     let mut lat = seen.lock().unwrap().clone();
@@ -420,6 +431,7 @@ async fn latency(subscribers: usize, rate: u64, seconds: u64, redis: bool) {
             "subscribers": subscribers, "target_rate": rate, "achieved_rate": achieved.round(),
             "deliveries": lat.len(), "expected": total as usize * subscribers,
             "p50_ms": pct(&lat, 0.5), "p99_ms": pct(&lat, 0.99), "max_ms": pct(&lat, 1.0),
+            "emit_p50_ms": pct(&emits, 0.5), "emit_p99_ms": pct(&emits, 0.99),
         })
     );
     for h in handles {

@@ -157,6 +157,10 @@ async fn run() {
         bad: Default::default(),
     });
     let app = Router::new().fallback(receive).with_state(sink.clone());
+    // As production servers do (nginx's tcp_nodelay is on by default): no Nagle delay on replies.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     tokio::spawn(async move { axum::serve(listener, app).await });
 
     let total = rate * secs;

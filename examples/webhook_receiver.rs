@@ -96,5 +96,9 @@ async fn main() {
         .await
         .expect("bind");
     println!("listening on http://0.0.0.0:{port}/webhooks");
+    // As production servers do (nginx's tcp_nodelay is on by default): no Nagle delay on replies.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, app).await.expect("serve");
 }

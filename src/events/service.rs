@@ -32,6 +32,7 @@ use super::{
 };
 use crate::{
     auth::{MerchantId, MerchantScope, scope::Scoped as _},
+    db::BatchInserter,
     error::{Error, Result},
     pagination::{Page, PageArgs, encode_cursor},
 };
@@ -39,9 +40,13 @@ use entity::event::{self, Column as C, Entity as Events_};
 
 const CURSOR_KIND: &str = "evt";
 /// Trim one merchant's history every this many emits (per process): cheap, and the history
-/// never holds fewer than the configured length.
+/// never holds fewer than the configured length. Trims run in the background.
 const TRIM_EVERY: u64 = 32;
+/// Merchants waiting for a trim, at most.
+const TRIM_QUEUE: usize = 256;
 const REPLAY_PAGE: u64 = 500;
+/// Emitted events stored in one INSERT at most (6 columns each).
+const WRITE_BATCH: usize = 256;
 /// How long an event may take from its id (taken in its transaction) to being published. Only
 /// events replayed with an id this recent can also arrive live, so only they are remembered to
 /// drop their live copy.
@@ -67,6 +72,11 @@ pub struct Events {
     /// Subscriptions opened by this process so far (they are live from the moment they count).
     opened: AtomicU64,
     outbox: Option<Arc<dyn Outbox>>,
+    /// Stores what [`Events::emit`] is given, concurrent emits in one commit; started on first
+    /// use.
+    writer: std::sync::OnceLock<BatchInserter<event::ActiveModel>>,
+    /// Merchants whose history is due a trim, for the trimmer task; started on first use.
+    trims: std::sync::OnceLock<tokio::sync::mpsc::Sender<String>>,
 }
 
 fn to_event(m: event::Model) -> Result<Event> {
@@ -86,27 +96,34 @@ pub async fn record<C: ConnectionTrait>(
     merchant: &MerchantId,
     payload: Value,
 ) -> Result<Event> {
+    let e = new_event(kind, merchant, payload)?;
+    // Without RETURNING: the row is what was just built, so nothing needs reading back.
+    Events_::insert(row(&e)).exec_without_returning(db).await?;
+    Ok(e)
+}
+
+/// A new event, its payload validated.
+fn new_event(kind: EventType, merchant: &MerchantId, payload: Value) -> Result<Event> {
     validate_payload(kind, &payload)?;
-    let e = Event {
+    Ok(Event {
         id: Uuid::now_v7(),
         kind,
         merchant_id: merchant.as_str().to_owned(),
         occurred_at: chrono::Utc::now(),
         payload,
-    };
-    // Without RETURNING: the row is what was just built, so nothing needs reading back.
-    Events_::insert(event::ActiveModel {
+    })
+}
+
+fn row(e: &Event) -> event::ActiveModel {
+    event::ActiveModel {
         id: Set(e.id),
-        event_type: Set(kind.as_str().to_owned()),
+        event_type: Set(e.kind.as_str().to_owned()),
         merchant_id: Set(e.merchant_id.clone()),
         payload: Set(e.payload.clone()),
         occurred_at: Set(e.occurred_at),
         // NULL: the webhook fan-out is still to be dispatched (the outbox).
         webhooks_dispatched_at: sea_orm::ActiveValue::NotSet,
-    })
-    .exec_without_returning(db)
-    .await?;
-    Ok(e)
+    }
 }
 
 fn filter(scope: &MerchantScope, types: &[EventType]) -> Condition {
@@ -121,6 +138,60 @@ fn wanted(scope: &MerchantScope, types: &[EventType], e: &Event) -> bool {
     scope.allows(&e.merchant_id) && (types.is_empty() || types.contains(&e.kind))
 }
 
+/// Trims the histories it is sent, one at a time, until the [`Events`] that started it is gone.
+async fn trimmer(
+    db: DatabaseConnection,
+    outbox: Option<Arc<dyn Outbox>>,
+    history: u64,
+    mut due: tokio::sync::mpsc::Receiver<String>,
+) {
+    let mut merchants = Vec::new();
+    while due.recv_many(&mut merchants, TRIM_QUEUE).await > 0 {
+        merchants.sort_unstable();
+        merchants.dedup();
+        for merchant in merchants.drain(..) {
+            if let Err(err) = trim(&db, outbox.as_deref(), history, &merchant).await {
+                tracing::warn!(error = %err, "event history trim failed");
+            }
+        }
+    }
+}
+
+/// Keeps the newest `history` events of `merchant`.
+async fn trim(
+    db: &DatabaseConnection,
+    outbox: Option<&dyn Outbox>,
+    history: u64,
+    merchant: &str,
+) -> Result<()> {
+    // Marks the outbox still holds back would keep fanned-out events from being trimmed.
+    if let Some(outbox) = outbox
+        && let Err(e) = outbox.flush().await
+    {
+        tracing::warn!(error = %e, "outbox marks not flushed before the history trim");
+    }
+    let cutoff = Events_::find()
+        .select_only()
+        .column(C::Id)
+        .filter(C::MerchantId.eq(merchant))
+        .order_by_desc(C::Id)
+        .offset(history)
+        .limit(1)
+        .into_tuple::<Uuid>()
+        .one(db)
+        .await?;
+    if let Some(cutoff) = cutoff {
+        Events_::delete_many()
+            .filter(C::MerchantId.eq(merchant))
+            .filter(C::Id.lte(cutoff))
+            // An event still waiting for its webhook fan-out stays until it is dispatched.
+            .filter(C::WebhooksDispatchedAt.is_not_null())
+            .exec(db)
+            .await?;
+    }
+    Ok(())
+}
+
 impl Events {
     pub fn new(db: DatabaseConnection, bus: Arc<dyn EventBus>, history: usize) -> Self {
         Self {
@@ -130,6 +201,8 @@ impl Events {
             emitted: AtomicU64::new(0),
             opened: AtomicU64::new(0),
             outbox: None,
+            writer: std::sync::OnceLock::new(),
+            trims: std::sync::OnceLock::new(),
         }
     }
 
@@ -155,21 +228,41 @@ impl Events {
         &self.bus
     }
 
-    /// The one entry point: validates, stores, publishes. Durable when it returns.
+    /// The one entry point: validates, stores, publishes. Durable when it returns: the row is
+    /// committed, in one INSERT with whatever other emits arrived meanwhile (group commit).
     pub async fn emit(
         &self,
         kind: EventType,
         merchant: &MerchantId,
         payload: Value,
     ) -> Result<Event> {
-        let e = record(&self.db, kind, merchant, payload).await?;
+        let e = new_event(kind, merchant, payload)?;
+        self.writer
+            .get_or_init(|| BatchInserter::spawn(self.db.clone(), WRITE_BATCH, None, "events"))
+            .insert(row(&e))
+            .await?;
         self.publish(e.clone()).await;
-        if self.emitted.fetch_add(1, Ordering::Relaxed) % TRIM_EVERY == TRIM_EVERY - 1
-            && let Err(err) = self.trim(merchant).await
-        {
-            tracing::warn!(error = %err, "event history trim failed");
+        if self.emitted.fetch_add(1, Ordering::Relaxed) % TRIM_EVERY == TRIM_EVERY - 1 {
+            self.trim_later(merchant);
         }
         Ok(e)
+    }
+
+    /// Has `merchant`'s history trimmed in the background: an emit never waits for it (on
+    /// PostgreSQL its DELETE could wait on the outbox's marks, and the emit with it).
+    fn trim_later(&self, merchant: &MerchantId) {
+        let due = self.trims.get_or_init(|| {
+            let (tx, rx) = tokio::sync::mpsc::channel(TRIM_QUEUE);
+            tokio::spawn(trimmer(
+                self.db.clone(),
+                self.outbox.clone(),
+                self.history,
+                rx,
+            ));
+            tx
+        });
+        // Full: trims are already due, and this merchant's turn comes again.
+        let _ = due.try_send(merchant.as_str().to_owned());
     }
 
     /// Hands a stored event to live subscribers and to the outbox. Failures are logged, not
@@ -186,36 +279,6 @@ impl Events {
         if let Err(e) = self.bus.publish(event.clone()).await {
             tracing::warn!(error = %e, "event stored but not published live");
         }
-    }
-
-    /// Keeps the newest `history` events of `merchant`.
-    async fn trim(&self, merchant: &MerchantId) -> Result<()> {
-        // Marks the outbox still holds back would keep fanned-out events from being trimmed.
-        if let Some(outbox) = &self.outbox
-            && let Err(e) = outbox.flush().await
-        {
-            tracing::warn!(error = %e, "outbox marks not flushed before the history trim");
-        }
-        let cutoff = Events_::find()
-            .select_only()
-            .column(C::Id)
-            .filter(C::MerchantId.eq(merchant.as_str()))
-            .order_by_desc(C::Id)
-            .offset(self.history)
-            .limit(1)
-            .into_tuple::<Uuid>()
-            .one(&self.db)
-            .await?;
-        if let Some(cutoff) = cutoff {
-            Events_::delete_many()
-                .filter(C::MerchantId.eq(merchant.as_str()))
-                .filter(C::Id.lte(cutoff))
-                // An event still waiting for its webhook fan-out stays until it is dispatched.
-                .filter(C::WebhooksDispatchedAt.is_not_null())
-                .exec(&self.db)
-                .await?;
-        }
-        Ok(())
     }
 
     /// `recentEvents`: the history, newest first.

@@ -15,6 +15,10 @@
 //! shared stream through its own bounded buffer (`EVENT_BUFFER` responses): one that falls a
 //! whole buffer behind is cut off with LAGGED, exactly as on its own stream, and resumes with
 //! `after`. The hub stops when its last subscriber leaves.
+//!
+//! A shared response is serialized once, in the hub, and every subscriber's socket writes the
+//! same JSON text inside its own protocol envelope ([`Payload::Shared`]): one event to ten
+//! thousand subscribers is one serialization, not ten thousand copies and serializations.
 
 use std::{
     collections::HashMap,
@@ -25,7 +29,7 @@ use std::{
 };
 
 use async_graphql::{
-    Executor, PathSegment, Request, Response, Value,
+    PathSegment, Request, Response, Value,
     parser::types::{OperationType, Selection},
 };
 use futures::channel::mpsc;
@@ -75,7 +79,7 @@ struct Members {
 }
 
 struct Member {
-    tx: mpsc::Sender<Arc<Response>>,
+    tx: mpsc::Sender<Arc<str>>,
     /// Set when the buffer overflowed and the subscriber was dropped from the list.
     lagged: Arc<AtomicBool>,
 }
@@ -94,7 +98,7 @@ impl Drop for Hub {
 
 impl Hub {
     /// A new subscriber's buffer, or `None` when the execution has ended.
-    fn join(&self, capacity: usize) -> Option<(mpsc::Receiver<Arc<Response>>, Arc<AtomicBool>)> {
+    fn join(&self, capacity: usize) -> Option<(mpsc::Receiver<Arc<str>>, Arc<AtomicBool>)> {
         // A futures channel holds `buffer` + one per sender.
         let buffer = capacity.saturating_sub(1);
         let mut members = self.members.lock().unwrap_or_else(|e| e.into_inner());
@@ -130,6 +134,15 @@ impl Hubs {
     }
 }
 
+/// One response of an operation on a WebSocket.
+pub enum Payload {
+    /// A shared execution's response, already serialized as JSON: the same text for every
+    /// subscriber of the execution.
+    Shared(Arc<str>),
+    /// A response of this operation's own.
+    Own(Box<Response>),
+}
+
 /// The WebSocket's executor: the schema, with live `events` subscriptions shared.
 #[derive(Clone)]
 pub struct SharedExecutor {
@@ -138,20 +151,19 @@ pub struct SharedExecutor {
     pub events: Arc<Events>,
 }
 
-impl Executor for SharedExecutor {
-    fn execute(&self, request: Request) -> impl Future<Output = Response> + Send {
-        let schema = self.schema.clone();
-        async move { schema.execute(request).await }
-    }
-
-    fn execute_stream(
+impl SharedExecutor {
+    /// Runs one operation of a socket whose `connection_init` gave `data`.
+    pub fn execute_stream(
         &self,
         request: Request,
-        session_data: Option<Arc<async_graphql::Data>>,
-    ) -> BoxStream<'static, Response> {
-        let data = session_data.unwrap_or_default();
+        data: Arc<async_graphql::Data>,
+    ) -> BoxStream<'static, Payload> {
         let Some((key, field)) = shareable(&request, &data) else {
-            return self.schema.execute_stream_with_session_data(request, data);
+            return self
+                .schema
+                .execute_stream_with_session_data(request, data)
+                .map(|r| Payload::Own(Box::new(r)))
+                .boxed();
         };
         // The map's lock is never held while a hub may drop: its Drop takes the same lock.
         let live = self
@@ -184,14 +196,18 @@ impl Executor for SharedExecutor {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(key, Arc::downgrade(&hub));
-        let inner = self.schema.execute_stream_with_session_data(request, data);
+        let inner = self
+            .schema
+            .execute_stream_with_session_data(request, data)
+            .boxed();
         tokio::spawn(run(inner, hub.members.clone(), hub.stop.clone()));
         member(hub, rx, lagged, field)
     }
 }
 
 /// Drives one shared execution until it ends or its last subscriber leaves, handing each
-/// response to every subscriber's buffer. A full buffer drops its subscriber (LAGGED).
+/// response, serialized once, to every subscriber's buffer. A full buffer drops its subscriber
+/// (LAGGED).
 async fn run(
     mut inner: BoxStream<'static, Response>,
     members: Arc<Mutex<Members>>,
@@ -202,7 +218,15 @@ async fn run(
             _ = stop.cancelled() => break,
             next = inner.next() => match next {
                 Some(resp) => {
-                    let resp = Arc::new(resp);
+                    // A `Response` always serializes (its maps have string keys); were it ever
+                    // not to, the subscribers' streams end and they resubscribe with `after`.
+                    let resp: Arc<str> = match serde_json::to_string(&resp) {
+                        Ok(json) => json.into(),
+                        Err(e) => {
+                            tracing::error!(error = %e, "a shared subscription response did not serialize");
+                            break;
+                        }
+                    };
                     let mut members = members.lock().unwrap_or_else(|e| e.into_inner());
                     members.list.retain_mut(|m| match m.tx.try_send(resp.clone()) {
                         Ok(()) => true,
@@ -234,15 +258,15 @@ struct RootField {
 /// One subscriber's view of a shared execution: its buffer, then LAGGED if it overflowed.
 fn member(
     hub: Arc<Hub>,
-    mut rx: mpsc::Receiver<Arc<Response>>,
+    mut rx: mpsc::Receiver<Arc<str>>,
     lagged: Arc<AtomicBool>,
     field: RootField,
-) -> BoxStream<'static, Response> {
+) -> BoxStream<'static, Payload> {
     let capacity = hub.hubs.upgrade().map_or(0, |h| h.capacity);
     async_stream::stream! {
         let _hub = hub;
         while let Some(resp) = rx.next().await {
-            yield copy(&resp);
+            yield Payload::Shared(resp);
         }
         if lagged.load(Ordering::Relaxed) {
             let err = Error::Lagged(format!(
@@ -252,19 +276,10 @@ fn member(
             let err = async_graphql::Error::from(err)
                 .into_server_error(field.pos)
                 .with_path(vec![PathSegment::Field(field.key.clone())]);
-            yield Response::from_errors(vec![err]);
+            yield Payload::Own(Box::new(Response::from_errors(vec![err])));
         }
     }
     .boxed()
-}
-
-/// A subscriber's own copy of a shared response (async-graphql's `Response` is not `Clone`).
-fn copy(r: &Response) -> Response {
-    let mut out = Response::new(r.data.clone());
-    out.errors = r.errors.clone();
-    out.extensions = r.extensions.clone();
-    out.http_headers = r.http_headers.clone();
-    out
 }
 
 /// The hub key and root field of a request that may share an execution, or `None`.

@@ -4,8 +4,8 @@
 //! WebSockets speak both `graphql-transport-ws` (graphql-ws) and the legacy `graphql-ws`
 //! (subscriptions-transport-ws). The token comes from the upgrade request's Authorization header
 //! or the `connection_init` payload (`{"Authorization":"Bearer …"}` or `{"token":"…"}`). A bad token
-//! closes the socket with 4403, as the graphql-ws protocol says; async-graphql itself sends 1002
-//! there, so the close frame is rewritten on its way out.
+//! closes the socket with 4403, as the graphql-ws protocol says. The protocols themselves are in
+//! [`super::graphql_ws`].
 
 use std::sync::{
     Arc,
@@ -30,7 +30,7 @@ use axum::{
 };
 use futures::{FutureExt, SinkExt, StreamExt};
 
-use super::{explorer, request_context};
+use super::{explorer, graphql_ws::WsMessage, request_context};
 use crate::{
     AppState,
     auth::RequestContext,
@@ -330,7 +330,7 @@ fn error_frame(id: &str, err: &Error, legacy: bool) -> String {
 
 /// The id of a server message that ends an operation (`complete` or `error`).
 fn ended_operation(text: &str) -> Option<String> {
-    // async-graphql writes the `type` tag first; only these short messages are parsed.
+    // Messages are written with the `type` tag first; only these short messages are parsed.
     if !(text.starts_with(r#"{"type":"complete""#) || text.starts_with(r#"{"type":"error""#)) {
         return None;
     }
@@ -345,7 +345,7 @@ fn close(code: u16, reason: &str) -> Message {
     }))
 }
 
-/// Serves one GraphQL WebSocket. Beside async-graphql's protocol handling it enforces the HTTP
+/// Serves one GraphQL WebSocket. Beside the protocol ([`super::graphql_ws`]) it enforces the HTTP
 /// rules for the socket's whole life: the token's expiry (close 4403), the rate limit and a cap
 /// per operation (an `error` for that operation, the socket stays open), the init timeout (close
 /// 4408), and keep-alive pings that drop a peer silent for two intervals.
@@ -444,8 +444,7 @@ async fn serve_ws(
         hubs: state.subscriptions.clone(),
         events: state.events.clone(),
     };
-    let out =
-        async_graphql::http::WebSocket::new(executor, input, protocol).on_connection_init(on_init);
+    let out = super::graphql_ws::Session::new(executor, Box::pin(input), protocol, on_init);
     futures::pin_mut!(out, sink);
     let started = tokio::time::Instant::now();
     let keepalive = state.config.ws_keepalive;
@@ -456,8 +455,8 @@ async fn serve_ws(
     tokio::pin!(deadline);
     let mut armed: Option<(bool, Option<i64>)> = None;
     let mut on_deadline: Option<(u16, &str)> = None;
-    let outgoing = |msg: async_graphql::http::WsMessage| match msg {
-        async_graphql::http::WsMessage::Text(text) => {
+    let outgoing = |msg: WsMessage| match msg {
+        WsMessage::Text(text) => {
             if let Some(id) = ended_operation(&text) {
                 shared
                     .lock()
@@ -467,14 +466,7 @@ async fn serve_ws(
             }
             Message::Text(text.into())
         }
-        async_graphql::http::WsMessage::Close(code, reason) => {
-            let code = if code == 1002 && refused.load(Ordering::SeqCst) {
-                CLOSE_FORBIDDEN
-            } else {
-                code
-            };
-            close(code, &reason)
-        }
+        WsMessage::Close(code, reason) => close(code, &reason),
     };
     loop {
         let watched = {

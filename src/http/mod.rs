@@ -4,6 +4,7 @@
 pub mod events;
 pub mod explorer;
 pub mod graphql;
+pub mod graphql_ws;
 pub mod health;
 pub mod media;
 pub mod rest;

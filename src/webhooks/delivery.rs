@@ -43,6 +43,7 @@ use crate::{
     AppState,
     auth::RequestContext,
     crypto::Cipher,
+    db::BatchInserter,
     error::{Error, Result},
     events::{Event, EventType, service::Outbox},
     queue::{JobInfo, JobOptions, JobQueue, QueueName, worker::JobError},
@@ -716,8 +717,8 @@ pub async fn handle(state: &AppState, job: &JobInfo) -> std::result::Result<Valu
         created_at: Set(now),
     };
     rt.log_writer
-        .get_or_init(|| LogWriter::spawn(db.clone()))
-        .write(row)
+        .get_or_init(|| log_writer(db.clone()))
+        .insert(row)
         .await
         .map_err(ours)?;
     Ok(json!({
@@ -729,64 +730,20 @@ pub async fn handle(state: &AppState, job: &JobInfo) -> std::result::Result<Valu
     }))
 }
 
-/// Writes delivery log rows in batches (group commit): each attempt hands its row over and
-/// waits until the batch holding it is committed, so a job completes only after its log row is
-/// durable, as before, but a burst of deliveries costs one multi-row INSERT instead of one
-/// transaction per attempt (on SQLite, one writer lock per batch instead of per row).
-pub(crate) struct LogWriter {
-    tx: mpsc::Sender<(
-        webhook_log::ActiveModel,
-        tokio::sync::oneshot::Sender<Result<()>>,
-    )>,
-}
-
-/// Rows per INSERT at most (well under SQLite's bound-parameter limit: 14 columns each).
+/// Delivery log rows per INSERT at most (well under SQLite's bound-parameter limit: 14 columns
+/// each).
 const LOG_BATCH: usize = 200;
-/// How long the first row of a batch waits for others to share its commit.
+/// How long the first row of a batch waits for others to share its commit. The delay is after
+/// the POST, so no receiver waits for it; a job only holds its lease that much longer.
 const LOG_LINGER: Duration = Duration::from_millis(2);
 
-impl LogWriter {
-    fn spawn(db: DatabaseConnection) -> Self {
-        type Pending = (
-            webhook_log::ActiveModel,
-            tokio::sync::oneshot::Sender<Result<()>>,
-        );
-        let (tx, mut rx) = mpsc::channel::<Pending>(4 * LOG_BATCH);
-        tokio::spawn(async move {
-            let mut batch: Vec<Pending> = Vec::with_capacity(LOG_BATCH);
-            while rx.recv_many(&mut batch, LOG_BATCH).await > 0 {
-                // Rows that arrive within LOG_LINGER share this commit. The delay is after the
-                // POST, so no receiver waits for it; a job only holds its lease that much longer.
-                let until = tokio::time::Instant::now() + LOG_LINGER;
-                while batch.len() < LOG_BATCH {
-                    let room = LOG_BATCH - batch.len();
-                    match tokio::time::timeout_at(until, rx.recv_many(&mut batch, room)).await {
-                        Ok(n) if n > 0 => {}
-                        _ => break,
-                    }
-                }
-                let (rows, waiters): (Vec<_>, Vec<_>) = batch.drain(..).unzip();
-                let res = Logs::insert_many(rows).exec_without_returning(&db).await;
-                for w in waiters {
-                    let _ = w.send(match &res {
-                        Ok(_) => Ok(()),
-                        Err(e) => Err(Error::internal(format!("writing delivery logs: {e}"))),
-                    });
-                }
-            }
-        });
-        Self { tx }
-    }
+/// Delivery log rows are written in batches (group commit, [`BatchInserter`]): a job completes
+/// only after its log row is durable, but a burst of deliveries costs one multi-row INSERT
+/// instead of one transaction per attempt.
+pub(crate) type LogWriter = BatchInserter<webhook_log::ActiveModel>;
 
-    async fn write(&self, row: webhook_log::ActiveModel) -> Result<()> {
-        let (done, wait) = tokio::sync::oneshot::channel();
-        self.tx
-            .send((row, done))
-            .await
-            .map_err(|_| Error::internal("the delivery log writer has stopped"))?;
-        wait.await
-            .map_err(|_| Error::internal("the delivery log writer has stopped"))?
-    }
+pub(crate) fn log_writer(db: DatabaseConnection) -> LogWriter {
+    BatchInserter::spawn(db, LOG_BATCH, Some(LOG_LINGER), "delivery logs")
 }
 
 /// Disables an endpoint with a reason, audited as the system's act.

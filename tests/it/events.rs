@@ -54,6 +54,20 @@ fn payload(t: EventType, n: usize) -> Value {
     }
 }
 
+/// How many events the history holds, as `recentEvents` counts them for an admin.
+async fn stored(app: &TestApp) -> u64 {
+    let data = app
+        .gql_ok(
+            Some(&app.admin),
+            "{ recentEvents { totalCount } }",
+            json!({}),
+        )
+        .await;
+    data["recentEvents"]["totalCount"]
+        .as_u64()
+        .expect("a count")
+}
+
 fn gql_name(t: EventType) -> String {
     t.as_str().to_ascii_uppercase()
 }
@@ -94,13 +108,7 @@ async fn subscribe(app: &TestApp, protocol: &str, token: &str, vars: Value) -> W
 /// Opens a socket, inits and sends the subscription, without waiting for it to open (for
 /// subscriptions the server refuses).
 async fn send_subscribe(app: &TestApp, protocol: &str, token: &str, vars: Value) -> Ws {
-    let mut ws = connect(app, "/graphql/ws", protocol).await;
-    send(
-        &mut ws,
-        json!({ "type": "connection_init", "payload": { "token": token } }),
-    )
-    .await;
-    assert_eq!(recv(&mut ws).await["type"], "connection_ack");
+    let mut ws = init(app, protocol, token).await;
     let kind = if protocol == "graphql-ws" {
         "start"
     } else {
@@ -111,6 +119,18 @@ async fn send_subscribe(app: &TestApp, protocol: &str, token: &str, vars: Value)
         json!({ "type": kind, "id": "s", "payload": { "query": SUB, "variables": vars } }),
     )
     .await;
+    ws
+}
+
+/// Opens a socket and inits it with `token`.
+async fn init(app: &TestApp, protocol: &str, token: &str) -> Ws {
+    let mut ws = connect(app, "/graphql/ws", protocol).await;
+    send(
+        &mut ws,
+        json!({ "type": "connection_init", "payload": { "token": token } }),
+    )
+    .await;
+    assert_eq!(recv(&mut ws).await["type"], "connection_ack");
     ws
 }
 
@@ -275,6 +295,70 @@ async fn identical_live_subscriptions_share_one_execution() {
     assert_eq!(next_event(&mut a3).await.unwrap()["id"], again.as_str());
 }
 
+/// A shared execution's response is serialized once and written inside each operation's own
+/// envelope: every subscriber gets its own operation id (escaped as JSON, whatever it holds) and
+/// its protocol's message type around the same payload, two operations on one socket included,
+/// and completing one leaves the other live.
+#[tokio::test]
+async fn a_shared_response_reaches_each_operation_under_its_own_id() {
+    let app = TestApp::spawn(Db::Sqlite).await;
+    let hubs = app.server.state.subscriptions.clone();
+    let token = app.merchant("m-env");
+    let start = |kind: &str, id: &str| json!({ "type": kind, "id": id, "payload": { "query": SUB, "variables": {} } });
+    let (id1, id2, id3) = ("q\"1\\", "ünï/2 <x>", "3\n");
+    let before = app.server.state.events.subscriptions_opened();
+    let mut modern = init(&app, "graphql-transport-ws", &token).await;
+    send(&mut modern, start("subscribe", id1)).await;
+    send(&mut modern, start("subscribe", id3)).await;
+    let mut legacy = init(&app, "graphql-ws", &token).await;
+    send(&mut legacy, start("start", id2)).await;
+    opened(&app.server.state, before + 2).await;
+    assert_eq!(
+        hubs.running(),
+        1,
+        "three identical subscriptions, one execution"
+    );
+
+    let id = emit_gql(&app, EventType::OrderCreated, "m-env", 0).await;
+    let mut got = vec![];
+    for _ in 0..2 {
+        got.push(recv(&mut modern).await);
+    }
+    got.sort_by_key(|v| v["id"].as_str().unwrap_or_default().to_owned());
+    let l = recv(&mut legacy).await;
+    assert_eq!(got[0]["type"], "next", "{}", got[0]);
+    assert_eq!(got[0]["id"], id3);
+    assert_eq!(got[1]["type"], "next", "{}", got[1]);
+    assert_eq!(got[1]["id"], id1);
+    assert_eq!(l["type"], "data", "{l}");
+    assert_eq!(l["id"], id2);
+    assert_eq!(l["payload"]["data"]["events"]["id"], id.as_str(), "{l}");
+    assert_eq!(
+        l["payload"]["data"]["events"]["type"], "ORDER_CREATED",
+        "{l}"
+    );
+    assert_eq!(got[0]["payload"], l["payload"]);
+    assert_eq!(got[1]["payload"], l["payload"]);
+
+    // Completing one operation answers for that id only; the other on the socket stays live.
+    send(&mut modern, json!({ "type": "complete", "id": id1 })).await;
+    let done = recv(&mut modern).await;
+    assert_eq!(done, json!({ "type": "complete", "id": id1 }));
+    let second = emit_gql(&app, EventType::OrderCreated, "m-env", 1).await;
+    let v = recv(&mut modern).await;
+    assert_eq!(v["id"], id3, "{v}");
+    assert_eq!(v["payload"]["data"]["events"]["id"], second.as_str(), "{v}");
+    assert!(
+        next_within(&mut modern, Duration::from_millis(300))
+            .await
+            .is_none()
+    );
+    assert_eq!(
+        next_event(&mut legacy).await.unwrap()["id"],
+        second.as_str()
+    );
+}
+
 async fn resume_replays_exactly_what_was_missed(db: Db) {
     let app = TestApp::spawn(db).await;
     let first = emit_gql(&app, EventType::MessageReceived, "m-r", 0).await;
@@ -364,18 +448,58 @@ async fn payload_errors_name_their_field(db: Db) {
         "{body:#}"
     );
     // Nothing was stored by any of these.
-    let data = app
-        .gql_ok(
-            Some(&app.admin),
-            "{ recentEvents { totalCount } }",
-            json!({}),
-        )
-        .await;
-    assert_eq!(data["recentEvents"]["totalCount"], 0);
+    assert_eq!(stored(&app).await, 0);
+}
+
+/// The group-commit writer behind `emit` (`db::BatchInserter`): rows handed over together are
+/// all stored, and a row the database refuses fails alone, with its own typed error, while the
+/// rest of its batch is stored.
+async fn a_batch_stores_every_row_and_refuses_only_the_bad_one(db: Db) {
+    use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
+    use smartbot::{db::BatchInserter, error::Error};
+    let app = TestApp::spawn(db).await;
+    let state = &app.server.state;
+    let taken = emit_rest(&app, EventType::BotConnected, "m-batch", 0).await;
+    let row = |id: uuid::Uuid| entity::event::ActiveModel {
+        id: Set(id),
+        event_type: Set("bot_connected".into()),
+        merchant_id: Set("m-batch".into()),
+        payload: Set(json!({ "reason": "batch" })),
+        occurred_at: Set(chrono::Utc::now()),
+        webhooks_dispatched_at: sea_orm::ActiveValue::NotSet,
+    };
+    // A linger long enough that the 20 rows share one batch.
+    let writer = BatchInserter::spawn(
+        state.db.clone(),
+        64,
+        Some(Duration::from_millis(200)),
+        "test events",
+    );
+    let ids: Vec<uuid::Uuid> = (0..20).map(|_| uuid::Uuid::now_v7()).collect();
+    let mut rows: Vec<_> = ids.iter().map(|id| row(*id)).collect();
+    rows.insert(7, row(taken.parse().unwrap()));
+    let results = futures::future::join_all(rows.into_iter().map(|r| writer.insert(r))).await;
+    for (i, res) in results.iter().enumerate() {
+        if i == 7 {
+            assert!(
+                matches!(res, Err(Error::Conflict(_))),
+                "the duplicate: {res:?}"
+            );
+        } else {
+            assert!(res.is_ok(), "row {i}: {res:?}");
+        }
+    }
+    let stored = entity::event::Entity::find()
+        .filter(entity::event::Column::Id.is_in(ids.clone()))
+        .count(&state.db)
+        .await
+        .unwrap();
+    assert_eq!(stored, ids.len() as u64);
 }
 
 both_dbs!(
     merchants_see_only_their_own,
+    a_batch_stores_every_row_and_refuses_only_the_bad_one,
     resume_replays_exactly_what_was_missed,
     payload_errors_name_their_field,
 );
@@ -385,10 +509,17 @@ both_dbs!(
 async fn an_expired_resume_point_is_an_error() {
     let app = TestApp::spawn_with(Db::Sqlite, |c| c.event_history = 3).await;
     let first = emit_gql(&app, EventType::BotConnected, "m-h", 0).await;
-    // The history is trimmed every 32 emits: past that, `first` is gone.
+    // The history is trimmed every 32 emits, in the background: past that, `first` is gone.
     for n in 1..40 {
         emit_gql(&app, EventType::BotConnected, "m-h", n).await;
     }
+    crate::common::eventually("the history is trimmed", || async {
+        match stored(&app).await {
+            n if n < 40 => Ok(()),
+            n => Err(format!("{n} kept")),
+        }
+    })
+    .await;
     for after in [first, uuid::Uuid::now_v7().to_string()] {
         let mut ws = subscribe(
             &app,
@@ -400,14 +531,7 @@ async fn an_expired_resume_point_is_an_error() {
         let err = next_event(&mut ws).await.unwrap_err();
         assert_eq!(error_code(&err), "HISTORY_EXPIRED", "{err}");
     }
-    let data = app
-        .gql_ok(
-            Some(&app.admin),
-            "{ recentEvents(first: 100) { totalCount } }",
-            json!({}),
-        )
-        .await;
-    let kept = data["recentEvents"]["totalCount"].as_u64().unwrap();
+    let kept = stored(&app).await;
     assert!((3..=3 + 32).contains(&kept), "kept {kept}");
 }
 

@@ -1,0 +1,240 @@
+//! The GraphQL WebSocket protocols, `graphql-transport-ws` (graphql-ws) and the legacy
+//! `graphql-ws` (subscriptions-transport-ws), as a stream of server messages.
+//!
+//! It follows async-graphql's own `http::WebSocket` message for message (the same client
+//! messages, replies, close codes and texts, except that a refused `connection_init` closes with
+//! 4403 as graphql-ws asks, not 1002), with one difference: an operation's responses are
+//! [`Payload`]s, and a shared execution's response arrives already serialized. Its `next` (or
+//! `data`) message is that text inside this operation's envelope, built by concatenation, so a
+//! response fanned out to ten thousand sockets is serialized once, not ten thousand times.
+//! [`crate::http::graphql::serve_ws`] wraps it with the socket rules (auth, limits, timeouts).
+
+use std::{
+    collections::HashMap,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use async_graphql::{
+    Data, Response,
+    http::{ClientMessage, WebSocketProtocols},
+};
+use futures::{FutureExt, Stream, future::BoxFuture, stream::BoxStream};
+
+use crate::graphql::shared::{Payload, SharedExecutor};
+
+/// A message from the server to the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WsMessage {
+    Text(String),
+    Close(u16, String),
+}
+
+/// One running operation: its responses and the start of its envelope.
+struct Operation {
+    /// `{"type":"next","id":"…","payload":` (or `data` in the legacy protocol).
+    prefix: String,
+    responses: BoxStream<'static, Payload>,
+}
+
+type OnInit =
+    Box<dyn FnOnce(serde_json::Value) -> BoxFuture<'static, async_graphql::Result<Data>> + Send>;
+
+/// The server side of one GraphQL WebSocket: client frames in, server messages out.
+pub struct Session<S> {
+    input: S,
+    executor: SharedExecutor,
+    protocol: WebSocketProtocols,
+    on_init: Option<OnInit>,
+    init: Option<BoxFuture<'static, async_graphql::Result<Data>>>,
+    /// The connection's data, once `connection_init` was accepted.
+    data: Option<Arc<Data>>,
+    operations: HashMap<String, Operation>,
+    closed: bool,
+}
+
+impl<S> Session<S>
+where
+    S: Stream<Item = Vec<u8>> + Unpin,
+{
+    /// `on_init` checks the `connection_init` payload and gives the connection's data, or an
+    /// error that refuses the connection.
+    pub fn new<F, R>(
+        executor: SharedExecutor,
+        input: S,
+        protocol: WebSocketProtocols,
+        on_init: F,
+    ) -> Self
+    where
+        F: FnOnce(serde_json::Value) -> R + Send + 'static,
+        R: Future<Output = async_graphql::Result<Data>> + Send + 'static,
+    {
+        Self {
+            input,
+            executor,
+            protocol,
+            on_init: Some(Box::new(move |payload| on_init(payload).boxed())),
+            init: None,
+            data: None,
+            operations: HashMap::new(),
+            closed: false,
+        }
+    }
+
+    fn legacy(&self) -> bool {
+        self.protocol == WebSocketProtocols::SubscriptionsTransportWS
+    }
+
+    /// Refuses the connection: the legacy protocol says so in a message, graphql-ws closes.
+    fn refuse(&mut self, code: u16, message: String) -> WsMessage {
+        self.closed = true;
+        if self.legacy() {
+            let payload = serde_json::json!({ "message": message });
+            WsMessage::Text(format!(
+                r#"{{"type":"connection_error","payload":{payload}}}"#
+            ))
+        } else {
+            WsMessage::Close(code, message)
+        }
+    }
+
+    /// Handles one client message; `Some` is the reply to send at once.
+    fn receive(&mut self, message: ClientMessage) -> Option<WsMessage> {
+        match message {
+            ClientMessage::ConnectionInit { payload } => match self.on_init.take() {
+                Some(on_init) => {
+                    self.init = Some(on_init(payload.unwrap_or_default()));
+                    None
+                }
+                None => Some(self.refuse(4429, "Too many initialisation requests.".into())),
+            },
+            ClientMessage::Start { id, payload } => {
+                let Some(data) = self.data.clone() else {
+                    self.closed = true;
+                    return Some(WsMessage::Close(
+                        1011,
+                        "The handshake is not completed.".into(),
+                    ));
+                };
+                let kind = if self.legacy() { "data" } else { "next" };
+                let prefix = format!(
+                    r#"{{"type":"{kind}","id":{},"payload":"#,
+                    serde_json::Value::from(id.as_str())
+                );
+                let responses = self.executor.execute_stream(payload, data);
+                self.operations.insert(id, Operation { prefix, responses });
+                None
+            }
+            ClientMessage::Stop { id } => self.operations.remove(&id).map(|_| complete(&id)),
+            // The legacy protocol's way to hang up.
+            ClientMessage::ConnectionTerminate => {
+                self.closed = true;
+                None
+            }
+            // Answered at once, as graphql-ws asks.
+            ClientMessage::Ping { .. } => Some(WsMessage::Text(r#"{"type":"pong"}"#.into())),
+            ClientMessage::Pong { .. } => None,
+        }
+    }
+}
+
+/// Messages are written with `type` first, as async-graphql writes them.
+fn complete(id: &str) -> WsMessage {
+    let id = serde_json::Value::from(id);
+    WsMessage::Text(format!(r#"{{"type":"complete","id":{id}}}"#))
+}
+
+/// An operation's response inside its envelope.
+fn envelope(prefix: &str, payload: Payload) -> WsMessage {
+    let own;
+    let json = match &payload {
+        Payload::Shared(json) => json.as_ref(),
+        Payload::Own(response) => {
+            own = serialize(response);
+            own.as_str()
+        }
+    };
+    let mut out = String::with_capacity(prefix.len() + json.len() + 1);
+    out.push_str(prefix);
+    out.push_str(json);
+    out.push('}');
+    WsMessage::Text(out)
+}
+
+fn serialize(response: &Response) -> String {
+    // A `Response` always serializes: its maps have string keys.
+    serde_json::to_string(response).unwrap_or_else(|e| {
+        tracing::error!(error = %e, "a subscription response did not serialize");
+        r#"{"data":null,"errors":[{"message":"the response could not be serialized"}]}"#.into()
+    })
+}
+
+impl<S> Stream for Session<S>
+where
+    S: Stream<Item = Vec<u8>> + Unpin,
+{
+    type Item = WsMessage;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<WsMessage>> {
+        let this = self.get_mut();
+        if this.closed {
+            return Poll::Ready(None);
+        }
+        // Client messages first, until one needs an answer or the init check is pending.
+        if this.init.is_none() {
+            while let Poll::Ready(frame) = Pin::new(&mut this.input).poll_next(cx) {
+                let Some(frame) = frame else {
+                    return Poll::Ready(None);
+                };
+                let message = match ClientMessage::from_bytes(&frame) {
+                    Ok(message) => message,
+                    Err(e) => {
+                        this.closed = true;
+                        return Poll::Ready(Some(WsMessage::Close(1002, e.to_string())));
+                    }
+                };
+                if let Some(reply) = this.receive(message) {
+                    return Poll::Ready(Some(reply));
+                }
+                if this.closed {
+                    return Poll::Ready(None);
+                }
+                if this.init.is_some() {
+                    break;
+                }
+            }
+        }
+        if let Some(init) = &mut this.init {
+            let Poll::Ready(res) = init.poll_unpin(cx) else {
+                return Poll::Pending;
+            };
+            this.init = None;
+            return Poll::Ready(Some(match res {
+                Ok(data) => {
+                    this.data = Some(Arc::new(data));
+                    WsMessage::Text(r#"{"type":"connection_ack"}"#.into())
+                }
+                Err(e) => this.refuse(super::graphql::CLOSE_FORBIDDEN, e.message),
+            }));
+        }
+        let mut ended = None;
+        for (id, op) in &mut this.operations {
+            match op.responses.as_mut().poll_next(cx) {
+                Poll::Ready(Some(payload)) => {
+                    return Poll::Ready(Some(envelope(&op.prefix, payload)));
+                }
+                Poll::Ready(None) => {
+                    ended = Some(id.clone());
+                    break;
+                }
+                Poll::Pending => {}
+            }
+        }
+        if let Some(id) = ended {
+            this.operations.remove(&id);
+            return Poll::Ready(Some(complete(&id)));
+        }
+        Poll::Pending
+    }
+}
