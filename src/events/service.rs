@@ -32,7 +32,6 @@ use super::{
 };
 use crate::{
     auth::{MerchantId, MerchantScope, scope::Scoped as _},
-    db::BatchInserter,
     error::{Error, Result},
     pagination::{Page, PageArgs, encode_cursor},
 };
@@ -45,8 +44,6 @@ const TRIM_EVERY: u64 = 32;
 /// Merchants waiting for a trim, at most.
 const TRIM_QUEUE: usize = 256;
 const REPLAY_PAGE: u64 = 500;
-/// Emitted events stored in one INSERT at most (6 columns each).
-const WRITE_BATCH: usize = 256;
 /// How long an event may take from its id (taken in its transaction) to being published. Only
 /// events replayed with an id this recent can also arrive live, so only they are remembered to
 /// drop their live copy.
@@ -72,9 +69,6 @@ pub struct Events {
     /// Subscriptions opened by this process so far (they are live from the moment they count).
     opened: AtomicU64,
     outbox: Option<Arc<dyn Outbox>>,
-    /// Stores what [`Events::emit`] is given, concurrent emits in one commit; started on first
-    /// use.
-    writer: std::sync::OnceLock<BatchInserter<event::ActiveModel>>,
     /// Merchants whose history is due a trim, for the trimmer task; started on first use.
     trims: std::sync::OnceLock<tokio::sync::mpsc::Sender<String>>,
 }
@@ -201,7 +195,6 @@ impl Events {
             emitted: AtomicU64::new(0),
             opened: AtomicU64::new(0),
             outbox: None,
-            writer: std::sync::OnceLock::new(),
             trims: std::sync::OnceLock::new(),
         }
     }
@@ -228,19 +221,14 @@ impl Events {
         &self.bus
     }
 
-    /// The one entry point: validates, stores, publishes. Durable when it returns: the row is
-    /// committed, in one INSERT with whatever other emits arrived meanwhile (group commit).
+    /// The one entry point: validates, stores, publishes. Durable when it returns.
     pub async fn emit(
         &self,
         kind: EventType,
         merchant: &MerchantId,
         payload: Value,
     ) -> Result<Event> {
-        let e = new_event(kind, merchant, payload)?;
-        self.writer
-            .get_or_init(|| BatchInserter::spawn(self.db.clone(), WRITE_BATCH, None, "events"))
-            .insert(row(&e))
-            .await?;
+        let e = record(&self.db, kind, merchant, payload).await?;
         self.publish(e.clone()).await;
         if self.emitted.fetch_add(1, Ordering::Relaxed) % TRIM_EVERY == TRIM_EVERY - 1 {
             self.trim_later(merchant);

@@ -451,9 +451,9 @@ async fn payload_errors_name_their_field(db: Db) {
     assert_eq!(stored(&app).await, 0);
 }
 
-/// The group-commit writer behind `emit` (`db::BatchInserter`): rows handed over together are
-/// all stored, and a row the database refuses fails alone, with its own typed error, while the
-/// rest of its batch is stored.
+/// The group-commit writer (`db::BatchInserter`, behind the webhook delivery log), on event rows:
+/// rows handed over together are all stored, and a row the database refuses fails alone, with
+/// its own typed error, while the rest of its batch is stored.
 async fn a_batch_stores_every_row_and_refuses_only_the_bad_one(db: Db) {
     use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
     use smartbot::{db::BatchInserter, error::Error};
