@@ -328,16 +328,6 @@ fn error_frame(id: &str, err: &Error, legacy: bool) -> String {
     serde_json::json!({ "type": "error", "id": id, "payload": payload }).to_string()
 }
 
-/// The id of a server message that ends an operation (`complete` or `error`).
-fn ended_operation(text: &str) -> Option<String> {
-    // Messages are written with the `type` tag first; only these short messages are parsed.
-    if !(text.starts_with(r#"{"type":"complete""#) || text.starts_with(r#"{"type":"error""#)) {
-        return None;
-    }
-    let env: Envelope = serde_json::from_str(text).ok()?;
-    env.id.map(|id| id.into_owned())
-}
-
 fn close(code: u16, reason: &str) -> Message {
     Message::Close(Some(CloseFrame {
         code,
@@ -456,14 +446,14 @@ async fn serve_ws(
     let mut armed: Option<(bool, Option<i64>)> = None;
     let mut on_deadline: Option<(u16, &str)> = None;
     let outgoing = |msg: WsMessage| match msg {
-        WsMessage::Text(text) => {
-            if let Some(id) = ended_operation(&text) {
-                shared
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .active
-                    .remove(&id);
-            }
+        WsMessage::Text(text) => Message::Text(text.into()),
+        // The operation no longer counts against the socket's cap.
+        WsMessage::Complete { id, text } => {
+            shared
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .active
+                .remove(&id);
             Message::Text(text.into())
         }
         WsMessage::Close(code, reason) => close(code, &reason),

@@ -28,6 +28,11 @@ use crate::graphql::shared::{Payload, SharedExecutor};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WsMessage {
     Text(String),
+    /// An operation's `complete` message, with the id of the operation that ended.
+    Complete {
+        id: String,
+        text: String,
+    },
     Close(u16, String),
 }
 
@@ -126,7 +131,7 @@ where
                 self.operations.insert(id, Operation { prefix, responses });
                 None
             }
-            ClientMessage::Stop { id } => self.operations.remove(&id).map(|_| complete(&id)),
+            ClientMessage::Stop { id } => self.operations.remove(&id).map(|_| complete(id)),
             // The legacy protocol's way to hang up.
             ClientMessage::ConnectionTerminate => {
                 self.closed = true;
@@ -140,9 +145,12 @@ where
 }
 
 /// Messages are written with `type` first, as async-graphql writes them.
-fn complete(id: &str) -> WsMessage {
-    let id = serde_json::Value::from(id);
-    WsMessage::Text(format!(r#"{{"type":"complete","id":{id}}}"#))
+fn complete(id: String) -> WsMessage {
+    let text = format!(
+        r#"{{"type":"complete","id":{}}}"#,
+        serde_json::Value::from(id.as_str())
+    );
+    WsMessage::Complete { id, text }
 }
 
 /// An operation's response inside its envelope.
@@ -233,7 +241,7 @@ where
         }
         if let Some(id) = ended {
             this.operations.remove(&id);
-            return Poll::Ready(Some(complete(&id)));
+            return Poll::Ready(Some(complete(id)));
         }
         Poll::Pending
     }

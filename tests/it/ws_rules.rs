@@ -170,6 +170,12 @@ async fn operations_per_socket_are_capped() {
         send(&mut ws, start(protocol, "d", "{ __typename }")).await;
         let v = recv_for(&mut ws, "d").await;
         assert_ne!(v["type"], "error", "{protocol}: {v}");
+        // An operation that ends by itself (a query, completed by the server) frees its slot.
+        let v = recv_for(&mut ws, "d").await;
+        assert_eq!(v["type"], "complete", "{protocol}: {v}");
+        send(&mut ws, start(protocol, "e", "{ __typename }")).await;
+        let v = recv_for(&mut ws, "e").await;
+        assert_ne!(v["type"], "error", "{protocol}: {v}");
     }
 }
 
