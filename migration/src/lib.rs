@@ -12,6 +12,7 @@ mod m20261126_000006_webhooks;
 mod m20261126_000007_orders;
 mod m20261126_000008_jobs_fetch_index;
 mod m20261202_000009_cache_generations;
+mod m20261203_000010_webhooks_generation;
 
 pub struct Migrator;
 
@@ -28,6 +29,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261126_000007_orders::Migration),
             Box::new(m20261126_000008_jobs_fetch_index::Migration),
             Box::new(m20261202_000009_cache_generations::Migration),
+            Box::new(m20261203_000010_webhooks_generation::Migration),
         ]
     }
 }

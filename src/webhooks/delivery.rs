@@ -30,8 +30,8 @@ use std::{sync::Arc, time::Duration};
 use async_trait::async_trait;
 use chrono::Utc;
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, Condition, DatabaseConnection, EntityTrait, ExprTrait,
-    QueryFilter, QueryOrder, QuerySelect, sea_query::Expr,
+    ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, ExprTrait, QueryFilter,
+    QueryOrder, QuerySelect, sea_query::Expr,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -161,6 +161,8 @@ pub struct Dispatcher {
 const DISPATCH_BUFFER: usize = 20_000;
 /// Events fanned out in one batch at most.
 const DISPATCH_BATCH: usize = 500;
+/// Batches being fanned out at once at most.
+const DISPATCH_CONCURRENCY: usize = 4;
 /// Events marked dispatched in one UPDATE at most.
 const MARK_BATCH: usize = 500;
 /// The longest a fanned-out event waits for its mark (see [`Dispatcher::mark_linger`]).
@@ -177,19 +179,13 @@ impl Dispatcher {
         }
     }
 
-    /// The enabled endpoints of these merchants, and the platform-wide ones: one query.
-    async fn endpoints_for(&self, events: &[Event]) -> Result<Vec<webhook::Model>> {
-        let merchants: std::collections::BTreeSet<&str> =
-            events.iter().map(|e| e.merchant_id.as_str()).collect();
-        Ok(Webhooks::find()
-            .filter(W::Enabled.eq(true))
-            .filter(
-                Condition::any()
-                    .add(W::MerchantId.is_in(merchants))
-                    .add(W::MerchantId.is_null()),
-            )
-            .all(&self.db)
-            .await?)
+    /// The enabled endpoints of these merchants, and the platform-wide ones (the endpoint
+    /// cache: one generation read, and a query only for merchants it does not hold).
+    async fn endpoints_for(&self, events: &[Event]) -> Result<Vec<Arc<webhook::Model>>> {
+        self.runtime
+            .endpoints
+            .for_merchants(&self.db, events.iter().map(|e| e.merchant_id.as_str()))
+            .await
     }
 
     /// Fans out `events` now: enqueues one first-attempt job per matching endpoint, then marks
@@ -249,15 +245,16 @@ impl Dispatcher {
         Ok(())
     }
 
-    /// Fans out one batch of the task and queues its marks, due within `linger` (at once when
-    /// a whole UPDATE's worth is waiting).
-    async fn fan_out_batch(
+    /// After one batch of the task was fanned out: queues its marks, due within `linger` (at
+    /// once when a whole UPDATE's worth is waiting).
+    fn fanned_out(
         &self,
         batch: &[Event],
+        result: Result<()>,
         due: &mut Option<tokio::time::Instant>,
         linger: Duration,
     ) {
-        match self.fan_out(batch).await {
+        match result {
             Ok(()) => {
                 let waiting = {
                     let mut unmarked = self.unmarked.lock().unwrap_or_else(|p| p.into_inner());
@@ -292,11 +289,26 @@ impl Dispatcher {
         (self.runtime.sweep_interval / 4).min(MARK_LINGER)
     }
 
+    /// Writes the marks of everything fanned out so far, in a task of its own so that no
+    /// fan-out waits for the UPDATE.
+    fn flush_marks_later(&self) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = this.flush_marks().await {
+                // Left to the sweeper, which dispatches them again (harmlessly).
+                tracing::warn!(error = %e, "marking webhook fan-out as dispatched failed");
+            }
+        });
+    }
+
     /// This process's batch task, started on first use (on the caller's runtime).
     ///
-    /// Fan-out is immediate; the marks are written together, at most `mark_linger` later (one
-    /// UPDATE for a burst instead of one commit per batch). If the process dies before the mark,
-    /// the sweeper dispatches the event again, which the job ids make harmless.
+    /// Fan-out is immediate: events are taken as they come, in batches of whatever arrived
+    /// meanwhile, with up to [`DISPATCH_CONCURRENCY`] batches in flight, so an event does not
+    /// wait for the batch ahead of it to be enqueued. The marks are written together, at most
+    /// `mark_linger` later (one UPDATE for a burst instead of one commit per batch). If the
+    /// process dies before the mark, the sweeper dispatches the event again, which the job ids
+    /// make harmless.
     fn batcher(&self) -> &mpsc::Sender<Event> {
         self.batcher.get_or_init(|| {
             let (tx, mut rx) = mpsc::channel::<Event>(DISPATCH_BUFFER);
@@ -307,26 +319,41 @@ impl Dispatcher {
             tokio::spawn(async move {
                 let linger = this.mark_linger();
                 let mut batch = Vec::with_capacity(DISPATCH_BATCH);
+                let mut running = futures::stream::FuturesUnordered::new();
                 let mut due: Option<tokio::time::Instant> = None;
                 let mut open = true;
-                while open {
+                while open || !running.is_empty() {
                     tokio::select! {
-                        n = rx.recv_many(&mut batch, DISPATCH_BATCH) => {
+                        n = rx.recv_many(&mut batch, DISPATCH_BATCH),
+                            if open && running.len() < DISPATCH_CONCURRENCY =>
+                        {
                             open = n > 0;
                             if !batch.is_empty() {
-                                this.fan_out_batch(&batch, &mut due, linger).await;
-                                batch.clear();
+                                let batch = std::mem::replace(
+                                    &mut batch,
+                                    Vec::with_capacity(DISPATCH_BATCH),
+                                );
+                                let this = this.clone();
+                                running.push(async move {
+                                    let result = this.fan_out(&batch).await;
+                                    (batch, result)
+                                });
                             }
+                        }
+                        Some((batch, result)) = futures::StreamExt::next(&mut running),
+                            if !running.is_empty() =>
+                        {
+                            this.fanned_out(&batch, result, &mut due, linger);
                         }
                         _ = sleep_until(due), if due.is_some() => {}
                     }
-                    if !open || due.is_some_and(|d| d <= tokio::time::Instant::now()) {
+                    if due.is_some_and(|d| d <= tokio::time::Instant::now()) {
                         due = None;
-                        if let Err(e) = this.flush_marks().await {
-                            // Left to the sweeper, which dispatches them again (harmlessly).
-                            tracing::warn!(error = %e, "marking webhook fan-out as dispatched failed");
-                        }
+                        this.flush_marks_later();
                     }
+                }
+                if due.is_some() {
+                    this.flush_marks_later();
                 }
             });
             tx
@@ -604,12 +631,17 @@ pub async fn handle(state: &AppState, job: &JobInfo) -> std::result::Result<Valu
     }
     let db = &state.db;
     let rt = &state.webhooks;
-    let Some(w) = Webhooks::find_by_id(a.webhook_id)
-        .one(db)
-        .await
-        .map_err(ours)?
-    else {
-        return Ok(json!({ "skipped": "endpoint deleted" }));
+    // The endpoint as this process's fan-out just saw it, or its row (see `endpoints`).
+    let w = match rt.endpoints.fresh(a.webhook_id) {
+        Some(w) => w,
+        None => match Webhooks::find_by_id(a.webhook_id)
+            .one(db)
+            .await
+            .map_err(ours)?
+        {
+            Some(w) => Arc::new(w),
+            None => return Ok(json!({ "skipped": "endpoint deleted" })),
+        },
     };
     if !w.enabled {
         return Ok(json!({ "skipped": "endpoint disabled" }));
@@ -658,6 +690,11 @@ pub async fn handle(state: &AppState, job: &JobInfo) -> std::result::Result<Valu
                 .map_err(ours)?;
         }
     } else {
+        // The failure record as it is now: a cached endpoint's may be older than its last
+        // failures (counting them does not change the cache's generation).
+        let Some(w) = Webhooks::find_by_id(w.id).one(db).await.map_err(ours)? else {
+            return Ok(json!({ "skipped": "endpoint deleted" }));
+        };
         let failing_since = w.failing_since.unwrap_or(now);
         Webhooks::update_many()
             .col_expr(

@@ -13,6 +13,7 @@
 //! (and rotation), and never logged.
 
 pub mod delivery;
+pub mod endpoints;
 pub mod service;
 pub mod signing;
 pub mod ssrf;
@@ -46,6 +47,8 @@ pub struct WebhookRuntime {
     pub(crate) stop: CancellationToken,
     /// The batching log writer, started on first use (see `delivery::LogWriter`).
     pub(crate) log_writer: std::sync::OnceLock<delivery::LogWriter>,
+    /// Enabled endpoints by merchant, for fan-out and attempts.
+    pub endpoints: endpoints::EndpointCache,
 }
 
 impl WebhookRuntime {
@@ -66,6 +69,7 @@ impl WebhookRuntime {
             sweeper_started: AtomicBool::new(false),
             stop: CancellationToken::new(),
             log_writer: std::sync::OnceLock::new(),
+            endpoints: Default::default(),
         })
     }
 

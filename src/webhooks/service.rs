@@ -213,6 +213,7 @@ pub async fn register(
     let row = row.insert(&tx).await?;
     audited(&tx, ctx, "webhook.create", None, Some(&row)).await?;
     tx.commit().await?;
+    state.webhooks.endpoints.forget();
     Ok((row, secret))
 }
 
@@ -279,6 +280,7 @@ pub async fn update(
     let after = am.update(&tx).await?;
     audited(&tx, ctx, "webhook.update", Some(&before), Some(&after)).await?;
     tx.commit().await?;
+    state.webhooks.endpoints.forget();
     Ok(after)
 }
 
@@ -294,6 +296,7 @@ pub async fn delete(state: &AppState, ctx: &RequestContext, id: Uuid) -> Result<
     Webhooks::delete_by_id(id).exec(&tx).await?;
     audited(&tx, ctx, "webhook.delete", Some(&before), None).await?;
     tx.commit().await?;
+    state.webhooks.endpoints.forget();
     Ok(true)
 }
 
@@ -328,6 +331,7 @@ pub async fn set_enabled(
     };
     audited(&tx, ctx, action, Some(&before), Some(&after)).await?;
     tx.commit().await?;
+    state.webhooks.endpoints.forget();
     Ok(after)
 }
 
@@ -372,6 +376,7 @@ pub async fn rotate_secret(
     )
     .await?;
     tx.commit().await?;
+    state.webhooks.endpoints.forget();
     Ok((after, secret))
 }
 

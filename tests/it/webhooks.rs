@@ -954,8 +954,119 @@ async fn a_burst_is_fanned_out_once_and_marked(db: Db) {
     app.server.stop().await.unwrap();
 }
 
+/// The `webhooks` generation (migration 000010), read as the endpoint cache reads it.
+async fn webhooks_generation(app: &TestApp) -> i64 {
+    use sea_orm::ConnectionTrait;
+    let db = &app.server.state.db;
+    db.query_one_raw(sea_orm::Statement::from_string(
+        db.get_database_backend(),
+        "SELECT generation FROM cache_generations WHERE name = 'webhooks'",
+    ))
+    .await
+    .unwrap()
+    .expect("the webhooks generation row")
+    .try_get_by_index::<i64>(0)
+    .unwrap()
+}
+
+/// Runs `sql` straight on the database, as another instance (or a person in psql) would: this
+/// process's endpoint cache is not told.
+async fn elsewhere(app: &TestApp, sql: &str) {
+    use sea_orm::ConnectionTrait;
+    app.server.state.db.execute_unprepared(sql).await.unwrap();
+}
+
+/// Waits until the event's webhook fan-out is done (its outbox row marked dispatched).
+async fn fanned_out(app: &TestApp, event: &str) {
+    use sea_orm::EntityTrait;
+    let id = uuid::Uuid::parse_str(event).unwrap();
+    let db = &app.server.state.db;
+    eventually("the event's fan-out", || async {
+        let row = entity::event::Entity::find_by_id(id).one(db).await.unwrap();
+        match row {
+            Some(e) if e.webhooks_dispatched_at.is_some() => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await
+}
+
+/// The endpoint cache follows changes it was not told about: the next fan-out reads them, and a
+/// failure that is only counted leaves the cache alone.
+async fn changes_made_elsewhere_reach_the_next_fan_out(db: Db) {
+    let app = spawn(db).await;
+    let (rx1, rx2) = (TestReceiver::start().await, TestReceiver::start().await);
+    register(&app, "m-a", json!({ "url": rx1.url() })).await;
+    let first = emit(&app, "m-a", 1).await;
+    assert_eq!(rx1.wait_for(1).await[0].header("webhook-id"), first);
+
+    // A new URL, set elsewhere: the next event goes there.
+    elsewhere(
+        &app,
+        &format!(
+            "UPDATE webhooks SET url = '{}' WHERE merchant_id = 'm-a'",
+            rx2.url()
+        ),
+    )
+    .await;
+    let moved = emit(&app, "m-a", 2).await;
+    assert_eq!(rx2.wait_for(1).await[0].header("webhook-id"), moved);
+
+    // Disabled elsewhere: no delivery. Enabled again: the next event arrives, the one emitted
+    // while it was disabled never does.
+    elsewhere(
+        &app,
+        "UPDATE webhooks SET enabled = false WHERE merchant_id = 'm-a'",
+    )
+    .await;
+    let skipped = emit(&app, "m-a", 3).await;
+    // The fan-out runs just after the emit returns: wait for it before enabling again.
+    fanned_out(&app, &skipped).await;
+    elsewhere(
+        &app,
+        "UPDATE webhooks SET enabled = true WHERE merchant_id = 'm-a'",
+    )
+    .await;
+    let back = emit(&app, "m-a", 4).await;
+    let got = rx2.wait_for(2).await;
+    assert_eq!(got[1].header("webhook-id"), back);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ids: Vec<String> = rx2
+        .requests()
+        .iter()
+        .map(|r| r.header("webhook-id").to_owned())
+        .collect();
+    assert!(!ids.contains(&skipped), "delivered while disabled: {ids:?}");
+    assert_eq!(rx1.requests().len(), 1, "nothing more to the old URL");
+
+    // What bumps the generation: a change that shapes deliveries, and the start or end of a run
+    // of failures; counting failures and editing the description do not.
+    let g = webhooks_generation(&app).await;
+    for (sql, bumps) in [
+        ("SET consecutive_failures = consecutive_failures + 1", false),
+        ("SET description = 'edited elsewhere'", false),
+        ("SET failing_since = updated_at", true),
+        ("SET failing_since = created_at", false),
+        ("SET failing_since = NULL", true),
+        ("SET rate_limit = 7", true),
+        ("SET event_types = '[\"order_created\"]'", true),
+    ] {
+        let before = webhooks_generation(&app).await;
+        elsewhere(
+            &app,
+            &format!("UPDATE webhooks {sql} WHERE merchant_id = 'm-a'"),
+        )
+        .await;
+        let after = webhooks_generation(&app).await;
+        assert_eq!(after > before, bumps, "{sql}: {before} -> {after}");
+    }
+    assert!(webhooks_generation(&app).await > g);
+    app.server.stop().await.unwrap();
+}
+
 both_dbs!(
     a_burst_is_fanned_out_once_and_marked,
+    changes_made_elsewhere_reach_the_next_fan_out,
     deliveries_are_signed_to_spec_and_logged,
     failures_are_retried_until_success,
     a_down_receiver_is_logged_and_retried_later,
