@@ -29,6 +29,8 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
+mod common;
+
 use futures::{SinkExt, StreamExt};
 use serde_json::json;
 use smartbot::auth::{Role, token::TokenKeys};
@@ -357,29 +359,17 @@ async fn fanout(subscribers: usize, events: usize, distinct: bool) {
 }
 
 async fn latency(subscribers: usize, rate: u64, seconds: u64, redis: bool) {
-    let (a, b) = if redis {
-        let pg = std::env::var("TEST_POSTGRES_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let scratch = if redis {
+        Some(common::ScratchDb::create("bench_events").await)
+    } else {
+        None
+    };
+    let (a, b) = if let Some(db) = &scratch {
         let redis =
             std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-        let db = format!("bench_events_{}", std::process::id());
-        let admin = sea_orm::Database::connect(&pg).await.expect("postgres");
-        use sea_orm::ConnectionTrait;
-        admin
-            .execute_unprepared(&format!("DROP DATABASE IF EXISTS {db}"))
-            .await
-            .unwrap();
-        admin
-            .execute_unprepared(&format!("CREATE DATABASE {db}"))
-            .await
-            .unwrap();
-        let url = match pg.rfind('/') {
-            Some(i) => format!("{}/{db}", &pg[..i]),
-            None => panic!("TEST_POSTGRES_URL has no database"),
-        };
         let prefix = format!("bench-events-{}:", std::process::id());
         let env = [
-            ("DATABASE_URL", url),
+            ("DATABASE_URL", db.url.clone()),
             ("REDIS_URL", redis),
             ("REDIS_PREFIX", prefix),
         ];
@@ -437,7 +427,10 @@ async fn latency(subscribers: usize, rate: u64, seconds: u64, redis: bool) {
     for h in handles {
         h.abort();
     }
-    drop(b);
+    drop((a, b));
+    if let Some(db) = scratch {
+        db.drop().await;
+    }
 }
 
 #[tokio::main]

@@ -4,11 +4,14 @@
 //!     cargo run --release --example bench_webhooks -- sqlite 1000 10 10
 //!     cargo run --release --example bench_webhooks -- postgres 1000 10 10 redis
 //!
-//! Arguments: database (`sqlite`, or `postgres` from TEST_POSTGRES_URL / DATABASE_URL), events
-//! per second, seconds, endpoints, and `redis` to put the queue and bus on Redis (REDIS_URL or
-//! the local default). The app runs in this process with its workers (webhook_delivery
-//! concurrency from QUEUE_CONCURRENCY, default 32 here); the receiver verifies every signature.
+//! Arguments: database (`sqlite`, or `postgres`: a scratch database created for the run beside
+//! the one TEST_POSTGRES_URL / DATABASE_URL names, and dropped after), events per second,
+//! seconds, endpoints, and `redis` to put the queue and bus on Redis (REDIS_URL or the local
+//! default). The app runs in this process with its workers (webhook_delivery concurrency from
+//! QUEUE_CONCURRENCY, default 32 here); the receiver verifies every signature.
 //! Prints one JSON line: p50/p99/max latency in ms, delivered and missing counts, peak RSS.
+
+mod common;
 
 use std::{
     collections::HashMap,
@@ -104,11 +107,13 @@ async fn run() {
         .map(|v| smartbot::config::parse_concurrency(&v).unwrap())
         .unwrap_or_else(|| smartbot::config::parse_concurrency("webhook_delivery=32").unwrap());
     config.queue_concurrency = concurrency;
-    if db == "postgres" {
-        config.database_url = std::env::var("DATABASE_URL")
-            .or_else(|_| std::env::var("TEST_POSTGRES_URL"))
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-    }
+    let scratch = if db == "postgres" {
+        let scratch = common::ScratchDb::create("bench_webhooks").await;
+        config.database_url = scratch.url.clone();
+        Some(scratch)
+    } else {
+        None
+    };
     if redis {
         config.redis_url =
             Some(std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into()));
@@ -116,21 +121,12 @@ async fn run() {
     }
     let server = smartbot::spawn(config).await.expect("server");
     let state = server.state.clone();
-    if db == "postgres" {
-        // A shared database: start from no endpoints.
-        use sea_orm::EntityTrait;
-        entity::webhook::Entity::delete_many()
-            .exec(&state.db)
-            .await
-            .unwrap();
-    }
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let mut secrets = Vec::new();
     let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
     let merchants: Vec<MerchantId> = (0..endpoints)
-        // Fresh merchants per run: a shared PostgreSQL keeps earlier runs' histories.
         .map(|i| MerchantId::parse("merchantId", &format!("bench-{run}-{i}")).unwrap())
         .collect();
     for m in &merchants {
@@ -220,13 +216,9 @@ async fn run() {
             "peak_rss_mb": r(peak_rss_mb()),
         })
     );
-    if db == "postgres" {
-        use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
-        entity::event::Entity::delete_many()
-            .filter(entity::event::Column::MerchantId.starts_with(format!("bench-{run}-")))
-            .exec(&state.db)
-            .await
-            .ok();
-    }
     server.stop().await.ok();
+    drop(state);
+    if let Some(db) = scratch {
+        db.drop().await;
+    }
 }
