@@ -688,6 +688,8 @@ pub async fn handle(state: &AppState, job: &JobInfo) -> std::result::Result<Valu
                 .exec(db)
                 .await
                 .map_err(ours)?;
+            // The end of a run of failures changes what the cache holds.
+            rt.endpoints.forget();
         }
     } else {
         // The failure record as it is now: a cached endpoint's may be older than its last
@@ -706,6 +708,10 @@ pub async fn handle(state: &AppState, job: &JobInfo) -> std::result::Result<Valu
             .exec(db)
             .await
             .map_err(ours)?;
+        if w.failing_since.is_none() {
+            // The start of a run of failures changes what the cache holds.
+            rt.endpoints.forget();
+        }
         let failing_for = (now - failing_since).to_std().unwrap_or_default();
         if sent.status == Some(410) {
             disable = Some("the endpoint answered 410 Gone".into());
@@ -792,6 +798,7 @@ async fn disable_endpoint(state: &AppState, w: &webhook::Model, reason: &str) ->
         .filter(W::Id.eq(w.id))
         .exec(&state.db)
         .await?;
+    state.webhooks.endpoints.forget();
     tracing::warn!(webhook = %w.id, reason, "webhook endpoint disabled");
     crate::audit::record(
         &state.db,
