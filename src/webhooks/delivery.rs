@@ -318,7 +318,7 @@ impl Dispatcher {
             };
             tokio::spawn(async move {
                 let linger = this.mark_linger();
-                let mut batch = Vec::new();
+                let mut batch = Vec::with_capacity(DISPATCH_BATCH);
                 let mut running = futures::stream::FuturesUnordered::new();
                 let mut due: Option<tokio::time::Instant> = None;
                 let mut open = true;
@@ -329,9 +329,10 @@ impl Dispatcher {
                         {
                             open = n > 0;
                             if !batch.is_empty() {
-                                // Sized by what arrived: at a steady rate a batch is one or
-                                // two events, not the 500 it may hold.
-                                let batch = std::mem::take(&mut batch);
+                                let batch = std::mem::replace(
+                                    &mut batch,
+                                    Vec::with_capacity(DISPATCH_BATCH),
+                                );
                                 let this = this.clone();
                                 running.push(async move {
                                     let result = this.fan_out(&batch).await;
