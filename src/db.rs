@@ -184,6 +184,28 @@ pub async fn migrate(db: &DatabaseConnection) -> Result<()> {
     Ok(())
 }
 
+/// The committed value of a `cache_generations` counter (`templates`, `webhooks`): one
+/// primary-key read. `None` when the counter row is missing (then nothing may be cached).
+pub async fn generation(db: &DatabaseConnection, name: &str) -> Result<Option<i64>> {
+    use sea_orm::{ConnectionTrait, Statement};
+    let row = db
+        .query_one_raw(Statement::from_sql_and_values(
+            db.get_database_backend(),
+            match db.get_database_backend() {
+                sea_orm::DbBackend::Postgres => {
+                    "SELECT generation FROM cache_generations WHERE name = $1"
+                }
+                _ => "SELECT generation FROM cache_generations WHERE name = ?",
+            },
+            [name.into()],
+        ))
+        .await?;
+    Ok(match row {
+        Some(r) => Some(r.try_get::<i64>("", "generation")?),
+        None => None,
+    })
+}
+
 /// A cheap round trip, for /ready.
 pub async fn ping(db: &DatabaseConnection) -> Result<()> {
     db.ping()

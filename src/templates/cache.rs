@@ -55,7 +55,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use sea_orm::{ConnectionTrait, DatabaseConnection, Statement};
+use sea_orm::DatabaseConnection;
 use tokio::sync::oneshot;
 
 use crate::{
@@ -67,8 +67,6 @@ use entity::{TemplateStatus, TemplateType};
 /// GraphQL root fields whose operations are cached (with `__typename`): template reads whose
 /// whole result comes from `message_templates`.
 pub const GRAPHQL_ROOT_FIELDS: &[&str] = &["templates", "template", "__typename"];
-
-const GENERATION_SQL: &str = "SELECT generation FROM cache_generations WHERE name = 'templates'";
 
 /// Who is asking, as far as template visibility is concerned.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -282,19 +280,9 @@ impl ReadCache {
         self.max_bytes > 0
     }
 
-    /// The committed `templates` generation: one primary-key read. None when the counter row is
-    /// missing (then nothing is cached).
+    /// The committed `templates` generation (see [`crate::db::generation`]).
     pub async fn generation(db: &DatabaseConnection) -> Result<Option<i64>> {
-        let row = db
-            .query_one_raw(Statement::from_string(
-                db.get_database_backend(),
-                GENERATION_SQL,
-            ))
-            .await?;
-        Ok(match row {
-            Some(r) => Some(r.try_get::<i64>("", "generation")?),
-            None => None,
-        })
+        crate::db::generation(db, "templates").await
     }
 
     /// Reads the generation, then answers from the map or hands out the slot for the response.

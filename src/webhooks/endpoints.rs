@@ -29,10 +29,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use sea_orm::{
-    ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter,
-    Statement,
-};
+use sea_orm::{ColumnTrait, Condition, DatabaseConnection, EntityTrait, QueryFilter};
 use uuid::Uuid;
 
 use crate::error::Result;
@@ -43,8 +40,6 @@ use entity::webhook::{self, Column as W, Entity as Webhooks};
 pub const FRESH_FOR: Duration = Duration::from_millis(50);
 /// Merchants whose endpoint lists are kept at most.
 pub const MAX_MERCHANTS: usize = 10_000;
-
-const GENERATION_SQL: &str = "SELECT generation FROM cache_generations WHERE name = 'webhooks'";
 
 /// Endpoints of one scope: `Some(merchant)`, or `None` for the platform-wide ones.
 type Scope = Option<String>;
@@ -82,13 +77,7 @@ impl EndpointCache {
     /// the counter is missing (then nothing is cached).
     async fn confirm(&self, db: &DatabaseConnection) -> Result<Option<i64>> {
         let started = Instant::now();
-        let row = db
-            .query_one_raw(Statement::from_string(
-                db.get_database_backend(),
-                GENERATION_SQL,
-            ))
-            .await?;
-        let Some(generation) = row.map(|r| r.try_get_by_index::<i64>(0)).transpose()? else {
+        let Some(generation) = crate::db::generation(db, "webhooks").await? else {
             return Ok(None);
         };
         let mut inner = self.lock();

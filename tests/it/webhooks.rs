@@ -956,17 +956,10 @@ async fn a_burst_is_fanned_out_once_and_marked(db: Db) {
 
 /// The `webhooks` generation (migration 000010), read as the endpoint cache reads it.
 async fn webhooks_generation(app: &TestApp) -> i64 {
-    use sea_orm::ConnectionTrait;
-    let db = &app.server.state.db;
-    db.query_one_raw(sea_orm::Statement::from_string(
-        db.get_database_backend(),
-        "SELECT generation FROM cache_generations WHERE name = 'webhooks'",
-    ))
-    .await
-    .unwrap()
-    .expect("the webhooks generation row")
-    .try_get_by_index::<i64>(0)
-    .unwrap()
+    smartbot::db::generation(&app.server.state.db, "webhooks")
+        .await
+        .unwrap()
+        .expect("the webhooks generation row")
 }
 
 /// Runs `sql` straight on the database, as another instance (or a person in psql) would: this
