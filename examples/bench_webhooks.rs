@@ -10,6 +10,7 @@
 //! default). The app runs in this process with its workers (webhook_delivery concurrency from
 //! QUEUE_CONCURRENCY, default 32 here); the receiver verifies every signature.
 //! Prints one JSON line: p50/p99/max latency in ms, delivered and missing counts, peak RSS.
+//! The run's scratch database and Redis keys are deleted at the end.
 
 mod common;
 
@@ -119,6 +120,10 @@ async fn run() {
             Some(std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into()));
         config.redis_prefix = format!("bench:{}:", uuid::Uuid::new_v4().simple());
     }
+    let redis_keys = config
+        .redis_url
+        .clone()
+        .map(|url| (url, config.redis_prefix.clone()));
     let server = smartbot::spawn(config).await.expect("server");
     let state = server.state.clone();
 
@@ -220,5 +225,8 @@ async fn run() {
     drop(state);
     if let Some(db) = scratch {
         db.drop().await;
+    }
+    if let Some((url, prefix)) = redis_keys {
+        common::drop_redis_prefix(&url, &prefix).await;
     }
 }

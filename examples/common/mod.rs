@@ -48,3 +48,41 @@ impl ScratchDb {
         }
     }
 }
+
+/// Deletes every Redis key under `prefix` (a run's own, so nothing else is touched): a run
+/// that ends leaves nothing behind on a shared Redis, such as the completed jobs the queue
+/// keeps for inspection.
+#[allow(dead_code)] // Not every benchmark that shares this module uses Redis.
+pub async fn drop_redis_prefix(url: &str, prefix: &str) {
+    use fred::prelude::{Builder, ClientLike, Config, KeysInterface};
+    use futures::TryStreamExt;
+    assert!(
+        !prefix.is_empty() && !prefix.contains(['*', '?', '[', ']', '\\']),
+        "a literal, non-empty prefix"
+    );
+    let client = Builder::from_config(Config::from_url(url).expect("a Redis URL"))
+        .build()
+        .expect("a Redis client");
+    if let Err(e) = client.init().await {
+        eprintln!("could not clean up {prefix}*: {e}");
+        return;
+    }
+    let keys: Vec<fred::types::Key> = match client
+        .scan_buffered(format!("{prefix}*"), Some(1000), None)
+        .try_collect()
+        .await
+    {
+        Ok(keys) => keys,
+        Err(e) => {
+            eprintln!("could not list {prefix}*: {e}");
+            Vec::new()
+        }
+    };
+    for chunk in keys.chunks(500) {
+        if let Err(e) = client.unlink::<i64, _>(chunk.to_vec()).await {
+            eprintln!("could not delete {prefix}*: {e}");
+            break;
+        }
+    }
+    let _ = client.quit().await;
+}
