@@ -9,8 +9,9 @@
 //! * `fanout`: N graphql-transport-ws subscribers on one instance (embedded SQLite, local bus).
 //!   It reports the server's resident memory per idle subscriber, then emits events one at a
 //!   time and reports, for each, the delay from the emit request until each subscriber has it
-//!   (p50, p99, max over all subscribers). All subscribers send the same subscription, so the
-//!   server runs it once (`graphql::shared`).
+//!   (p50, p99, max over all subscribers), and the CPU time per delivery of the server and of
+//!   the clients while events were on their way. All subscribers send the same subscription, so
+//!   the server runs it once (`graphql::shared`).
 //! * `fanout-distinct`: the same, but each subscription under its own operation name: nothing
 //!   is shared, every subscriber has an execution of its own (the server's worst case).
 //! * `latency`: `rate` events per second for `seconds`, emitted over REST, with 100 subscribers
@@ -118,6 +119,26 @@ fn rss_kb(pid: u32) -> u64 {
                 .and_then(|kb| kb.parse().ok())
         })
         .unwrap_or(0)
+}
+
+/// CPU time (user + system) that a process (a pid, or `self`) has used so far, in ms. The
+/// fields of `/proc/<pid>/stat` count in USER_HZ, 100 a second on Linux.
+fn cpu_ms(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The command name is in parentheses and may hold spaces; utime and stime are the 12th and
+    // 13th fields after it.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    (ticks(11) + ticks(12)) as f64 * 10.0
 }
 
 fn now_us() -> u64 {
@@ -327,10 +348,17 @@ async fn fanout(subscribers: usize, events: usize, distinct: bool) {
         })
     );
     let mut all = Vec::new();
+    // CPU used while events are on their way (not in the pauses between them): the server's,
+    // which on loopback includes the kernel's receive path of every client socket it sends to,
+    // and this process's (the 10,000 clients).
+    let (mut server_cpu, mut client_cpu) = (0.0, 0.0);
     for i in 0..events {
         seen.lock().unwrap().clear();
+        let (s0, c0) = (cpu_ms(&pid.to_string()), cpu_ms("self"));
         emit(&client, server.port, &token).await;
         wait_for(&seen, subscribers, Duration::from_secs(30)).await;
+        server_cpu += cpu_ms(&pid.to_string()) - s0;
+        client_cpu += cpu_ms("self") - c0;
         let mut lat = seen.lock().unwrap().clone();
         lat.sort_unstable();
         println!(
@@ -351,6 +379,8 @@ async fn fanout(subscribers: usize, events: usize, distinct: bool) {
             "deliveries": all.len(), "expected": subscribers * events,
             "p50_ms": pct(&all, 0.5), "p99_ms": pct(&all, 0.99), "max_ms": pct(&all, 1.0),
             "kb_per_idle_subscriber": ((after.saturating_sub(before)) as f64 / subscribers as f64 * 10.0).round() / 10.0,
+            "server_cpu_us_per_delivery": (server_cpu * 1000.0 / all.len().max(1) as f64 * 100.0).round() / 100.0,
+            "client_cpu_us_per_delivery": (client_cpu * 1000.0 / all.len().max(1) as f64 * 100.0).round() / 100.0,
         })
     );
     for h in handles {

@@ -305,3 +305,32 @@ async fn legacy_graphql_ws() {
         }
     }
 }
+
+/// A second `connection_init` ends the connection with 4429, as graphql-ws asks, also while an
+/// operation streams: the client's frames are still read between the server's responses.
+#[tokio::test]
+async fn a_second_connection_init_closes_with_4429() {
+    let app = TestApp::spawn(Db::Sqlite).await;
+    let mut ws = connect(&app, "/graphql/ws", "graphql-transport-ws").await;
+    send(&mut ws, json!({ "type": "connection_init", "payload": {} })).await;
+    assert_eq!(recv(&mut ws).await["type"], "connection_ack");
+    send(
+        &mut ws,
+        json!({ "id": "1", "type": "subscribe", "payload": { "query": HEARTBEAT } }),
+    )
+    .await;
+    assert_heartbeat(&recv(&mut ws).await, "next", "1");
+    assert_heartbeat(&recv(&mut ws).await, "next", "1");
+    send(&mut ws, json!({ "type": "connection_init", "payload": {} })).await;
+    // Heartbeats already on their way may come first; then the close, and nothing else.
+    loop {
+        match next_within(&mut ws, TIMEOUT).await {
+            Some(Got::Json(v)) if v["id"] == "1" && v["type"] == "next" => continue,
+            Some(Got::Close(code)) => {
+                assert_eq!(code, Some(4429));
+                break;
+            }
+            other => panic!("expected close 4429, got {other:?}"),
+        }
+    }
+}
