@@ -155,7 +155,8 @@ where
                         self.init = Init::Checking(on_init(payload.unwrap_or_default()));
                         None
                     }
-                    // A second init ends the connection, and the check of the first with it.
+                    // A second init ends the connection. (`Checking` cannot be seen here: the
+                    // client's frames are not read while the check runs.)
                     Init::Checking(_) | Init::Done => {
                         Some(self.refuse(4429, "Too many initialisation requests.".into()))
                     }
