@@ -497,9 +497,46 @@ async fn a_batch_stores_every_row_and_refuses_only_the_bad_one(db: Db) {
     assert_eq!(stored, ids.len() as u64);
 }
 
+/// `Events::emit` shares commits between concurrent emits, yet each emit returns only once its
+/// own row is stored: read back the moment its emit returns, every event is in the history.
+async fn concurrent_emits_are_each_stored_when_they_return(db: Db) {
+    use sea_orm::EntityTrait;
+    let app = TestApp::spawn(db).await;
+    let state = &app.server.state;
+    let emits = (0..120).map(|n| async move {
+        let merchant = MerchantId::parse("m", &format!("m-group-{}", n % 3)).unwrap();
+        let e = state
+            .events
+            .emit(
+                EventType::BotConnected,
+                &merchant,
+                payload(EventType::BotConnected, n),
+            )
+            .await
+            .expect("emit");
+        let row = entity::event::Entity::find_by_id(e.id)
+            .one(&state.db)
+            .await
+            .unwrap();
+        (e.id, row.map(|r| r.merchant_id))
+    });
+    let got = futures::future::join_all(emits).await;
+    let mut ids = std::collections::HashSet::new();
+    for (n, (id, merchant)) in got.into_iter().enumerate() {
+        assert_eq!(
+            merchant.as_deref(),
+            Some(format!("m-group-{}", n % 3).as_str()),
+            "event {n} ({id}) was not stored when its emit returned"
+        );
+        assert!(ids.insert(id), "event {n}: id {id} twice");
+    }
+    assert_eq!(stored(&app).await, 120);
+}
+
 both_dbs!(
     merchants_see_only_their_own,
     a_batch_stores_every_row_and_refuses_only_the_bad_one,
+    concurrent_emits_are_each_stored_when_they_return,
     resume_replays_exactly_what_was_missed,
     payload_errors_name_their_field,
 );
