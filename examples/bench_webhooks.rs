@@ -64,6 +64,56 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
+/// Where a delivery's time went, from the SQL queue's own timestamps (milliseconds): event id
+/// (UUIDv7, taken at emit) to its job's insert, insert to lease, lease to completion. The lease
+/// is taken by the worker's fetch; a prefetched job may wait for a free slot after it.
+async fn stages(db: &sea_orm::DatabaseConnection) -> serde_json::Value {
+    use sea_orm::{ConnectionTrait, Statement};
+    let rows = db
+        .query_all_raw(Statement::from_string(
+            db.get_database_backend(),
+            "SELECT id, created_at, started_at, finished_at FROM jobs \
+             WHERE queue = 'webhook_delivery' AND state = 'completed'",
+        ))
+        .await
+        .expect("the jobs");
+    let (mut dispatch, mut pickup, mut run) = (Vec::new(), Vec::new(), Vec::new());
+    for row in rows {
+        let id: String = row.try_get("", "id").unwrap();
+        let created: i64 = row.try_get("", "created_at").unwrap();
+        let started: Option<i64> = row.try_get("", "started_at").unwrap();
+        let finished: Option<i64> = row.try_get("", "finished_at").unwrap();
+        // `{webhook}:{event}:{attempt}`
+        let event = id
+            .split(':')
+            .nth(1)
+            .and_then(|e| uuid::Uuid::parse_str(e).ok())
+            .and_then(|e| e.get_timestamp())
+            .map(|t| {
+                let (s, n) = t.to_unix();
+                s as i64 * 1000 + i64::from(n / 1_000_000)
+            });
+        if let Some(event) = event {
+            dispatch.push((created - event) as f64);
+        }
+        if let (Some(started), Some(finished)) = (started, finished) {
+            pickup.push((started - created) as f64);
+            run.push((finished - started) as f64);
+        }
+    }
+    let summary = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        json!({ "p50": percentile(&v, 0.5), "p99": percentile(&v, 0.99) })
+    };
+    json!({
+        "stages_ms": {
+            "event_to_enqueue": summary(dispatch),
+            "enqueue_to_lease": summary(pickup),
+            "lease_to_complete": summary(run),
+        }
+    })
+}
+
 fn peak_rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -221,6 +271,9 @@ async fn run() {
             "peak_rss_mb": r(peak_rss_mb()),
         })
     );
+    if !redis {
+        println!("{}", stages(&state.db).await);
+    }
     server.stop().await.ok();
     drop(state);
     if let Some(db) = scratch {
