@@ -20,8 +20,9 @@
 //!   (`TEST_REDIS_URL`). Events are emitted through A and received on B.
 //!
 //! The server binary is `target/release/smartbot` (override it with `SMARTBOT_BIN`). The clients
-//! run in this process, so the figures include the client side on the same 2 cores. Each line
-//! printed is one JSON measurement.
+//! run in this process, on the same 2 cores: each connection is opened and subscribed with
+//! tokio-tungstenite, then one thread reads every socket with `epoll` ([`raw`]). Each line printed
+//! is one JSON measurement.
 
 use std::{
     net::TcpListener,
@@ -157,13 +158,6 @@ fn token() -> String {
         .unwrap()
 }
 
-/// A server frame's `type`; the rest is skipped unparsed.
-#[derive(serde::Deserialize)]
-struct Kind<'a> {
-    #[serde(rename = "type")]
-    kind: &'a str,
-}
-
 /// `{"payload":{"data":{"events":{"payload":{"reason": …}}}}}` of a `next` frame.
 #[derive(serde::Deserialize)]
 struct Next<'a> {
@@ -189,9 +183,6 @@ struct NextEvent<'a> {
 struct Reason<'a> {
     reason: &'a str,
 }
-
-/// Latencies (µs) seen by subscribers, keyed by nothing: one flat list per run.
-type Seen = Arc<Mutex<Vec<u64>>>;
 
 type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -231,38 +222,6 @@ async fn handshake(port: u16, token: &str, query: String) -> Socket {
     ws
 }
 
-/// Opens a subscriber; returns once the server acknowledged the connection. Each event's payload
-/// carries its emit time (`reason`), and the receive delay goes to `seen`.
-async fn subscriber(
-    port: u16,
-    token: &str,
-    seen: Seen,
-    query: String,
-) -> tokio::task::JoinHandle<()> {
-    let mut ws = handshake(port, token, query).await;
-    tokio::spawn(async move {
-        while let Some(Ok(msg)) = ws.next().await {
-            let Message::Text(t) = msg else { continue };
-            // Typed, borrowing parses: a `serde_json::Value` allocates a map per level of every
-            // frame, and at 100,000 frames a second this client shares the server's 2 cores.
-            let Ok(kind) = serde_json::from_str::<Kind>(&t) else {
-                continue;
-            };
-            match kind.kind {
-                "next" => {
-                    if let Some(sent) = sent_at(t.as_bytes()) {
-                        seen.lock().unwrap().push(now_us().saturating_sub(sent));
-                    }
-                }
-                "ping" => {
-                    let _ = ws.send(Message::text(r#"{"type":"pong"}"#)).await;
-                }
-                _ => {}
-            }
-        }
-    })
-}
-
 /// The emit time carried by a `next` frame.
 fn sent_at(frame: &[u8]) -> Option<u64> {
     serde_json::from_slice::<Next>(frame)
@@ -270,14 +229,14 @@ fn sent_at(frame: &[u8]) -> Option<u64> {
         .and_then(|n| n.payload.data.events.payload.reason.parse::<u64>().ok())
 }
 
-/// The fan-out's 10,000 clients, read by one thread with level-triggered `epoll`.
+/// The benchmark's clients, read by one thread with level-triggered `epoll`.
 ///
 /// The connections are opened and subscribed with tokio-tungstenite ([`handshake`]); then their
 /// sockets are taken out of it and read here: one `recvmsg` per ready socket, the WebSocket frame
 /// header parsed in place, one typed parse per `next` frame, a pong for a ping. Ten thousand tokio
 /// tasks with a tungstenite reader each, a mutex per frame and two runtime threads cost the
-/// clients 5.6–7.2 µs of CPU per delivery on the server's two cores; this is the load generator
-/// kept out of the server's way, as when clients are other machines.
+/// clients 5.8–6.6 µs of CPU per delivery in the fan-out; this reader costs 3.0–4.2 µs. The
+/// clients still share the server's two cores, but the figures measure less of the load generator.
 ///
 /// Each read also carries the kernel's receive timestamp (`SO_TIMESTAMPNS`): the moment the
 /// frame was in the client's socket, which on loopback is inside the server's own `send`. A
@@ -507,22 +466,43 @@ fn query(i: usize, distinct: bool) -> String {
     }
 }
 
-async fn connect_all(
-    port: u16,
-    n: usize,
-    token: &str,
-    seen: &Seen,
-    distinct: bool,
-) -> Vec<tokio::task::JoinHandle<()>> {
-    let mut handles = Vec::with_capacity(n);
-    // A few hundred handshakes in flight at a time.
-    let mut pending = futures::stream::iter(0..n)
-        .map(|i| subscriber(port, token, seen.clone(), query(i, distinct)))
-        .buffer_unordered(256);
-    while let Some(h) = pending.next().await {
-        handles.push(h);
+/// Subscribed clients, read by one thread (`raw::read_all`) until dropped.
+struct Clients {
+    seen: raw::Seen,
+    stop: Arc<AtomicBool>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Clients {
+    /// Opens `n` subscribers, a few hundred handshakes in flight at a time.
+    async fn connect(port: u16, n: usize, token: &str, distinct: bool) -> Self {
+        let sockets: Vec<_> = futures::stream::iter(0..n)
+            .map(|i| handshake(port, token, query(i, distinct)))
+            .buffer_unordered(256)
+            .map(raw::detach)
+            .collect()
+            .await;
+        let seen: raw::Seen = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let reader = {
+            let (seen, stop) = (seen.clone(), stop.clone());
+            std::thread::spawn(move || raw::read_all(sockets, seen, stop))
+        };
+        Self {
+            seen,
+            stop,
+            reader: Some(reader),
+        }
     }
-    handles
+}
+
+impl Drop for Clients {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+    }
 }
 
 /// Waits until every subscriber saw `count` events (or the deadline).
@@ -539,29 +519,17 @@ async fn fanout(subscribers: usize, events: usize, distinct: bool) {
     let token = token();
     let client = reqwest::Client::new();
     // Warm the server (first emit, first socket) before taking the baseline.
-    let seen: Seen = Arc::default();
-    let warm = subscriber(server.port, &token, seen.clone(), SUB.to_owned()).await;
+    let warm = Clients::connect(server.port, 1, &token, false).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     emit(&client, server.port, &token).await;
-    wait_for(&seen, 1, Duration::from_secs(5)).await;
-    warm.abort();
+    wait_for(&warm.seen, 1, Duration::from_secs(5)).await;
+    drop(warm);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = rss_kb(pid);
     let t = Instant::now();
-    // A few hundred handshakes in flight at a time; then one thread reads them all.
-    let sockets: Vec<_> = futures::stream::iter(0..subscribers)
-        .map(|i| handshake(server.port, &token, query(i, distinct)))
-        .buffer_unordered(256)
-        .map(raw::detach)
-        .collect()
-        .await;
+    let clients = Clients::connect(server.port, subscribers, &token, distinct).await;
     let connect_s = t.elapsed().as_secs_f64();
-    let seen: raw::Seen = Arc::default();
-    let stop = Arc::new(AtomicBool::new(false));
-    let reader = {
-        let (seen, stop) = (seen.clone(), stop.clone());
-        std::thread::spawn(move || raw::read_all(sockets, seen, stop))
-    };
+    let seen = &clients.seen;
     // No frame says "subscribed": give the server a moment to register the last ones.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = rss_kb(pid);
@@ -585,7 +553,7 @@ async fn fanout(subscribers: usize, events: usize, distinct: bool) {
         seen.lock().unwrap().clear();
         let (s0, c0) = (cpu_ms(&pid.to_string()), cpu_ms("self"));
         emit(&client, server.port, &token).await;
-        wait_for(&seen, subscribers, Duration::from_secs(30)).await;
+        wait_for(seen, subscribers, Duration::from_secs(30)).await;
         server_cpu += cpu_ms(&pid.to_string()) - s0;
         client_cpu += cpu_ms("self") - c0;
         let got = seen.lock().unwrap().clone();
@@ -605,8 +573,7 @@ async fn fanout(subscribers: usize, events: usize, distinct: bool) {
         reads.extend(read);
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    stop.store(true, Ordering::Relaxed);
-    reader.join().unwrap();
+    drop(clients);
     arrivals.sort_unstable();
     reads.sort_unstable();
     println!(
@@ -646,8 +613,7 @@ async fn latency(subscribers: usize, rate: u64, seconds: u64, redis: bool) {
     };
     let token = token();
     let port_sub = b.as_ref().map_or(a.port, |b| b.port);
-    let seen: Seen = Arc::default();
-    let handles = connect_all(port_sub, subscribers, &token, &seen, false).await;
+    let clients = Clients::connect(port_sub, subscribers, &token, false).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let client = reqwest::Client::new();
     let total = rate * seconds;
@@ -676,8 +642,19 @@ async fn latency(subscribers: usize, rate: u64, seconds: u64, redis: bool) {
     }
     emits.sort_unstable();
     let achieved = total as f64 / start_t.elapsed().as_secs_f64();
-    wait_for(&seen, total as usize * subscribers, Duration::from_secs(30)).await;
-    let mut lat = seen.lock().unwrap().clone();
+    wait_for(
+        &clients.seen,
+        total as usize * subscribers,
+        Duration::from_secs(30),
+    )
+    .await;
+    let mut lat: Vec<u64> = clients
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|d| d.read_us)
+        .collect();
     lat.sort_unstable();
     println!(
         "{}",
@@ -689,9 +666,7 @@ async fn latency(subscribers: usize, rate: u64, seconds: u64, redis: bool) {
             "emit_p50_ms": pct(&emits, 0.5), "emit_p99_ms": pct(&emits, 0.99),
         })
     );
-    for h in handles {
-        h.abort();
-    }
+    drop(clients);
     drop((a, b));
     if let Some(db) = scratch {
         db.drop().await;
