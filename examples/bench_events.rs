@@ -317,7 +317,7 @@ mod raw {
                     continue;
                 };
                 if len == 0 {
-                    // Closed by the server: stop watching it.
+                    // Closed by the server (or failed): stop watching it.
                     // SAFETY: as above.
                     unsafe {
                         libc::epoll_ctl(
@@ -366,8 +366,8 @@ mod raw {
         unsafe { libc::close(epoll) };
     }
 
-    /// One `recvmsg`: the bytes read (0 at end of stream) and the kernel's receive time (µs since
-    /// the epoch). `None` when there was nothing to read.
+    /// One `recvmsg`: the bytes read (0 at end of stream or on an error) and the kernel's
+    /// receive time (µs since the epoch). `None` when there was nothing to read.
     fn recv(socket: &TcpStream, buf: &mut [u8]) -> Option<(usize, Option<u64>)> {
         let mut iov = libc::iovec {
             iov_base: buf.as_mut_ptr().cast(),
@@ -383,7 +383,13 @@ mod raw {
         // SAFETY: as above.
         let n = unsafe { libc::recvmsg(socket.as_raw_fd(), &mut msg, libc::MSG_DONTWAIT) };
         if n < 0 {
-            return None;
+            let e = std::io::Error::last_os_error();
+            return match e.kind() {
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted => None,
+                // A reset or failed socket stays readable under level-triggered epoll: read it
+                // as closed, so it is dropped instead of reported at every wait.
+                _ => Some((0, None)),
+            };
         }
         let mut arrival = None;
         // SAFETY: walks the control messages the kernel wrote into `control`.
