@@ -40,12 +40,14 @@ use crate::{
     },
 };
 
-/// Everything a request handler or resolver needs. Cheap to clone.
+/// Everything a request handler or resolver needs. Cheap to clone: it is cloned for every
+/// request and middleware (axum's `State`), so every field is a shared handle, never a copy of
+/// keys or tables.
 #[derive(Clone)]
 pub struct AppState {
     pub config: Arc<Config>,
     pub db: DatabaseConnection,
-    pub keys: TokenKeys,
+    pub keys: Arc<TokenKeys>,
     pub rate_limiter: RateLimiter,
     pub queue: JobQueue,
     pub storage: Arc<dyn media::storage::Storage>,
@@ -53,7 +55,7 @@ pub struct AppState {
     pub media: Arc<media::MediaRuntime>,
     pub events: Arc<events::service::Events>,
     /// Encrypts secrets at rest (webhook secrets, merchants' WhatsApp credentials).
-    pub cipher: crypto::Cipher,
+    pub cipher: Arc<crypto::Cipher>,
     /// The webhook delivery client, address policy and retry schedule.
     pub webhooks: Arc<webhooks::WebhookRuntime>,
     /// The WhatsApp Cloud API client and the platform number, picked at start-up.
@@ -130,11 +132,11 @@ pub async fn build(config: Config) -> Result<App> {
             storage,
             media,
             events,
-            cipher,
+            cipher: Arc::new(cipher),
             webhooks,
             config: Arc::new(config),
             db,
-            keys,
+            keys: Arc::new(keys),
             rate_limiter,
             schema,
         },
