@@ -39,9 +39,18 @@ use crate::{
 use entity::event::{self, Column as C, Entity as Events_};
 
 const CURSOR_KIND: &str = "evt";
-/// Trim one merchant's history every this many emits (per process): cheap, and the history
-/// never holds fewer than the configured length. Trims run in the background.
-const TRIM_EVERY: u64 = 32;
+/// Trim one merchant's history every this many emits (per process) at least: the history never
+/// holds fewer than the configured length. Trims run in the background.
+const TRIM_EVERY_MIN: u64 = 32;
+/// A trim finds its cut-off by skipping the newest `history` ids, so its cost grows with the
+/// history: trimming every `history / TRIM_SLACK` emits keeps the cost per emit the same whatever
+/// the length, and lets a merchant's history run past it by about `1 / TRIM_SLACK`.
+const TRIM_SLACK: u64 = 8;
+
+/// How many emits of a process go between two trims.
+fn trim_every(history: u64) -> u64 {
+    (history / TRIM_SLACK).max(TRIM_EVERY_MIN)
+}
 /// Merchants waiting for a trim, at most.
 const TRIM_QUEUE: usize = 256;
 const REPLAY_PAGE: u64 = 500;
@@ -259,7 +268,8 @@ impl Events {
             store(&self.db, &e).await?;
         }
         self.publish(e.clone()).await;
-        if self.emitted.fetch_add(1, Ordering::Relaxed) % TRIM_EVERY == TRIM_EVERY - 1 {
+        let every = trim_every(self.history);
+        if self.emitted.fetch_add(1, Ordering::Relaxed) % every == every - 1 {
             self.trim_later(merchant);
         }
         Ok(e)
@@ -405,5 +415,20 @@ impl Events {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::trim_every;
+
+    /// Short histories are trimmed every 32 emits; long ones every eighth of their length, so a
+    /// trim's scan over the history costs each emit the same.
+    #[test]
+    fn trims_come_less_often_for_longer_histories() {
+        assert_eq!(trim_every(3), 32);
+        assert_eq!(trim_every(256), 32);
+        assert_eq!(trim_every(1000), 125);
+        assert_eq!(trim_every(100_000), 12_500);
     }
 }
