@@ -184,6 +184,29 @@ pub async fn migrate(db: &DatabaseConnection) -> Result<()> {
     Ok(())
 }
 
+/// A `cache_generations` counter's value as a read that began at `read_from` found it (the read
+/// may be part of another statement, such as an event's INSERT: see `events::service::Outbox`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SeenGeneration {
+    pub value: i64,
+    pub read_from: std::time::Instant,
+}
+
+impl SeenGeneration {
+    /// The newest sighting of a batch in which each item may have one: `None` when any item
+    /// has none (or the batch is empty), since such an item's counter must then be read.
+    pub fn newest_of_all(seen: impl IntoIterator<Item = Option<Self>>) -> Option<Self> {
+        let mut newest: Option<Self> = None;
+        for s in seen {
+            let s = s?;
+            if newest.is_none_or(|n| (s.value, s.read_from) > (n.value, n.read_from)) {
+                newest = Some(s);
+            }
+        }
+        newest
+    }
+}
+
 /// The committed value of a `cache_generations` counter (`templates`, `webhooks`): one
 /// primary-key read. `None` when the counter row is missing (then nothing may be cached).
 pub async fn generation(db: &DatabaseConnection, name: &str) -> Result<Option<i64>> {
@@ -335,5 +358,20 @@ mod tests {
         assert_eq!(busy_delay(5_000, SQLITE_BUSY_TIMEOUT), None);
         // A wait that began long ago gives up even on an early try.
         assert_eq!(busy_delay(3, SQLITE_BUSY_TIMEOUT + ms(1)), None);
+    }
+
+    /// A batch's sighting is its newest, and there is none when any item lacks one.
+    #[test]
+    fn a_batch_sees_its_newest_generation_only_when_all_saw_one() {
+        let t = std::time::Instant::now();
+        let s = |value| {
+            Some(SeenGeneration {
+                value,
+                read_from: t,
+            })
+        };
+        assert_eq!(SeenGeneration::newest_of_all([s(3), s(7), s(5)]), s(7));
+        assert_eq!(SeenGeneration::newest_of_all([s(3), None, s(5)]), None);
+        assert_eq!(SeenGeneration::newest_of_all([]), None);
     }
 }

@@ -43,7 +43,7 @@ use crate::{
     AppState,
     auth::RequestContext,
     crypto::Cipher,
-    db::BatchInserter,
+    db::{BatchInserter, SeenGeneration},
     error::{Error, Result},
     events::{Event, EventType, service::Outbox},
     queue::{JobInfo, JobOptions, JobQueue, QueueName, worker::JobError},
@@ -138,6 +138,9 @@ pub fn subscribes(w: &webhook::Model, kind: EventType) -> bool {
     }
 }
 
+/// An event handed to the fan-out batcher, with the endpoint generation its INSERT saw.
+type Handed = (Event, Option<SeenGeneration>);
+
 /// The `webhook_delivery` fan-out of committed events: the outbox's consumer.
 ///
 /// [`Outbox::dispatch`] hands the events to one task per process that fans them out in batches:
@@ -151,7 +154,7 @@ pub struct Dispatcher {
     db: DatabaseConnection,
     queue: JobQueue,
     runtime: Arc<WebhookRuntime>,
-    batcher: Arc<std::sync::OnceLock<mpsc::Sender<Event>>>,
+    batcher: Arc<std::sync::OnceLock<mpsc::Sender<Handed>>>,
     /// Events fanned out whose outbox mark is still to be written (shared by the batch task
     /// and [`Outbox::flush`]).
     unmarked: Arc<std::sync::Mutex<Vec<Uuid>>>,
@@ -180,27 +183,36 @@ impl Dispatcher {
     }
 
     /// The enabled endpoints of these merchants, and the platform-wide ones (the endpoint
-    /// cache: one generation read, and a query only for merchants it does not hold).
-    async fn endpoints_for(&self, events: &[Event]) -> Result<Vec<Arc<webhook::Model>>> {
+    /// cache: the generation, read unless `seen` by the events' INSERTs, and a query only for
+    /// merchants it does not hold).
+    async fn endpoints_for(
+        &self,
+        events: &[Event],
+        seen: Option<SeenGeneration>,
+    ) -> Result<Vec<Arc<webhook::Model>>> {
         self.runtime
             .endpoints
-            .for_merchants(&self.db, events.iter().map(|e| e.merchant_id.as_str()))
+            .for_merchants(
+                &self.db,
+                events.iter().map(|e| e.merchant_id.as_str()),
+                seen,
+            )
             .await
     }
 
     /// Fans out `events` now: enqueues one first-attempt job per matching endpoint, then marks
     /// the rows dispatched. Idempotent (see the module doc).
     pub async fn dispatch_now(&self, events: &[Event]) -> Result<()> {
-        self.fan_out(events).await?;
+        self.fan_out(events, None).await?;
         self.mark_dispatched(events.iter().map(|e| e.id)).await
     }
 
     /// Enqueues one first-attempt job per matching endpoint of each event.
-    async fn fan_out(&self, events: &[Event]) -> Result<()> {
+    async fn fan_out(&self, events: &[Event], seen: Option<SeenGeneration>) -> Result<()> {
         if events.is_empty() {
             return Ok(());
         }
-        let endpoints = self.endpoints_for(events).await?;
+        let endpoints = self.endpoints_for(events, seen).await?;
         let first = self.runtime.schedule.first().copied().unwrap_or_default();
         let mut attempts = Vec::new();
         for e in events {
@@ -309,9 +321,9 @@ impl Dispatcher {
     /// `mark_linger` later (one UPDATE for a burst instead of one commit per batch). If the
     /// process dies before the mark, the sweeper dispatches the event again, which the job ids
     /// make harmless.
-    fn batcher(&self) -> &mpsc::Sender<Event> {
+    fn batcher(&self) -> &mpsc::Sender<Handed> {
         self.batcher.get_or_init(|| {
-            let (tx, mut rx) = mpsc::channel::<Event>(DISPATCH_BUFFER);
+            let (tx, mut rx) = mpsc::channel(DISPATCH_BUFFER);
             let this = Dispatcher {
                 batcher: Arc::new(std::sync::OnceLock::new()),
                 ..self.clone()
@@ -335,7 +347,12 @@ impl Dispatcher {
                                 );
                                 let this = this.clone();
                                 running.push(async move {
-                                    let result = this.fan_out(&batch).await;
+                                    let seen = SeenGeneration::newest_of_all(
+                                        batch.iter().map(|(_, seen)| *seen),
+                                    );
+                                    let batch: Vec<Event> =
+                                        batch.into_iter().map(|(e, _)| e).collect();
+                                    let result = this.fan_out(&batch, seen).await;
                                     (batch, result)
                                 });
                             }
@@ -363,15 +380,19 @@ impl Dispatcher {
 
 #[async_trait]
 impl Outbox for Dispatcher {
-    async fn dispatch(&self, events: &[Event]) -> Result<()> {
+    async fn dispatch(&self, events: &[Event], seen: Option<SeenGeneration>) -> Result<()> {
         let tx = self.batcher();
         for e in events {
-            if let Err(err) = tx.try_send(e.clone()) {
+            if let Err(err) = tx.try_send((e.clone(), seen)) {
                 // Full, or the task is gone with its runtime: the sweeper dispatches the row.
                 tracing::debug!(event = %e.id, error = %err, "webhook fan-out left to the sweeper");
             }
         }
         Ok(())
+    }
+
+    fn generation(&self) -> Option<&'static str> {
+        Some(super::endpoints::GENERATION)
     }
 
     async fn flush(&self) -> Result<()> {

@@ -7,12 +7,20 @@
 //!   in the transaction of every change that shapes a delivery: an endpoint added or removed, a
 //!   new URL, secret, event list, rate limit or signature format, enabled or disabled, and an
 //!   endpoint starting or ending a run of failures. Counting failed attempts does not bump it.
-//! * A fan-out batch reads the generation first (one primary-key read), then takes each
+//! * A fan-out batch first needs the generation, seen no earlier than its events' INSERTs
+//!   began. On PostgreSQL [`Events::emit`](crate::events::service::Events::emit) reads it in the
+//!   event's own INSERT (`RETURNING (SELECT generation …)`, asked for by
+//!   [`Outbox::generation`](crate::events::service::Outbox::generation)) and hands it over with
+//!   the event, so the batch reads nothing more. Otherwise (events recorded in a domain's own
+//!   transaction, events the sweeper finds, every event on SQLite) the batch reads it (one
+//!   primary-key read). A newer generation empties the cache. Then the batch takes each
 //!   merchant's enabled endpoints from this cache, reading only the merchants it does not hold
-//!   yet. A newer generation empties the cache. The fan-out is exact: the read starts after the
-//!   events committed, so every endpoint registered before them is counted (the argument of
-//!   `templates::cache`: the bump commits with the change, counters only grow, and entries are
-//!   only kept under the generation read before their rows were).
+//!   yet. The fan-out is exact: every endpoint change committed before the events' INSERTs
+//!   began is counted (the argument of `templates::cache`: the bump commits with the change, so
+//!   the generation seen includes it; counters only grow, so the cache then holds that
+//!   generation or a newer one; and entries are only kept under a generation read before their
+//!   rows were). A change committed while an event is being inserted is concurrent with it: it
+//!   may or may not be counted.
 //! * A delivery attempt uses the cached endpoint when this process saw its generation current
 //!   less than [`FRESH_FOR`] ago; otherwise it reads the row, as before. So a change made through
 //!   another instance reaches an attempt here within [`FRESH_FOR`]; one made through this
@@ -25,16 +33,21 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, PoisonError},
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
 use sea_orm::{ColumnTrait, Condition, DatabaseConnection, EntityTrait, QueryFilter};
 use uuid::Uuid;
 
-use crate::error::Result;
+use crate::{db::SeenGeneration, error::Result};
 use entity::webhook::{self, Column as W, Entity as Webhooks};
 
+/// The `cache_generations` counter of webhook endpoints.
+pub const GENERATION: &str = "webhooks";
 /// How long after this process last saw the generation current an attempt may use a cached
 /// endpoint instead of reading its row.
 pub const FRESH_FOR: Duration = Duration::from_millis(50);
@@ -47,6 +60,8 @@ type Scope = Option<String>;
 #[derive(Default)]
 pub struct EndpointCache {
     inner: Mutex<Inner>,
+    /// Generation reads of this process's fan-outs so far.
+    reads: AtomicU64,
 }
 
 #[derive(Default)]
@@ -76,31 +91,46 @@ impl EndpointCache {
     /// Reads the current generation and adopts it: a newer one empties the cache. `None` when
     /// the counter is missing (then nothing is cached).
     async fn confirm(&self, db: &DatabaseConnection) -> Result<Option<i64>> {
-        let started = Instant::now();
-        let Some(generation) = crate::db::generation(db, "webhooks").await? else {
+        let read_from = Instant::now();
+        self.reads.fetch_add(1, Ordering::Relaxed);
+        let Some(value) = crate::db::generation(db, GENERATION).await? else {
             return Ok(None);
         };
+        self.adopt(SeenGeneration { value, read_from });
+        Ok(Some(value))
+    }
+
+    /// Takes in a generation seen current: a newer one empties the cache, the one held is
+    /// confirmed as of the sighting. Returns the generation now held (at least `seen`'s).
+    fn adopt(&self, seen: SeenGeneration) -> i64 {
         let mut inner = self.lock();
-        if generation > inner.generation {
+        if seen.value > inner.generation {
             inner.clear();
-            inner.generation = generation;
+            inner.generation = seen.value;
             inner.confirmed_at = None;
         }
-        if generation == inner.generation && inner.forgotten_at.is_none_or(|f| started > f) {
-            inner.confirmed_at = Some(inner.confirmed_at.map_or(started, |t| t.max(started)));
+        let at = seen.read_from;
+        if seen.value == inner.generation && inner.forgotten_at.is_none_or(|f| at > f) {
+            inner.confirmed_at = Some(inner.confirmed_at.map_or(at, |t| t.max(at)));
         }
-        Ok(Some(generation))
+        inner.generation
     }
 
     /// The enabled endpoints that may receive events of these merchants: each merchant's own
-    /// and the platform-wide ones, read from the database only for scopes not held. Exact as of
-    /// the call (see the module doc).
+    /// and the platform-wide ones, read from the database only for scopes not held.
+    ///
+    /// `seen`: the generation the events' own INSERTs read ([`GENERATION`] in
+    /// `Outbox::generation`), or `None` to read it now. Exact either way (see the module doc).
     pub async fn for_merchants<'a>(
         &self,
         db: &DatabaseConnection,
         merchants: impl IntoIterator<Item = &'a str>,
+        seen: Option<SeenGeneration>,
     ) -> Result<Vec<Arc<webhook::Model>>> {
-        let generation = self.confirm(db).await?;
+        let generation = match seen {
+            Some(seen) => Some(self.adopt(seen)),
+            None => self.confirm(db).await?,
+        };
         let mut scopes: Vec<Scope> = merchants.into_iter().map(|m| Some(m.to_owned())).collect();
         scopes.sort_unstable();
         scopes.dedup();
@@ -159,6 +189,12 @@ impl EndpointCache {
         Ok(out)
     }
 
+    /// How many times this process's fan-outs have read the generation themselves (those whose
+    /// events' INSERTs read it do not).
+    pub fn generation_reads(&self) -> u64 {
+        self.reads.load(Ordering::Relaxed)
+    }
+
     /// The endpoint `id` as this process knows it, if that knowledge is fresh ([`FRESH_FOR`])
     /// and the endpoint is enabled. `None`: read the row.
     pub fn fresh(&self, id: Uuid) -> Option<Arc<webhook::Model>> {
@@ -176,5 +212,84 @@ impl EndpointCache {
         inner.confirmed_at = None;
         inner.forgotten_at = Some(Instant::now());
         inner.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A cache holding merchant `m-a` and the platform-wide scope (both with no endpoints) at
+    /// generation 5.
+    fn warm() -> EndpointCache {
+        let cache = EndpointCache::default();
+        {
+            let mut inner = cache.lock();
+            inner.generation = 5;
+            inner.lists.insert(Some("m-a".into()), Arc::from([]));
+            inner.lists.insert(None, Arc::from([]));
+        }
+        cache
+    }
+
+    fn seen(value: i64) -> Option<SeenGeneration> {
+        Some(SeenGeneration {
+            value,
+            read_from: Instant::now(),
+        })
+    }
+
+    /// With the generation the events' INSERTs saw, a fan-out whose scopes are held touches no
+    /// database (here, one without tables, so that every read fails); a newer generation empties
+    /// the cache and so reads; without one, the generation itself is read.
+    #[tokio::test]
+    async fn a_generation_seen_by_the_insert_saves_the_read() {
+        let offline = sea_orm::Database::connect("sqlite::memory:").await.unwrap();
+        let cache = warm();
+        for held in [5, 4] {
+            let got = cache.for_merchants(&offline, ["m-a"], seen(held)).await;
+            assert!(got.is_ok_and(|l| l.is_empty()), "seen {held}: no read");
+        }
+        assert!(cache.fresh(Uuid::nil()).is_none(), "nothing held by id");
+        assert!(cache.lock().confirmed_at.is_some(), "seeing 5 confirms 5");
+
+        assert!(
+            cache.for_merchants(&offline, ["m-a"], None).await.is_err(),
+            "nothing seen: the generation is read"
+        );
+        assert!(
+            cache
+                .for_merchants(&offline, ["m-b"], seen(5))
+                .await
+                .is_err(),
+            "a merchant not held is read"
+        );
+        assert!(
+            cache
+                .for_merchants(&offline, ["m-a"], seen(6))
+                .await
+                .is_err(),
+            "a newer generation empties the cache"
+        );
+        assert_eq!(cache.lock().generation, 6);
+        assert!(cache.lock().lists.is_empty());
+    }
+
+    /// A change made through this process outdates sightings that began before it.
+    #[test]
+    fn sightings_before_a_local_change_confirm_nothing() {
+        let cache = warm();
+        let before = Instant::now();
+        cache.forget();
+        cache.adopt(SeenGeneration {
+            value: 5,
+            read_from: before,
+        });
+        assert!(cache.lock().confirmed_at.is_none());
+        cache.adopt(SeenGeneration {
+            value: 5,
+            read_from: Instant::now(),
+        });
+        assert!(cache.lock().confirmed_at.is_some());
     }
 }

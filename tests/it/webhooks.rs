@@ -1057,8 +1057,48 @@ async fn changes_made_elsewhere_reach_the_next_fan_out(db: Db) {
     app.server.stop().await.unwrap();
 }
 
+/// On PostgreSQL an emitted event's own INSERT reads the endpoint generation and hands it to the
+/// fan-out, which then reads no generation itself; on SQLite every fan-out reads it.
+async fn an_emit_hands_its_fan_out_the_generation(db: Db) {
+    let app = TestApp::spawn_with(db, |c| {
+        hooks(c);
+        // No sweep during the test: only the emits' own fan-outs run.
+        c.webhook_sweep_interval = Duration::from_secs(600);
+    })
+    .await;
+    let rx = TestReceiver::start().await;
+    register(&app, "m-a", json!({ "url": rx.url() })).await;
+    let cache = &app.server.state.webhooks.endpoints;
+    let before = cache.generation_reads();
+    for n in 0..5 {
+        // One at a time, so each is a fan-out batch of its own.
+        emit(&app, "m-a", n).await;
+        rx.wait_for(n + 1).await;
+    }
+    let reads = cache.generation_reads() - before;
+    match db {
+        Db::Postgres => assert_eq!(reads, 0, "the INSERTs read the generation"),
+        Db::Sqlite => assert_eq!(reads, 5, "one read per fan-out batch"),
+    }
+    // Still exact: a change made elsewhere reaches the next emit.
+    let rx2 = TestReceiver::start().await;
+    elsewhere(
+        &app,
+        &format!(
+            "UPDATE webhooks SET url = '{}' WHERE merchant_id = 'm-a'",
+            rx2.url()
+        ),
+    )
+    .await;
+    let moved = emit(&app, "m-a", 5).await;
+    assert_eq!(rx2.wait_for(1).await[0].header("webhook-id"), moved);
+    assert_eq!(rx.requests().len(), 5, "nothing more to the old URL");
+    app.server.stop().await.unwrap();
+}
+
 both_dbs!(
     a_burst_is_fanned_out_once_and_marked,
+    an_emit_hands_its_fan_out_the_generation,
     changes_made_elsewhere_reach_the_next_fan_out,
     deliveries_are_signed_to_spec_and_logged,
     failures_are_retried_until_success,
