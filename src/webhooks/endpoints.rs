@@ -253,24 +253,15 @@ mod tests {
         assert!(cache.fresh(Uuid::nil()).is_none(), "nothing held by id");
         assert!(cache.lock().confirmed_at.is_some(), "seeing 5 confirms 5");
 
-        assert!(
-            cache.for_merchants(&offline, ["m-a"], None).await.is_err(),
-            "nothing seen: the generation is read"
-        );
-        assert!(
-            cache
-                .for_merchants(&offline, ["m-b"], seen(5))
-                .await
-                .is_err(),
-            "a merchant not held is read"
-        );
-        assert!(
-            cache
-                .for_merchants(&offline, ["m-a"], seen(6))
-                .await
-                .is_err(),
-            "a newer generation empties the cache"
-        );
+        // In this order: the last one empties the cache.
+        for (merchant, seen, why) in [
+            ("m-a", None, "nothing seen: the generation is read"),
+            ("m-b", seen(5), "a merchant not held is read"),
+            ("m-a", seen(6), "a newer generation empties the cache"),
+        ] {
+            let got = cache.for_merchants(&offline, [merchant], seen).await;
+            assert!(got.is_err(), "{why}");
+        }
         assert_eq!(cache.lock().generation, 6);
         assert!(cache.lock().lists.is_empty());
     }
@@ -281,15 +272,13 @@ mod tests {
         let cache = warm();
         let before = Instant::now();
         cache.forget();
-        cache.adopt(SeenGeneration {
+        let five_from = |read_from| SeenGeneration {
             value: 5,
-            read_from: before,
-        });
+            read_from,
+        };
+        cache.adopt(five_from(before));
         assert!(cache.lock().confirmed_at.is_none());
-        cache.adopt(SeenGeneration {
-            value: 5,
-            read_from: Instant::now(),
-        });
+        cache.adopt(five_from(Instant::now()));
         assert!(cache.lock().confirmed_at.is_some());
     }
 }

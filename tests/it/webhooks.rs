@@ -994,14 +994,7 @@ async fn changes_made_elsewhere_reach_the_next_fan_out(db: Db) {
     assert_eq!(rx1.wait_for(1).await[0].header("webhook-id"), first);
 
     // A new URL, set elsewhere: the next event goes there.
-    elsewhere(
-        &app,
-        &format!(
-            "UPDATE webhooks SET url = '{}' WHERE merchant_id = 'm-a'",
-            rx2.url()
-        ),
-    )
-    .await;
+    move_elsewhere(&app, &rx2).await;
     let moved = emit(&app, "m-a", 2).await;
     assert_eq!(rx2.wait_for(1).await[0].header("webhook-id"), moved);
 
@@ -1057,6 +1050,15 @@ async fn changes_made_elsewhere_reach_the_next_fan_out(db: Db) {
     app.server.stop().await.unwrap();
 }
 
+/// Points merchant `m-a`'s endpoints at `rx`, in SQL outside this process.
+async fn move_elsewhere(app: &TestApp, rx: &TestReceiver) {
+    let sql = format!(
+        "UPDATE webhooks SET url = '{}' WHERE merchant_id = 'm-a'",
+        rx.url()
+    );
+    elsewhere(app, &sql).await;
+}
+
 /// On PostgreSQL an emitted event's own INSERT reads the endpoint generation and hands it to the
 /// fan-out, which then reads no generation itself; on SQLite every fan-out reads it.
 async fn an_emit_hands_its_fan_out_the_generation(db: Db) {
@@ -1082,14 +1084,7 @@ async fn an_emit_hands_its_fan_out_the_generation(db: Db) {
     }
     // Still exact: a change made elsewhere reaches the next emit.
     let rx2 = TestReceiver::start().await;
-    elsewhere(
-        &app,
-        &format!(
-            "UPDATE webhooks SET url = '{}' WHERE merchant_id = 'm-a'",
-            rx2.url()
-        ),
-    )
-    .await;
+    move_elsewhere(&app, &rx2).await;
     let moved = emit(&app, "m-a", 5).await;
     assert_eq!(rx2.wait_for(1).await[0].header("webhook-id"), moved);
     assert_eq!(rx.requests().len(), 5, "nothing more to the old URL");
