@@ -207,24 +207,24 @@ impl SeenGeneration {
     }
 }
 
-/// The committed value of a `cache_generations` counter (`templates`, `webhooks`): one
-/// primary-key read. `None` when the counter row is missing (then nothing may be cached).
+/// The read of a `cache_generations` counter (`templates`, `webhooks`): one primary-key read,
+/// alone ([`generation`]) or as a subquery of another statement (an event's INSERT … RETURNING).
+pub fn generation_query(name: &str) -> sea_orm::sea_query::SelectStatement {
+    use sea_orm::sea_query::{Alias, Expr, ExprTrait as _, Query};
+    Query::select()
+        .column(Alias::new("generation"))
+        .from(Alias::new("cache_generations"))
+        .and_where(Expr::col(Alias::new("name")).eq(name))
+        .to_owned()
+}
+
+/// The committed value of a `cache_generations` counter. `None` when the counter row is missing
+/// (then nothing may be cached).
 pub async fn generation(db: &DatabaseConnection, name: &str) -> Result<Option<i64>> {
-    use sea_orm::{ConnectionTrait, Statement};
-    let row = db
-        .query_one_raw(Statement::from_sql_and_values(
-            db.get_database_backend(),
-            match db.get_database_backend() {
-                sea_orm::DbBackend::Postgres => {
-                    "SELECT generation FROM cache_generations WHERE name = $1"
-                }
-                _ => "SELECT generation FROM cache_generations WHERE name = ?",
-            },
-            [name.into()],
-        ))
-        .await?;
+    use sea_orm::ConnectionTrait;
+    let row = db.query_one(&generation_query(name)).await?;
     Ok(match row {
-        Some(r) => Some(r.try_get::<i64>("", "generation")?),
+        Some(r) => Some(r.try_get_by_index::<i64>(0)?),
         None => None,
     })
 }

@@ -133,17 +133,9 @@ async fn store_seeing(
     e: &Event,
     name: &str,
 ) -> Result<Option<SeenGeneration>> {
-    use sea_orm::{
-        QueryTrait,
-        sea_query::{Alias, Expr, ExprTrait as _, Query},
-    };
-    let generation = Query::select()
-        .column(Alias::new("generation"))
-        .from(Alias::new("cache_generations"))
-        .and_where(Expr::col(Alias::new("name")).eq(name))
-        .to_owned();
+    use sea_orm::{QueryTrait, sea_query::Query};
     let mut insert = Events_::insert(row(e)).into_query();
-    insert.returning(Query::returning().expr(generation));
+    insert.returning(Query::returning().expr(crate::db::generation_query(name)));
     let read_from = std::time::Instant::now();
     let row = db.query_one(&insert).await?;
     let value = match row {
