@@ -16,7 +16,11 @@
 //!   is shared, every subscriber has an execution of its own (the server's worst case).
 //! * `latency`: `rate` events per second for `seconds`, emitted over REST, with 100 subscribers
 //!   on the same instance. It reports emit-to-subscriber p50 and p99. A first second at the same
-//!   rate warms up and is reported apart (`warmup_p99_ms`; `cold_p99_ms` covers both).
+//!   rate warms up and is reported apart (`warmup_p99_ms`; `cold_p99_ms` covers both). Second by
+//!   second it also reports the p99 of the emit requests (`emit_p99_ms_by_second`) and of the
+//!   frames' arrival in the sockets (`arrival_p99_ms_by_second`), and the machine's idle, I/O
+//!   wait and stolen time (`machine`): a slow second shows whether the emit path, the receiving
+//!   side or the host (steal, on a virtual machine) was slow.
 //! * `latency-redis`: the same with two instances sharing PostgreSQL (`TEST_POSTGRES_URL`) and Redis
 //!   (`TEST_REDIS_URL`). Events are emitted through A and received on B.
 //!
@@ -144,6 +148,67 @@ fn cpu_ms(pid: &str) -> f64 {
             .unwrap_or(0)
     };
     (ticks(11) + ticks(12)) as f64 * 10.0
+}
+
+/// The whole machine's CPU while the benchmark emits, from the `cpu` line of `/proc/stat`:
+/// per second, the ms that were idle, waiting for I/O, and stolen by the hypervisor (of 1,000 per
+/// core a second). On a virtual machine a tail can come from the host taking the CPU away;
+/// `steal` tells such a run from one where this machine's own processes were slow.
+struct Machine {
+    by_second: Vec<[u64; 3]>,
+}
+
+impl Machine {
+    /// Samples every second until `stop`.
+    fn sample(stop: &AtomicBool) -> Self {
+        let read = || -> Vec<u64> {
+            std::fs::read_to_string("/proc/stat")
+                .unwrap_or_default()
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .split_whitespace()
+                .skip(1)
+                .map(|v| v.parse().unwrap_or(0))
+                .collect()
+        };
+        // user nice system idle iowait irq softirq steal, in USER_HZ (100 a second).
+        let (idle, iowait, steal) = (3, 4, 7);
+        let mut by_second = Vec::new();
+        let mut last = read();
+        while !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_secs(1));
+            let now = read();
+            let ms = |i: usize| {
+                let at = |v: &[u64]| v.get(i).copied().unwrap_or(0);
+                at(&now).saturating_sub(at(&last)) * 10
+            };
+            by_second.push([ms(idle), ms(iowait), ms(steal)]);
+            last = now;
+        }
+        Self { by_second }
+    }
+
+    /// The share of all the cores' time that the hypervisor stole, in %.
+    fn steal_pct(&self) -> f64 {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let stolen: u64 = self.by_second.iter().map(|s| s[2]).sum();
+        let total = self.by_second.len() as f64 * cores * 1000.0;
+        if total == 0.0 {
+            return 0.0;
+        }
+        (stolen as f64 / total * 1000.0).round() / 10.0
+    }
+
+    fn json(&self) -> serde_json::Value {
+        let column = |i: usize| self.by_second.iter().map(|s| s[i]).collect::<Vec<_>>();
+        json!({
+            "steal_pct": self.steal_pct(),
+            "idle_ms_by_second": column(0),
+            "iowait_ms_by_second": column(1),
+            "steal_ms_by_second": column(2),
+        })
+    }
 }
 
 fn now_us() -> u64 {
@@ -440,8 +505,9 @@ mod raw {
     }
 }
 
-/// Emits one event over REST; returns how long the request took (µs).
-async fn emit(client: &reqwest::Client, port: u16, token: &str) -> u64 {
+/// Emits one event over REST; returns when the request started (µs since the epoch) and how
+/// long it took (µs).
+async fn emit(client: &reqwest::Client, port: u16, token: &str) -> (u64, u64) {
     let t = now_us();
     let body = json!({
         "event_type": "bot_connected",
@@ -456,7 +522,7 @@ async fn emit(client: &reqwest::Client, port: u16, token: &str) -> u64 {
         .await
         .unwrap();
     assert!(r.status().is_success(), "emit: {}", r.status());
-    now_us().saturating_sub(t)
+    (t, now_us().saturating_sub(t))
 }
 
 /// The latency benchmarks' first, separately reported, seconds.
@@ -635,7 +701,12 @@ async fn latency(subscribers: usize, rate: u64, seconds: u64, redis: bool) {
     let warm = rate * WARMUP_SECS;
     let total = rate * seconds;
     let interval = Duration::from_secs_f64(1.0 / rate as f64);
-    let mut emits: Vec<u64> = Vec::with_capacity(total as usize);
+    let mut emits: Vec<(u64, u64)> = Vec::with_capacity(total as usize);
+    let stop_cpu = Arc::new(AtomicBool::new(false));
+    let machine = {
+        let stop = stop_cpu.clone();
+        std::thread::spawn(move || Machine::sample(&stop))
+    };
     let (mut start_t, mut start_us) = (Instant::now(), now_us());
     // The warm-up's emits all return before the measured ones start, so the two sets split
     // exactly at `start_us`.
@@ -644,9 +715,9 @@ async fn latency(subscribers: usize, rate: u64, seconds: u64, redis: bool) {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
         (start_t, start_us) = (Instant::now(), now_us());
         let mut inflight = futures::stream::FuturesUnordered::new();
-        let mut done = |us| {
+        let mut done = |e| {
             if measured {
-                emits.push(us);
+                emits.push(e);
             }
         };
         for _ in 0..n {
@@ -656,18 +727,19 @@ async fn latency(subscribers: usize, rate: u64, seconds: u64, redis: bool) {
             let port = a.port;
             inflight.push(tokio::spawn(async move { emit(&c, port, &t).await }));
             while inflight.len() > 256 {
-                if let Some(Ok(us)) = inflight.next().await {
-                    done(us);
+                if let Some(Ok(e)) = inflight.next().await {
+                    done(e);
                 }
             }
         }
         while let Some(r) = inflight.next().await {
-            if let Ok(us) = r {
-                done(us);
+            if let Ok(e) = r {
+                done(e);
             }
         }
     }
-    emits.sort_unstable();
+    stop_cpu.store(true, Ordering::Relaxed);
+    let machine = machine.join().unwrap();
     let achieved = total as f64 / start_t.elapsed().as_secs_f64();
     wait_for(
         &clients.seen,
@@ -696,18 +768,33 @@ async fn latency(subscribers: usize, rate: u64, seconds: u64, redis: bool) {
     let all_lat = sorted(&mut seen.iter().map(|d| d.read_us));
     // The p99 of the events emitted in each second of the measured run: a tail from one bad
     // second and one spread over the run read the same in the overall p99, and differently here.
-    let mut per_second = vec![Vec::new(); seconds as usize];
-    for d in seen.iter().filter(|d| d.sent_us >= start_us) {
-        let s = (d.sent_us - start_us) / 1_000_000;
-        per_second[s.min(seconds.max(1) - 1) as usize].push(d.read_us);
-    }
-    let per_second: Vec<f64> = per_second
-        .iter_mut()
-        .map(|l| {
-            l.sort_unstable();
-            pct(l, 0.99)
-        })
-        .collect();
+    // Beside the delivery's: the emit request's own, and the frame's arrival in the socket, to
+    // tell a slow second of A and PostgreSQL from one of B or of this reader.
+    let by_second = |it: &mut dyn Iterator<Item = (u64, u64)>| -> Vec<f64> {
+        let mut per_second = vec![Vec::new(); seconds as usize];
+        for (sent, us) in it.filter(|(sent, _)| *sent >= start_us) {
+            let s = (sent - start_us) / 1_000_000;
+            per_second[s.min(seconds.max(1) - 1) as usize].push(us);
+        }
+        per_second
+            .iter_mut()
+            .map(|l| {
+                l.sort_unstable();
+                pct(l, 0.99)
+            })
+            .collect()
+    };
+    let per_second = by_second(&mut seen.iter().map(|d| (d.sent_us, d.read_us)));
+    let arrival_by_second = by_second(&mut seen.iter().map(|d| (d.sent_us, d.arrival_us)));
+    let emit_by_second = by_second(&mut emits.iter().copied());
+    let mut emits: Vec<u64> = emits.iter().map(|(_, us)| *us).collect();
+    emits.sort_unstable();
+    let arrival = sorted(
+        &mut seen
+            .iter()
+            .filter(|d| d.sent_us >= start_us)
+            .map(|d| d.arrival_us),
+    );
     println!(
         "{}",
         json!({
@@ -717,6 +804,11 @@ async fn latency(subscribers: usize, rate: u64, seconds: u64, redis: bool) {
             "p50_ms": pct(&lat, 0.5), "p99_ms": pct(&lat, 0.99), "max_ms": pct(&lat, 1.0),
             "emit_p50_ms": pct(&emits, 0.5), "emit_p99_ms": pct(&emits, 0.99),
             "p99_ms_by_second": per_second,
+            "arrival_p99_ms": pct(&arrival, 0.99),
+            "arrival_p99_ms_by_second": arrival_by_second,
+            "emit_p99_ms_by_second": emit_by_second,
+            "machine": machine.json(),
+            "measured_from_us": start_us,
             "warmup_deliveries": warm_lat.len(), "warmup_p99_ms": pct(&warm_lat, 0.99),
             "cold_p99_ms": pct(&all_lat, 0.99),
         })
