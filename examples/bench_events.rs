@@ -10,7 +10,8 @@
 //!   It reports the server's resident memory per idle subscriber, then emits events one at a
 //!   time and reports, for each, the delay from the emit request until each subscriber has it
 //!   (p50, p99, max over all subscribers), and the CPU time per delivery of the server and of
-//!   the clients while events were on their way. All subscribers send the same subscription, so
+//!   the clients while events were on their way, and the share of the machine's CPU time that
+//!   the hypervisor stole meanwhile (`steal_pct`). All subscribers send the same subscription, so
 //!   the server runs it once (`graphql::shared`).
 //! * `fanout-distinct`: the same, but each subscription under its own operation name: nothing
 //!   is shared, every subscriber has an execution of its own (the server's worst case).
@@ -161,43 +162,54 @@ struct Machine {
 impl Machine {
     /// Samples every second until `stop`.
     fn sample(stop: &AtomicBool) -> Self {
-        let read = || -> Vec<u64> {
-            std::fs::read_to_string("/proc/stat")
-                .unwrap_or_default()
-                .lines()
-                .next()
-                .unwrap_or_default()
-                .split_whitespace()
-                .skip(1)
-                .map(|v| v.parse().unwrap_or(0))
-                .collect()
-        };
-        // user nice system idle iowait irq softirq steal, in USER_HZ (100 a second).
-        let (idle, iowait, steal) = (3, 4, 7);
         let mut by_second = Vec::new();
-        let mut last = read();
+        let mut last = Self::read();
         while !stop.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_secs(1));
-            let now = read();
-            let ms = |i: usize| {
-                let at = |v: &[u64]| v.get(i).copied().unwrap_or(0);
-                at(&now).saturating_sub(at(&last)) * 10
-            };
-            by_second.push([ms(idle), ms(iowait), ms(steal)]);
+            let now = Self::read();
+            by_second.push(Self::between(&last, &now));
             last = now;
         }
         Self { by_second }
     }
 
-    /// The share of all the cores' time that the hypervisor stole, in %.
-    fn steal_pct(&self) -> f64 {
+    /// The `cpu` line's counters: user nice system idle iowait irq softirq steal …, in USER_HZ
+    /// (100 a second).
+    fn read() -> Vec<u64> {
+        std::fs::read_to_string("/proc/stat")
+            .unwrap_or_default()
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .skip(1)
+            .map(|v| v.parse().unwrap_or(0))
+            .collect()
+    }
+
+    /// Idle, I/O wait and stolen ms between two readings.
+    fn between(from: &[u64], to: &[u64]) -> [u64; 3] {
+        let ms = |i: usize| {
+            let at = |v: &[u64]| v.get(i).copied().unwrap_or(0);
+            at(to).saturating_sub(at(from)) * 10
+        };
+        [ms(3), ms(4), ms(7)]
+    }
+
+    /// The share of all the cores' time that the hypervisor stole, in %, over `secs` seconds
+    /// that had `stolen_ms` stolen.
+    fn pct_of_cores(stolen_ms: u64, secs: f64) -> f64 {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-        let stolen: u64 = self.by_second.iter().map(|s| s[2]).sum();
-        let total = self.by_second.len() as f64 * cores * 1000.0;
-        if total == 0.0 {
+        let total = secs * cores * 1000.0;
+        if total <= 0.0 {
             return 0.0;
         }
-        (stolen as f64 / total * 1000.0).round() / 10.0
+        (stolen_ms as f64 / total * 1000.0).round() / 10.0
+    }
+
+    fn steal_pct(&self) -> f64 {
+        let stolen: u64 = self.by_second.iter().map(|s| s[2]).sum();
+        Self::pct_of_cores(stolen, self.by_second.len() as f64)
     }
 
     fn json(&self) -> serde_json::Value {
@@ -628,13 +640,19 @@ async fn fanout(subscribers: usize, events: usize, distinct: bool) {
     // which on loopback includes the kernel's receive path of every client socket it sends to,
     // and this process's (the 10,000 clients).
     let (mut server_cpu, mut client_cpu) = (0.0, 0.0);
+    // And the time the hypervisor stole from the machine meanwhile (see [`Machine`]).
+    let (mut stolen_ms, mut on_the_way) = (0, Duration::ZERO);
     for i in 0..events {
         seen.lock().unwrap().clear();
         let (s0, c0) = (cpu_ms(&pid.to_string()), cpu_ms("self"));
+        let (m0, t0) = (Machine::read(), Instant::now());
         emit(&client, server.port, &token).await;
         wait_for(seen, subscribers, Duration::from_secs(30)).await;
         server_cpu += cpu_ms(&pid.to_string()) - s0;
         client_cpu += cpu_ms("self") - c0;
+        let stolen = Machine::between(&m0, &Machine::read())[2];
+        stolen_ms += stolen;
+        on_the_way += t0.elapsed();
         let got = seen.lock().unwrap().clone();
         let mut arrival: Vec<u64> = got.iter().map(|d| d.arrival_us).collect();
         let mut read: Vec<u64> = got.iter().map(|d| d.read_us).collect();
@@ -646,6 +664,7 @@ async fn fanout(subscribers: usize, events: usize, distinct: bool) {
                 "bench": "fanout_event", "event": i, "received": read.len(), "subscribers": subscribers,
                 "p50_ms": pct(&read, 0.5), "p99_ms": pct(&read, 0.99), "max_ms": pct(&read, 1.0),
                 "arrival_p50_ms": pct(&arrival, 0.5), "arrival_p99_ms": pct(&arrival, 0.99),
+                "steal_ms": stolen,
             })
         );
         arrivals.extend(arrival);
@@ -665,6 +684,7 @@ async fn fanout(subscribers: usize, events: usize, distinct: bool) {
             "kb_per_idle_subscriber": ((after.saturating_sub(before)) as f64 / subscribers as f64 * 10.0).round() / 10.0,
             "server_cpu_us_per_delivery": (server_cpu * 1000.0 / reads.len().max(1) as f64 * 100.0).round() / 100.0,
             "client_cpu_us_per_delivery": (client_cpu * 1000.0 / reads.len().max(1) as f64 * 100.0).round() / 100.0,
+            "steal_pct": Machine::pct_of_cores(stolen_ms, on_the_way.as_secs_f64()),
         })
     );
 }
