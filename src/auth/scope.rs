@@ -34,11 +34,6 @@ pub trait Tenant: EntityTrait {
     fn public_rows() -> Option<Condition> {
         None
     }
-
-    /// Rows an actor reads as its own besides its merchant's (media: the ones it uploaded).
-    fn also_readable_by(_actor: &Actor) -> Option<Condition> {
-        None
-    }
 }
 
 fn nothing() -> Condition {
@@ -62,9 +57,6 @@ pub trait Scoped: Tenant {
         }
         if let Some(p) = Self::public_rows() {
             any = any.add(p);
-        }
-        if let Some(c) = Self::also_readable_by(actor) {
-            any = any.add(c);
         }
         // Wrapped in an AND group, so that filters added by the caller narrow it (adding to an
         // OR group would widen it).
@@ -171,13 +163,6 @@ impl Tenant for entity::media_file::Entity {
             Condition::all()
                 .add(Column::Status.is_in([MediaStatus::Ready, MediaStatus::Processing])),
         )
-    }
-    /// Its uploader reads it too, whatever its state (to see why it failed).
-    fn also_readable_by(actor: &Actor) -> Option<Condition> {
-        actor
-            .id()
-            .filter(|_| !matches!(actor, Actor::Anonymous))
-            .map(|id| Condition::all().add(entity::media_file::Column::OwnerId.eq(id)))
     }
 }
 

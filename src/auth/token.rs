@@ -38,6 +38,9 @@ impl TokenKeys {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 5;
         validation.set_required_spec_claims(&["exp", "sub"]);
+        // A token that says it is not valid yet (`nbf`) is refused until then, as RFC 7519 §4.1.5
+        // asks; jsonwebtoken checks `nbf` only when told to.
+        validation.validate_nbf = true;
         Self {
             encoding: EncodingKey::from_secret(secret),
             decoding: DecodingKey::from_secret(secret),
@@ -92,6 +95,7 @@ impl TokenKeys {
             .map_err(|e| {
                 Error::Unauthenticated(match e.kind() {
                     ErrorKind::ExpiredSignature => "token expired".into(),
+                    ErrorKind::ImmatureSignature => "token is not valid yet (nbf)".into(),
                     ErrorKind::InvalidSignature => "token signature is invalid".into(),
                     _ => "malformed or invalid token".into(),
                 })

@@ -12,7 +12,9 @@ use crate::{
     pagination::PageArgs,
     templates::{
         engine::{Button, Media, Section, TemplateContent},
-        service::{self, NewTemplate, PreviewSource, TemplateFilter, TemplatePatch, TemplateRef},
+        service::{
+            self, NewTemplate, PreviewSource, TemplateFilter, TemplatePatch, TemplateRef, not_null,
+        },
     },
 };
 use entity::{TemplateStatus, TemplateType, message_template, template_version};
@@ -158,18 +160,19 @@ pub struct TemplateInput {
     pub media: Option<Media>,
 }
 
-/// Absent fields keep their value; `null` clears an optional one.
+/// Absent fields keep their value; `null` clears an optional one (header, footer, buttonText,
+/// media) and is VALIDATION for the others, which a template always has.
 #[derive(InputObject, Default)]
 pub struct UpdateTemplateInput {
-    pub name: Option<String>,
+    pub name: MaybeUndefined<String>,
     #[graphql(name = "type")]
-    pub kind: Option<TemplateType>,
-    pub body: Option<String>,
+    pub kind: MaybeUndefined<TemplateType>,
+    pub body: MaybeUndefined<String>,
     pub header: MaybeUndefined<String>,
     pub footer: MaybeUndefined<String>,
     pub button_text: MaybeUndefined<String>,
-    pub buttons: Option<Vec<Button>>,
-    pub sections: Option<Vec<Section>>,
+    pub buttons: MaybeUndefined<Vec<Button>>,
+    pub sections: MaybeUndefined<Vec<Section>>,
     pub media: MaybeUndefined<Media>,
 }
 
@@ -181,20 +184,23 @@ fn maybe<T>(v: MaybeUndefined<T>) -> Option<Option<T>> {
     }
 }
 
-impl From<UpdateTemplateInput> for TemplatePatch {
-    fn from(i: UpdateTemplateInput) -> Self {
-        TemplatePatch {
-            name: i.name,
-            kind: i.kind,
-            body: i.body,
+impl TryFrom<UpdateTemplateInput> for TemplatePatch {
+    type Error = crate::error::Error;
+
+    fn try_from(i: UpdateTemplateInput) -> Result<Self, Self::Error> {
+        Ok(TemplatePatch {
+            name: not_null("name", maybe(i.name))?,
+            kind: not_null("type", maybe(i.kind))?,
+            body: not_null("body", maybe(i.body))?,
             header: maybe(i.header),
             footer: maybe(i.footer),
             button_text: maybe(i.button_text),
-            buttons: i.buttons,
-            sections: i.sections,
+            buttons: not_null("buttons", maybe(i.buttons))?,
+            sections: not_null("sections", maybe(i.sections))?,
             media: maybe(i.media),
             status: None,
-        }
+            merchant_id: None,
+        })
     }
 }
 
@@ -342,7 +348,7 @@ impl TemplateMutation {
         let (state, rc) = req(ctx);
         let id = parse_id(&id, "id")?;
         Ok(Template(
-            service::update(&state.db, rc, id, input.into()).await?,
+            service::update(&state.db, rc, id, input.try_into()?).await?,
         ))
     }
 

@@ -207,10 +207,9 @@ async fn ws_upgrade(State(state): State<AppState>, parts: Parts, ws: WebSocketUp
         Ok(ctx) => ctx,
         Err(e) => return e.into_response(),
     };
-    let valid_until = parts
-        .headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
+    let valid_until = super::authorization(&parts.headers)
+        .ok()
+        .flatten()
         .and_then(|v| state.keys.session_from_header(Some(v)).ok().flatten())
         .map(|s| s.valid_until());
     // Frames are held to the same limit as HTTP bodies.

@@ -53,9 +53,9 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 
 pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
     if let Some(token) = &state.config.metrics_token {
-        let given = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
+        let given = super::authorization(&headers)
+            .ok()
+            .flatten()
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");
         if !same(given.trim().as_bytes(), token.as_bytes()) {

@@ -178,17 +178,28 @@ impl FromRequestParts<AppState> for Ctx {
     }
 }
 
+/// The request's one `Authorization` header, as text. Two or more are refused, not read first
+/// wins: a proxy and a client that each add one must not decide who the caller is by order.
+pub(crate) fn authorization(headers: &axum::http::HeaderMap) -> Result<Option<&str>, Error> {
+    let mut all = headers.get_all(axum::http::header::AUTHORIZATION).iter();
+    let Some(first) = all.next() else {
+        return Ok(None);
+    };
+    if all.next().is_some() {
+        return Err(Error::Unauthenticated(
+            "send one Authorization header, not several".into(),
+        ));
+    }
+    first
+        .to_str()
+        .map(Some)
+        .map_err(|_| Error::Unauthenticated("Authorization header is not valid text".into()))
+}
+
 pub(crate) fn request_context(parts: &Parts, state: &AppState) -> Result<RequestContext, Error> {
-    let auth = parts
-        .headers
-        .get(axum::http::header::AUTHORIZATION)
-        .map(|v| {
-            v.to_str().map_err(|_| {
-                Error::Unauthenticated("Authorization header is not valid text".into())
-            })
-        })
-        .transpose()?;
-    let actor = state.keys.actor_from_header(auth)?;
+    let actor = state
+        .keys
+        .actor_from_header(authorization(&parts.headers)?)?;
     Ok(RequestContext {
         actor,
         ip: parts

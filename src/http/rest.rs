@@ -23,7 +23,7 @@ use crate::{
         engine::{Button, Media, Section, TemplateContent},
         service::{
             self, NewTemplate, PreviewSource, TemplateFilter, TemplatePatch, TemplateRef,
-            TemplateRow,
+            TemplateRow, not_null,
         },
     },
 };
@@ -291,14 +291,17 @@ async fn create_template(
 }
 
 /// PUT /api/templates/:id: any subset of the create body, plus `status`. `null` clears an
-/// optional field; absent keeps it (serde_with's `double_option`).
+/// optional field and is VALIDATION for a required one; absent keeps it (serde_with's
+/// `double_option`). `merchantId` may name the template's own merchant, never another.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct PatchBody {
-    name: Option<String>,
-    #[serde(rename = "type")]
-    kind: Option<TemplateType>,
-    body: Option<String>,
+    #[serde(default, with = "serde_with::rust::double_option")]
+    name: Option<Option<String>>,
+    #[serde(default, rename = "type", with = "serde_with::rust::double_option")]
+    kind: Option<Option<TemplateType>>,
+    #[serde(default, with = "serde_with::rust::double_option")]
+    body: Option<Option<String>>,
     #[serde(default, with = "serde_with::rust::double_option")]
     header: Option<Option<String>>,
     #[serde(default, with = "serde_with::rust::double_option")]
@@ -309,11 +312,16 @@ struct PatchBody {
         alias = "button_text"
     )]
     button_text: Option<Option<String>>,
-    buttons: Option<Vec<Button>>,
-    sections: Option<Vec<Section>>,
+    #[serde(default, with = "serde_with::rust::double_option")]
+    buttons: Option<Option<Vec<Button>>>,
+    #[serde(default, with = "serde_with::rust::double_option")]
+    sections: Option<Option<Vec<Section>>>,
     #[serde(default, with = "serde_with::rust::double_option")]
     media: Option<Option<Media>>,
-    status: Option<TemplateStatus>,
+    #[serde(default, with = "serde_with::rust::double_option")]
+    status: Option<Option<TemplateStatus>>,
+    #[serde(default, alias = "merchant_id")]
+    merchant_id: Option<String>,
 }
 
 async fn update_template(
@@ -324,16 +332,17 @@ async fn update_template(
 ) -> Result<Response> {
     let id = parse_uuid(&id)?;
     let patch = TemplatePatch {
-        name: b.name,
-        kind: b.kind,
-        body: b.body,
+        name: not_null("name", b.name)?,
+        kind: not_null("type", b.kind)?,
+        body: not_null("body", b.body)?,
         header: b.header,
         footer: b.footer,
         button_text: b.button_text,
-        buttons: b.buttons,
-        sections: b.sections,
+        buttons: not_null("buttons", b.buttons)?,
+        sections: not_null("sections", b.sections)?,
         media: b.media,
-        status: b.status,
+        status: not_null("status", b.status)?,
+        merchant_id: b.merchant_id,
     };
     // Content and status change in one transaction.
     let t = service::update(&state.db, &ctx, id, patch).await?;

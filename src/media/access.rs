@@ -6,7 +6,9 @@
 //!   merchant's); anonymous callers are refused.
 //! * One media row (`media(id)`, `GET /api/media/:id`) is public once its upload is usable (READY,
 //!   or PROCESSING further sizes), because product images are public. `ownerId`, `originalName`
-//!   and `error` are shown only to the owner (its merchant or uploader), admins and the service.
+//!   and `error` are shown only to its merchant, admins and the service; so is a row that is not
+//!   usable (PENDING, FAILED). The uploader's token subject (`ownerId`) grants nothing of its own:
+//!   subjects are unique only within a merchant (two merchants' tokens may both say `sub: bob`).
 //! * Changing media: its merchant, an admin or the service.
 //! * A product is `(merchant, productId)`. A merchant acts on its own products; admin and service
 //!   callers name the merchant; a public read names the merchant too.
@@ -27,7 +29,6 @@ fn privileged(actor: &Actor) -> bool {
 pub fn sees_private(actor: &Actor, row: &media_file::Model) -> bool {
     privileged(actor)
         || matches!(actor, Actor::Merchant { merchant_id, .. } if row.merchant_id.as_deref() == Some(merchant_id.as_str()))
-        || (row.owner_id.is_some() && actor.id() == row.owner_id.as_deref())
 }
 
 /// The merchant an upload belongs to: a merchant's own; admin and service may name one (or none,

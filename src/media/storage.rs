@@ -109,7 +109,9 @@ impl Storage for LocalStorage {
         let path = self.path(key)?;
         match tokio::fs::read(&path).await {
             Ok(b) => Ok(Some(b)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            // Only files are stored under a key: a key that names a directory (`ab`, `ab/cd`) or
+            // goes through a file (`ab/cd/<file>/x`) holds nothing, like a missing one.
+            Err(e) if no_such_file(&e) => Ok(None),
             Err(e) => Err(e.into()),
         }
     }
@@ -124,8 +126,18 @@ impl Storage for LocalStorage {
     }
 
     async fn exists(&self, key: &str) -> Result<bool> {
-        Ok(tokio::fs::try_exists(self.path(key)?).await?)
+        match tokio::fs::metadata(self.path(key)?).await {
+            Ok(m) => Ok(m.is_file()),
+            Err(e) if no_such_file(&e) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
     }
+}
+
+/// Whether an error reading a key's path means there is no file under that key.
+fn no_such_file(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{IsADirectory, NotADirectory, NotFound};
+    matches!(e.kind(), NotFound | IsADirectory | NotADirectory)
 }
 
 #[cfg(test)]
@@ -164,5 +176,12 @@ mod tests {
         assert!(s.get("ab/cd/x.png").await.unwrap().is_none());
         s.delete("ab/cd/x.png").await.unwrap();
         assert!(s.put("../x", b"no").await.is_err());
+        // Directories and paths through a file hold nothing.
+        s.put("ab/cd/y.png", b"hi").await.unwrap();
+        for key in ["ab", "ab/cd", "ab/cd/y.png/z"] {
+            assert!(s.get(key).await.unwrap().is_none(), "{key}");
+            assert!(!s.exists(key).await.unwrap(), "{key}");
+        }
+        assert!(s.exists("ab/cd/y.png").await.unwrap());
     }
 }

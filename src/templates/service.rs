@@ -65,6 +65,50 @@ pub struct TemplatePatch {
     pub media: Option<Option<engine::Media>>,
     /// A status change applied in the same transaction (REST PUT carries both).
     pub status: Option<TemplateStatus>,
+    /// The merchant the caller names (REST PUT's `merchantId`): a template never moves between
+    /// merchants, so naming another one is refused, not ignored.
+    pub merchant_id: Option<String>,
+}
+
+impl TemplatePatch {
+    fn is_empty(&self) -> bool {
+        let Self {
+            name,
+            kind,
+            body,
+            header,
+            footer,
+            button_text,
+            buttons,
+            sections,
+            media,
+            status,
+            merchant_id: _,
+        } = self;
+        name.is_none()
+            && kind.is_none()
+            && body.is_none()
+            && header.is_none()
+            && footer.is_none()
+            && button_text.is_none()
+            && buttons.is_none()
+            && sections.is_none()
+            && media.is_none()
+            && status.is_none()
+    }
+}
+
+/// A patch field that may be absent (keep) but not `null`: a template always has it.
+/// `None` is absent, `Some(None)` an explicit null.
+pub fn not_null<T>(field: &str, value: Option<Option<T>>) -> Result<Option<T>> {
+    match value {
+        Some(None) => Err(Error::validation(
+            field,
+            format!("{field} cannot be null: a template always has one; leave it out to keep it"),
+        )),
+        Some(Some(v)) => Ok(Some(v)),
+        None => Ok(None),
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -439,8 +483,30 @@ pub async fn update(
     patch: TemplatePatch,
 ) -> Result<message_template::Model> {
     ctx.actor.require_authenticated()?;
+    if patch.is_empty() {
+        return Err(Error::validation(
+            "input",
+            "nothing to update: give at least one of name, type, body, header, footer, \
+             buttonText, buttons, sections, media, status",
+        ));
+    }
+    if let (Actor::Merchant { merchant_id, .. }, Some(m)) = (&ctx.actor, &patch.merchant_id)
+        && m != merchant_id
+    {
+        return Err(Error::Forbidden(
+            "a merchant may change only its own templates".into(),
+        ));
+    }
     let txn = crate::db::begin_write(db).await?;
     let current = scope::one_writable::<Templates, _>(&txn, &ctx.actor, by_id(id)).await?;
+    if let Some(m) = &patch.merchant_id
+        && current.merchant_id.as_deref() != Some(m.as_str())
+    {
+        return Err(Error::validation(
+            "merchantId",
+            "a template's merchant cannot change: create the template under the other merchant",
+        ));
+    }
 
     let mut content = content_of(&current);
     let name = match &patch.name {

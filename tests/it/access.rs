@@ -613,6 +613,18 @@ fn expired_token() -> String {
     .unwrap()
 }
 
+/// A signed admin token that says it is valid only from an hour from now (`nbf`).
+fn not_yet_valid_token() -> String {
+    let now = chrono::Utc::now().timestamp();
+    let claims = json!({ "sub": "admin-1", "role": "admin", "iat": now, "nbf": now + 3600, "exp": now + 7200 });
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(TEST_SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
 /// POST /graphql with a raw Authorization header.
 async fn gql_with_auth(app: &TestApp, authorization: &str, query: &str) -> (StatusCode, Value) {
     let res = app
@@ -719,6 +731,12 @@ async fn bad_tokens_are_rejected_never_anonymous() {
 
     assert_rejected(&app, &format!("Bearer {forged}"), "signature").await;
     assert_rejected(&app, &format!("Bearer {}", expired_token()), "expired").await;
+    assert_rejected(
+        &app,
+        &format!("Bearer {}", not_yet_valid_token()),
+        "not valid yet",
+    )
+    .await;
     assert_rejected(&app, "Bearer abc", "invalid").await;
     assert_rejected(&app, "Basic xyz", "Bearer").await;
     assert_rejected(&app, "Bearer ", "Bearer").await;
@@ -746,4 +764,54 @@ async fn bad_tokens_are_rejected_never_anonymous() {
         )
         .await;
     assert_eq!(code, "NOT_FOUND");
+}
+
+/// Two `Authorization` headers are refused whichever comes first, on GraphQL and REST: the
+/// caller is never decided by the headers' order.
+#[tokio::test]
+async fn two_authorization_headers_are_refused() {
+    let app = TestApp::spawn(Db::Sqlite).await;
+    let good = format!("Bearer {}", app.admin);
+    for (first, second) in [
+        (good.as_str(), "Bearer garbage"),
+        ("Bearer garbage", good.as_str()),
+        (good.as_str(), good.as_str()),
+    ] {
+        let res = app
+            .client
+            .post(app.url("/graphql"))
+            .header("authorization", first)
+            .header("authorization", second)
+            .json(&json!({ "query": "{ auditLogs { totalCount } }" }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(
+            body["errors"][0]["extensions"]["code"], "UNAUTHENTICATED",
+            "{body}"
+        );
+        let res = app
+            .client
+            .get(app.url("/api/templates"))
+            .header("authorization", first)
+            .header("authorization", second)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(body["code"], "UNAUTHENTICATED", "{body}");
+    }
+    // One header still works.
+    let res = app
+        .client
+        .post(app.url("/graphql"))
+        .header("authorization", &good)
+        .json(&json!({ "query": "{ auditLogs { totalCount } }" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
 }

@@ -870,6 +870,48 @@ async fn media_visibility(db: Db) {
             "{err}"
         );
     }
+    // A token subject is unique only within its merchant: another merchant's token with the
+    // uploader's very `sub` is still another merchant. It sees neither the failed row nor the
+    // private fields of the usable one.
+    let same_sub = app
+        .server
+        .state
+        .keys
+        .issue(
+            "merchant-m2",
+            smartbot::auth::Role::Merchant,
+            Some("m3"),
+            std::time::Duration::from_secs(3600),
+        )
+        .unwrap();
+    let (code, _) = app
+        .gql_err(Some(&same_sub), one, json!({ "id": yid }))
+        .await;
+    assert_eq!(code, "NOT_FOUND");
+    let (s, _) = app
+        .rest(
+            Method::GET,
+            &format!("/api/media/{yid}"),
+            Some(&same_sub),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let same_sub = app
+        .server
+        .state
+        .keys
+        .issue(
+            "merchant-m1",
+            smartbot::auth::Role::Merchant,
+            Some("m3"),
+            std::time::Duration::from_secs(3600),
+        )
+        .unwrap();
+    let d = app.gql_ok(Some(&same_sub), one, json!({ "id": xid })).await;
+    assert_eq!(d["media"]["merchantId"], "m1", "{d}");
+    assert!(d["media"]["ownerId"].is_null(), "{d}");
+    assert!(d["media"]["originalName"].is_null(), "{d}");
 }
 
 /// Issue 7 §10: the seed's snake_case upload body, and camelCase; responses stay snake_case.

@@ -555,7 +555,82 @@ async fn body_errors_name_the_field_path(db: Db) {
     );
 }
 
+/// PUT refuses what it cannot apply, instead of answering 200 with nothing changed: `null` for a
+/// field every template has, a body with no field it knows, and another merchant's id.
+async fn put_refuses_what_it_cannot_apply(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let m1 = app.merchant("m1");
+    let (status, body) = app
+        .rest(
+            Method::POST,
+            "/api/templates",
+            Some(&m1),
+            Some(json!({ "name": "put_rules", "type": "text", "body": "Hi {{ who }}" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let path = format!(
+        "/api/templates/{}",
+        body["template"]["id"].as_str().unwrap()
+    );
+    for field in ["name", "type", "body", "buttons", "sections", "status"] {
+        let (status, res) = app
+            .rest(Method::PUT, &path, Some(&m1), Some(json!({ field: null })))
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{field}: {res}");
+        assert_eq!(res["code"], "VALIDATION", "{field}: {res}");
+        assert_eq!(res["field"], field, "{res}");
+    }
+    for (token, payload, code) in [
+        (&m1, json!({ "id": "x", "version": 99 }), "VALIDATION"),
+        (&m1, json!({}), "VALIDATION"),
+        (&m1, json!({ "merchantId": "m2", "body": "y" }), "FORBIDDEN"),
+        (
+            &m1,
+            json!({ "merchant_id": "m2", "body": "y" }),
+            "FORBIDDEN",
+        ),
+        (
+            &app.admin,
+            json!({ "merchant_id": "m2", "body": "y" }),
+            "VALIDATION",
+        ),
+    ] {
+        let (_, res) = app
+            .rest(Method::PUT, &path, Some(token), Some(payload.clone()))
+            .await;
+        assert_eq!(res["code"], code, "{payload}: {res}");
+    }
+    // Its own merchant may be named; unknown fields beside known ones are ignored (a client
+    // may send back the whole object it read).
+    let (status, res) = app
+        .rest(
+            Method::PUT,
+            &path,
+            Some(&m1),
+            Some(json!({ "merchantId": "m1", "body": "Bye {{ who }}", "version": 99 })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{res}");
+    assert_eq!(res["template"]["version"], 2, "{res}");
+    assert_eq!(res["template"]["merchant_id"], "m1", "{res}");
+    // GraphQL says the same about null.
+    let id = res["template"]["id"].as_str().unwrap().to_owned();
+    for field in ["name", "type", "body", "buttons", "sections"] {
+        let q = format!(
+            "mutation($id: ID!) {{ updateTemplate(id: $id, input: {{ {field}: null }}) {{ id }} }}"
+        );
+        let (code, err) = app.gql_err(Some(&m1), &q, json!({ "id": id })).await;
+        assert_eq!(code, "VALIDATION", "{field}: {err}");
+    }
+    // Nothing above changed the template.
+    let (_, res) = app.rest(Method::GET, &path, Some(&m1), None).await;
+    assert_eq!(res["template"]["version"], 2, "{res}");
+    assert_eq!(res["template"]["body"], "Bye {{ who }}", "{res}");
+}
+
 both_dbs!(
+    put_refuses_what_it_cannot_apply,
     list_shape_and_filters,
     create_read_update_delete,
     preview_over_rest,

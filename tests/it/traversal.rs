@@ -75,11 +75,20 @@ async fn uploads_refuse_traversal() {
     ] {
         refused_by_upload_handler(&path, &app.raw_get(&path).await);
     }
-    // A well-formed key that names no upload: the handler's NOT_FOUND.
-    let res = app.raw_get(&format!("/uploads/{shard}canary.txt")).await;
-    assert_eq!(res.status, 404, "{}", res.text());
-    assert_eq!(res.json()["code"], "NOT_FOUND", "{}", res.text());
-    assert!(res.contains_any(LEAKS).is_none(), "{}", res.text());
+    // A well-formed key that names no upload: the handler's NOT_FOUND. So does a key naming one
+    // of the store's directories, or a path through a stored file: the same answer as a missing
+    // key, so the store's layout is not an oracle either.
+    for path in [
+        format!("/uploads/{shard}canary.txt"),
+        format!("/uploads/{}", &shard[..2]),
+        format!("/uploads/{}", &shard[..5]),
+        format!("/uploads/{key}/x"),
+    ] {
+        let res = app.raw_get(&path).await;
+        assert_eq!(res.status, 404, "{path}: {}", res.text());
+        assert_eq!(res.json()["code"], "NOT_FOUND", "{path}: {}", res.text());
+        assert!(res.contains_any(LEAKS).is_none(), "{path}: {}", res.text());
+    }
 }
 
 #[tokio::test]
