@@ -42,6 +42,9 @@ pub enum Error {
     PayloadTooLarge(String),
     #[error("{0}")]
     UnsupportedMedia(String),
+    /// The route exists, but not with this method.
+    #[error("{0}")]
+    MethodNotAllowed(String),
     /// A resume point (`after`) older than the event history holds.
     #[error("{0}")]
     HistoryExpired(String),
@@ -98,6 +101,7 @@ impl Error {
             Self::RateLimited { .. } => "RATE_LIMITED",
             Self::PayloadTooLarge(_) => "PAYLOAD_TOO_LARGE",
             Self::UnsupportedMedia(_) => "UNSUPPORTED_MEDIA",
+            Self::MethodNotAllowed(_) => "METHOD_NOT_ALLOWED",
             Self::HistoryExpired(_) => "HISTORY_EXPIRED",
             Self::Lagged(_) => "LAGGED",
             Self::Internal(_) => "INTERNAL",
@@ -114,6 +118,7 @@ impl Error {
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMedia(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::HistoryExpired(_) => StatusCode::GONE,
             Self::Lagged(_) => StatusCode::CONFLICT,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,

@@ -80,7 +80,71 @@ pub fn build_schema(config: &crate::Config) -> AppSchema {
     schema_builder()
         .limit_depth(config.graphql_max_depth)
         .limit_complexity(config.graphql_max_complexity)
+        .extension(ErrorCodes)
         .finish()
+}
+
+/// Gives every error a code. The service's errors carry theirs ([`crate::error::Error`]); the
+/// ones async-graphql raises itself (an unknown field, a wrong argument type, a query too deep or
+/// too complex, a missing operation name, an input that does not coerce) are the caller's input,
+/// so they become VALIDATION, with `field` the response path or `query` for the whole document.
+struct ErrorCodes;
+
+impl async_graphql::extensions::ExtensionFactory for ErrorCodes {
+    fn create(&self) -> std::sync::Arc<dyn async_graphql::extensions::Extension> {
+        std::sync::Arc::new(ErrorCodes)
+    }
+}
+
+#[async_trait::async_trait]
+impl async_graphql::extensions::Extension for ErrorCodes {
+    async fn request(
+        &self,
+        ctx: &async_graphql::extensions::ExtensionContext<'_>,
+        next: async_graphql::extensions::NextRequest<'_>,
+    ) -> async_graphql::Response {
+        let mut response = next.run(ctx).await;
+        code_errors(&mut response.errors);
+        response
+    }
+
+    fn subscribe<'s>(
+        &self,
+        ctx: &async_graphql::extensions::ExtensionContext<'_>,
+        stream: futures::stream::BoxStream<'s, async_graphql::Response>,
+        next: async_graphql::extensions::NextSubscribe<'_>,
+    ) -> futures::stream::BoxStream<'s, async_graphql::Response> {
+        use futures::StreamExt;
+        next.run(ctx, stream)
+            .map(|mut response| {
+                code_errors(&mut response.errors);
+                response
+            })
+            .boxed()
+    }
+}
+
+fn code_errors(errors: &mut [async_graphql::ServerError]) {
+    for e in errors {
+        let ext = e.extensions.get_or_insert_with(Default::default);
+        if ext.get("code").is_some() {
+            continue;
+        }
+        let field = if e.path.is_empty() {
+            "query".to_owned()
+        } else {
+            e.path
+                .iter()
+                .map(|p| match p {
+                    async_graphql::PathSegment::Field(f) => f.clone(),
+                    async_graphql::PathSegment::Index(i) => i.to_string(),
+                })
+                .collect::<Vec<_>>()
+                .join(".")
+        };
+        ext.set("code", "VALIDATION");
+        ext.set("field", field);
+    }
 }
 
 /// The SDL committed as schema.graphql.

@@ -2,10 +2,11 @@
 //! binary, so both work with no internet access.
 
 use axum::{
-    extract::Path,
     http::{HeaderValue, StatusCode, header},
     response::{Html, IntoResponse, Response},
 };
+
+use super::Path;
 
 pub async fn graphiql() -> Html<&'static str> {
     Html(include_str!("explorer/graphiql.html"))

@@ -328,9 +328,16 @@ fn error_frame(id: &str, err: &Error, legacy: bool) -> String {
 }
 
 fn close(code: u16, reason: &str) -> Message {
+    // A control frame's payload is at most 125 bytes, two of them the code (RFC 6455 §5.5): a
+    // longer reason (a parse error quoting the client's frame) is cut at a character boundary,
+    // or the client sees a protocol error instead of the code.
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
     Message::Close(Some(CloseFrame {
         code,
-        reason: reason.into(),
+        reason: reason[..end].into(),
     }))
 }
 

@@ -2,8 +2,10 @@
 //! `graphql-ws` (subscriptions-transport-ws), as a stream of server messages.
 //!
 //! It follows async-graphql's own `http::WebSocket` message for message (the same client
-//! messages, replies, close codes and texts, except that a refused `connection_init` closes with
-//! 4403 as graphql-ws asks, not 1002), with one difference: an operation's responses are
+//! messages, replies, close codes and texts), except where graphql-ws's protocol says otherwise
+//! and async-graphql does not: a refused `connection_init` closes with 4403 (not 1002), a
+//! `subscribe` before the acknowledgement with 4401, a second `subscribe` with a running id with
+//! 4409, and an invalid message with 4400; and with one difference: an operation's responses are
 //! [`Payload`]s, and a shared execution's response arrives already serialized. Its `next` (or
 //! `data`) message is that text inside this operation's envelope, built by concatenation, so a
 //! response fanned out to ten thousand sockets is serialized once, not ten thousand times.
@@ -165,11 +167,22 @@ where
             ClientMessage::Start { id, payload } => {
                 let Some(data) = self.data.clone() else {
                     self.closed = true;
-                    return Some(WsMessage::Close(
-                        1011,
-                        "The handshake is not completed.".into(),
-                    ));
+                    // graphql-ws: a subscribe before the acknowledgement is 4401 Unauthorized.
+                    return Some(if self.legacy() {
+                        WsMessage::Close(1011, "The handshake is not completed.".into())
+                    } else {
+                        WsMessage::Close(4401, "Unauthorized".into())
+                    });
                 };
+                // graphql-ws: an id already running is 4409. (The legacy protocol's server
+                // replaced the running operation, as this does.)
+                if !self.legacy() && self.operations.contains_key(&id) {
+                    self.closed = true;
+                    return Some(WsMessage::Close(
+                        4409,
+                        format!("Subscriber for {id} already exists"),
+                    ));
+                }
                 let kind = if self.legacy() { "data" } else { "next" };
                 let prefix = format!(
                     r#"{{"type":"{kind}","id":{},"payload":"#,
@@ -260,7 +273,9 @@ where
                     Ok(message) => message,
                     Err(e) => {
                         this.closed = true;
-                        return Poll::Ready(Some(WsMessage::Close(1002, e.to_string())));
+                        // graphql-ws: an invalid or unknown message is 4400.
+                        let code = if this.legacy() { 1002 } else { 4400 };
+                        return Poll::Ready(Some(WsMessage::Close(code, e.to_string())));
                     }
                 };
                 if let Some(reply) = this.receive(message) {

@@ -219,6 +219,47 @@ async fn not_found() -> Error {
     Error::NotFound("no such route".into())
 }
 
+async fn method_not_allowed(method: Method) -> Error {
+    Error::MethodNotAllowed(format!("this route does not take {method}"))
+}
+
+/// axum's `Path`, refusing in the house's error shape (VALIDATION, field `path`) instead of
+/// axum's plain-text rejection, e.g. for a segment that is not valid UTF-8 once decoded.
+pub struct Path<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for Path<T>
+where
+    T: serde::de::DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|p| Path(p.0))
+            .map_err(|e| Error::validation("path", e.body_text()))
+    }
+}
+
+/// axum's `Query`, refusing in the house's error shape (VALIDATION, field `query`).
+pub struct Query<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for Query<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| Query(q.0))
+            .map_err(|e| Error::validation("query", e.body_text()))
+    }
+}
+
 pub fn router(state: AppState) -> Router {
     let body_limit = state.config.body_limit;
     Router::new()
@@ -233,6 +274,8 @@ pub fn router(state: AppState) -> Router {
         .merge(events::router())
         .merge(media::router())
         .merge(whatsapp::router())
+        // After every route is in: it applies to the routes present.
+        .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), rate_limit))
         .layer(RequestBodyLimitLayer::new(body_limit))

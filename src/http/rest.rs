@@ -5,7 +5,7 @@
 use axum::{
     Json, Router,
     body::Bytes,
-    extract::{FromRequest, Path, Query, Request, State},
+    extract::{FromRequest, Request, State},
     http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
     routing::{get, post},
@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use super::Ctx;
+use super::{Ctx, Path, Query};
 use crate::{
     AppState,
     error::{Error, FieldError, Result},

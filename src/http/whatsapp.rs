@@ -7,13 +7,14 @@ use std::collections::HashMap;
 use axum::{
     Json, Router,
     body::Bytes,
-    extract::{Query, State},
+    extract::State,
     http::{HeaderMap, StatusCode},
     response::{IntoResponse, Response},
     routing::get,
 };
 use serde_json::json;
 
+use super::Query;
 use crate::{AppState, error::Error, whatsapp::inbound};
 
 pub fn router() -> Router<AppState> {

@@ -484,3 +484,92 @@ async fn admin_token_only_on_first_start() {
     assert!(second.admin_token.is_none(), "printed again on restart");
     second.stop().await.unwrap();
 }
+
+/// Every refusal comes in the house's error shape, including the ones the router and the
+/// extractors raise themselves: a method a route does not take, a path or query string that does
+/// not decode, and the errors async-graphql raises before any resolver runs.
+#[tokio::test]
+async fn refusals_outside_the_handlers_keep_the_error_shape() {
+    let app = TestApp::spawn(Db::Sqlite).await;
+    let admin = Some(app.admin.as_str());
+    for (method, path, status, code) in [
+        (
+            Method::DELETE,
+            "/api/templates",
+            StatusCode::METHOD_NOT_ALLOWED,
+            "METHOD_NOT_ALLOWED",
+        ),
+        (
+            Method::GET,
+            "/api/events",
+            StatusCode::METHOD_NOT_ALLOWED,
+            "METHOD_NOT_ALLOWED",
+        ),
+        (
+            Method::PATCH,
+            "/health",
+            StatusCode::METHOD_NOT_ALLOWED,
+            "METHOD_NOT_ALLOWED",
+        ),
+        (
+            Method::GET,
+            "/api/templates/%ff%fe",
+            StatusCode::BAD_REQUEST,
+            "VALIDATION",
+        ),
+        (
+            Method::GET,
+            "/api/media/%ff",
+            StatusCode::BAD_REQUEST,
+            "VALIDATION",
+        ),
+        (
+            Method::GET,
+            "/api/templates?type=bogus",
+            StatusCode::BAD_REQUEST,
+            "VALIDATION",
+        ),
+    ] {
+        let res = app
+            .client
+            .request(method.clone(), app.url(path))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), status, "{method} {path}");
+        let body: Value = res
+            .json()
+            .await
+            .unwrap_or_else(|e| panic!("{method} {path}: not JSON: {e}"));
+        assert_eq!(body["success"], false, "{method} {path}: {body}");
+        assert_eq!(body["code"], code, "{method} {path}: {body}");
+        assert!(
+            body["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{body}"
+        );
+    }
+    for (query, field) in [
+        ("{ templates { nope } }", "query"),
+        ("query A { __typename } query B { __typename }", "query"),
+        ("{ templates(type: BOGUS) { totalCount } }", "query"),
+        ("{ templates(first: \"x\") { totalCount } }", "query"),
+    ] {
+        let (_, body) = app.gql(admin, query, json!({})).await;
+        let err = &body["errors"][0];
+        assert_eq!(err["extensions"]["code"], "VALIDATION", "{query}: {body}");
+        assert_eq!(err["extensions"]["field"], field, "{query}: {body}");
+    }
+    // A variable that does not coerce, and the service's own codes are left as they are.
+    let (_, body) = app
+        .gql(
+            admin,
+            "query($n: Int) { templates(first: $n) { totalCount } }",
+            json!({ "n": "many" }),
+        )
+        .await;
+    assert_eq!(code(&body), "VALIDATION", "{body}");
+    let (_, body) = app
+        .gql(None, "{ auditLogs { totalCount } }", json!({}))
+        .await;
+    assert_eq!(code(&body), "UNAUTHENTICATED", "{body}");
+}

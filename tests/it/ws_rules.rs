@@ -232,3 +232,53 @@ async fn keepalive_pings_and_drops_a_silent_peer() {
         assert_eq!(ended, Ok(true), "{protocol}: a silent peer was kept");
     }
 }
+
+/// graphql-ws's own close codes: `subscribe` before the acknowledgement is 4401, a second
+/// `subscribe` with an id that is still running is 4409, and a message that is not one of the
+/// protocol's is 4400.
+#[tokio::test]
+async fn graphql_transport_ws_close_codes() {
+    let app = TestApp::spawn(Db::Sqlite).await;
+    let protocol = "graphql-transport-ws";
+    let mut ws = connect(&app, "/graphql/ws", protocol).await;
+    send(&mut ws, start(protocol, "a", "{ __typename }")).await;
+    expect_close(&mut ws, 4401).await;
+
+    let mut ws = connect(&app, "/graphql/ws", protocol).await;
+    init(&mut ws, json!({})).await;
+    send(&mut ws, start(protocol, "a", LONG)).await;
+    send(&mut ws, start(protocol, "a", LONG)).await;
+    expect_close(&mut ws, 4409).await;
+
+    // The last one's parse error quotes a long id: the close reason is cut to fit a control
+    // frame, not sent whole (which the client would take for a protocol error).
+    let long = "é".repeat(200);
+    for bad in [
+        json!({ "type": "bogus" }),
+        json!({ "id": "a" }),
+        json!([1, 2]),
+        json!({ "type": long }),
+    ] {
+        let mut ws = connect(&app, "/graphql/ws", protocol).await;
+        init(&mut ws, json!({})).await;
+        send(&mut ws, bad).await;
+        expect_close(&mut ws, 4400).await;
+    }
+
+    // An id may be used again once its operation completed.
+    let mut ws = connect(&app, "/graphql/ws", protocol).await;
+    init(&mut ws, json!({})).await;
+    // (A document the schema refuses gets its errors with a code, and the socket stays open.)
+    send(&mut ws, start(protocol, "v", "subscription { nope }")).await;
+    let v = recv_for(&mut ws, "v").await;
+    assert_eq!(
+        v["payload"]["errors"][0]["extensions"]["code"], "VALIDATION",
+        "{v}"
+    );
+    assert_eq!(recv_for(&mut ws, "v").await["type"], "complete");
+    for _ in 0..2 {
+        send(&mut ws, start(protocol, "q", "{ __typename }")).await;
+        assert_eq!(recv_for(&mut ws, "q").await["type"], "next");
+        assert_eq!(recv_for(&mut ws, "q").await["type"], "complete");
+    }
+}
