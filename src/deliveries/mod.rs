@@ -103,11 +103,37 @@ pub fn status_name(s: DeliveryStatus) -> String {
     s.as_str().to_ascii_uppercase()
 }
 
+/// The states a task ends in; every other state is open.
+const CLOSED: [DeliveryStatus; 3] = [
+    DeliveryStatus::Delivered,
+    DeliveryStatus::Failed,
+    DeliveryStatus::Cancelled,
+];
+
 fn is_open(s: DeliveryStatus) -> bool {
-    !matches!(
-        s,
-        DeliveryStatus::Delivered | DeliveryStatus::Failed | DeliveryStatus::Cancelled
-    )
+    !CLOSED.contains(&s)
+}
+
+/// Cancels the order's open delivery task, if it has one, inside the caller's transaction: an
+/// order that is cancelled has nothing left to deliver, and a task left open would be stranded
+/// (it could never be delivered, and it would block a new one). Returns the task's id.
+pub(crate) async fn cancel_open_for_order<Db: ConnectionTrait>(
+    db: &Db,
+    order_id: Uuid,
+) -> Result<Option<Uuid>> {
+    let open = Tasks::find()
+        .filter(C::OrderId.eq(order_id.to_string()))
+        .filter(C::Status.is_not_in(CLOSED))
+        .one(db)
+        .await?;
+    match open {
+        Some(task) => Ok(Some(
+            move_task(db, &task, DeliveryStatus::Cancelled, None)
+                .await?
+                .id,
+        )),
+        None => Ok(None),
+    }
 }
 
 /// The transitions `updateDeliveryStatus` may make (ASSIGNED comes from `assignDriver`).
@@ -159,11 +185,7 @@ pub async fn create(
     }
     let open = Tasks::find()
         .filter(C::OrderId.eq(order.id.to_string()))
-        .filter(C::Status.is_not_in([
-            DeliveryStatus::Delivered,
-            DeliveryStatus::Failed,
-            DeliveryStatus::Cancelled,
-        ]))
+        .filter(C::Status.is_not_in(CLOSED))
         .count(&txn)
         .await?;
     if open > 0 {

@@ -244,7 +244,9 @@ impl MediaMutation {
     }
 
     /// Attaches the merchant's media to one of its products; `isPrimary: true` unsets the
-    /// product's previous primary. Admin and service callers name the merchant.
+    /// product's previous primary. Admin and service callers name the merchant. Positions are
+    /// always 0..n: `position` puts the media at that index (the end at most) and shifts the
+    /// others; without it a new attachment goes last and an attached one keeps its place.
     async fn attach_media_to_product(
         &self,
         ctx: &Context<'_>,

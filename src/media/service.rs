@@ -574,6 +574,34 @@ async fn rows_of(
         .await?)
 }
 
+/// A position as stored.
+fn position_of(index: usize) -> Result<i32> {
+    i32::try_from(index).map_err(|_| Error::validation("position", "too many media on one product"))
+}
+
+/// Gives the product's media the positions 0..n in `order` (its media ids), writing only the rows
+/// whose position changes. `rows` are the rows as they were read.
+async fn renumber(
+    db: &impl ConnectionTrait,
+    product: &ProductRef,
+    rows: &[product_media::Model],
+    order: &[Uuid],
+) -> Result<()> {
+    for (index, id) in order.iter().enumerate() {
+        let pos = position_of(index)?;
+        if rows.iter().any(|r| r.media_id == *id && r.position == pos) {
+            continue;
+        }
+        ProductMedia::update_many()
+            .col_expr(PC::Position, Expr::value(pos))
+            .filter(product.rows())
+            .filter(PC::MediaId.eq(*id))
+            .exec(db)
+            .await?;
+    }
+    Ok(())
+}
+
 /// The media attached to a product, by position. Anyone may read; the caller names the merchant
 /// (a merchant's own by default).
 pub async fn product_media(
@@ -610,11 +638,23 @@ pub async fn attach(
             "the media must belong to the product's merchant",
         ));
     }
-    let existing = ProductMedia::find()
-        .filter(product.rows())
-        .filter(PC::MediaId.eq(media_id))
-        .one(&txn)
-        .await?;
+    // Positions are the dense order 0..n: `position` puts the media at that index (the end at
+    // most), the others keep their order around it; without one, a new attachment goes last
+    // and an existing one stays where it is.
+    let rows = rows_of(&txn, product).await?;
+    let existing = rows.iter().find(|r| r.media_id == media_id).cloned();
+    let mut order: Vec<Uuid> = rows
+        .iter()
+        .map(|r| r.media_id)
+        .filter(|m| *m != media_id)
+        .collect();
+    let at = match (position, rows.iter().position(|r| r.media_id == media_id)) {
+        (Some(p), _) => usize::try_from(p).unwrap_or(0).min(order.len()),
+        (None, Some(i)) => i.min(order.len()),
+        (None, None) => order.len(),
+    };
+    order.insert(at, media_id);
+    let at = position_of(at)?;
     if is_primary == Some(true) {
         ProductMedia::update_many()
             .col_expr(PC::IsPrimary, Expr::value(false))
@@ -626,32 +666,19 @@ pub async fn attach(
     let row = match existing.clone() {
         Some(e) => {
             let mut am: product_media::ActiveModel = e.into();
-            if let Some(p) = position {
-                am.position = Set(p);
-            }
+            am.position = Set(at);
             if let Some(p) = is_primary {
                 am.is_primary = Set(p);
             }
             am.update(&txn).await?
         }
         None => {
-            let position = match position {
-                Some(p) => p,
-                None => {
-                    let last = ProductMedia::find()
-                        .filter(product.rows())
-                        .order_by_desc(PC::Position)
-                        .one(&txn)
-                        .await?;
-                    last.map_or(0, |l| l.position.saturating_add(1))
-                }
-            };
             product_media::ActiveModel {
                 id: Set(Uuid::now_v7()),
                 product_id: Set(product.product_id.clone()),
                 media_id: Set(media_id),
                 merchant_id: Set(Some(product.merchant_id.clone())),
-                position: Set(position),
+                position: Set(at),
                 is_primary: Set(is_primary.unwrap_or(false)),
                 created_at: Set(chrono::Utc::now()),
             }
@@ -659,6 +686,7 @@ pub async fn attach(
             .await?
         }
     };
+    renumber(&txn, product, &rows, &order).await?;
     audit::record(
         &txn,
         ctx,
@@ -694,6 +722,10 @@ pub async fn detach(
         .await?
         .ok_or_else(|| Error::not_found("product media"))?;
     ProductMedia::delete_by_id(row.id).exec(&txn).await?;
+    // The others close the gap.
+    let rest = rows_of(&txn, product).await?;
+    let order: Vec<Uuid> = rest.iter().map(|r| r.media_id).collect();
+    renumber(&txn, product, &rest, &order).await?;
     audit::record(
         &txn,
         ctx,
@@ -743,14 +775,7 @@ pub async fn reorder(
         ));
     }
     let before: Vec<Value> = rows.iter().map(product_media_json).collect();
-    for (pos, id) in media_ids.iter().enumerate() {
-        ProductMedia::update_many()
-            .col_expr(PC::Position, Expr::value(pos as i32))
-            .filter(product.rows())
-            .filter(PC::MediaId.eq(*id))
-            .exec(&txn)
-            .await?;
-    }
+    renumber(&txn, product, &rows, media_ids).await?;
     let after = rows_of(&txn, product).await?;
     audit::record(
         &txn,

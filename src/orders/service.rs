@@ -393,6 +393,16 @@ pub async fn update_status(
     }
     let merchant = MerchantId::parse("merchantId", &current.merchant_id)?;
     let event = record_status_change(&txn, &merchant, &current, to).await?;
+    // A cancelled order's open delivery task is cancelled with it, in the same transaction.
+    let cancelled_task = if to == OrderStatus::Cancelled {
+        crate::deliveries::cancel_open_for_order(&txn, current.id).await?
+    } else {
+        None
+    };
+    let mut after = json!({ "status": status_name(to) });
+    if let Some(task) = cancelled_task {
+        after["cancelledDeliveryTask"] = json!(task.to_string());
+    }
     audit::record(
         &txn,
         ctx,
@@ -402,7 +412,7 @@ pub async fn update_status(
             target_id: current.id.to_string(),
             merchant_id: Some(current.merchant_id.clone()),
             before: Some(json!({ "status": status_name(current.status) })),
-            after: Some(json!({ "status": status_name(to) })),
+            after: Some(after),
         },
     )
     .await?;

@@ -679,6 +679,11 @@ pub fn render_preview(
     vars: &Map<String, Value>,
     to: Option<&str>,
 ) -> Result<Preview> {
+    // The payload is what would go to the Cloud API: its recipient is held to what sending
+    // holds it to.
+    let to = to
+        .map(|t| crate::whatsapp::parse_phone("to", t))
+        .transpose()?;
     engine::check_variables(vars).map_err(|e| Error::violations(vec![e]))?;
     let rendered = engine::render(content, vars).map_err(|e| match &e {
         engine::RenderError::Missing(names) => Error::violations(
@@ -695,7 +700,7 @@ pub fn render_preview(
     })?;
     Ok(Preview {
         text: engine::text(&rendered),
-        payload: engine::payload(&rendered, to),
+        payload: engine::payload(&rendered, to.as_deref()),
         violations: engine::validate(&rendered),
         variables: engine::extract_variables(content),
     })

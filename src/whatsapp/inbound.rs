@@ -81,7 +81,19 @@ pub struct Summary {
     pub received: usize,
     pub duplicates: usize,
     pub statuses: usize,
+    /// Entries for a phone number no merchant owns.
     pub skipped: usize,
+    /// Messages that cannot be stored: no id, an id over 256 characters, a sender that is not
+    /// E.164. Logged and acknowledged (Meta would only send them again), never counted as
+    /// duplicates.
+    pub invalid: usize,
+}
+
+/// What became of one inbound message.
+enum Stored {
+    Received(Event),
+    Duplicate,
+    Invalid,
 }
 
 fn status_rank(s: MessageStatus) -> u8 {
@@ -165,19 +177,24 @@ async fn store_message<Db: ConnectionTrait>(
     db: &Db,
     merchant: &MerchantId,
     m: &Value,
-) -> Result<Option<Event>> {
+) -> Result<Stored> {
     let (Some(wamid), Some(from)) = (m["id"].as_str(), m["from"].as_str()) else {
-        return Ok(None);
+        tracing::warn!("inbound message without an id or a sender; skipped");
+        return Ok(Stored::Invalid);
     };
     if wamid.is_empty() || wamid.len() > 256 {
-        return Ok(None);
+        tracing::warn!(
+            len = wamid.len(),
+            "inbound message whose id is empty or over 256 characters; skipped"
+        );
+        return Ok(Stored::Invalid);
     }
     let Ok(from) = parse_phone("from", from) else {
         tracing::warn!(
             from,
             "inbound message from a number that is not E.164; skipped"
         );
-        return Ok(None);
+        return Ok(Stored::Invalid);
     };
     let now = chrono::Utc::now();
     let id = Uuid::now_v7();
@@ -208,9 +225,9 @@ async fn store_message<Db: ConnectionTrait>(
     .exec_without_returning(db)
     .await?;
     if inserted == 0 {
-        return Ok(None);
+        return Ok(Stored::Duplicate);
     }
-    Ok(Some(
+    Ok(Stored::Received(
         events::service::record(
             db,
             EventType::MessageReceived,
@@ -330,11 +347,12 @@ pub async fn process(state: &AppState, body: &[u8]) -> Result<Summary> {
             };
             for m in value["messages"].as_array().unwrap_or(&empty) {
                 match store_message(&txn, &merchant, m).await? {
-                    Some(e) => {
+                    Stored::Received(e) => {
                         summary.received += 1;
                         out.push(e);
                     }
-                    None => summary.duplicates += 1,
+                    Stored::Duplicate => summary.duplicates += 1,
+                    Stored::Invalid => summary.invalid += 1,
                 }
             }
             for s in value["statuses"].as_array().unwrap_or(&empty) {

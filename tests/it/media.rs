@@ -650,6 +650,93 @@ fn id_of(m: &Value) -> String {
     m["id"].as_str().unwrap().to_owned()
 }
 
+/// A product's positions are always 0..n in order: an explicit position inserts there (the end
+/// at most) and shifts the rest, a repeated or huge one cannot tie, and a detach closes the gap.
+async fn product_media_positions_stay_dense(db: Db) {
+    let app = TestApp::spawn_with(db, no_workers).await;
+    let m = app.merchant("m1");
+    let mut ids = Vec::new();
+    for w in 20..25 {
+        ids.push(id_of(&upload_ok(&app, &m, &png_bytes(w, 20), None).await));
+    }
+    let attach = "mutation($p: String!, $m: ID!, $pos: Int) { attachMediaToProduct(productId: $p, mediaId: $m, position: $pos) { position } }";
+    let order = || async {
+        let d = app
+            .gql_ok(Some(&m), PRODUCT_MEDIA, json!({ "p": "pp" }))
+            .await;
+        let rows = d["productMedia"].as_array().unwrap().clone();
+        for (i, r) in rows.iter().enumerate() {
+            assert_eq!(r["position"], i, "{d}");
+        }
+        rows.iter()
+            .map(|r| r["mediaId"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    // 5, 5, i32::MAX and none: each goes to the end, no ties.
+    for (id, pos) in [
+        (&ids[0], json!(5)),
+        (&ids[1], json!(5)),
+        (&ids[2], json!(2147483647)),
+        (&ids[3], Value::Null),
+    ] {
+        app.gql_ok(Some(&m), attach, json!({ "p": "pp", "m": id, "pos": pos }))
+            .await;
+    }
+    assert_eq!(order().await, ids[..4].to_vec());
+    // Inserting at 1 shifts the rest; moving an attached one to 0 moves it.
+    let d = app
+        .gql_ok(
+            Some(&m),
+            attach,
+            json!({ "p": "pp", "m": ids[4], "pos": 1 }),
+        )
+        .await;
+    assert_eq!(d["attachMediaToProduct"]["position"], 1);
+    assert_eq!(
+        order().await,
+        [&ids[0], &ids[4], &ids[1], &ids[2], &ids[3]]
+            .map(String::clone)
+            .to_vec()
+    );
+    app.gql_ok(
+        Some(&m),
+        attach,
+        json!({ "p": "pp", "m": ids[3], "pos": 0 }),
+    )
+    .await;
+    assert_eq!(
+        order().await,
+        [&ids[3], &ids[0], &ids[4], &ids[1], &ids[2]]
+            .map(String::clone)
+            .to_vec()
+    );
+    // Attaching again without a position keeps its place.
+    app.gql_ok(Some(&m), attach, json!({ "p": "pp", "m": ids[4] }))
+        .await;
+    assert_eq!(
+        order().await,
+        [&ids[3], &ids[0], &ids[4], &ids[1], &ids[2]]
+            .map(String::clone)
+            .to_vec()
+    );
+    app.gql_ok(Some(&m), DETACH, json!({ "p": "pp", "m": ids[0] }))
+        .await;
+    assert_eq!(
+        order().await,
+        [&ids[3], &ids[4], &ids[1], &ids[2]]
+            .map(String::clone)
+            .to_vec()
+    );
+    let (code, _) = app
+        .gql_err(
+            Some(&m),
+            attach,
+            json!({ "p": "pp", "m": ids[0], "pos": -1 }),
+        )
+        .await;
+    assert_eq!(code, "VALIDATION");
+}
+
 /// Issue 7 §3: two merchants' `sku-1` are two products.
 async fn products_belong_to_merchants(db: Db) {
     let app = TestApp::spawn_with(db, no_workers).await;
@@ -1097,6 +1184,7 @@ async fn concurrent_identical_uploads_decode_once() {
 }
 
 both_dbs!(
+    product_media_positions_stay_dense,
     products_belong_to_merchants,
     media_visibility,
     rest_upload_both_spellings,

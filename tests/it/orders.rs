@@ -452,6 +452,84 @@ async fn deliveries_follow_their_state_machine(db: Db) {
     assert_eq!(mine["deliveryTasks"]["totalCount"], 1);
 }
 
+/// Cancelling an order cancels its open delivery task in the same step: the task is not left
+/// stranded (never deliverable, blocking a new one), and the audit names it.
+async fn cancelling_an_order_cancels_its_open_delivery(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let shop = app.merchant("m-shop");
+    let place = |a: &str| json!({ "address": a, "latitude": -17.83, "longitude": 31.05 });
+    let mut tasks = Vec::new();
+    for (target, last) in [("READY", "PICKED_UP"), ("CONFIRMED", "")] {
+        let order = submit(&app, &shop, order_input(None)).await["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        order_in(&app, &order, "CONFIRMED").await;
+        if target == "READY" {
+            set_status(&app, &shop, &order, "PREPARING").await.unwrap();
+            set_status(&app, &shop, &order, "READY").await.unwrap();
+        }
+        let vars = json!({ "order": order, "pickup": place("Mbare Mart"), "dropoff": place("12 Samora Machel Ave") });
+        let id =
+            app.gql_ok(Some(&shop), docs::CREATE_DELIVERY, vars).await["createDeliveryTask"]["id"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+        if last == "PICKED_UP" {
+            app.gql_ok(
+                Some(&shop),
+                docs::ASSIGN_DRIVER,
+                json!({ "id": id, "driver": "Farai" }),
+            )
+            .await;
+            app.gql_ok(
+                Some(&shop),
+                docs::UPDATE_DELIVERY_STATUS,
+                json!({ "id": id, "status": "PICKED_UP" }),
+            )
+            .await;
+        }
+        set_status(&app, &shop, &order, "CANCELLED").await.unwrap();
+        tasks.push((order, id));
+    }
+    let listed = app
+        .gql_ok(Some(&shop), docs::DELIVERY_TASKS, json!({}))
+        .await;
+    let nodes = listed["deliveryTasks"]["edges"].as_array().unwrap();
+    assert_eq!(nodes.len(), 2, "{listed}");
+    for (_, id) in &tasks {
+        let node = nodes.iter().find(|e| &e["node"]["id"] == id).unwrap();
+        assert_eq!(node["node"]["status"], "CANCELLED", "{listed}");
+        // And it is final.
+        let (code, _) = app
+            .as_merchant("m-shop")
+            .gql_err(
+                docs::UPDATE_DELIVERY_STATUS,
+                json!({ "id": id, "status": "DELIVERED" }),
+            )
+            .await;
+        assert_eq!(code, "VALIDATION");
+    }
+    let audit = app
+        .gql_ok(
+            Some(&app.admin),
+            "{ auditLogs(first: 50) { nodes { action afterState } } }",
+            json!({}),
+        )
+        .await;
+    let named: Vec<&Value> = audit["auditLogs"]["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["action"] == "order.set_status" && n["afterState"]["status"] == "CANCELLED")
+        .map(|n| &n["afterState"]["cancelledDeliveryTask"])
+        .collect();
+    assert_eq!(named.len(), 2, "{audit}");
+    for (_, id) in &tasks {
+        assert!(named.contains(&&json!(id)), "{audit}");
+    }
+}
+
 /// Bot presence emits only on a change, and only service (or admin) tokens report it.
 async fn bot_presence_emits_on_change_only(db: Db) {
     let app = TestApp::spawn_with(db, |c| c.bot_stale_after = None).await;
@@ -612,6 +690,7 @@ both_dbs!(
     the_order_state_machine_refuses_illegal_moves,
     payments_are_idempotent_and_checked,
     deliveries_follow_their_state_machine,
+    cancelling_an_order_cancels_its_open_delivery,
     bot_presence_emits_on_change_only,
     a_silent_bot_goes_stale_exactly_once,
     update_product_emits_for_trusted_callers,

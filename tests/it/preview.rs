@@ -383,7 +383,34 @@ async fn rendered_limits_are_violations_not_errors(db: Db) {
     );
 }
 
+/// The payload's recipient is held to what sending holds it to: E.164, over GraphQL and REST;
+/// `+` is accepted and the Cloud API's digits come out.
+async fn preview_recipient_is_a_phone(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let t = json!({ "type": "TEXT", "body": "Hi" });
+    for bad in ["abc", "", "0781564004", "+1 555 1234", "1234567890123456"] {
+        let (code, body) = app
+            .gql_err(None, PREVIEW, json!({ "t": t, "vars": {}, "to": bad }))
+            .await;
+        assert_eq!(code, "VALIDATION", "{bad}: {body}");
+        assert_eq!(body["errors"][0]["extensions"]["field"], "to", "{body}");
+        let (status, body) = app
+            .rest(
+                reqwest::Method::POST,
+                "/api/templates/preview",
+                None,
+                Some(json!({ "template": { "type": "text", "body": "Hi" }, "to": bad })),
+            )
+            .await;
+        assert_eq!(status, reqwest::StatusCode::BAD_REQUEST, "{bad}: {body}");
+        assert_eq!(body["field"], "to", "{body}");
+    }
+    let p = preview(&app, t, json!({}), Some("+263781564004")).await;
+    assert_eq!(p["payload"]["to"], TO, "{p}");
+}
+
 both_dbs!(
+    preview_recipient_is_a_phone,
     inline_payloads_match_the_cloud_api,
     missing_variables_are_all_named,
     stored_template_preview,

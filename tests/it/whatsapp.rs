@@ -625,6 +625,30 @@ async fn inbound_is_signed_and_processed_once(db: Db) {
     assert_eq!(status, 200);
     assert_eq!(res["summary"]["duplicates"], 5, "{res:#}");
     assert_eq!(inbound().await, 5);
+    // Messages that cannot be stored are acknowledged as invalid, not passed off as duplicates.
+    let bad = webhook(
+        PHONE_NUMBER_ID,
+        json!([
+            { "from": "abc", "id": "wamid.BAD1", "type": "text", "text": { "body": "x" } },
+            { "from": CUSTOMER, "type": "text", "text": { "body": "no id" } },
+            { "from": CUSTOMER, "id": "", "type": "text", "text": { "body": "empty id" } },
+            { "from": CUSTOMER, "id": "w".repeat(300), "type": "text", "text": { "body": "long id" } },
+            text_message("wamid.IN1", "again"),
+        ]),
+        json!([]),
+    );
+    let (status, res) = post_webhook(&app, &bad, Some(APP_SECRET)).await;
+    assert_eq!(status, 200, "{res:#}");
+    assert_eq!(
+        (
+            &res["summary"]["invalid"],
+            &res["summary"]["duplicates"],
+            &res["summary"]["received"]
+        ),
+        (&json!(4), &json!(1), &json!(0)),
+        "{res:#}"
+    );
+    assert_eq!(inbound().await, 5);
     let mut got = events_of(&app, "m-wa", "MESSAGE_RECEIVED").await;
     assert_eq!(got.len(), 5, "processed once");
     got.reverse();
