@@ -45,6 +45,10 @@ pub enum Error {
     /// The route exists, but not with this method.
     #[error("{0}")]
     MethodNotAllowed(String),
+    /// A service this request needs (the WhatsApp Cloud API) did not answer; nothing changed,
+    /// and the same request may be sent again.
+    #[error("{0}")]
+    Unavailable(String),
     /// A resume point (`after`) older than the event history holds.
     #[error("{0}")]
     HistoryExpired(String),
@@ -102,6 +106,7 @@ impl Error {
             Self::PayloadTooLarge(_) => "PAYLOAD_TOO_LARGE",
             Self::UnsupportedMedia(_) => "UNSUPPORTED_MEDIA",
             Self::MethodNotAllowed(_) => "METHOD_NOT_ALLOWED",
+            Self::Unavailable(_) => "UNAVAILABLE",
             Self::HistoryExpired(_) => "HISTORY_EXPIRED",
             Self::Lagged(_) => "LAGGED",
             Self::Internal(_) => "INTERNAL",
@@ -119,6 +124,7 @@ impl Error {
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMedia(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::HistoryExpired(_) => StatusCode::GONE,
             Self::Lagged(_) => StatusCode::CONFLICT,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,

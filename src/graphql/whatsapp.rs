@@ -240,7 +240,9 @@ impl WhatsAppMutation {
         ))
     }
 
-    /// Stores a merchant's own number and access token (encrypted at rest).
+    /// Stores a merchant's own number and access token (encrypted at rest). The token must be
+    /// one the Cloud API accepts for that number (checked with Meta first): VALIDATION on
+    /// `accessToken` otherwise, UNAVAILABLE when Meta does not answer; nothing is stored then.
     async fn set_whats_app_credentials(
         &self,
         ctx: &Context<'_>,

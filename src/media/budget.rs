@@ -156,6 +156,7 @@ pub fn clone_error(e: &Error) -> Error {
         Error::PayloadTooLarge(m) => Error::PayloadTooLarge(m.clone()),
         Error::UnsupportedMedia(m) => Error::UnsupportedMedia(m.clone()),
         Error::MethodNotAllowed(m) => Error::MethodNotAllowed(m.clone()),
+        Error::Unavailable(m) => Error::Unavailable(m.clone()),
         Error::Internal(m) => Error::Internal(m.clone()),
         Error::HistoryExpired(m) => Error::HistoryExpired(m.clone()),
         Error::Lagged(m) => Error::Lagged(m.clone()),

@@ -143,6 +143,50 @@ impl Outbound {
     }
 }
 
+impl Outbound {
+    /// Proves that `creds.token` may use `creds.phone_number_id`: `GET {base}/{version}/{id}`
+    /// with the token must answer that number. A merchant that names a number must hold a token
+    /// Meta accepts for it, or it could claim another business's number (and its inbound
+    /// messages) before that business registers. A refusal is VALIDATION on `accessToken`; an
+    /// answer that does not come is UNAVAILABLE, and nothing is stored either way.
+    pub async fn verify_number(&self, creds: &Credentials) -> Result<()> {
+        let url = format!(
+            "{}/{}/{}",
+            self.api_base, self.api_version, creds.phone_number_id
+        );
+        let res = self
+            .http
+            .get(url)
+            .query(&[("fields", "id")])
+            .bearer_auth(&creds.token)
+            .send()
+            .await
+            .map_err(|e| {
+                Error::Unavailable(format!(
+                    "the Cloud API could not be reached to check the phone number id: {}",
+                    without_url(&e)
+                ))
+            })?;
+        let status = res.status();
+        let json: Value =
+            serde_json::from_slice(&read_capped(res, 64 * 1024).await).unwrap_or(Value::Null);
+        if status.is_success() && json["id"].as_str() == Some(creds.phone_number_id.as_str()) {
+            return Ok(());
+        }
+        match classify(status.as_u16(), &json, None) {
+            SendError::Retryable { reason, .. } => Err(Error::Unavailable(format!(
+                "the phone number id could not be checked now: {reason}"
+            ))),
+            SendError::Final { reason, .. } => Err(Error::validation(
+                "accessToken",
+                format!(
+                    "the Cloud API does not accept this access token for this phone number id ({reason})"
+                ),
+            )),
+        }
+    }
+}
+
 fn without_url(e: &reqwest::Error) -> String {
     let mut s = e.to_string();
     if let Some(url) = e.url() {

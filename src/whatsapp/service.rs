@@ -568,9 +568,29 @@ pub async fn set_credentials(
             "accessToken must be 1 to 2048 printable ASCII characters",
         ));
     }
+    // Cheap refusals first: a number held by another merchant, or the platform's.
+    let taken = Accounts::find()
+        .filter(whatsapp_account::Column::PhoneNumberId.eq(phone_number_id))
+        .filter(whatsapp_account::Column::MerchantId.ne(merchant.as_str()))
+        .count(&state.db)
+        .await?;
+    if taken > 0 || state.config.whatsapp.phone_number_id.as_deref() == Some(phone_number_id) {
+        return Err(Error::Conflict(
+            "that phone number id belongs to another merchant".into(),
+        ));
+    }
+    // Then proof that the token may use the number, outside any transaction.
+    state
+        .whatsapp
+        .verify_number(&super::client::Credentials {
+            phone_number_id: phone_number_id.to_owned(),
+            token: token.to_owned(),
+        })
+        .await?;
     let sealed = state.cipher.encrypt(token)?;
     let now = chrono::Utc::now();
     let txn = crate::db::begin_write(&state.db).await?;
+    // Checked again inside the transaction: another merchant may have claimed it meanwhile.
     let taken = Accounts::find()
         .filter(whatsapp_account::Column::PhoneNumberId.eq(phone_number_id))
         .filter(whatsapp_account::Column::MerchantId.ne(merchant.as_str()))

@@ -15,7 +15,7 @@ use axum::{
     extract::{Path, State},
     http::{HeaderMap, StatusCode},
     response::{IntoResponse, Response},
-    routing::post,
+    routing::{get, post},
 };
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -117,10 +117,36 @@ async fn messages(
     }
 }
 
+/// `GET /{version}/{phone_number_id}`: the number, for a token that may use it. The stand-in
+/// accepts tokens that start with `merchant-token`; others get Meta's invalid-token answer.
+async fn phone_number(
+    Path((_version, number)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let token = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    if token.starts_with("merchant-token") {
+        Json(json!({ "id": number })).into_response()
+    } else {
+        (
+            StatusCode::BAD_REQUEST,
+            Json(json!({ "error": {
+                "message": "Invalid OAuth access token - Cannot parse access token",
+                "type": "OAuthException", "code": 190, "fbtrace_id": "AbCdEf",
+            }})),
+        )
+            .into_response()
+    }
+}
+
 impl CloudApi {
     pub async fn start() -> Self {
         let inner = Arc::new(Mutex::new(Inner::default()));
         let app = Router::new()
+            .route("/{version}/{number}", get(phone_number))
             .route("/{version}/{number}/messages", post(messages))
             .with_state(inner.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -537,6 +563,24 @@ async fn merchant_credentials_are_encrypted_and_used() {
         )
         .await;
     assert_eq!(code, "CONFLICT");
+    // Nor claim a number nobody has registered yet without a token Meta accepts for it.
+    let (code, body) = app
+        .as_merchant("m-thief")
+        .gql_err(
+            docs::SET_WHATSAPP_CREDENTIALS,
+            json!({ "pn": "5550002", "token": "stolen-or-made-up" }),
+        )
+        .await;
+    assert_eq!(code, "VALIDATION", "{body}");
+    assert_eq!(body["errors"][0]["extensions"]["field"], "accessToken");
+    assert!(
+        entity::whatsapp_account::Entity::find_by_id("m-thief".to_owned())
+            .one(&app.server.state.db)
+            .await
+            .unwrap()
+            .is_none(),
+        "nothing stored"
+    );
     let m = send(
         &app,
         &own,
@@ -549,6 +593,37 @@ async fn merchant_credentials_are_encrypted_and_used() {
     assert_eq!(
         seen[0].authorization.as_deref(),
         Some("Bearer merchant-token-xyz")
+    );
+}
+
+/// When the Cloud API does not answer, credentials cannot be checked: UNAVAILABLE, nothing
+/// stored, and the same request may be sent again.
+#[tokio::test]
+async fn credentials_are_not_stored_unchecked() {
+    use sea_orm::EntityTrait;
+    // A loopback port with nothing listening.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let app = TestApp::spawn_with(Db::Sqlite, move |c| {
+        c.whatsapp.api_base = format!("http://{closed}");
+    })
+    .await;
+    let (code, body) = app
+        .as_merchant("m-own")
+        .gql_err(
+            docs::SET_WHATSAPP_CREDENTIALS,
+            json!({ "pn": "5550003", "token": "merchant-token-xyz" }),
+        )
+        .await;
+    assert_eq!(code, "UNAVAILABLE", "{body}");
+    assert!(
+        entity::whatsapp_account::Entity::find_by_id("m-own".to_owned())
+            .one(&app.server.state.db)
+            .await
+            .unwrap()
+            .is_none()
     );
 }
 
