@@ -147,7 +147,11 @@ struct PreviewJson {
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/api/templates", get(list_templates).post(create_template))
-        .route("/api/templates/preview", post(preview_template))
+        // `preview` is also a template name like any other: GET reads the template so named.
+        .route(
+            "/api/templates/preview",
+            post(preview_template).get(get_template_named_preview),
+        )
         .route(
             "/api/templates/{id}",
             get(get_template)
@@ -237,6 +241,10 @@ async fn get_template(
     };
     let t = service::get(&state.db, &ctx, &r).await?;
     Ok(template_response(StatusCode::OK, &t))
+}
+
+async fn get_template_named_preview(state: State<AppState>, ctx: Ctx) -> Result<Response> {
+    get_template(state, ctx, Path("preview".to_owned())).await
 }
 
 /// POST /api/templates with the seed's body. Written out rather than `#[serde(flatten)]`ed so

@@ -623,6 +623,21 @@ async fn put_refuses_what_it_cannot_apply(db: Db) {
         let (code, err) = app.gql_err(Some(&m1), &q, json!({ "id": id })).await;
         assert_eq!(code, "VALIDATION", "{field}: {err}");
     }
+    // A template may be called `preview`, and read by that name like any other.
+    let (status, res) = app
+        .rest(
+            Method::POST,
+            "/api/templates",
+            Some(&m1),
+            Some(json!({ "name": "preview", "type": "text", "body": "Hi" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{res}");
+    let (status, got) = app
+        .rest(Method::GET, "/api/templates/preview", Some(&m1), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{got}");
+    assert_eq!(got["template"]["id"], res["template"]["id"], "{got}");
     // Nothing above changed the template.
     let (_, res) = app.rest(Method::GET, &path, Some(&m1), None).await;
     assert_eq!(res["template"]["version"], 2, "{res}");
