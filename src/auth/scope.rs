@@ -34,6 +34,11 @@ pub trait Tenant: EntityTrait {
     fn public_rows() -> Option<Condition> {
         None
     }
+
+    /// Whether the platform's own rows (no merchant) are the admin's alone to change. A service
+    /// token acts for merchants; a platform-wide webhook receives every merchant's events, so
+    /// only an admin may point it somewhere else.
+    const PLATFORM_ROWS_ADMIN_ONLY: bool = false;
 }
 
 fn nothing() -> Condition {
@@ -70,7 +75,11 @@ pub trait Scoped: Tenant {
     /// The rows `actor` may change. Anonymous callers are UNAUTHENTICATED.
     fn write_condition(actor: &Actor) -> Result<Condition> {
         match actor {
-            Actor::Admin { .. } | Actor::Service { .. } => Ok(Condition::all()),
+            Actor::Admin { .. } => Ok(Condition::all()),
+            Actor::Service { .. } if Self::PLATFORM_ROWS_ADMIN_ONLY => {
+                Ok(Condition::all().add(Self::merchant_column().is_not_null()))
+            }
+            Actor::Service { .. } => Ok(Condition::all()),
             Actor::Merchant { merchant_id, .. } => {
                 Ok(Condition::all().add(Self::merchant_column().eq(merchant_id.as_str())))
             }
@@ -168,6 +177,7 @@ impl Tenant for entity::media_file::Entity {
 
 impl Tenant for entity::webhook::Entity {
     const NOUN: &'static str = "webhook";
+    const PLATFORM_ROWS_ADMIN_ONLY: bool = true;
     fn merchant_column() -> Self::Column {
         entity::webhook::Column::MerchantId
     }

@@ -11,6 +11,7 @@
 //! `publish` hands the event to the [`Outbox`] (webhook fan-out), which marks it dispatched. A
 //! crash in between leaves it for the outbox's sweeper; see `webhooks::delivery`.
 
+use std::collections::HashMap;
 use std::sync::{
     Arc,
     atomic::{AtomicU64, Ordering},
@@ -53,6 +54,8 @@ fn trim_every(history: u64) -> u64 {
 }
 /// Merchants waiting for a trim, at most.
 const TRIM_QUEUE: usize = 256;
+/// Merchants whose emits are counted towards their next trim, at most.
+const TRIM_COUNTED_MERCHANTS: usize = 100_000;
 const REPLAY_PAGE: u64 = 500;
 /// How long an event may take from its id (taken in its transaction) to being published. Only
 /// events replayed with an id this recent can also arrive live, so only they are remembered to
@@ -84,7 +87,10 @@ pub struct Events {
     db: DatabaseConnection,
     bus: Arc<dyn EventBus>,
     history: u64,
-    emitted: AtomicU64,
+    /// Emits since each merchant's last trim, in this process. Counted per merchant: a count
+    /// shared by all merchants trims only whichever merchant's emit lands on the turn, and a
+    /// merchant that never does would keep its whole history.
+    emitted: std::sync::Mutex<HashMap<String, u64>>,
     /// Subscriptions opened by this process so far (they are live from the moment they count).
     opened: AtomicU64,
     outbox: Option<Arc<dyn Outbox>>,
@@ -241,7 +247,7 @@ impl Events {
             db,
             bus,
             history: history.max(1) as u64,
-            emitted: AtomicU64::new(0),
+            emitted: std::sync::Mutex::default(),
             opened: AtomicU64::new(0),
             outbox: None,
             trims: std::sync::OnceLock::new(),
@@ -301,16 +307,30 @@ impl Events {
             None
         };
         self.hand_over(e.clone(), seen).await;
-        let every = trim_every(self.history);
-        if self.emitted.fetch_add(1, Ordering::Relaxed) % every == every - 1 {
-            self.trim_later(merchant);
-        }
         Ok(e)
+    }
+
+    /// Counts one emit of `merchant`; true on every `trim_every(history)`-th.
+    fn trim_due(&self, merchant: &str) -> bool {
+        let mut emitted = self.emitted.lock().unwrap_or_else(|e| e.into_inner());
+        // Bounded: past this many merchants the counts start over (each merchant then waits at
+        // most one more round for its trim).
+        if emitted.len() >= TRIM_COUNTED_MERCHANTS && !emitted.contains_key(merchant) {
+            emitted.clear();
+        }
+        let n = emitted.entry(merchant.to_owned()).or_insert(0);
+        *n += 1;
+        if *n >= trim_every(self.history) {
+            *n = 0;
+            true
+        } else {
+            false
+        }
     }
 
     /// Has `merchant`'s history trimmed in the background: an emit never waits for it (on
     /// PostgreSQL its DELETE could wait on the outbox's marks, and the emit with it).
-    fn trim_later(&self, merchant: &MerchantId) {
+    fn trim_later(&self, merchant: &str) {
         let due = self.trims.get_or_init(|| {
             let (tx, rx) = tokio::sync::mpsc::channel(TRIM_QUEUE);
             tokio::spawn(trimmer(
@@ -322,7 +342,7 @@ impl Events {
             tx
         });
         // Full: trims are already due, and this merchant's turn comes again.
-        let _ = due.try_send(merchant.as_str().to_owned());
+        let _ = due.try_send(merchant.to_owned());
     }
 
     /// Hands a stored event to live subscribers and to the outbox. Failures are logged, not
@@ -334,6 +354,11 @@ impl Events {
 
     /// [`Events::publish`], with the outbox's generation when the event's INSERT read it.
     async fn hand_over(&self, event: Event, seen: Option<SeenGeneration>) {
+        // Every stored event counts towards its merchant's next trim, emitted here or recorded
+        // in a domain's transaction and published after it.
+        if self.trim_due(&event.merchant_id) {
+            self.trim_later(&event.merchant_id);
+        }
         let event = Arc::new(event);
         // The outbox first: handing over is immediate, while the bus may be a Redis round trip.
         if let Some(outbox) = &self.outbox

@@ -147,6 +147,59 @@ fn code_errors(errors: &mut [async_graphql::ServerError]) {
     }
 }
 
+/// How deep brackets may nest in a GraphQL document: selection sets, argument lists, list and
+/// object values together. async-graphql's parser recurses once per level, so a document of a
+/// few kilobytes of `[[[[…` would overflow a worker thread's stack and abort the process
+/// before any depth or complexity limit runs. Real documents stay far below this.
+pub const MAX_NESTING: usize = 64;
+
+/// Refuses a document that nests deeper than [`MAX_NESTING`], by a linear scan that skips
+/// strings, block strings and comments. Runs before anything parses the document.
+pub fn check_nesting(query: &str) -> crate::error::Result<()> {
+    let bytes = query.as_bytes();
+    let (mut depth, mut i) = (0usize, 0usize);
+    while i < bytes.len() {
+        match bytes[i] {
+            b'#' => {
+                while i < bytes.len() && bytes[i] != b'\n' && bytes[i] != b'\r' {
+                    i += 1;
+                }
+            }
+            b'"' if bytes[i..].starts_with(b"\"\"\"") => {
+                i += 3;
+                while i < bytes.len() && !bytes[i..].starts_with(b"\"\"\"") {
+                    // An escaped triple quote stays inside the block string.
+                    i += if bytes[i..].starts_with(b"\\\"\"\"") {
+                        4
+                    } else {
+                        1
+                    };
+                }
+                i += 2;
+            }
+            b'"' => {
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+            }
+            b'{' | b'[' | b'(' => {
+                depth += 1;
+                if depth > MAX_NESTING {
+                    return Err(crate::error::Error::validation(
+                        "query",
+                        format!("the document nests deeper than {MAX_NESTING} levels"),
+                    ));
+                }
+            }
+            b'}' | b']' | b')' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        i += 1;
+    }
+    Ok(())
+}
+
 /// The SDL committed as schema.graphql.
 pub fn sdl() -> String {
     schema_builder().finish().sdl()
@@ -186,4 +239,28 @@ pub(crate) fn connection<T, N: async_graphql::OutputType>(
             .map(|m| async_graphql::connection::Edge::new(cursor(&m), node(m))),
     );
     conn
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nesting_is_capped_outside_strings_and_comments() {
+        let deep = |n: usize| format!("{{ __typename(x: {}{}) }}", "[".repeat(n), "]".repeat(n));
+        assert!(check_nesting(&deep(MAX_NESTING - 2)).is_ok());
+        assert!(check_nesting(&deep(MAX_NESTING)).is_err());
+        assert!(check_nesting(&deep(100_000)).is_err());
+        let fenced = "[".repeat(10_000);
+        for ok in [
+            format!("{{ a(s: \"{fenced}\") }}"),
+            format!("{{ a(s: \"\"\"{fenced}\\\"\"\"{fenced}\"\"\") }}"),
+            format!("# {fenced}\n{{ a }}"),
+            "{ a(s: \"\\\"[[[\") }".to_owned(),
+        ] {
+            assert!(check_nesting(&ok).is_ok(), "{ok}");
+        }
+        // The parser agrees with what was let through.
+        assert!(async_graphql::parser::parse_query(deep(MAX_NESTING - 2)).is_ok());
+    }
 }

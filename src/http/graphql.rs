@@ -88,6 +88,10 @@ pub async fn graphql_post(
     if req.uploads.len() > 1 {
         return bad_request("at most one file may be uploaded per request".into());
     }
+    // Before anything parses it: the parser recurses per nesting level.
+    if let Err(e) = crate::graphql::check_nesting(&req.query) {
+        return e.into_graphql_response();
+    }
     // A syntax error is a malformed request: answer 400, not 200 with errors.
     let doc = match async_graphql::parser::parse_query(&req.query) {
         Ok(doc) => doc,
@@ -256,6 +260,14 @@ struct Envelope<'a> {
     kind: std::borrow::Cow<'a, str>,
     #[serde(default, borrow)]
     id: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default, borrow)]
+    payload: Option<EnvelopePayload<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct EnvelopePayload<'a> {
+    #[serde(default, borrow)]
+    query: Option<std::borrow::Cow<'a, str>>,
 }
 
 /// What the socket rules track between the reader and the writer.
@@ -294,7 +306,15 @@ async fn admit(
     match env.kind.as_ref() {
         "connection_init" => s.initialised = true,
         "subscribe" | "start" if s.initialised => {
+            let nesting = env
+                .payload
+                .as_ref()
+                .and_then(|p| p.query.as_deref())
+                .map_or(Ok(()), crate::graphql::check_nesting);
             let refused = if let Some(e) = limited {
+                Some(e)
+            } else if let Err(e) = nesting {
+                // Refused here, before the operation's document is parsed.
                 Some(e)
             } else if !s.active.contains(id) && s.active.len() >= state.config.ws_max_operations {
                 // Too many at once is a rate: the client may retry when one completes.

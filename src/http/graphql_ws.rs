@@ -183,6 +183,20 @@ where
                         format!("Subscriber for {id} already exists"),
                     ));
                 }
+                // The socket rules refuse this before it gets here; the parser must never see
+                // a document that nests deeper than it can recurse.
+                if let Err(e) = crate::graphql::check_nesting(&payload.query) {
+                    let errors = e.graphql_body()["errors"].clone();
+                    let payload = if self.legacy() {
+                        errors[0].clone()
+                    } else {
+                        errors
+                    };
+                    return Some(WsMessage::Text(
+                        serde_json::json!({ "type": "error", "id": id, "payload": payload })
+                            .to_string(),
+                    ));
+                }
                 let kind = if self.legacy() { "data" } else { "next" };
                 let prefix = format!(
                     r#"{{"type":"{kind}","id":{},"payload":"#,

@@ -572,6 +572,51 @@ async fn an_expired_resume_point_is_an_error() {
     assert!((3..=3 + 32).contains(&kept), "kept {kept}");
 }
 
+/// Every merchant's history is trimmed, whichever order merchants emit in, and whether the
+/// events are emitted or recorded by a domain and published (here: bot presence). A count shared
+/// by all merchants trimmed only the merchant whose emit landed on the turn.
+#[tokio::test]
+async fn every_merchants_history_is_trimmed() {
+    let app = TestApp::spawn_with(Db::Sqlite, |c| c.event_history = 3).await;
+    let count = |m: &'static str| {
+        let app = &app;
+        async move {
+            app.gql_ok(
+                Some(&app.admin),
+                "query($m: ID) { recentEvents(merchantId: $m) { totalCount } }",
+                json!({ "m": m }),
+            )
+            .await["recentEvents"]["totalCount"]
+                .as_u64()
+                .expect("a count")
+        }
+    };
+    // Two merchants in turn: with a shared count of 32, one of them always took the turn.
+    for n in 0..70 {
+        emit_gql(&app, EventType::BotConnected, "m-even", n).await;
+        emit_gql(&app, EventType::BotConnected, "m-odd", n).await;
+    }
+    // Recorded by the bots domain, then published.
+    for n in 0..70 {
+        app.as_service()
+            .gql_ok(
+                "mutation($c: Boolean!) { reportBotStatus(merchantId: \"m-bot\", connected: $c) { connected } }",
+                json!({ "c": n % 2 == 0 }),
+            )
+            .await;
+    }
+    for m in ["m-even", "m-odd", "m-bot"] {
+        crate::common::eventually("every history is trimmed", || async {
+            match count(m).await {
+                n if n <= 3 + 32 => Ok(()),
+                n => Err(format!("{m}: {n} kept")),
+            }
+        })
+        .await;
+        assert!(count(m).await >= 3, "{m}");
+    }
+}
+
 /// A consumer that falls a whole buffer behind is cut off with LAGGED; others keep receiving.
 #[tokio::test]
 async fn a_lagging_consumer_is_cut_off() {

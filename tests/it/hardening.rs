@@ -573,3 +573,49 @@ async fn refusals_outside_the_handlers_keep_the_error_shape() {
         .await;
     assert_eq!(code(&body), "UNAUTHENTICATED", "{body}");
 }
+
+/// A document that nests deeper than the parser can recurse (a few kilobytes of `[[[[`) is
+/// refused before anything parses it, over HTTP and over a WebSocket: it used to overflow a
+/// worker thread's stack and abort the whole server, anonymously, with one request.
+#[tokio::test]
+async fn deeply_nested_documents_are_refused_before_parsing() {
+    use crate::ws::{connect, recv, send};
+    let app = TestApp::spawn(Db::Sqlite).await;
+    let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+    for query in [
+        format!("{{ __typename(x: {}) }}", deep(5000)),
+        format!("{{ templates(search: {}) {{ totalCount }} }}", deep(3000)),
+        format!("{}{}", "{ a ".repeat(3000), "}".repeat(3000)),
+    ] {
+        let (status, body) = app.gql(None, &query, json!({})).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(code(&body), "VALIDATION", "{body}");
+    }
+    for protocol in ["graphql-transport-ws", "graphql-ws"] {
+        let mut ws = connect(&app, "/graphql/ws", protocol).await;
+        send(&mut ws, json!({ "type": "connection_init", "payload": {} })).await;
+        assert_eq!(recv(&mut ws).await["type"], "connection_ack");
+        let kind = if protocol == "graphql-ws" {
+            "start"
+        } else {
+            "subscribe"
+        };
+        let query = format!("subscription {{ heartbeat(x: {}) }}", deep(5000));
+        send(
+            &mut ws,
+            json!({ "type": kind, "id": "1", "payload": { "query": query } }),
+        )
+        .await;
+        let v = recv(&mut ws).await;
+        assert_eq!(v["type"], "error", "{protocol}: {v}");
+        let err = if v["payload"].is_array() {
+            &v["payload"][0]
+        } else {
+            &v["payload"]
+        };
+        assert_eq!(err["extensions"]["code"], "VALIDATION", "{v}");
+    }
+    // The server is still there.
+    let (status, _) = app.gql(None, "{ __typename }", json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+}

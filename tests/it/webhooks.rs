@@ -762,6 +762,44 @@ async fn platform_endpoints_take_every_merchants_events() {
     // Merchants do not see platform endpoints.
     let list = app.as_merchant("m-a").gql_ok(WEBHOOKS, json!({})).await;
     assert_eq!(list["webhooks"]["totalCount"], 0);
+    // A service token acts for merchants: it cannot repoint, re-key, test or delete the platform's
+    // endpoint, which receives every merchant's events.
+    let id = data["registerWebhook"]["webhook"]["id"].as_str().unwrap();
+    let service = app.as_service();
+    for (doc, vars) in [
+        (
+            "mutation($id: ID!) { updateWebhook(id: $id, input: { url: \"http://127.0.0.1:9/hijack\" }) { id } }",
+            json!({ "id": id }),
+        ),
+        (ROTATE, json!({ "id": id })),
+        (
+            "mutation($id: ID!) { sendTestEvent(webhookId: $id, type: ORDER_CREATED) }",
+            json!({ "id": id }),
+        ),
+        (
+            "mutation($id: ID!) { deleteWebhook(id: $id) }",
+            json!({ "id": id }),
+        ),
+    ] {
+        let (code, body) = service.gql_err(doc, vars).await;
+        assert_eq!(code, "FORBIDDEN", "{doc}: {body}");
+    }
+    let got = app.as_admin().gql_ok(WEBHOOK, json!({ "id": id })).await;
+    assert_eq!(got["webhook"]["enabled"], true, "{got}");
+    let list = app.as_admin().gql_ok(WEBHOOKS, json!({})).await;
+    assert_eq!(list["webhooks"]["totalCount"], 1, "{list}");
+    // A merchant's endpoint stays the service's to manage.
+    let theirs = app
+        .as_service()
+        .gql_ok(
+            REGISTER,
+            json!({ "i": { "url": rx.url(), "eventTypes": ["ORDER_CREATED"], "merchantId": "m-a" } }),
+        )
+        .await;
+    let theirs = theirs["registerWebhook"]["webhook"]["id"].as_str().unwrap();
+    app.as_service()
+        .gql_ok(ROTATE, json!({ "id": theirs }))
+        .await;
     app.server.stop().await.unwrap();
 }
 
