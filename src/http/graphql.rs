@@ -231,23 +231,53 @@ async fn ws_upgrade(State(state): State<AppState>, parts: Parts, ws: WebSocketUp
 }
 
 /// The token in a connection_init payload, if any.
-fn init_token(payload: &serde_json::Value) -> Option<String> {
-    let obj = payload.as_object()?;
-    for key in ["Authorization", "authorization"] {
-        if let Some(v) = obj.get(key).and_then(|v| v.as_str()) {
-            return Some(v.to_owned());
-        }
-    }
-    if let Some(headers) = obj.get("headers").and_then(|h| h.as_object()) {
-        for key in ["Authorization", "authorization"] {
-            if let Some(v) = headers.get(key).and_then(|v| v.as_str()) {
-                return Some(v.to_owned());
+fn init_token(payload: &serde_json::Value) -> Result<Option<String>, String> {
+    let obj = match payload {
+        serde_json::Value::Null => return Ok(None),
+        serde_json::Value::Object(obj) => obj,
+        _ => return Err("the connection_init payload must be an object".into()),
+    };
+    let headers = match obj.get("headers") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::Object(h)) => Some(h),
+        Some(_) => return Err("connection_init `headers` must be an object".into()),
+    };
+    // Every place a credential may be given; a credential that is there must be a string, and
+    // two that differ are refused rather than one picked by the order of this list.
+    let places = [
+        ("Authorization", obj.get("Authorization"), false),
+        ("authorization", obj.get("authorization"), false),
+        (
+            "headers.Authorization",
+            headers.and_then(|h| h.get("Authorization")),
+            false,
+        ),
+        (
+            "headers.authorization",
+            headers.and_then(|h| h.get("authorization")),
+            false,
+        ),
+        ("token", obj.get("token"), true),
+    ];
+    let mut found: Option<String> = None;
+    for (name, value, bare) in places {
+        let Some(value) = value else { continue };
+        let Some(text) = value.as_str() else {
+            return Err(format!("connection_init `{name}` must be a string"));
+        };
+        let auth = if bare {
+            format!("Bearer {text}")
+        } else {
+            text.to_owned()
+        };
+        match &found {
+            Some(other) if *other != auth => {
+                return Err("connection_init carries two different credentials".into());
             }
+            _ => found = Some(auth),
         }
     }
-    obj.get("token")
-        .and_then(|v| v.as_str())
-        .map(|t| format!("Bearer {t}"))
+    Ok(found)
 }
 
 /// Close code when `connection_init` does not arrive in time (graphql-ws).
@@ -428,7 +458,14 @@ async fn serve_ws(
     let init_shared = shared.clone();
     let on_init = move |payload: serde_json::Value| async move {
         let mut ctx = base;
-        if let Some(auth) = init_token(&payload) {
+        let auth = match init_token(&payload) {
+            Ok(auth) => auth,
+            Err(message) => {
+                flag.store(true, Ordering::SeqCst);
+                return Err(async_graphql::Error::new(message));
+            }
+        };
+        if let Some(auth) = auth {
             match keys.session_from_header(Some(&auth)) {
                 Ok(session) => {
                     let session = session.expect("a header was given");

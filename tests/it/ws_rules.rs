@@ -282,3 +282,38 @@ async fn graphql_transport_ws_close_codes() {
         assert_eq!(recv_for(&mut ws, "q").await["type"], "complete");
     }
 }
+
+/// Malformed or conflicting credentials in `connection_init` close the socket with 4403; they are
+/// never read as anonymous, and one of two credentials is never picked by order.
+#[tokio::test]
+async fn malformed_or_conflicting_init_credentials_are_refused() {
+    let app = TestApp::spawn(Db::Sqlite).await;
+    let merchant = app.merchant("m1");
+    let admin = app.admin.clone();
+    for payload in [
+        json!({ "token": 123 }),
+        json!({ "token": ["x"] }),
+        json!({ "Authorization": 123 }),
+        json!({ "token": null }),
+        json!({ "headers": "Bearer x" }),
+        json!(format!("Bearer {admin}")),
+        json!({ "Authorization": format!("Bearer {merchant}"), "token": admin }),
+        json!({ "authorization": format!("Bearer {merchant}"), "Authorization": format!("Bearer {admin}") }),
+        json!({ "headers": { "Authorization": format!("Bearer {merchant}") }, "token": admin }),
+    ] {
+        let mut ws = connect(&app, "/graphql/ws", "graphql-transport-ws").await;
+        send(
+            &mut ws,
+            json!({ "type": "connection_init", "payload": payload }),
+        )
+        .await;
+        expect_close(&mut ws, 4403).await;
+    }
+    // The same credential twice is one credential.
+    let mut ws = connect(&app, "/graphql/ws", "graphql-transport-ws").await;
+    init(
+        &mut ws,
+        json!({ "Authorization": format!("Bearer {admin}"), "token": admin }),
+    )
+    .await;
+}
