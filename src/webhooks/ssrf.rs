@@ -73,6 +73,9 @@ fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
     } else if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
         // NAT64 well-known prefix.
         Some(tail())
+    } else if s[..6] == [0, 0, 0, 0, 0xffff, 0] {
+        // IPv4-translated (::ffff:0:0/96, SIIT).
+        Some(tail())
     } else if s[0] == 0x2002 {
         // 6to4.
         Some(Ipv4Addr::new(
@@ -117,6 +120,8 @@ fn v6_reason(ip: Ipv6Addr) -> Option<&'static str> {
         "benchmarking"
     } else if s[0] == 0x2001 && (s[1] & 0xfff0 == 0x10 || s[1] & 0xfff0 == 0x20) {
         "ORCHID"
+    } else if s[0] == 0x5f00 {
+        "an SRv6 segment identifier (5f00::/16)"
     } else {
         return None;
     })
@@ -189,6 +194,9 @@ impl AddressPolicy {
         }
         if !parsed.username().is_empty() || parsed.password().is_some() {
             return Err(bad("url must not carry credentials".into()));
+        }
+        if parsed.port() == Some(0) {
+            return Err(bad("url port must be 1 to 65535".into()));
         }
         match parsed.host() {
             None => return Err(bad("url must name a host".into())),
@@ -316,6 +324,9 @@ mod tests {
             "::ffff:127.0.0.1",
             "::ffff:10.0.0.1",
             "::ffff:169.254.169.254",
+            "::ffff:0:127.0.0.1",
+            "::ffff:0:a00:1",
+            "5f00::1",
             "::127.0.0.1",
             "64:ff9b::a00:1",
             "64:ff9b::7f00:1",
@@ -369,6 +380,8 @@ mod tests {
             "http://2130706433/",
             "ftp://example.com/",
             "http://user:pw@example.com/",
+            "http://1.1.1.1:0/",
+            "http://[::ffff:0:127.0.0.1]/",
             "not a url",
             "",
         ] {
