@@ -87,6 +87,19 @@ impl Error {
         }
     }
 
+    /// A patch field that may be absent (keep it) but not `null`, because the row always has
+    /// one. `None` is absent, `Some(None)` an explicit null: VALIDATION naming the field.
+    pub fn not_null<T>(field: &str, value: Option<Option<T>>) -> Result<Option<T>> {
+        match value {
+            Some(None) => Err(Self::validation(
+                field,
+                format!("{field} cannot be null: leave it out to keep it"),
+            )),
+            Some(Some(v)) => Ok(Some(v)),
+            None => Ok(None),
+        }
+    }
+
     pub fn not_found(what: impl std::fmt::Display) -> Self {
         Self::NotFound(format!("{what} not found"))
     }

@@ -213,6 +213,16 @@ pub(crate) fn req<'a>(ctx: &'a Context<'_>) -> (&'a AppState, &'a RequestContext
     )
 }
 
+/// An input field that may be absent, null or a value, as the service's patches take it:
+/// `None` absent, `Some(None)` null.
+pub(crate) fn maybe<T>(v: async_graphql::MaybeUndefined<T>) -> Option<Option<T>> {
+    match v {
+        async_graphql::MaybeUndefined::Undefined => None,
+        async_graphql::MaybeUndefined::Null => Some(None),
+        async_graphql::MaybeUndefined::Value(v) => Some(Some(v)),
+    }
+}
+
 /// Parses a GraphQL `ID` holding a UUID.
 pub(crate) fn parse_id(id: &async_graphql::ID, field: &str) -> crate::error::Result<uuid::Uuid> {
     uuid::Uuid::parse_str(id.as_str())

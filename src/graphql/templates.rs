@@ -12,9 +12,7 @@ use crate::{
     pagination::PageArgs,
     templates::{
         engine::{Button, Media, Section, TemplateContent},
-        service::{
-            self, NewTemplate, PreviewSource, TemplateFilter, TemplatePatch, TemplateRef, not_null,
-        },
+        service::{self, NewTemplate, PreviewSource, TemplateFilter, TemplatePatch, TemplateRef},
     },
 };
 use entity::{TemplateStatus, TemplateType, message_template, template_version};
@@ -176,27 +174,21 @@ pub struct UpdateTemplateInput {
     pub media: MaybeUndefined<Media>,
 }
 
-fn maybe<T>(v: MaybeUndefined<T>) -> Option<Option<T>> {
-    match v {
-        MaybeUndefined::Undefined => None,
-        MaybeUndefined::Null => Some(None),
-        MaybeUndefined::Value(v) => Some(Some(v)),
-    }
-}
+use super::maybe;
 
 impl TryFrom<UpdateTemplateInput> for TemplatePatch {
     type Error = crate::error::Error;
 
     fn try_from(i: UpdateTemplateInput) -> Result<Self, Self::Error> {
         Ok(TemplatePatch {
-            name: not_null("name", maybe(i.name))?,
-            kind: not_null("type", maybe(i.kind))?,
-            body: not_null("body", maybe(i.body))?,
+            name: Error::not_null("name", maybe(i.name))?,
+            kind: Error::not_null("type", maybe(i.kind))?,
+            body: Error::not_null("body", maybe(i.body))?,
             header: maybe(i.header),
             footer: maybe(i.footer),
             button_text: maybe(i.button_text),
-            buttons: not_null("buttons", maybe(i.buttons))?,
-            sections: not_null("sections", maybe(i.sections))?,
+            buttons: Error::not_null("buttons", maybe(i.buttons))?,
+            sections: Error::not_null("sections", maybe(i.sections))?,
             media: maybe(i.media),
             status: None,
             merchant_id: None,

@@ -155,23 +155,19 @@ pub struct RegisterWebhookInput {
     pub rate_limit: Option<i32>,
 }
 
-/// Absent fields keep their value; `null` clears an optional one.
+/// Absent fields keep their value; `null` clears an optional one (description, rateLimit) and
+/// is VALIDATION for the others, which an endpoint always has. An input with no field is
+/// VALIDATION too.
 #[derive(InputObject, Default)]
 pub struct UpdateWebhookInput {
-    pub url: Option<String>,
-    pub event_types: Option<Vec<EventType>>,
+    pub url: MaybeUndefined<String>,
+    pub event_types: MaybeUndefined<Vec<EventType>>,
     pub description: MaybeUndefined<String>,
-    pub legacy_signature: Option<bool>,
+    pub legacy_signature: MaybeUndefined<bool>,
     pub rate_limit: MaybeUndefined<i32>,
 }
 
-fn maybe<T>(v: MaybeUndefined<T>) -> Option<Option<T>> {
-    match v {
-        MaybeUndefined::Undefined => None,
-        MaybeUndefined::Null => Some(None),
-        MaybeUndefined::Value(v) => Some(Some(v)),
-    }
-}
+use super::maybe;
 
 #[derive(Default)]
 pub struct WebhookQuery;
@@ -279,10 +275,10 @@ impl WebhookMutation {
     ) -> async_graphql::Result<Webhook> {
         let (state, rc) = req(ctx);
         let patch = WebhookPatch {
-            url: input.url,
-            event_types: input.event_types,
+            url: Error::not_null("url", maybe(input.url))?,
+            event_types: Error::not_null("eventTypes", maybe(input.event_types))?,
             description: maybe(input.description),
-            legacy_signature: input.legacy_signature,
+            legacy_signature: Error::not_null("legacySignature", maybe(input.legacy_signature))?,
             rate_limit: maybe(input.rate_limit),
         };
         Ok(Webhook(

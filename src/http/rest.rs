@@ -23,7 +23,7 @@ use crate::{
         engine::{Button, Media, Section, TemplateContent},
         service::{
             self, NewTemplate, PreviewSource, TemplateFilter, TemplatePatch, TemplateRef,
-            TemplateRow, not_null,
+            TemplateRow,
         },
     },
 };
@@ -340,16 +340,16 @@ async fn update_template(
 ) -> Result<Response> {
     let id = parse_uuid(&id)?;
     let patch = TemplatePatch {
-        name: not_null("name", b.name)?,
-        kind: not_null("type", b.kind)?,
-        body: not_null("body", b.body)?,
+        name: Error::not_null("name", b.name)?,
+        kind: Error::not_null("type", b.kind)?,
+        body: Error::not_null("body", b.body)?,
         header: b.header,
         footer: b.footer,
         button_text: b.button_text,
-        buttons: not_null("buttons", b.buttons)?,
-        sections: not_null("sections", b.sections)?,
+        buttons: Error::not_null("buttons", b.buttons)?,
+        sections: Error::not_null("sections", b.sections)?,
         media: b.media,
-        status: not_null("status", b.status)?,
+        status: Error::not_null("status", b.status)?,
         merchant_id: b.merchant_id,
     };
     // Content and status change in one transaction.

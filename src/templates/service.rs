@@ -98,19 +98,6 @@ impl TemplatePatch {
     }
 }
 
-/// A patch field that may be absent (keep) but not `null`: a template always has it.
-/// `None` is absent, `Some(None)` an explicit null.
-pub fn not_null<T>(field: &str, value: Option<Option<T>>) -> Result<Option<T>> {
-    match value {
-        Some(None) => Err(Error::validation(
-            field,
-            format!("{field} cannot be null: a template always has one; leave it out to keep it"),
-        )),
-        Some(Some(v)) => Ok(Some(v)),
-        None => Ok(None),
-    }
-}
-
 #[derive(Debug, Clone, Default)]
 pub struct TemplateFilter {
     pub kind: Option<TemplateType>,

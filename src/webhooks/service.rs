@@ -253,6 +253,25 @@ pub async fn update(
     id: Uuid,
     patch: WebhookPatch,
 ) -> Result<webhook::Model> {
+    let WebhookPatch {
+        url,
+        event_types,
+        description,
+        legacy_signature,
+        rate_limit,
+    } = &patch;
+    if url.is_none()
+        && event_types.is_none()
+        && description.is_none()
+        && legacy_signature.is_none()
+        && rate_limit.is_none()
+    {
+        return Err(Error::validation(
+            "input",
+            "nothing to update: give at least one of url, eventTypes, description, \
+             legacySignature, rateLimit",
+        ));
+    }
     let before = find_scoped(&state.db, &ctx.actor, id).await?;
     let mut am: webhook::ActiveModel = before.clone().into();
     if let Some(url) = &patch.url {

@@ -548,6 +548,11 @@ async fn rate_limited_deliveries_wait_and_all_arrive() {
         (json!({ "rateLimit": 0 }), "rateLimit"),
         (json!({ "url": "http://10.1.2.3/" }), "url"),
         (json!({ "description": "d".repeat(256) }), "description"),
+        // Null for what an endpoint always has, and an empty patch, are refused, not ignored.
+        (json!({ "url": null }), "url"),
+        (json!({ "eventTypes": null }), "eventTypes"),
+        (json!({ "legacySignature": null }), "legacySignature"),
+        (json!({}), "input"),
     ] {
         let (code, body) = ma.gql_err(UPDATE, json!({ "id": id, "i": input })).await;
         assert_eq!(code, "VALIDATION", "{body}");
