@@ -269,22 +269,41 @@ impl Checks {
     fn id(&mut self, field: &str, v: &str) {
         if v.trim().is_empty() || v.chars().count() > 128 {
             self.bad(field, "must have 1 to 128 characters");
+        } else if v.chars().any(char::is_control) {
+            self.bad(field, "must not contain control characters");
         }
     }
+    /// Free text: line breaks and tabs are text, other control characters (NUL among them,
+    /// which PostgreSQL cannot store) are not.
     fn text(&mut self, field: &str, v: Option<&str>, max: usize) {
-        if v.is_some_and(|v| v.chars().count() > max) {
+        let Some(v) = v else { return };
+        if v.chars().count() > max {
             self.bad(field, &format!("must be at most {max} characters"));
+        } else if v
+            .chars()
+            .any(|ch| ch.is_control() && !matches!(ch, '\n' | '\r' | '\t'))
+        {
+            self.bad(field, "must not contain control characters");
         }
     }
     fn phone(&mut self, field: &str, v: &str) {
-        let digits = v.strip_prefix('+').unwrap_or(v);
-        let ok = (7..=15).contains(&digits.len())
-            && digits.bytes().all(|b| b.is_ascii_digit())
-            && !digits.starts_with('0');
-        if !ok {
+        if crate::whatsapp::parse_phone(field, v).is_err() {
             self.bad(
                 field,
                 "must be a phone number in E.164 form (7 to 15 digits)",
+            );
+        }
+    }
+    /// An order status as the orders domain names it (`PENDING`, `READY`, …).
+    fn order_status(&mut self, field: &str, v: &str) {
+        let known = v.chars().all(|c| c.is_ascii_uppercase() || c == '_')
+            && v.to_ascii_lowercase()
+                .parse::<entity::OrderStatus>()
+                .is_ok();
+        if !known {
+            self.bad(
+                field,
+                "must be an order status: PENDING, CONFIRMED, REJECTED, PREPARING, READY, DELIVERED or CANCELLED",
             );
         }
     }
@@ -297,8 +316,8 @@ impl Checks {
         }
     }
     fn currency(&mut self, field: &str, v: &str) {
-        if v.len() != 3 || !v.bytes().all(|b| b.is_ascii_uppercase()) {
-            self.bad(field, "must be an ISO 4217 code such as USD");
+        if !crate::orders::currency::is_known(v) {
+            self.bad(field, "must be a known ISO 4217 code such as USD");
         }
     }
     fn bad(&mut self, field: &str, message: &str) {
@@ -346,8 +365,8 @@ pub fn validate_payload(kind: EventType, payload: &Value) -> Result<EventData> {
         }
         EventData::OrderStatusChanged(d) => {
             c.id("orderId", &d.order_id);
-            c.id("oldStatus", &d.old_status);
-            c.id("newStatus", &d.new_status);
+            c.order_status("oldStatus", &d.old_status);
+            c.order_status("newStatus", &d.new_status);
         }
         EventData::ProductUpdated(d) => {
             c.id("productId", &d.product_id);

@@ -426,6 +426,51 @@ async fn payload_errors_name_their_field(db: Db) {
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(body["field"], "payload.reference", "{body:#}");
+    // Values held to what the domains hold them to: order statuses as orders name them, known
+    // currencies, no control characters in ids and text.
+    for (t, p, field) in [
+        (
+            "ORDER_STATUS_CHANGED",
+            json!({ "orderId": "o", "oldStatus": "FOO", "newStatus": "CONFIRMED" }),
+            "payload.oldStatus",
+        ),
+        (
+            "ORDER_STATUS_CHANGED",
+            json!({ "orderId": "o", "oldStatus": "PENDING", "newStatus": "confirmed" }),
+            "payload.newStatus",
+        ),
+        (
+            "ORDER_CREATED",
+            json!({ "orderId": "o", "customerPhone": "263781564004", "totalAmount": 5, "currency": "XYZ" }),
+            "payload.currency",
+        ),
+        (
+            "BOT_CONNECTED",
+            json!({ "reason": "a\u{0}b" }),
+            "payload.reason",
+        ),
+        (
+            "PRODUCT_UPDATED",
+            json!({ "productId": "p\u{0}" }),
+            "payload.productId",
+        ),
+    ] {
+        let (_, body) = app
+            .gql(
+                Some(&app.admin),
+                EMIT,
+                json!({ "t": t, "m": "m-1", "p": p }),
+            )
+            .await;
+        assert_eq!(
+            body["errors"][0]["extensions"]["code"], "VALIDATION",
+            "{t}: {body:#}"
+        );
+        assert_eq!(
+            body["errors"][0]["extensions"]["field"], field,
+            "{t}: {body:#}"
+        );
+    }
     let (status, body) = app
         .rest(
             Method::POST,
@@ -449,6 +494,14 @@ async fn payload_errors_name_their_field(db: Db) {
     );
     // Nothing was stored by any of these.
     assert_eq!(stored(&app).await, 0);
+    // Line breaks are text.
+    app.gql_ok(
+        Some(&app.admin),
+        EMIT,
+        json!({ "t": "BOT_CONNECTED", "m": "m-1", "p": { "reason": "two\nlines" } }),
+    )
+    .await;
+    assert_eq!(stored(&app).await, 1);
 }
 
 /// The group-commit writer (`db::BatchInserter`, behind the webhook delivery log), on event rows:
