@@ -219,6 +219,40 @@ where
     }
 }
 
+/// A close for a client message of the other protocol (`start` on graphql-transport-ws,
+/// `subscribe` on the legacy graphql-ws); `None` for the socket's own messages and for frames
+/// that do not parse (those get the parser's own error).
+fn foreign_message(legacy: bool, frame: &[u8]) -> Option<WsMessage> {
+    #[derive(serde::Deserialize)]
+    struct Kind<'a> {
+        #[serde(rename = "type", borrow)]
+        kind: std::borrow::Cow<'a, str>,
+    }
+    let kind = serde_json::from_slice::<Kind>(frame).ok()?.kind;
+    let (own, code, name): (&[&str], u16, &str) = if legacy {
+        (
+            &[
+                "connection_init",
+                "start",
+                "stop",
+                "connection_terminate",
+                "ping",
+                "pong",
+            ],
+            1002,
+            "graphql-ws",
+        )
+    } else {
+        (
+            &["connection_init", "subscribe", "complete", "ping", "pong"],
+            4400,
+            "graphql-transport-ws",
+        )
+    };
+    (!own.contains(&kind.as_ref()))
+        .then(|| WsMessage::Close(code, format!("`{kind}` is not a {name} message")))
+}
+
 /// Messages are written with `type` first, as async-graphql writes them.
 fn complete(id: String) -> WsMessage {
     let text = format!(
@@ -283,6 +317,12 @@ where
                 let Some(frame) = frame else {
                     return Poll::Ready(None);
                 };
+                // async-graphql reads both protocols' messages on either socket: each protocol
+                // takes its own only.
+                if let Some(refusal) = foreign_message(this.legacy(), &frame) {
+                    this.closed = true;
+                    return Poll::Ready(Some(refusal));
+                }
                 let message = match ClientMessage::from_bytes(&frame) {
                     Ok(message) => message,
                     Err(e) => {

@@ -254,6 +254,10 @@ async fn graphql_transport_ws_close_codes() {
     // frame, not sent whole (which the client would take for a protocol error).
     let long = "é".repeat(200);
     for bad in [
+        // The legacy protocol's messages are not this one's.
+        json!({ "type": "start", "id": "s", "payload": { "query": "{ __typename }" } }),
+        json!({ "type": "stop", "id": "s" }),
+        json!({ "type": "connection_terminate" }),
         json!({ "type": "bogus" }),
         json!({ "id": "a" }),
         json!([1, 2]),
@@ -316,4 +320,20 @@ async fn malformed_or_conflicting_init_credentials_are_refused() {
         json!({ "Authorization": format!("Bearer {admin}"), "token": admin }),
     )
     .await;
+}
+
+/// The legacy protocol takes only its own messages: graphql-transport-ws's `subscribe` closes
+/// the socket with 1002, as an invalid message there always did.
+#[tokio::test]
+async fn the_legacy_protocol_refuses_the_other_protocols_messages() {
+    let app = TestApp::spawn(Db::Sqlite).await;
+    for bad in [
+        json!({ "type": "subscribe", "id": "s", "payload": { "query": "{ __typename }" } }),
+        json!({ "type": "complete", "id": "s" }),
+    ] {
+        let mut ws = connect(&app, "/graphql/ws", "graphql-ws").await;
+        init(&mut ws, json!({})).await;
+        send(&mut ws, bad).await;
+        expect_close(&mut ws, 1002).await;
+    }
 }
