@@ -318,7 +318,11 @@ impl Events {
         if emitted.len() >= TRIM_COUNTED_MERCHANTS && !emitted.contains_key(merchant) {
             emitted.clear();
         }
-        let n = emitted.entry(merchant.to_owned()).or_insert(0);
+        // The key is copied only for a merchant not counted yet, not on every emit.
+        let n = match emitted.get_mut(merchant) {
+            Some(n) => n,
+            None => emitted.entry(merchant.to_owned()).or_insert(0),
+        };
         *n += 1;
         if *n >= trim_every(self.history) {
             *n = 0;
