@@ -11,7 +11,10 @@
 pub mod bus;
 pub mod service;
 
-use async_graphql::{Enum, SimpleObject, Union};
+use async_graphql::{
+    Enum, OutputType, SimpleObject, Union,
+    registry::{MetaType, Registry},
+};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::Value;
@@ -66,24 +69,31 @@ impl EventType {
     }
 }
 
-impl std::str::FromStr for EventType {
-    type Err = Error;
-
-    fn from_str(s: &str) -> Result<Self> {
-        // `order_created` (the seed's name) and `ORDER_CREATED` (the GraphQL enum) both work.
+impl EventType {
+    /// Reads a type name given as the input field `field`, which an error names.
+    /// `order_created` (the seed's name) and `ORDER_CREATED` (the GraphQL enum) both work.
+    pub fn parse_field(s: &str, field: &str) -> Result<Self> {
         let lower = s.trim().to_ascii_lowercase();
         EventType::ALL
             .into_iter()
             .find(|t| t.as_str() == lower)
             .ok_or_else(|| {
                 Error::validation(
-                    "eventType",
+                    field,
                     format!(
                         "unknown event type {s:?}; expected one of: {}",
                         EventType::ALL.map(EventType::as_str).join(", ")
                     ),
                 )
             })
+    }
+}
+
+impl std::str::FromStr for EventType {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        Self::parse_field(s, "type")
     }
 }
 
@@ -244,23 +254,46 @@ impl EventData {
     }
 }
 
-/// Parses `payload` as `T`, naming the wrong field (`payload.orderId`).
-fn parse<T: DeserializeOwned>(payload: &Value) -> Result<T> {
+/// Parses `payload` as `T`, naming the wrong field (`payload.orderId`). Every required field that
+/// is missing (or null) is named at once; serde alone stops at the first.
+fn parse<T: DeserializeOwned + OutputType>(payload: &Value) -> Result<T> {
     serde_path_to_error::deserialize(payload).map_err(|e| {
+        let missing: Vec<FieldError> = match payload {
+            Value::Object(fields) => required_fields::<T>()
+                .into_iter()
+                .filter(|f| fields.get(f).is_none_or(Value::is_null))
+                .map(|f| FieldError {
+                    message: format!("missing field `{f}`"),
+                    field: format!("payload.{f}"),
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        if !missing.is_empty() {
+            return Error::violations(missing);
+        }
         let inner = e.inner().to_string();
-        let path = e.path().to_string();
-        // serde reports a missing field at its parent: name the field itself.
-        let missing = inner
-            .strip_prefix("missing field `")
-            .and_then(|r| r.split('`').next());
-        let field = match (missing, path.as_str()) {
-            (Some(m), ".") => format!("payload.{m}"),
-            (Some(m), p) => format!("payload.{p}.{m}"),
-            (None, ".") => "payload".to_owned(),
-            (None, p) => format!("payload.{p}"),
+        let field = match e.path().to_string().as_str() {
+            "." => "payload".to_owned(),
+            p => format!("payload.{p}"),
         };
         Error::validation(field, inner)
     })
+}
+
+/// The fields a payload type requires: its non-null GraphQL fields, which are its fields without
+/// `Option` (`every_required_field_is_named_at_once` holds serde and the schema together).
+fn required_fields<T: OutputType>() -> Vec<String> {
+    let mut registry = Registry::default();
+    T::create_type_info(&mut registry);
+    match registry.types.get(T::type_name().as_ref()) {
+        Some(MetaType::Object { fields, .. }) => fields
+            .values()
+            .filter(|f| f.ty.ends_with('!'))
+            .map(|f| f.name.clone())
+            .collect(),
+        _ => Vec::new(),
+    }
 }
 
 struct Checks(Vec<FieldError>);
@@ -462,5 +495,73 @@ mod tests {
             )
             .is_ok()
         );
+    }
+
+    /// A sample payload of each type, with every field given.
+    fn full(t: EventType) -> Value {
+        match t {
+            EventType::MessageReceived => {
+                json!({"messageId": "m", "from": "263781564004", "messageType": "text", "text": "hi"})
+            }
+            EventType::MessageSent => {
+                json!({"messageId": "m", "to": "263781564004", "templateId": "t", "providerMessageId": "w"})
+            }
+            EventType::OrderCreated => {
+                json!({"orderId": "o", "customerPhone": "263781564004", "totalAmount": 5, "currency": "USD"})
+            }
+            EventType::OrderStatusChanged => {
+                json!({"orderId": "o", "oldStatus": "PENDING", "newStatus": "CONFIRMED"})
+            }
+            EventType::ProductUpdated => json!({"productId": "p", "change": "details"}),
+            EventType::PaymentReceived => {
+                json!({"orderId": "o", "amount": 1, "currency": "USD", "reference": "r", "method": "card"})
+            }
+            EventType::DeliveryStarted => json!({"deliveryId": "d", "orderId": "o", "driver": "x"}),
+            EventType::DeliveryCompleted => json!({"deliveryId": "d", "orderId": "o"}),
+            EventType::BotConnected | EventType::BotDisconnected => json!({"reason": "r"}),
+        }
+    }
+
+    #[test]
+    fn every_required_field_is_named_at_once() {
+        for t in EventType::ALL {
+            let full = full(t);
+            assert!(validate_payload(t, &full).is_ok(), "{t:?}");
+            // Serde's own view of what is required: each field whose removal alone fails.
+            let mut required: Vec<String> = full
+                .as_object()
+                .unwrap()
+                .keys()
+                .filter(|k| {
+                    let mut p = full.clone();
+                    p.as_object_mut().unwrap().remove(*k);
+                    validate_payload(t, &p).is_err()
+                })
+                .map(|k| format!("payload.{k}"))
+                .collect();
+            required.sort();
+            // An empty object names all of them, and nothing else.
+            let mut named: Vec<String> = match validate_payload(t, &json!({})) {
+                Ok(_) => vec![],
+                Err(Error::Validation { field, details, .. }) if details.is_empty() => {
+                    vec![field]
+                }
+                Err(Error::Validation { details, .. }) => {
+                    details.into_iter().map(|e| e.field).collect()
+                }
+                Err(other) => panic!("{other:?}"),
+            };
+            named.sort();
+            assert_eq!(named, required, "{t:?}");
+            // Null counts as missing.
+            if let Some(first) = required.first() {
+                let mut p = full.clone();
+                p[first.trim_start_matches("payload.")] = Value::Null;
+                match validate_payload(t, &p) {
+                    Err(Error::Validation { field, .. }) => assert_eq!(&field, first),
+                    other => panic!("{other:?}"),
+                }
+            }
+        }
     }
 }

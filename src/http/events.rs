@@ -24,7 +24,7 @@ async fn emit(
     JsonBody(body): JsonBody<EmitBody>,
 ) -> Result<impl IntoResponse> {
     require_trusted(&ctx.actor)?;
-    let kind: EventType = body.event_type.parse()?;
+    let kind = EventType::parse_field(&body.event_type, "event_type")?;
     let merchant = ctx.actor.owning_merchant(body.merchant_id.as_deref())?;
     let event = state.events.emit(kind, &merchant, body.payload).await?;
     Ok((
