@@ -13,6 +13,7 @@ pub mod error;
 pub mod events;
 pub mod graphql;
 pub mod http;
+pub mod input;
 pub mod jobs;
 pub mod media;
 pub mod orders;

@@ -81,7 +81,47 @@ pub fn build_schema(config: &crate::Config) -> AppSchema {
         .limit_depth(config.graphql_max_depth)
         .limit_complexity(config.graphql_max_complexity)
         .extension(ErrorCodes)
+        .extension(TextInput)
         .finish()
+}
+
+/// Refuses NUL in a document's strings and in its variables, before the document is parsed
+/// (see [`crate::input`]): VALIDATION with `field` `query` or the variable's path.
+struct TextInput;
+
+impl async_graphql::extensions::ExtensionFactory for TextInput {
+    fn create(&self) -> std::sync::Arc<dyn async_graphql::extensions::Extension> {
+        std::sync::Arc::new(TextInput)
+    }
+}
+
+#[async_trait::async_trait]
+impl async_graphql::extensions::Extension for TextInput {
+    async fn parse_query(
+        &self,
+        ctx: &async_graphql::extensions::ExtensionContext<'_>,
+        query: &str,
+        variables: &async_graphql::Variables,
+        next: async_graphql::extensions::NextParseQuery<'_>,
+    ) -> async_graphql::ServerResult<async_graphql::parser::types::ExecutableDocument> {
+        let refused = if crate::input::graphql_has_nul(query) {
+            Some(crate::input::nul_in("query"))
+        } else if variables.is_empty() {
+            None
+        } else {
+            serde_json::to_value(variables)
+                .ok()
+                .and_then(|v| crate::input::nul_path(&v))
+                .map(|at| crate::input::nul_in(format!("variables.{at}")))
+        };
+        if let Some(e) = refused {
+            let e = async_graphql::Error::from(e);
+            let mut server = async_graphql::ServerError::new(e.message, None);
+            server.extensions = e.extensions;
+            return Err(server);
+        }
+        next.run(ctx, query, variables).await
+    }
 }
 
 /// Gives every error a code. The service's errors carry theirs ([`crate::error::Error`]); the

@@ -94,6 +94,14 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
         // Trailing content after the document is malformed JSON too.
         de.end()
             .map_err(|e| Error::validation("body", e.to_string()))?;
+        if crate::input::json_has_nul(&bytes) {
+            let at = serde_json::from_slice(&bytes)
+                .ok()
+                .and_then(|v| crate::input::nul_path(&v))
+                .filter(|at| !at.is_empty())
+                .unwrap_or_else(|| "body".to_owned());
+            return Err(crate::input::nul_in(at));
+        }
         Ok(JsonBody(value))
     }
 }

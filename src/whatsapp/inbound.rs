@@ -324,8 +324,11 @@ async fn apply_status<Db: ConnectionTrait>(
 /// Processes a verified webhook body: see the module docs. Everything in one transaction;
 /// the events are published after it commits.
 pub async fn process(state: &AppState, body: &[u8]) -> Result<Summary> {
-    let doc: Value = serde_json::from_slice(body)
+    let mut doc: Value = serde_json::from_slice(body)
         .map_err(|e| Error::validation("body", format!("the webhook body is not JSON: {e}")))?;
+    // Signed by Meta, so not the sender's to correct: a NUL (which PostgreSQL cannot store in
+    // text, failing the whole batch) is kept as U+FFFD.
+    crate::input::scrub_nul(&mut doc);
     let mut summary = Summary::default();
     let mut out = Vec::new();
     let txn = crate::db::begin_write(&state.db).await?;

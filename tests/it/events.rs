@@ -446,12 +446,12 @@ async fn payload_errors_name_their_field(db: Db) {
         ),
         (
             "BOT_CONNECTED",
-            json!({ "reason": "a\u{0}b" }),
+            json!({ "reason": "a\u{7}b" }),
             "payload.reason",
         ),
         (
             "PRODUCT_UPDATED",
-            json!({ "productId": "p\u{0}" }),
+            json!({ "productId": "p\u{1b}" }),
             "payload.productId",
         ),
     ] {
@@ -480,6 +480,44 @@ async fn payload_errors_name_their_field(db: Db) {
         )
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body:#}");
+    // The body's own field name, whichever way the type is wrong.
+    assert_eq!(body["field"], "event_type", "{body:#}");
+    let (status, body) = app
+        .rest(
+            Method::POST,
+            "/api/events",
+            Some(&app.admin),
+            Some(json!({ "merchant_id": "m-1", "payload": {} })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body:#}");
+    assert_eq!(body["field"], "event_type", "{body:#}");
+    // Every missing field is named in one answer, not one per attempt.
+    let (status, body) = app
+        .rest(
+            Method::POST,
+            "/api/events",
+            Some(&app.admin),
+            Some(json!({ "event_type": "order_created", "merchant_id": "m-1", "payload": { "currency": "USD" } })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body:#}");
+    let mut named: Vec<&str> = body["details"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{body:#}"))
+        .iter()
+        .filter_map(|d| d["field"].as_str())
+        .collect();
+    named.sort_unstable();
+    assert_eq!(
+        named,
+        [
+            "payload.customerPhone",
+            "payload.orderId",
+            "payload.totalAmount"
+        ],
+        "{body:#}"
+    );
     // Admins must name the merchant.
     let (_, body) = app
         .gql(

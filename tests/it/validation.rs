@@ -331,8 +331,76 @@ async fn bad_ids_and_page_sizes(db: Db) {
     }
 }
 
+/// NUL is refused alike on SQLite (which would store it) and PostgreSQL (which cannot), in every
+/// way text comes in, naming the field; a backslash followed by `u0000` is ordinary text.
+async fn nul_is_refused_alike_on_every_backend(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let before = count(&app).await;
+    let admin = Some(app.admin.as_str());
+    let text = json!({ "name": "nul", "type": "text", "body": "a\u{0}b" });
+    let (status, body) = app
+        .rest(Method::POST, "/api/templates", admin, Some(text))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body:#}");
+    assert_eq!(body["code"], "VALIDATION", "{body:#}");
+    assert_eq!(body["field"], "body", "{body:#}");
+    let nested = json!({ "name": "nul", "type": "buttons", "body": "b",
+        "buttons": [{ "id": "a", "title": "ok" }, { "id": "b", "title": "x\u{0}" }] });
+    let (status, body) = app
+        .rest(Method::POST, "/api/templates", admin, Some(nested))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body:#}");
+    assert_eq!(body["field"], "buttons[1].title", "{body:#}");
+    // GraphQL: in a variable, and inline in the document.
+    let (code, body) = app
+        .gql_err(
+            admin,
+            CREATE,
+            json!({ "input": { "name": "nul", "type": "TEXT", "body": "a\u{0}" } }),
+        )
+        .await;
+    assert_eq!(code, "VALIDATION", "{body:#}");
+    assert_eq!(
+        body["errors"][0]["extensions"]["field"], "variables.input.body",
+        "{body:#}"
+    );
+    let (code, body) = app
+        .gql_err(
+            admin,
+            r#"mutation { createTemplate(input: { name: "nul", type: TEXT, body: "a\u0000" }) { id } }"#,
+            json!({}),
+        )
+        .await;
+    assert_eq!(code, "VALIDATION", "{body:#}");
+    assert_eq!(
+        body["errors"][0]["extensions"]["field"], "query",
+        "{body:#}"
+    );
+    // A URL's query string and path.
+    let (status, body) = app
+        .rest(Method::GET, "/api/templates?search=a%00", admin, None)
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body:#}");
+    assert_eq!(body["field"], "query", "{body:#}");
+    let (status, body) = app
+        .rest(Method::GET, "/api/templates/a%00b", admin, None)
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body:#}");
+    assert_eq!(body["field"], "path", "{body:#}");
+    assert_eq!(count(&app).await, before);
+    // The six characters `\u0000` are text, stored and read back as sent.
+    let literal = json!({ "name": "literal", "type": "text", "body": "a\\u0000b" });
+    let (status, body) = app
+        .rest(Method::POST, "/api/templates", admin, Some(literal))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body:#}");
+    assert_eq!(body["template"]["body"], "a\\u0000b", "{body:#}");
+    assert_eq!(count(&app).await, before + 1);
+}
+
 both_dbs!(
     every_limit_names_its_field,
+    nul_is_refused_alike_on_every_backend,
     several_violations_are_all_listed,
     bad_ids_and_page_sizes,
 );

@@ -749,6 +749,30 @@ async fn inbound_is_signed_and_processed_once(db: Db) {
         p[4]["raw"]["location"]["latitude"], -17.8,
         "other types are kept raw"
     );
+    // A NUL, which PostgreSQL cannot store in text, fails nothing: it is kept as U+FFFD, and
+    // the batch's other messages and statuses are processed with it.
+    let nul = webhook(
+        PHONE_NUMBER_ID,
+        json!([
+            { "from": CUSTOMER, "id": "wamid.NUL\u{0}1", "timestamp": "1732600005",
+              "type": "te\u{0}xt", "text": { "body": "a\u{0}b" } },
+            text_message("wamid.IN6", "fine"),
+        ]),
+        json!([{ "id": "wamid.\u{0}", "status": "delivered", "timestamp": "1732600006" }]),
+    );
+    let (status, res) = post_webhook(&app, &nul, Some(APP_SECRET)).await;
+    assert_eq!(status, 200, "{res:#}");
+    assert_eq!(res["summary"]["received"], 2, "{res:#}");
+    assert_eq!(inbound().await, 7);
+    let got = events_of(&app, "m-wa", "MESSAGE_RECEIVED").await;
+    let scrubbed = &got[1]["payload"];
+    assert_eq!(
+        scrubbed["providerMessageId"], "wamid.NUL\u{FFFD}1",
+        "{got:#?}"
+    );
+    assert_eq!(scrubbed["messageType"], "te\u{FFFD}xt", "{got:#?}");
+    assert_eq!(scrubbed["raw"]["text"]["body"], "a\u{FFFD}b", "{got:#?}");
+    assert_eq!(got[0]["payload"]["text"], "fine", "{got:#?}");
 
     // A number nobody owns is skipped, not an error (Meta would retry forever).
     let (status, res) = post_webhook(

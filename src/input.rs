@@ -1,0 +1,209 @@
+//! One rule for text from outside, on every backend: no NUL (U+0000).
+//!
+//! PostgreSQL cannot store NUL in `text` (and refuses the whole statement), while SQLite stores it,
+//! so the same request would succeed or fail by deployment. NUL is no part of any name, message,
+//! id or template, so it is refused at the door, wherever text comes in: JSON bodies
+//! (`rest::JsonBody`), URL paths and query strings (`http::Path`, `http::Query`), and GraphQL
+//! documents and variables (the schema's `TextInput` extension). The error names the field.
+
+use serde_json::Value;
+
+use crate::error::Error;
+
+const MESSAGE: &str = "text must not contain NUL (\\u0000) characters";
+
+/// The error for a NUL in `field`.
+pub fn nul_in(field: impl Into<String>) -> Error {
+    let field = field.into();
+    Error::validation(field.clone(), format!("{field}: {MESSAGE}"))
+}
+
+/// Whether a JSON document's text holds an escaped NUL. JSON can carry NUL only as the escape
+/// `\u0000` (a raw control character is a syntax error), and a backslash escapes when an odd
+/// number of them come before the `u`: `\\u0000` is a backslash and the text `u0000`. Linear.
+pub fn json_has_nul(bytes: &[u8]) -> bool {
+    let mut run = 0usize; // backslashes just before the current byte
+    for (i, &b) in bytes.iter().enumerate() {
+        if b == b'\\' {
+            run += 1;
+            continue;
+        }
+        if b == b'u' && run % 2 == 1 && bytes[i + 1..].starts_with(b"0000") {
+            return true;
+        }
+        run = 0;
+    }
+    false
+}
+
+/// The path of the first string (or key) in `v` that holds NUL: `buttons[1].title`, or `""` for
+/// `v` itself.
+pub fn nul_path(v: &Value) -> Option<String> {
+    fn join(at: &str, key: &str) -> String {
+        if at.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{at}.{key}")
+        }
+    }
+    fn walk(v: &Value, at: String) -> Option<String> {
+        match v {
+            Value::String(s) => s.contains('\0').then_some(at),
+            Value::Array(items) => items
+                .iter()
+                .enumerate()
+                .find_map(|(i, item)| walk(item, format!("{at}[{i}]"))),
+            Value::Object(map) => map.iter().find_map(|(k, item)| {
+                if k.contains('\0') {
+                    Some(at.clone())
+                } else {
+                    walk(item, join(&at, k))
+                }
+            }),
+            _ => None,
+        }
+    }
+    walk(v, String::new())
+}
+
+/// Replaces every NUL in `v`'s strings and keys with U+FFFD, for data that is not the caller's to
+/// correct (a signed Meta webhook): it is kept, minus the one character no backend stores alike.
+pub fn scrub_nul(v: &mut Value) {
+    match v {
+        Value::String(s) if s.contains('\0') => *s = s.replace('\0', "\u{FFFD}"),
+        Value::Array(items) => items.iter_mut().for_each(scrub_nul),
+        Value::Object(map) => {
+            if map.keys().any(|k| k.contains('\0')) {
+                *map = std::mem::take(map)
+                    .into_iter()
+                    .map(|(k, v)| (k.replace('\0', "\u{FFFD}"), v))
+                    .collect();
+            }
+            map.values_mut().for_each(scrub_nul);
+        }
+        _ => {}
+    }
+}
+
+/// Whether a GraphQL document holds NUL: a raw NUL anywhere, or the escape `\u0000` in a quoted
+/// string. (A block string takes no escapes, so `"""\u0000"""` is six characters of text.)
+pub fn graphql_has_nul(query: &str) -> bool {
+    let bytes = query.as_bytes();
+    if bytes.contains(&0) {
+        return true;
+    }
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'#' => {
+                while i < bytes.len() && bytes[i] != b'\n' && bytes[i] != b'\r' {
+                    i += 1;
+                }
+            }
+            b'"' if bytes[i..].starts_with(b"\"\"\"") => {
+                i += 3;
+                while i < bytes.len() && !bytes[i..].starts_with(b"\"\"\"") {
+                    i += if bytes[i..].starts_with(b"\\\"\"\"") {
+                        4
+                    } else {
+                        1
+                    };
+                }
+                i += 2;
+            }
+            b'"' => {
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' && bytes[i] != b'\n' {
+                    if bytes[i] == b'\\' {
+                        if bytes[i + 1..].starts_with(b"u0000") {
+                            return true;
+                        }
+                        i += 2;
+                    } else {
+                        i += 1;
+                    }
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    false
+}
+
+/// Whether a URL path or query string holds an encoded NUL (`%00`).
+pub fn url_has_nul(raw: &str) -> bool {
+    raw.contains("%00")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn json_escapes_are_read_as_json_reads_them() {
+        for (doc, nul) in [
+            (r#"{"a":"x\u0000y"}"#, true),
+            (r#"{"a\u0000":1}"#, true),
+            (r#"{"a":"\\u0000"}"#, false),
+            (r#"{"a":"\\\u0000"}"#, true),
+            (r#"{"a":"\\\\u0000"}"#, false),
+            (r#"{"a":"u0000 \u0041"}"#, false),
+            (r#"{"a":"\u00001"}"#, true),
+            ("", false),
+        ] {
+            assert_eq!(json_has_nul(doc.as_bytes()), nul, "{doc}");
+            if let Ok(v) = serde_json::from_str::<Value>(doc) {
+                // The scan agrees with what the parser makes of the document.
+                assert_eq!(nul_path(&v).is_some(), nul, "{doc}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_path_names_the_field() {
+        let v = json!({"name": "ok", "buttons": [{"title": "a"}, {"title": "b\u{0}"}]});
+        assert_eq!(nul_path(&v).as_deref(), Some("buttons[1].title"));
+        assert_eq!(nul_path(&json!("\u{0}")).as_deref(), Some(""));
+        assert_eq!(nul_path(&json!({"a": {"b\u{0}": 1}})).as_deref(), Some("a"));
+        assert_eq!(nul_path(&json!({"a": [1, "x", null]})), None);
+    }
+
+    #[test]
+    fn graphql_strings_are_read_as_graphql_reads_them() {
+        for (doc, nul) in [
+            (r#"{ a(x: "b\u0000") }"#, true),
+            (r#"{ a(x: "b\\u0000") }"#, false),
+            (r#"{ a(x: """\u0000""") }"#, false),
+            ("{ a(x: \"b\0\") }", true),
+            ("# \\u0000\n{ a }", false),
+            (r#"{ a(x: "\"", y: "\u0000") }"#, true),
+            (r#"{ a(x: "\u0041") }"#, false),
+        ] {
+            assert_eq!(graphql_has_nul(doc), nul, "{doc}");
+            if let Ok(parsed) = async_graphql::parser::parse_query(doc) {
+                // The scan agrees with the parser on every document that parses.
+                let text = format!("{parsed:?}");
+                assert_eq!(text.contains("\\0"), nul, "{doc}: {text}");
+            }
+        }
+    }
+
+    #[test]
+    fn scrubbing_keeps_everything_but_nul() {
+        let mut v = json!({"a\u{0}": ["x\u{0}y", 1, {"b": "\u{0}"}], "c": "ok"});
+        scrub_nul(&mut v);
+        assert_eq!(
+            v,
+            json!({"a\u{FFFD}": ["x\u{FFFD}y", 1, {"b": "\u{FFFD}"}], "c": "ok"})
+        );
+        assert_eq!(nul_path(&v), None);
+    }
+
+    #[test]
+    fn urls() {
+        assert!(url_has_nul("/api/templates/a%00b"));
+        assert!(!url_has_nul("/api/templates/a%2500"));
+    }
+}
