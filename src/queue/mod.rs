@@ -245,7 +245,11 @@ impl NewJob {
         };
         if delay > MAX_DELAY {
             return Err(Error::validation(
-                "delayMs",
+                if opts.run_at.is_some() {
+                    "runAt"
+                } else {
+                    "delayMs"
+                },
                 "a job may be delayed by at most one year",
             ));
         }

@@ -522,6 +522,30 @@ async fn bad_input_enqueues_nothing(kind: Kind) {
         .await
         .unwrap_err();
     assert_eq!(err.field(), Some("delayMs"));
+    // Too far ahead: the error names the option that was given.
+    for (delay_ms, run_at, field) in [
+        (Some(400 * 24 * 3600 * 1000), None, "delayMs"),
+        (
+            None,
+            Some(chrono::Utc::now() + chrono::Duration::days(400)),
+            "runAt",
+        ),
+    ] {
+        let err = jq
+            .enqueue(
+                Q,
+                "x",
+                &json!({}),
+                &JobOptions {
+                    delay_ms,
+                    run_at,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(err.field(), Some(field));
+    }
     let big = json!({ "blob": "x".repeat(smartbot::queue::MAX_PAYLOAD_BYTES + 1) });
     let err = jq
         .enqueue(Q, "x", &big, &JobOptions::default())
