@@ -470,11 +470,30 @@ pub async fn delete(state: &AppState, ctx: &RequestContext, id: Uuid) -> Result<
     ctx.actor.require_authenticated()?;
     let txn = crate::db::begin_write(&state.db).await?;
     let m = find_writable(&txn, ctx, id).await?;
+    // The products it leaves change too: their media close up, keep a primary, and each gets
+    // `product_updated`, as a detach would.
+    let products: Vec<ProductRef> = ProductMedia::find()
+        .filter(PC::MediaId.eq(id))
+        .all(&txn)
+        .await?
+        .into_iter()
+        .filter_map(|r| {
+            Some(ProductRef {
+                merchant_id: r.merchant_id?,
+                product_id: r.product_id,
+            })
+        })
+        .collect();
     ProductMedia::delete_many()
         .filter(PC::MediaId.eq(id))
         .exec(&txn)
         .await?;
     Media::delete_by_id(id).exec(&txn).await?;
+    let mut events = Vec::with_capacity(products.len());
+    for product in &products {
+        close_gaps(&txn, product).await?;
+        events.push(product_updated(&txn, product, "media_detached").await?);
+    }
     audit::record(
         &txn,
         ctx,
@@ -489,6 +508,9 @@ pub async fn delete(state: &AppState, ctx: &RequestContext, id: Uuid) -> Result<
     )
     .await?;
     txn.commit().await?;
+    for event in events {
+        state.events.publish(event).await;
+    }
     let others = Media::find()
         .filter(C::Sha256.eq(m.sha256.as_str()))
         .count(&state.db)
@@ -602,6 +624,35 @@ async fn renumber(
     Ok(())
 }
 
+/// A product with media has exactly one primary. When none is (its first attachment, or the
+/// primary was detached, deleted or unset), the first by position becomes it; returns that row.
+async fn ensure_primary(db: &impl ConnectionTrait, product: &ProductRef) -> Result<Option<Uuid>> {
+    let has_primary = ProductMedia::find()
+        .filter(product.rows())
+        .filter(PC::IsPrimary.eq(true))
+        .count(db)
+        .await?
+        > 0;
+    if has_primary {
+        return Ok(None);
+    }
+    let Some(first) = ProductMedia::find()
+        .filter(product.rows())
+        .order_by_asc(PC::Position)
+        .order_by_asc(PC::CreatedAt)
+        .one(db)
+        .await?
+    else {
+        return Ok(None);
+    };
+    ProductMedia::update_many()
+        .col_expr(PC::IsPrimary, Expr::value(true))
+        .filter(PC::Id.eq(first.id))
+        .exec(db)
+        .await?;
+    Ok(Some(first.id))
+}
+
 /// The media attached to a product, by position. Anyone may read; the caller names the merchant
 /// (a merchant's own by default).
 pub async fn product_media(
@@ -614,7 +665,8 @@ pub async fn product_media(
     rows_of(db, &product).await
 }
 
-/// Attaches media to a product (or updates the attachment). One primary per product.
+/// Attaches media to a product (or updates the attachment). One primary per product: `isPrimary`
+/// moves it here, and a product's first media becomes it (see [`ensure_primary`]).
 pub async fn attach(
     state: &AppState,
     ctx: &RequestContext,
@@ -687,6 +739,10 @@ pub async fn attach(
         }
     };
     renumber(&txn, product, &rows, &order).await?;
+    let mut row = row;
+    if ensure_primary(&txn, product).await? == Some(row.id) {
+        row.is_primary = true;
+    }
     audit::record(
         &txn,
         ctx,
@@ -723,9 +779,7 @@ pub async fn detach(
         .ok_or_else(|| Error::not_found("product media"))?;
     ProductMedia::delete_by_id(row.id).exec(&txn).await?;
     // The others close the gap.
-    let rest = rows_of(&txn, product).await?;
-    let order: Vec<Uuid> = rest.iter().map(|r| r.media_id).collect();
-    renumber(&txn, product, &rest, &order).await?;
+    close_gaps(&txn, product).await?;
     audit::record(
         &txn,
         ctx,
@@ -742,6 +796,15 @@ pub async fn detach(
     let event = product_updated(&txn, product, "media_detached").await?;
     txn.commit().await?;
     state.events.publish(event).await;
+    Ok(())
+}
+
+/// After media left a product: the others close the gap, and one of them is primary.
+async fn close_gaps(db: &impl ConnectionTrait, product: &ProductRef) -> Result<()> {
+    let rest = rows_of(db, product).await?;
+    let order: Vec<Uuid> = rest.iter().map(|r| r.media_id).collect();
+    renumber(db, product, &rest, &order).await?;
+    ensure_primary(db, product).await?;
     Ok(())
 }
 

@@ -590,6 +590,86 @@ async fn product_media_rules(db: Db) {
         .gql_ok(None, list, json!({ "p": "prod-1", "mid": "m1" }))
         .await;
     assert_eq!(d["productMedia"].as_array().unwrap().len(), 0);
+
+    // A product with media always has one primary: the first attachment becomes it, and when
+    // the primary leaves (detached or its media deleted), the first of the rest takes over.
+    let mut ids = Vec::new();
+    for seed in 30..33 {
+        let m = upload_ok(&app, &m1, &png_bytes(seed, 20), None).await;
+        ids.push(m["id"].as_str().unwrap().to_owned());
+    }
+    let d = app
+        .gql_ok(Some(&m1), attach, json!({ "p": "prod-2", "m": ids[0] }))
+        .await;
+    assert_eq!(d["attachMediaToProduct"]["isPrimary"], true, "{d}");
+    for id in &ids[1..] {
+        let d = app
+            .gql_ok(Some(&m1), attach, json!({ "p": "prod-2", "m": id }))
+            .await;
+        assert_eq!(d["attachMediaToProduct"]["isPrimary"], false, "{d}");
+    }
+    let rows = |d: &Value| -> Vec<(String, i64, bool)> {
+        d["productMedia"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["mediaId"].as_str().unwrap().to_owned(),
+                    r["position"].as_i64().unwrap(),
+                    r["isPrimary"].as_bool().unwrap(),
+                )
+            })
+            .collect()
+    };
+    app.gql_ok(Some(&m1), detach, json!({ "p": "prod-2", "m": ids[0] }))
+        .await;
+    let d = app
+        .gql_ok(None, list, json!({ "p": "prod-2", "mid": "m1" }))
+        .await;
+    assert_eq!(
+        rows(&d),
+        [(ids[1].clone(), 0, true), (ids[2].clone(), 1, false)]
+    );
+    let before = app
+        .gql_ok(
+            Some(&app.admin),
+            "{ recentEvents(types: [PRODUCT_UPDATED], merchantId: \"m1\") { totalCount } }",
+            json!({}),
+        )
+        .await["recentEvents"]["totalCount"]
+        .as_i64()
+        .unwrap();
+    app.gql_ok(
+        Some(&m1),
+        "mutation($id: ID!) { deleteMedia(id: $id) }",
+        json!({ "id": ids[1] }),
+    )
+    .await;
+    let d = app
+        .gql_ok(None, list, json!({ "p": "prod-2", "mid": "m1" }))
+        .await;
+    assert_eq!(rows(&d), [(ids[2].clone(), 0, true)]);
+    // The product it left changed, so it says so.
+    let d = app
+        .gql_ok(
+            Some(&app.admin),
+            "{ recentEvents(types: [PRODUCT_UPDATED], merchantId: \"m1\", first: 1) { totalCount edges { node { payload } } } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        d["recentEvents"]["totalCount"].as_i64(),
+        Some(before + 1),
+        "{d}"
+    );
+    assert_eq!(
+        d["recentEvents"]["edges"][0]["node"]["payload"],
+        json!({ "productId": "prod-2", "change": "media_detached" }),
+        "{d}"
+    );
+    app.gql_ok(Some(&m1), detach, json!({ "p": "prod-2", "m": ids[2] }))
+        .await;
     // Every change is audited.
     let d = app
         .gql_ok(
@@ -598,7 +678,7 @@ async fn product_media_rules(db: Db) {
             json!({}),
         )
         .await;
-    assert_eq!(d["auditLogs"]["totalCount"], 3, "{d}");
+    assert_eq!(d["auditLogs"]["totalCount"], 8, "{d}");
 }
 
 #[tokio::test]
