@@ -85,8 +85,8 @@ pub fn build_schema(config: &crate::Config) -> AppSchema {
         .finish()
 }
 
-/// Refuses NUL in a document's strings and in its variables, before the document is parsed
-/// (see [`crate::input`]): VALIDATION with `field` `query` or the variable's path.
+/// Refuses NUL in a request's variables (see [`crate::input`]; [`check_document`] refuses it in
+/// the document): VALIDATION with `field` the variable's path.
 struct TextInput;
 
 impl async_graphql::extensions::ExtensionFactory for TextInput {
@@ -104,9 +104,7 @@ impl async_graphql::extensions::Extension for TextInput {
         variables: &async_graphql::Variables,
         next: async_graphql::extensions::NextParseQuery<'_>,
     ) -> async_graphql::ServerResult<async_graphql::parser::types::ExecutableDocument> {
-        let refused = if crate::input::graphql_has_nul(query) {
-            Some(crate::input::nul_in("query"))
-        } else if variables.is_empty() {
+        let refused = if variables.is_empty() {
             None
         } else {
             serde_json::to_value(variables)
@@ -193,10 +191,15 @@ fn code_errors(errors: &mut [async_graphql::ServerError]) {
 /// before any depth or complexity limit runs. Real documents stay far below this.
 pub const MAX_NESTING: usize = 64;
 
-/// Refuses a document that nests deeper than [`MAX_NESTING`], by a linear scan that skips
-/// strings, block strings and comments. Runs before anything parses the document.
-pub fn check_nesting(query: &str) -> crate::error::Result<()> {
+/// Refuses a document that nests deeper than [`MAX_NESTING`] or holds NUL ([`crate::input`]: a
+/// raw NUL, or the escape `\u0000` in a quoted string; a block string takes no escapes), by one
+/// linear scan that skips strings, block strings and comments. Every transport runs it before
+/// anything parses the document; [`TextInput`] checks the variables.
+pub fn check_document(query: &str) -> crate::error::Result<()> {
     let bytes = query.as_bytes();
+    if bytes.contains(&0) {
+        return Err(crate::input::nul_in("query"));
+    }
     let (mut depth, mut i) = (0usize, 0usize);
     while i < bytes.len() {
         match bytes[i] {
@@ -220,6 +223,9 @@ pub fn check_nesting(query: &str) -> crate::error::Result<()> {
             b'"' => {
                 i += 1;
                 while i < bytes.len() && bytes[i] != b'"' {
+                    if bytes[i] == b'\\' && bytes[i + 1..].starts_with(b"u0000") {
+                        return Err(crate::input::nul_in("query"));
+                    }
                     i += if bytes[i] == b'\\' { 2 } else { 1 };
                 }
             }
@@ -298,9 +304,9 @@ mod tests {
     #[test]
     fn nesting_is_capped_outside_strings_and_comments() {
         let deep = |n: usize| format!("{{ __typename(x: {}{}) }}", "[".repeat(n), "]".repeat(n));
-        assert!(check_nesting(&deep(MAX_NESTING - 2)).is_ok());
-        assert!(check_nesting(&deep(MAX_NESTING)).is_err());
-        assert!(check_nesting(&deep(100_000)).is_err());
+        assert!(check_document(&deep(MAX_NESTING - 2)).is_ok());
+        assert!(check_document(&deep(MAX_NESTING)).is_err());
+        assert!(check_document(&deep(100_000)).is_err());
         let fenced = "[".repeat(10_000);
         for ok in [
             format!("{{ a(s: \"{fenced}\") }}"),
@@ -308,9 +314,30 @@ mod tests {
             format!("# {fenced}\n{{ a }}"),
             "{ a(s: \"\\\"[[[\") }".to_owned(),
         ] {
-            assert!(check_nesting(&ok).is_ok(), "{ok}");
+            assert!(check_document(&ok).is_ok(), "{ok}");
         }
         // The parser agrees with what was let through.
         assert!(async_graphql::parser::parse_query(deep(MAX_NESTING - 2)).is_ok());
+    }
+
+    #[test]
+    fn nul_is_found_as_the_parser_reads_strings() {
+        for (doc, nul) in [
+            (r#"{ a(x: "b\u0000") }"#, true),
+            (r#"{ a(x: "b\\u0000") }"#, false),
+            (r#"{ a(x: """\u0000""") }"#, false),
+            ("{ a(x: \"b\0\") }", true),
+            ("# \\u0000\n{ a }", false),
+            (r#"{ a(x: "\"", y: "\u0000") }"#, true),
+            (r#"{ a(x: "\u0041") }"#, false),
+        ] {
+            let refused = check_document(doc).is_err();
+            assert_eq!(refused, nul, "{doc}");
+            if let Ok(parsed) = async_graphql::parser::parse_query(doc) {
+                // The scan agrees with the parser on every document that parses.
+                let text = format!("{parsed:?}");
+                assert_eq!(text.contains("\\0"), nul, "{doc}: {text}");
+            }
+        }
     }
 }

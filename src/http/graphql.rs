@@ -88,8 +88,8 @@ pub async fn graphql_post(
     if req.uploads.len() > 1 {
         return bad_request("at most one file may be uploaded per request".into());
     }
-    // Before anything parses it: the parser recurses per nesting level.
-    if let Err(e) = crate::graphql::check_nesting(&req.query) {
+    // Before anything parses it: the parser recurses per nesting level (and NUL is refused).
+    if let Err(e) = crate::graphql::check_document(&req.query) {
         return e.into_graphql_response();
     }
     // A syntax error is a malformed request: answer 400, not 200 with errors.
@@ -336,14 +336,14 @@ async fn admit(
     match env.kind.as_ref() {
         "connection_init" => s.initialised = true,
         "subscribe" | "start" if s.initialised => {
-            let nesting = env
+            let document = env
                 .payload
                 .as_ref()
                 .and_then(|p| p.query.as_deref())
-                .map_or(Ok(()), crate::graphql::check_nesting);
+                .map_or(Ok(()), crate::graphql::check_document);
             let refused = if let Some(e) = limited {
                 Some(e)
-            } else if let Err(e) = nesting {
+            } else if let Err(e) = document {
                 // Refused here, before the operation's document is parsed.
                 Some(e)
             } else if !s.active.contains(id) && s.active.len() >= state.config.ws_max_operations {

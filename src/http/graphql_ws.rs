@@ -185,7 +185,7 @@ where
                 }
                 // The socket rules refuse this before it gets here; the parser must never see
                 // a document that nests deeper than it can recurse.
-                if let Err(e) = crate::graphql::check_nesting(&payload.query) {
+                if let Err(e) = crate::graphql::check_document(&payload.query) {
                     let errors = e.graphql_body()["errors"].clone();
                     let payload = if self.legacy() {
                         errors[0].clone()
