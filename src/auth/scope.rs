@@ -9,14 +9,17 @@
 //! * [`Scoped::in_scope`]: the rows of a [`MerchantScope`], for lists that show only one's own.
 //! * [`one_writable`]: the one row a write acts on, scoped in the query itself. NOT_FOUND when the
 //!   actor may not even read it, FORBIDDEN when it may read it but not change it. It never fetches
-//!   a row first and checks afterwards.
+//!   a row first and checks afterwards, and it locks the row for the rest of the transaction, so
+//!   concurrent writes to one row take turns on PostgreSQL as they do on SQLite. Reads use
+//!   [`one_visible`].
 //!
 //! The rule: anonymous callers read public rows only and write nothing; a merchant reads its own
 //! and the public rows and writes its own; admin and service read and write everything. Platform
 //! rows (merchant NULL) belong to no merchant, so only admin and service change them.
 
 use sea_orm::{
-    ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter, Select, sea_query::Expr,
+    ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect, Select,
+    sea_query::Expr,
 };
 
 use super::{Actor, MerchantScope};
@@ -115,12 +118,23 @@ impl<E: Tenant> Scoped for E {}
 /// The one row matching `which` that `actor` may change. NOT_FOUND when the actor cannot read it
 /// either (another merchant's private row looks like no row at all), FORBIDDEN when it can read
 /// it but not change it (an active template of the platform, say).
+///
+/// The row is locked (`FOR UPDATE` on PostgreSQL; SQLite's one writer serializes anyway) until
+/// the caller's transaction ends: a concurrent write to the same row waits, then decides on what
+/// this one wrote, instead of deciding on a stale read and losing a compare-and-set (two payments
+/// for one order, a CONFLICT where SQLite answers VALIDATION). A transaction that writes an order
+/// and its delivery task locks the order first (`orders::lock`).
 pub async fn one_writable<E: Tenant, C: ConnectionTrait>(
     db: &C,
     actor: &Actor,
     which: Condition,
 ) -> Result<E::Model> {
-    if let Some(row) = E::writable_by(actor)?.filter(which.clone()).one(db).await? {
+    if let Some(row) = E::writable_by(actor)?
+        .filter(which.clone())
+        .lock_exclusive()
+        .one(db)
+        .await?
+    {
         return Ok(row);
     }
     let readable = E::visible_to(actor).filter(which).one(db).await?.is_some();

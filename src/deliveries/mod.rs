@@ -295,6 +295,13 @@ pub async fn update_status(
 ) -> Result<delivery_task::Model> {
     ctx.actor.require_authenticated()?;
     let txn = crate::db::begin_write(&state.db).await?;
+    // The order's lock before the task's (see `orders::lock`); the task is read after it, so a
+    // change that committed meanwhile (its order cancelled) is what this decides on.
+    if let Some(task) = Tasks::find_by_id(id).one(&txn).await?
+        && let Ok(order_id) = Uuid::parse_str(&task.order_id)
+    {
+        orders::lock(&txn, order_id).await?;
+    }
     let current = find_scoped(&txn, &ctx.actor, id).await?;
     if !allowed(current.status, to) {
         let hint = if to == DeliveryStatus::Assigned {
@@ -380,7 +387,8 @@ pub async fn get(
     ctx: &RequestContext,
     id: Uuid,
 ) -> Result<delivery_task::Model> {
-    find_scoped(db, &ctx.actor, id).await
+    ctx.actor.require_authenticated()?;
+    scope::one_visible::<Tasks, _>(db, &ctx.actor, Condition::all().add(C::Id.eq(id))).await
 }
 
 /// `deliveryTasks(merchantId, status, first, after)`: newest first.

@@ -3,7 +3,7 @@
 
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait,
-    DatabaseConnection, EntityTrait, QueryFilter, sea_query::Expr,
+    DatabaseConnection, EntityTrait, QueryFilter, QuerySelect, sea_query::Expr,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -446,7 +446,16 @@ pub(crate) async fn record_status_change<Db: ConnectionTrait>(
 
 /// `order(id)`.
 pub async fn get(db: &DatabaseConnection, ctx: &RequestContext, id: Uuid) -> Result<order::Model> {
-    find_scoped(db, &ctx.actor, id).await
+    ctx.actor.require_authenticated()?;
+    scope::one_visible::<Orders, _>(db, &ctx.actor, Condition::all().add(C::Id.eq(id))).await
+}
+
+/// Takes an order's row lock, whoever may see it, and nothing else: a transaction that changes
+/// a delivery task and then its order takes the order's lock first, as one that changes an order
+/// and then its task does, so the two cannot deadlock. The scoped reads come after.
+pub(crate) async fn lock<Db: ConnectionTrait>(db: &Db, id: Uuid) -> Result<()> {
+    Orders::find_by_id(id).lock_exclusive().one(db).await?;
+    Ok(())
 }
 
 /// `orders(merchantId, status, first, after)`: newest first.

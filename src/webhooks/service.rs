@@ -237,13 +237,23 @@ pub fn log_cursor(l: &webhook_log::Model) -> String {
     encode_cursor(LOG_CURSOR_KIND, &l.id.to_string())
 }
 
-/// `webhook(id)`.
+/// `webhook(id)`: what the caller may read, as `webhooks` lists it (a service token reads the
+/// platform's endpoints, though only an admin changes them).
 pub async fn get(
     db: &DatabaseConnection,
     ctx: &RequestContext,
     id: Uuid,
 ) -> Result<webhook::Model> {
-    find_scoped(db, &ctx.actor, id).await
+    find_visible(db, &ctx.actor, id).await
+}
+
+async fn find_visible<C: ConnectionTrait>(
+    db: &C,
+    actor: &Actor,
+    id: Uuid,
+) -> Result<webhook::Model> {
+    actor.require_authenticated()?;
+    scope::one_visible::<Webhooks, _>(db, actor, Condition::all().add(W::Id.eq(id))).await
 }
 
 /// `updateWebhook`. A new URL is checked like a registration's.
@@ -410,7 +420,7 @@ pub async fn logs(
     let mut cond = Condition::all();
     match filter.webhook_id {
         Some(id) => {
-            find_scoped(db, &ctx.actor, id).await?;
+            find_visible(db, &ctx.actor, id).await?;
             cond = cond.add(L::WebhookId.eq(id));
         }
         None => {

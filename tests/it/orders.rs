@@ -684,8 +684,113 @@ async fn update_product_emits_for_trusted_callers(db: Db) {
     );
 }
 
+/// Concurrent writes to one order take turns on PostgreSQL as on SQLite: of twenty payments
+/// with different references exactly one is recorded (the rest CONFLICT), twenty of the same
+/// payment all return its one row, and a delivery racing its order's cancellation loses with the
+/// answer a serial run gives (VALIDATION), never a second outcome.
+async fn concurrent_writes_to_one_order_take_turns(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let shop = app.merchant("m-race");
+    let confirmed = || async {
+        let id = submit(&app, &shop, order_input(None)).await["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        order_in(&app, &id, "CONFIRMED").await;
+        id
+    };
+    let race = |vars: Vec<Value>, doc: &'static str| {
+        let app = &app;
+        let shop = &shop;
+        async move {
+            let calls = vars.into_iter().map(|v| async move {
+                let (_, body) = app.gql(Some(shop), doc, v).await;
+                match body["errors"][0]["extensions"]["code"].as_str() {
+                    Some(code) => Err(code.to_owned()),
+                    None => Ok(body["data"].clone()),
+                }
+            });
+            futures::future::join_all(calls).await
+        }
+    };
+    // Different references: one payment.
+    let order = confirmed().await;
+    let vars = (0..20)
+        .map(|i| json!({ "order": order, "amount": 349, "currency": "USD", "ref": format!("R-{i}") }))
+        .collect();
+    let results = race(vars, docs::RECORD_PAYMENT).await;
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    let conflicts = results
+        .iter()
+        .filter(|r| r.as_ref().err().is_some_and(|c| c == "CONFLICT"))
+        .count();
+    assert_eq!((ok, conflicts), (1, 19), "{results:?}");
+    let o = order_in(&app, &order, "CONFIRMED").await;
+    assert_eq!(o["payments"].as_array().unwrap().len(), 1, "{o}");
+    // The same payment twenty times: one row, returned to all.
+    let order = confirmed().await;
+    let vars = (0..20)
+        .map(|_| json!({ "order": order, "amount": 349, "currency": "USD", "ref": "SAME-1" }))
+        .collect();
+    let results = race(vars, docs::RECORD_PAYMENT).await;
+    let ids: std::collections::HashSet<String> = results
+        .iter()
+        .map(|r| match r {
+            Ok(d) => d["recordPayment"]["id"].as_str().unwrap().to_owned(),
+            Err(code) => panic!("{code}: {results:?}"),
+        })
+        .collect();
+    assert_eq!(ids.len(), 1, "{results:?}");
+    let paid = events_of(&app, "m-race", "PAYMENT_RECEIVED").await;
+    assert_eq!(paid.len(), 2, "one event per recorded payment: {paid:?}");
+    // A delivery completing while its order is cancelled: one wins, the other is VALIDATION.
+    let place = |a: &str| json!({ "address": a, "latitude": -17.83, "longitude": 31.05 });
+    for _ in 0..3 {
+        let order = confirmed().await;
+        set_status(&app, &shop, &order, "PREPARING").await.unwrap();
+        set_status(&app, &shop, &order, "READY").await.unwrap();
+        let vars = json!({ "order": order, "pickup": place("A"), "dropoff": place("B") });
+        let task = app.gql_ok(Some(&shop), docs::CREATE_DELIVERY, vars).await["createDeliveryTask"]
+            ["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        app.gql_ok(
+            Some(&shop),
+            docs::ASSIGN_DRIVER,
+            json!({ "id": task, "driver": "Farai" }),
+        )
+        .await;
+        app.gql_ok(
+            Some(&shop),
+            docs::UPDATE_DELIVERY_STATUS,
+            json!({ "id": task, "status": "PICKED_UP" }),
+        )
+        .await;
+        let (delivered, cancelled) = tokio::join!(
+            race(
+                vec![json!({ "id": task, "status": "DELIVERED" })],
+                docs::UPDATE_DELIVERY_STATUS
+            ),
+            set_status(&app, &shop, &order, "CANCELLED"),
+        );
+        let delivered = delivered.into_iter().next().unwrap();
+        match (&delivered, &cancelled) {
+            (Ok(_), Err(code)) | (Err(code), Ok(_)) => assert_eq!(code, "VALIDATION"),
+            other => panic!("exactly one may win: {other:?}"),
+        }
+        let final_status = if delivered.is_ok() {
+            "DELIVERED"
+        } else {
+            "CANCELLED"
+        };
+        order_in(&app, &order, final_status).await;
+    }
+}
+
 both_dbs!(
     orders_are_validated_by_the_job,
+    concurrent_writes_to_one_order_take_turns,
     submit_is_idempotent,
     the_order_state_machine_refuses_illegal_moves,
     payments_are_idempotent_and_checked,

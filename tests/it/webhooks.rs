@@ -791,6 +791,22 @@ async fn platform_endpoints_take_every_merchants_events() {
     }
     let got = app.as_admin().gql_ok(WEBHOOK, json!({ "id": id })).await;
     assert_eq!(got["webhook"]["enabled"], true, "{got}");
+    // It reads what it lists, though: the endpoint by id, and its logs.
+    let got = service.gql_ok(WEBHOOK, json!({ "id": id })).await;
+    assert_eq!(got["webhook"]["id"], id, "{got}");
+    let logs = service
+        .gql_ok(
+            "query($id: ID!) { webhookLogs(webhookId: $id) { totalCount } }",
+            json!({ "id": id }),
+        )
+        .await;
+    assert!(logs["webhookLogs"]["totalCount"].is_i64(), "{logs}");
+    // A merchant still cannot.
+    let (code, _) = app
+        .as_merchant("m-a")
+        .gql_err(WEBHOOK, json!({ "id": id }))
+        .await;
+    assert_eq!(code, "NOT_FOUND");
     let list = app.as_admin().gql_ok(WEBHOOKS, json!({})).await;
     assert_eq!(list["webhooks"]["totalCount"], 1, "{list}");
     // A merchant's endpoint stays the service's to manage.
