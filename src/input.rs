@@ -66,11 +66,21 @@ pub fn nul_path(v: &Value) -> Option<String> {
     walk(v, String::new())
 }
 
+/// `s` with every NUL replaced by U+FFFD: for text from another system that is kept, not judged
+/// (a webhook receiver's answer, the Cloud API's error message, a job's error).
+pub fn without_nul(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.contains('\0') {
+        s.replace('\0', "\u{FFFD}").into()
+    } else {
+        s.into()
+    }
+}
+
 /// Replaces every NUL in `v`'s strings and keys with U+FFFD, for data that is not the caller's to
 /// correct (a signed Meta webhook): it is kept, minus the one character no backend stores alike.
 pub fn scrub_nul(v: &mut Value) {
     match v {
-        Value::String(s) if s.contains('\0') => *s = s.replace('\0', "\u{FFFD}"),
+        Value::String(s) if s.contains('\0') => *s = without_nul(s).into_owned(),
         Value::Array(items) => items.iter_mut().for_each(scrub_nul),
         Value::Object(map) => {
             if map.keys().any(|k| k.contains('\0')) {

@@ -615,7 +615,8 @@ async fn run_one(
             lane.metrics.failed_attempt(queue, secs, retry_in.is_some());
             tracing::warn!(queue = %queue, job = %job.id, attempt = job.attempts_made, error = %err, retry = retry_in.is_some(), "job attempt failed");
             Outcome::Failed {
-                error: err.to_string(),
+                // Job errors often quote another system's answer.
+                error: crate::input::without_nul(&err.to_string()).into_owned(),
                 retry_in,
             }
         }

@@ -618,7 +618,7 @@ async fn send(
             });
             Sent {
                 status: Some(status),
-                body: Some(String::from_utf8_lossy(&buf).into_owned()),
+                body: Some(crate::input::without_nul(&String::from_utf8_lossy(&buf)).into_owned()),
                 error,
                 retry_after,
                 duration: started.elapsed(),

@@ -233,13 +233,15 @@ pub fn classify(status: u16, body: &Value, retry_after: Option<Duration>) -> Sen
     if let Some(c) = code {
         reason.push_str(&format!(" (code {c})"));
     }
+    // Meta's words are kept (in the message row, the job's error, an API error), never judged:
+    // a NUL in them becomes U+FFFD, which every backend stores.
     if let Some(m) = err["message"].as_str() {
         reason.push_str(": ");
-        reason.extend(m.chars().take(300));
+        reason.extend(crate::input::without_nul(m).chars().take(300));
     }
     if let Some(d) = err["error_data"]["details"].as_str() {
         reason.push_str(" — ");
-        reason.extend(d.chars().take(300));
+        reason.extend(crate::input::without_nul(d).chars().take(300));
     }
     let retryable =
         status == 429 || status >= 500 || code.is_some_and(|c| RETRYABLE_CODES.contains(&c));

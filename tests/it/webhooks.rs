@@ -37,6 +37,8 @@ pub struct Reply {
     headers: Vec<(&'static str, String)>,
     /// Never answer (a receiver that hangs).
     hang: bool,
+    /// The answer's body (`ok` when unset).
+    body: Option<Vec<u8>>,
 }
 
 impl Reply {
@@ -45,7 +47,12 @@ impl Reply {
             status,
             headers: vec![],
             hang: false,
+            body: None,
         }
+    }
+    pub fn body(mut self, body: impl Into<Vec<u8>>) -> Self {
+        self.body = Some(body.into());
+        self
     }
     pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Self {
         self.headers.push((name, value.into()));
@@ -56,6 +63,7 @@ impl Reply {
             status: 200,
             headers: vec![],
             hang: true,
+            body: None,
         }
     }
 }
@@ -109,7 +117,8 @@ async fn receive(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) 
     if reply.hang {
         std::future::pending::<()>().await;
     }
-    let mut res = (StatusCode::from_u16(reply.status).unwrap(), "ok").into_response();
+    let body = reply.body.unwrap_or_else(|| b"ok".to_vec());
+    let mut res = (StatusCode::from_u16(reply.status).unwrap(), body).into_response();
     for (k, v) in reply.headers {
         res.headers_mut().insert(k, v.parse().unwrap());
     }
@@ -1150,7 +1159,30 @@ async fn an_emit_hands_its_fan_out_the_generation(db: Db) {
     app.server.stop().await.unwrap();
 }
 
+/// A receiver's answer is kept as text on every backend: NUL bytes (which PostgreSQL cannot
+/// store in text) become U+FFFD, and the delivery is logged once, not retried for it.
+async fn any_answer_is_logged(db: Db) {
+    let app = spawn(db).await;
+    let rx = TestReceiver::start().await;
+    let mut body = b"ok\0then".to_vec();
+    body.extend(0u8..=255);
+    rx.script([Reply::status(200).body(body)]);
+    let (id, _) = register(&app, "m-a", json!({ "url": rx.url() })).await;
+    emit(&app, "m-a", 1).await;
+    let l = wait_logs(&app, "m-a", &id, 1).await;
+    assert_eq!(l[0]["success"], true, "{l:?}");
+    let logged = l[0]["responseBody"].as_str().unwrap();
+    assert!(logged.starts_with("ok\u{FFFD}then"), "{logged:?}");
+    assert!(!logged.contains('\0'));
+    // Logged once, delivered once: nothing failed to retry.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(rx.requests().len(), 1);
+    assert_eq!(logs(&app, &app.merchant_token("m-a"), &id).await.len(), 1);
+    app.server.stop().await.unwrap();
+}
+
 both_dbs!(
+    any_answer_is_logged,
     a_burst_is_fanned_out_once_and_marked,
     an_emit_hands_its_fan_out_the_generation,
     changes_made_elsewhere_reach_the_next_fan_out,

@@ -101,7 +101,9 @@ async fn messages(
             let mut res = (
                 StatusCode::from_u16(status).unwrap(),
                 Json(json!({ "error": {
-                    "message": format!("(#{code}) stand-in error"),
+                    // Meta's words may hold anything, a NUL included (which PostgreSQL
+                    // cannot store in text): the message must still end as it should.
+                    "message": format!("(#{code}) stand-in\u{0}error"),
                     "type": "OAuthException",
                     "code": code,
                     "error_data": { "messaging_product": "whatsapp", "details": "stand-in details" },
@@ -439,7 +441,11 @@ async fn provider_errors_are_retried_or_final(db: Db) {
     let failed = message_in(&app, f["id"].as_str().unwrap(), "FAILED").await;
     assert_eq!(failed["errorCode"], 131026, "{failed:#}");
     assert!(
-        failed["error"].as_str().unwrap().contains("131026"),
+        failed["error"].as_str().unwrap().contains("131026")
+            && failed["error"]
+                .as_str()
+                .unwrap()
+                .contains("stand-in\u{FFFD}error"),
         "{failed:#}"
     );
     assert_eq!(failed["attempts"], 1, "a final error is not retried");
