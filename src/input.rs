@@ -66,6 +66,31 @@ pub fn nul_path(v: &Value) -> Option<String> {
     walk(v, String::new())
 }
 
+/// Whether free text may not hold `ch`: control characters other than line breaks and tabs
+/// (NUL among them). Ids and names hold no control characters at all.
+pub fn is_forbidden_in_text(ch: char) -> bool {
+    ch.is_control() && !matches!(ch, '\n' | '\r' | '\t')
+}
+
+/// Free text from another system made fit to keep: each character free text may not hold
+/// ([`is_forbidden_in_text`]) becomes U+FFFD.
+pub fn printable_text(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.chars().any(is_forbidden_in_text) {
+        s.chars()
+            .map(|c| {
+                if is_forbidden_in_text(c) {
+                    '\u{FFFD}'
+                } else {
+                    c
+                }
+            })
+            .collect::<String>()
+            .into()
+    } else {
+        s.into()
+    }
+}
+
 /// `s` with every NUL replaced by U+FFFD: for text from another system that is kept, not judged
 /// (a webhook receiver's answer, the Cloud API's error message, a job's error).
 pub fn without_nul(s: &str) -> std::borrow::Cow<'_, str> {

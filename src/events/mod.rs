@@ -312,10 +312,7 @@ impl Checks {
         let Some(v) = v else { return };
         if v.chars().count() > max {
             self.bad(field, &format!("must be at most {max} characters"));
-        } else if v
-            .chars()
-            .any(|ch| ch.is_control() && !matches!(ch, '\n' | '\r' | '\t'))
-        {
+        } else if v.chars().any(crate::input::is_forbidden_in_text) {
             self.bad(field, "must not contain control characters");
         }
     }

@@ -160,9 +160,12 @@ fn received_payload(row_id: Uuid, from: &str, m: &Value) -> Value {
         }
         other => (other, None, None),
     };
-    p["messageType"] = json!(truncate(message_type, 32));
+    // What a customer typed is kept as typed, made fit for the event's rules: a control
+    // character (a stray bell, an escape) becomes U+FFFD rather than failing Meta's whole batch.
+    let printable = |s: &str, max| crate::input::printable_text(&truncate(s, max)).into_owned();
+    p["messageType"] = json!(printable(message_type, 32));
     if let Some(t) = text.and_then(Value::as_str) {
-        p["text"] = json!(truncate(t, 4096));
+        p["text"] = json!(printable(t, 4096));
     }
     if let Some(r) = reply_id.and_then(Value::as_str) {
         p["replyId"] = json!(truncate(r, 256));
@@ -182,10 +185,10 @@ async fn store_message<Db: ConnectionTrait>(
         tracing::warn!("inbound message without an id or a sender; skipped");
         return Ok(Stored::Invalid);
     };
-    if wamid.is_empty() || wamid.len() > 256 {
+    if wamid.is_empty() || wamid.len() > 256 || wamid.chars().any(char::is_control) {
         tracing::warn!(
             len = wamid.len(),
-            "inbound message whose id is empty or over 256 characters; skipped"
+            "inbound message whose id is empty, over 256 characters or not printable; skipped"
         );
         return Ok(Stored::Invalid);
     }
@@ -203,7 +206,11 @@ async fn store_message<Db: ConnectionTrait>(
         merchant_id: Set(merchant.as_str().to_owned()),
         direction: Set(MessageDirection::Inbound),
         customer_phone: Set(from.clone()),
-        message_type: Set(truncate(m["type"].as_str().unwrap_or("unknown"), 32)),
+        message_type: Set(crate::input::printable_text(&truncate(
+            m["type"].as_str().unwrap_or("unknown"),
+            32,
+        ))
+        .into_owned()),
         template_id: Set(None),
         payload: Set(m.clone()),
         status: Set(MessageStatus::Received),

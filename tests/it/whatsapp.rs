@@ -763,14 +763,27 @@ async fn inbound_is_signed_and_processed_once(db: Db) {
             { "from": CUSTOMER, "id": "wamid.NUL\u{0}1", "timestamp": "1732600005",
               "type": "te\u{0}xt", "text": { "body": "a\u{0}b" } },
             text_message("wamid.IN6", "fine"),
+            // Other control characters in what a customer typed are kept as U+FFFD too; in an
+            // id they make the message invalid (acknowledged, not stored).
+            text_message("wamid.IN7", "bell\u{7} esc\u{1b} del\u{7f}\nline"),
+            text_message("wamid.K\u{7}", "bad id"),
         ]),
         json!([{ "id": "wamid.\u{0}", "status": "delivered", "timestamp": "1732600006" }]),
     );
     let (status, res) = post_webhook(&app, &nul, Some(APP_SECRET)).await;
     assert_eq!(status, 200, "{res:#}");
-    assert_eq!(res["summary"]["received"], 2, "{res:#}");
-    assert_eq!(inbound().await, 7);
+    assert_eq!(
+        (&res["summary"]["received"], &res["summary"]["invalid"]),
+        (&json!(3), &json!(1)),
+        "{res:#}"
+    );
+    assert_eq!(inbound().await, 8);
     let got = events_of(&app, "m-wa", "MESSAGE_RECEIVED").await;
+    assert_eq!(
+        got[0]["payload"]["text"], "bell\u{FFFD} esc\u{FFFD} del\u{FFFD}\nline",
+        "{got:#?}"
+    );
+    let got = &got[1..];
     let scrubbed = &got[1]["payload"];
     assert_eq!(
         scrubbed["providerMessageId"], "wamid.NUL\u{FFFD}1",
