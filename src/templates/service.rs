@@ -277,9 +277,20 @@ pub async fn list(
     };
     let mut q = Templates::find().filter(cond);
     if let Some(after) = page.after_key(CURSOR_KIND)? {
-        q = q.filter(C::Name.gt(after));
+        q = q.filter(match after_position(&after) {
+            (name, Some(id)) => Condition::any()
+                .add(C::Name.gt(name))
+                .add(Condition::all().add(C::Name.eq(name)).add(C::Id.gt(id))),
+            // A cursor from before ids were in it: the next name.
+            (name, None) => Condition::all().add(C::Name.gt(name)),
+        });
     }
-    let mut items = q.order_by_asc(C::Name).limit(limit + 1).all(db).await?;
+    let mut items = q
+        .order_by_asc(C::Name)
+        .order_by_asc(C::Id)
+        .limit(limit + 1)
+        .all(db)
+        .await?;
     let has_next_page = items.len() as u64 > limit;
     items.truncate(limit as usize);
     Ok(Page {
@@ -299,12 +310,22 @@ pub async fn list_all(
     Ok(Templates::find()
         .filter(list_condition(ctx, filter))
         .order_by_asc(C::Name)
+        .order_by_asc(C::Id)
         .all(db)
         .await?)
 }
 
+/// A template's place in the list: its name and, since names repeat across merchants (and the
+/// platform), its id: `{id}:{name}`.
 pub fn cursor(m: &message_template::Model) -> String {
-    encode_cursor(CURSOR_KIND, &m.name)
+    encode_cursor(CURSOR_KIND, &format!("{}:{}", m.id, m.name))
+}
+
+/// The name and id a cursor holds; a cursor from before ids were in it holds the name alone.
+fn after_position(key: &str) -> (&str, Option<Uuid>) {
+    key.split_once(':')
+        .and_then(|(id, name)| Some((name, Some(Uuid::parse_str(id).ok()?))))
+        .unwrap_or((key, None))
 }
 
 fn by_id(id: Uuid) -> Condition {

@@ -264,4 +264,55 @@ async fn audit_log_pages(db: Db) {
     assert_eq!(body["errors"][0]["extensions"]["field"], "after");
 }
 
-both_dbs!(templates_pages_and_filters, audit_log_pages);
+/// Names repeat across merchants and the platform: paging one at a time reaches every template
+/// that one large page holds, each once.
+async fn templates_sharing_a_name_are_all_paged(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let dup = |merchant: Option<&str>| {
+        let mut input = json!({ "name": "dup", "type": "TEXT", "body": "b", "status": "ACTIVE" });
+        if let Some(m) = merchant {
+            input["merchantId"] = json!(m);
+        }
+        input
+    };
+    app.as_merchant("ma").create_template(dup(None)).await;
+    app.as_merchant("mb").create_template(dup(None)).await;
+    app.as_admin().create_template(dup(None)).await;
+    app.as_admin().create_template(dup(Some("mc"))).await;
+    for caller in [Some(app.admin.clone()), Some(app.merchant("ma")), None] {
+        let all = app
+            .gql_ok(caller.as_deref(), PAGE, json!({ "first": 100 }))
+            .await;
+        let total = all["templates"]["totalCount"].as_u64().unwrap();
+        let mut want = page_names(&all);
+        assert_eq!(want.iter().filter(|n| *n == "dup").count(), 4, "{all}");
+        let mut got = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let data = app
+                .gql_ok(
+                    caller.as_deref(),
+                    PAGE,
+                    json!({ "first": 1, "after": after }),
+                )
+                .await;
+            got.extend(page_names(&data));
+            let info = &data["templates"]["pageInfo"];
+            if info["hasNextPage"] != true {
+                break;
+            }
+            after = info["endCursor"].as_str().map(str::to_owned);
+            assert!(got.len() <= total as usize, "paging never ends: {got:?}");
+        }
+        want.sort();
+        got.sort();
+        assert_eq!(got, want);
+        assert_eq!(got.len() as u64, total);
+    }
+}
+
+both_dbs!(
+    templates_pages_and_filters,
+    audit_log_pages,
+    templates_sharing_a_name_are_all_paged,
+);
