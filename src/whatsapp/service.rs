@@ -568,18 +568,9 @@ pub async fn set_credentials(
             "accessToken must be 1 to 2048 printable ASCII characters",
         ));
     }
-    // Cheap refusals first: a number held by another merchant, or the platform's.
-    let taken = Accounts::find()
-        .filter(whatsapp_account::Column::PhoneNumberId.eq(phone_number_id))
-        .filter(whatsapp_account::Column::MerchantId.ne(merchant.as_str()))
-        .count(&state.db)
-        .await?;
-    if taken > 0 || state.config.whatsapp.phone_number_id.as_deref() == Some(phone_number_id) {
-        return Err(Error::Conflict(
-            "that phone number id belongs to another merchant".into(),
-        ));
-    }
-    // Then proof that the token may use the number, outside any transaction.
+    // Proof that the token may use the number first, outside any transaction: whether a number
+    // is taken is told only to a caller Meta lets use it (else any merchant could probe which
+    // numbers are registered here, the platform's among them).
     state
         .whatsapp
         .verify_number(&super::client::Credentials {
@@ -590,7 +581,7 @@ pub async fn set_credentials(
     let sealed = state.cipher.encrypt(token)?;
     let now = chrono::Utc::now();
     let txn = crate::db::begin_write(&state.db).await?;
-    // Checked again inside the transaction: another merchant may have claimed it meanwhile.
+    // Inside the transaction, so two merchants cannot both claim it.
     let taken = Accounts::find()
         .filter(whatsapp_account::Column::PhoneNumberId.eq(phone_number_id))
         .filter(whatsapp_account::Column::MerchantId.ne(merchant.as_str()))

@@ -560,12 +560,22 @@ async fn merchant_credentials_are_encrypted_and_used() {
         !row.access_token.contains("merchant-token-xyz"),
         "stored in clear"
     );
-    // Another merchant cannot take the number.
-    let (code, _) = app
+    // Another merchant cannot take the number, nor learn that it is taken without a token Meta
+    // accepts for it.
+    let (code, body) = app
         .as_merchant("m-thief")
         .gql_err(
             docs::SET_WHATSAPP_CREDENTIALS,
             json!({ "pn": "5550001", "token": "t" }),
+        )
+        .await;
+    assert_eq!(code, "VALIDATION", "{body}");
+    assert_eq!(body["errors"][0]["extensions"]["field"], "accessToken");
+    let (code, _) = app
+        .as_merchant("m-thief")
+        .gql_err(
+            docs::SET_WHATSAPP_CREDENTIALS,
+            json!({ "pn": "5550001", "token": "merchant-token-other" }),
         )
         .await;
     assert_eq!(code, "CONFLICT");
