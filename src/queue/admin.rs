@@ -69,6 +69,7 @@ impl<'a> QueueAdmin<'a> {
 
     pub async fn job(&self, queue: QueueName, id: &str) -> Result<JobInfo> {
         self.require_reader()?;
+        super::check_job_id("id", id)?;
         self.queue.job_status(queue, id).await
     }
 
@@ -126,6 +127,7 @@ impl<'a> QueueAdmin<'a> {
     /// Moves a failed job back to waiting with a fresh set of attempts.
     pub async fn retry(&self, queue: QueueName, id: &str) -> Result<JobInfo> {
         self.actor.require_admin()?;
+        super::check_job_id("id", id)?;
         self.control().retry(queue, id).await?;
         self.queue.job_status(queue, id).await
     }
@@ -133,6 +135,7 @@ impl<'a> QueueAdmin<'a> {
     /// Deletes a job that is not running; `false` when there was no such job.
     pub async fn remove(&self, queue: QueueName, id: &str) -> Result<bool> {
         self.actor.require_admin()?;
+        super::check_job_id("id", id)?;
         self.control().remove(queue, id).await
     }
 

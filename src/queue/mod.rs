@@ -182,6 +182,24 @@ pub struct JobOptions {
 }
 
 pub const MAX_ATTEMPTS: u32 = 100;
+/// A job id as `jobId` (or an admin's `id`) may give it: 1-128 of `A-Z a-z 0-9 - _ . :`
+/// (generated ids are UUIDs, which fit). Anything else names no job and is VALIDATION on `field`.
+pub fn check_job_id(field: &str, id: &str) -> Result<()> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::validation(
+            field,
+            format!("{field} must be 1-128 characters of A-Z a-z 0-9 - _ . :"),
+        ))
+    }
+}
+
 pub const MAX_PAYLOAD_BYTES: usize = 512 * 1024;
 pub const MAX_DELAY: Duration = Duration::from_secs(365 * 24 * 3600);
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
@@ -255,17 +273,7 @@ impl NewJob {
         }
         let id = match &opts.job_id {
             Some(id) => {
-                let ok = !id.is_empty()
-                    && id.len() <= 128
-                    && id
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'));
-                if !ok {
-                    return Err(Error::validation(
-                        "jobId",
-                        "jobId must be 1-128 characters of A-Z a-z 0-9 - _ . :",
-                    ));
-                }
+                check_job_id("jobId", id)?;
                 id.clone()
             }
             None => uuid::Uuid::now_v7().to_string(),

@@ -297,6 +297,35 @@ async fn metrics_and_job_actions(app: &TestApp) {
         )
         .await;
     assert_eq!(removed["removeJob"], true);
+    // An id no job can have is VALIDATION, on every call that takes one; a well-formed id of no
+    // job is `false` for removeJob (as BullMQ's remove), NOT_FOUND where a job is returned.
+    for doc in [
+        r#"mutation($id: String!) { removeJob(queue: MESSAGE_SENDING, id: $id) }"#,
+        r#"mutation($id: String!) { retryJob(queue: MESSAGE_SENDING, id: $id) { state } }"#,
+        r#"query($id: String!) { job(queue: MESSAGE_SENDING, id: $id) { state } }"#,
+    ] {
+        for id in ["", "a/b", " m-1", &"x".repeat(129)] {
+            let (code, body) = app.gql_err(admin, doc, json!({ "id": id })).await;
+            assert_eq!(code, "VALIDATION", "{doc} {id:?}: {body}");
+            assert_eq!(body["errors"][0]["extensions"]["field"], "id", "{body}");
+        }
+    }
+    let gone = app
+        .gql_ok(
+            admin,
+            r#"mutation { removeJob(queue: MESSAGE_SENDING, id: "m-1") }"#,
+            json!({}),
+        )
+        .await;
+    assert_eq!(gone["removeJob"], false);
+    let (code, _) = app
+        .gql_err(
+            admin,
+            r#"mutation { retryJob(queue: MESSAGE_SENDING, id: "m-1") { state } }"#,
+            json!({}),
+        )
+        .await;
+    assert_eq!(code, "NOT_FOUND");
 }
 
 /// Roles, the histograms on /metrics, and /ready naming the backend.
