@@ -358,6 +358,17 @@ impl Checks {
     }
 }
 
+/// Writes a payload's values in their one stored form, as the domains store them: a currency
+/// in upper case (`usd` is `USD`, as `submitOrder` and `recordPayment` take it). Then
+/// [`validate_payload`] judges it.
+pub fn normalize_payload(kind: EventType, payload: &mut Value) {
+    if matches!(kind, EventType::OrderCreated | EventType::PaymentReceived)
+        && let Some(Value::String(c)) = payload.get_mut("currency")
+    {
+        *c = c.trim().to_ascii_uppercase();
+    }
+}
+
 /// Parses and checks a payload for `kind`: its typed form, or VALIDATION naming the field.
 pub fn validate_payload(kind: EventType, payload: &Value) -> Result<EventData> {
     if !payload.is_object() {
@@ -517,6 +528,17 @@ mod tests {
             EventType::DeliveryCompleted => json!({"deliveryId": "d", "orderId": "o"}),
             EventType::BotConnected | EventType::BotDisconnected => json!({"reason": "r"}),
         }
+    }
+
+    #[test]
+    fn currencies_are_stored_in_upper_case() {
+        let mut p = json!({"orderId": "o", "amount": 1, "currency": " usd", "reference": "r"});
+        normalize_payload(EventType::PaymentReceived, &mut p);
+        assert_eq!(p["currency"], "USD");
+        assert!(validate_payload(EventType::PaymentReceived, &p).is_ok());
+        let mut other = json!({"reason": "x", "currency": "usd"});
+        normalize_payload(EventType::BotConnected, &mut other);
+        assert_eq!(other["currency"], "usd", "only where a currency is a currency");
     }
 
     #[test]

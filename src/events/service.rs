@@ -152,7 +152,8 @@ async fn store_seeing(
 }
 
 /// A new event, its payload validated.
-fn new_event(kind: EventType, merchant: &MerchantId, payload: Value) -> Result<Event> {
+fn new_event(kind: EventType, merchant: &MerchantId, mut payload: Value) -> Result<Event> {
+    super::normalize_payload(kind, &mut payload);
     validate_payload(kind, &payload)?;
     Ok(Event {
         id: Uuid::now_v7(),
