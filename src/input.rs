@@ -72,6 +72,26 @@ pub fn is_forbidden_in_text(ch: char) -> bool {
     ch.is_control() && !matches!(ch, '\n' | '\r' | '\t')
 }
 
+/// Whether a name (one a person reads and picks from a list) may not hold `ch`: control
+/// characters, and the format characters that hide in text or reorder it: soft hyphen,
+/// zero-width space and joiners, direction marks and bidi controls, word joiner and invisible
+/// operators, BOM. With them, `dup` and `dup\u{200b}` would be two names that look like one,
+/// and `\u{202e}` could make a name read backwards.
+pub fn is_hidden_in_names(ch: char) -> bool {
+    ch.is_control()
+        || matches!(
+            ch,
+            '\u{00AD}'
+                | '\u{180E}'
+                | '\u{200B}'..='\u{200F}'
+                | '\u{202A}'..='\u{202E}'
+                | '\u{2060}'..='\u{2064}'
+                | '\u{2066}'..='\u{206F}'
+                | '\u{FEFF}'
+                | '\u{FFF9}'..='\u{FFFB}'
+        )
+}
+
 /// Free text from another system made fit to keep: each character free text may not hold
 /// ([`is_forbidden_in_text`]) becomes U+FFFD.
 pub fn printable_text(s: &str) -> std::borrow::Cow<'_, str> {

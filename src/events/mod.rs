@@ -538,7 +538,10 @@ mod tests {
         assert!(validate_payload(EventType::PaymentReceived, &p).is_ok());
         let mut other = json!({"reason": "x", "currency": "usd"});
         normalize_payload(EventType::BotConnected, &mut other);
-        assert_eq!(other["currency"], "usd", "only where a currency is a currency");
+        assert_eq!(
+            other["currency"], "usd",
+            "only where a currency is a currency"
+        );
     }
 
     #[test]

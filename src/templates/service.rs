@@ -204,6 +204,14 @@ fn validate_name(name: &str) -> Result<String> {
             format!("name must be at most {} characters", engine::limits::NAME),
         ));
     }
+    if name.chars().any(crate::input::is_hidden_in_names) {
+        return Err(Error::validation(
+            "name",
+            "name must not contain control characters, or invisible or direction-changing \
+             ones (zero-width spaces, BOM, bidi controls): two names must look different to \
+             be different",
+        ));
+    }
     Ok(name.to_owned())
 }
 

@@ -398,8 +398,60 @@ async fn nul_is_refused_alike_on_every_backend(db: Db) {
     assert_eq!(count(&app).await, before + 1);
 }
 
+/// A name is what a person picks from a list: characters that hide or reorder it are refused,
+/// so two names that look alike are one name.
+async fn names_that_hide_are_refused(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let before = count(&app).await;
+    let admin = Some(app.admin.as_str());
+    for name in [
+        "dup\u{200b}",
+        "\u{feff}dup",
+        "\u{202e}evil",
+        "a\nb",
+        "a\u{7}b",
+        "d\u{00ad}up",
+        "dup\u{2066}",
+    ] {
+        let (code, body) = app
+            .gql_err(
+                admin,
+                CREATE,
+                json!({ "input": { "name": name, "type": "TEXT", "body": "b" } }),
+            )
+            .await;
+        assert_eq!(code, "VALIDATION", "{name:?}: {body:#}");
+        assert_eq!(body["errors"][0]["extensions"]["field"], "name", "{body:#}");
+        let (status, body) = app
+            .rest(
+                Method::POST,
+                "/api/templates",
+                admin,
+                Some(json!({ "name": name, "type": "text", "body": "b" })),
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{name:?}: {body:#}");
+        assert_eq!(body["field"], "name", "{body:#}");
+    }
+    assert_eq!(count(&app).await, before);
+    // Letters of any script are names; a renamed template is held to the same rule.
+    let t = app
+        .as_admin()
+        .create_template(json!({ "name": "Café 漢字 ✓", "type": "TEXT", "body": "b" }))
+        .await;
+    let (code, _) = app
+        .gql_err(
+            admin,
+            "mutation($id: ID!) { updateTemplate(id: $id, input: { name: \"x\\u200by\" }) { id } }",
+            json!({ "id": t["id"] }),
+        )
+        .await;
+    assert_eq!(code, "VALIDATION");
+}
+
 both_dbs!(
     every_limit_names_its_field,
+    names_that_hide_are_refused,
     nul_is_refused_alike_on_every_backend,
     several_violations_are_all_listed,
     bad_ids_and_page_sizes,
