@@ -819,6 +819,7 @@ async fn disable_endpoint(state: &AppState, w: &webhook::Model, reason: &str) ->
         .filter(W::Id.eq(w.id))
         .exec(&state.db)
         .await?;
+    super::service::drop_pending_retries(&state.db, w.id).await?;
     state.webhooks.endpoints.forget();
     tracing::warn!(webhook = %w.id, reason, "webhook endpoint disabled");
     crate::audit::record(

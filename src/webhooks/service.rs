@@ -11,9 +11,11 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait,
-    DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
-    TransactionTrait, sea_query::Query,
+    ActiveModelTrait,
+    ActiveValue::Set,
+    ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, EntityTrait, PaginatorTrait,
+    QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
+    sea_query::{Expr, Query},
 };
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -358,10 +360,25 @@ pub async fn set_enabled(
     } else {
         "webhook.disable"
     };
+    if !enabled {
+        drop_pending_retries(&tx, id).await?;
+    }
     audited(&tx, ctx, action, Some(&before), Some(&after)).await?;
     tx.commit().await?;
     state.webhooks.endpoints.forget();
     Ok(after)
+}
+
+/// A disabled endpoint's scheduled retries are skipped when they come due (unless it is enabled
+/// again first), so its log no longer shows them as coming: `nextRetryAt` is cleared.
+pub(crate) async fn drop_pending_retries<C: ConnectionTrait>(db: &C, webhook: Uuid) -> Result<()> {
+    Logs::update_many()
+        .col_expr(L::NextRetryAt, Expr::value(Option::<DateTime<Utc>>::None))
+        .filter(L::WebhookId.eq(webhook))
+        .filter(L::NextRetryAt.is_not_null())
+        .exec(db)
+        .await?;
+    Ok(())
 }
 
 /// `rotateWebhookSecret(id, overlap)`: a new secret, shown once; the old one keeps signing

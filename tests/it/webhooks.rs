@@ -451,6 +451,15 @@ async fn a_down_receiver_is_logged_and_retried_later(db: Db) {
     let w = webhook(&app, "m-a", &id).await;
     assert_eq!(w["consecutiveFailures"], 1);
     assert!(!w["failingSince"].is_null());
+    // Disabled, the endpoint's retry will be skipped when it comes due: its log says so.
+    app.as_merchant("m-a")
+        .gql_ok(
+            r#"mutation($id: ID!) { disableWebhook(id: $id) { id } }"#,
+            json!({ "id": id }),
+        )
+        .await;
+    let l = logs(&app, &app.merchant_token("m-a"), &id).await;
+    assert!(l[0]["nextRetryAt"].is_null(), "{l:?}");
     app.server.stop().await.unwrap();
 }
 
