@@ -279,6 +279,17 @@ impl From<sea_orm::DbErr> for Error {
                 format!("a value is not valid for storage (SQLSTATE {code})"),
             );
         }
+        if let Some(code) = sqlstate(&err)
+            && code.starts_with("40")
+        {
+            // SQLSTATE class 40, "transaction rollback": a deadlock (40P01) or a serialization
+            // failure (40001) with a concurrent transaction. Nothing was written, and the same
+            // request may be sent again: a conflict, not the server's fault.
+            tracing::info!(%code, error = %err, "transaction rolled back by a concurrent one");
+            return Self::Conflict(
+                "the change collided with a concurrent one and was not made; send it again".into(),
+            );
+        }
         match err {
             DbErr::RecordNotFound(what) => Self::NotFound(what),
             other => Self::Internal(format!("database: {other}")),

@@ -619,3 +619,36 @@ async fn deeply_nested_documents_are_refused_before_parsing() {
     let (status, _) = app.gql(None, "{ __typename }", json!({})).await;
     assert_eq!(status, StatusCode::OK);
 }
+
+/// A deadlock between two transactions on PostgreSQL (40P01) is a CONFLICT the caller may send
+/// again, not an INTERNAL error: the database rolled the loser back and nothing was written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadlock_is_a_conflict() {
+    use sea_orm::{ConnectionTrait, Database, TransactionTrait};
+    let pg = crate::common::PgDatabase::create().await;
+    let db = Database::connect(pg.url.as_str()).await.unwrap();
+    db.execute_unprepared(
+        "CREATE TABLE t (id int PRIMARY KEY, n int); INSERT INTO t VALUES (1, 0), (2, 0)",
+    )
+    .await
+    .unwrap();
+    let (a, b) = (db.begin().await.unwrap(), db.begin().await.unwrap());
+    a.execute_unprepared("UPDATE t SET n = 1 WHERE id = 1")
+        .await
+        .unwrap();
+    b.execute_unprepared("UPDATE t SET n = 1 WHERE id = 2")
+        .await
+        .unwrap();
+    // Each now wants the other's row: PostgreSQL rolls one back after deadlock_timeout.
+    let (ra, rb) = tokio::join!(
+        a.execute_unprepared("UPDATE t SET n = 2 WHERE id = 2"),
+        b.execute_unprepared("UPDATE t SET n = 2 WHERE id = 1"),
+    );
+    let lost = match (ra, rb) {
+        (Err(e), Ok(_)) | (Ok(_), Err(e)) => e,
+        other => panic!("expected exactly one deadlock victim: {other:?}"),
+    };
+    let err = smartbot::error::Error::from(lost);
+    assert_eq!(err.code(), "CONFLICT", "{err:?}");
+    assert_eq!(err.status(), StatusCode::CONFLICT);
+}
