@@ -259,6 +259,23 @@ async fn read_update_delete(app: &TestApp, id: &str) {
         .rest(Method::GET, "/api/templates/rest_buttons", None, None)
         .await;
     assert_eq!(body["template"]["id"], id, "{body}");
+    // Any name is addressable, percent-encoded as a path segment.
+    let odd = app
+        .as_admin()
+        .create_template(
+            json!({ "name": "a/b ?#%é", "type": "TEXT", "body": "b", "status": "ACTIVE" }),
+        )
+        .await;
+    let (status, body) = app
+        .rest(
+            Method::GET,
+            "/api/templates/a%2Fb%20%3F%23%25%C3%A9",
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["template"]["id"], odd["id"], "{body}");
     let (status, body) = app
         .rest(Method::GET, "/api/templates/not_there", None, None)
         .await;
