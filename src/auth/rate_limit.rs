@@ -79,6 +79,12 @@ impl RateLimiter {
                 c.connection_timeout = Duration::from_secs(5);
                 c.max_command_attempts = 1;
             })
+            // Without a timeout a command waits for a Redis that is down until it comes back
+            // (fred queues it for the reconnect): every rate-limited request would hang. With
+            // it the check fails, and a failed check lets the request through (see `check`).
+            .with_performance_config(|p| {
+                p.default_command_timeout = crate::queue::redis::COMMAND_TIMEOUT_FAST
+            })
             .set_policy(ReconnectPolicy::new_exponential(0, 50, 2000, 2))
             .build()
             .map_err(|e| Error::Internal(format!("redis rate limiter: {e}")))?;

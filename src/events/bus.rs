@@ -105,6 +105,9 @@ impl RedisBus {
             .with_performance_config(|p| {
                 // fred's buffer between its connection and our forwarding task (default 32).
                 p.broadcast_channel_capacity = capacity.max(32);
+                // A publish to a Redis that is down fails instead of waiting for it to return
+                // (the event is already in the history; subscribers resume from it).
+                p.default_command_timeout = crate::queue::redis::COMMAND_TIMEOUT;
             })
             .set_policy(ReconnectPolicy::new_exponential(0, 50, 2000, 2));
             b

@@ -380,6 +380,14 @@ impl Drop for RedisQueue {
 /// themselves after a dropped connection or a Redis restart. Commands are re-sent after a lost
 /// reply (`max_command_attempts`) because every script but the lease scripts is safe to repeat
 /// (token- and state-checked); leases go through `Script::run_once`.
+/// How long a Redis command may wait for its answer, the reconnects in between included. fred
+/// queues commands while it reconnects, with no limit by default: when Redis is down, every
+/// request that touches it would hang until Redis came back, instead of failing with a typed
+/// error (INTERNAL for an enqueue, 503 from `/ready`).
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
+/// For a check that fails open (the shared rate limit): it must not hold up the request.
+pub const COMMAND_TIMEOUT_FAST: Duration = Duration::from_secs(1);
+
 pub async fn connect_client(url: &str, pool_size: usize) -> Result<Pool> {
     let config = RedisConfig::from_url(url)
         .map_err(|e| Error::validation("REDIS_URL", format!("invalid REDIS_URL: {e}")))?;
@@ -389,6 +397,7 @@ pub async fn connect_client(url: &str, pool_size: usize) -> Result<Pool> {
             c.max_command_attempts = 5;
             c.auto_client_setname = true;
         })
+        .with_performance_config(|p| p.default_command_timeout = COMMAND_TIMEOUT)
         .set_policy(ReconnectPolicy::new_exponential(0, 50, 2000, 2))
         .build_pool(pool_size)
         .map_err(redis_err)?;
@@ -421,6 +430,8 @@ async fn connect_single(url: &str) -> Result<Client> {
             c.connection_timeout = Duration::from_secs(5);
             c.auto_client_setname = true;
         })
+        // Above the BLPOP's own 1 s.
+        .with_performance_config(|p| p.default_command_timeout = COMMAND_TIMEOUT)
         .set_policy(ReconnectPolicy::new_exponential(0, 50, 2000, 2))
         .build()
         .map_err(redis_err)?;

@@ -652,3 +652,102 @@ async fn a_deadlock_is_a_conflict() {
     assert_eq!(err.code(), "CONFLICT", "{err:?}");
     assert_eq!(err.status(), StatusCode::CONFLICT);
 }
+
+/// A Redis of its own on a free loopback port, stopped when dropped.
+struct OwnRedis {
+    child: std::process::Child,
+    url: String,
+}
+
+impl OwnRedis {
+    fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed for this test (apt-get install redis-server)");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Self {
+            child,
+            url: format!("redis://127.0.0.1:{port}"),
+        }
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// With Redis gone, requests that need it fail with a typed error within seconds, and the
+/// shared rate limit lets requests through, as documented: none waits for Redis to return.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_redis_fails_fast_and_typed() {
+    use std::time::{Duration, Instant};
+    // Fails, never hangs, when a request waits for Redis to come back.
+    async fn answered<T>(f: impl std::future::Future<Output = T>) -> T {
+        tokio::time::timeout(Duration::from_secs(30), f)
+            .await
+            .expect("no answer within 30 s: the request waits for Redis")
+    }
+    let mut redis = OwnRedis::start();
+    let url = redis.url.clone();
+    let app = TestApp::spawn_with(Db::Sqlite, move |c| {
+        c.redis_url = Some(url);
+        c.rate_limit = Some("50/15m".parse().unwrap());
+    })
+    .await;
+    assert_eq!(app.rest(Method::GET, "/ready", None, None).await.0, 200);
+    redis.child.kill().unwrap();
+    redis.child.wait().unwrap();
+    // Rate-limited and Redis-free: let through.
+    let started = Instant::now();
+    let (status, body) = answered(app.rest(Method::GET, "/api/templates", None, None)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    // Readiness names Redis as unavailable.
+    let started = Instant::now();
+    let (status, body) = answered(app.rest(Method::GET, "/ready", None, None)).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+    // An enqueue is a typed error, and nothing is half-done.
+    let started = Instant::now();
+    let (_, body) = answered(app.gql(
+        Some(&app.admin),
+        r#"mutation { enqueueJob(queue: MEDIA_PROCESSING, name: "x", data: {}) { id } }"#,
+        json!({}),
+    ))
+    .await;
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"], "INTERNAL",
+        "{body}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+}
