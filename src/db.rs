@@ -3,7 +3,9 @@
 use std::{sync::Arc, time::Duration};
 
 use migration::{Migrator, MigratorTrait};
-use sea_orm::{ActiveModelTrait, ConnectOptions, Database, DatabaseConnection, EntityTrait};
+use sea_orm::{
+    ActiveModelTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection, EntityTrait,
+};
 
 use crate::{
     config::Config,
@@ -179,6 +181,42 @@ async fn checkpointer(url: String, alive: std::sync::Weak<()>) {
 }
 
 /// Applies every pending migration.
+/// Held while an instance migrates and seeds at start-up: on PostgreSQL a session advisory
+/// lock on a connection of its own, so instances started together take turns (the first
+/// migrates and seeds, the rest find it done) instead of racing on the migration table and the
+/// seed's unique names. Dropping it closes the connection, which releases the lock. SQLite
+/// serves one instance; there it holds nothing.
+pub struct StartupLock(Option<DatabaseConnection>);
+
+/// The advisory lock's key: "smartbot" in ASCII, as a number.
+const STARTUP_LOCK_KEY: i64 = 0x0073_6d61_7274_626f;
+
+pub async fn startup_lock(config: &Config) -> Result<StartupLock> {
+    if config.is_sqlite() {
+        return Ok(StartupLock(None));
+    }
+    let mut opts = ConnectOptions::new(config.database_url.clone());
+    opts.max_connections(1)
+        .min_connections(1)
+        .connect_timeout(Duration::from_secs(5))
+        .sqlx_logging(false);
+    let conn = Database::connect(opts).await?;
+    conn.execute_unprepared(&format!("SELECT pg_advisory_lock({STARTUP_LOCK_KEY})"))
+        .await?;
+    Ok(StartupLock(Some(conn)))
+}
+
+impl StartupLock {
+    pub async fn release(mut self) -> Result<()> {
+        if let Some(conn) = self.0.take() {
+            conn.execute_unprepared(&format!("SELECT pg_advisory_unlock({STARTUP_LOCK_KEY})"))
+                .await?;
+            conn.close().await?;
+        }
+        Ok(())
+    }
+}
+
 pub async fn migrate(db: &DatabaseConnection) -> Result<()> {
     Migrator::up(db, None).await?;
     Ok(())

@@ -86,6 +86,7 @@ pub const ADMIN_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Connects to the database, migrates, seeds, and assembles the state.
 pub async fn build(config: Config) -> Result<App> {
     let db = db::connect(&config).await?;
+    let lock = db::startup_lock(&config).await?;
     db::migrate(&db).await?;
     if config.seed_templates {
         let n = templates::seed::seed_defaults(&db).await?;
@@ -93,6 +94,7 @@ pub async fn build(config: Config) -> Result<App> {
             tracing::info!(count = n, "seeded default templates");
         }
     }
+    lock.release().await?;
     let (secret, generated) =
         auth::token::load_or_create_secret(config.jwt_secret.as_deref(), &config.data_dir)?;
     let keys = TokenKeys::new(&secret);

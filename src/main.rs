@@ -154,11 +154,14 @@ async fn run(command: Command) -> Result<(), smartbot::error::Error> {
         }
         Command::Migrate { action } => {
             let db = smartbot::db::connect(&config).await?;
+            // Taking turns with instances that are starting (and migrating) meanwhile.
+            let lock = smartbot::db::startup_lock(&config).await?;
             match action.unwrap_or(MigrateAction::Up) {
                 MigrateAction::Up => Migrator::up(&db, None).await?,
                 MigrateAction::Down => Migrator::down(&db, Some(1)).await?,
                 MigrateAction::Status => {}
             }
+            lock.release().await?;
             for m in Migrator::get_migration_with_status(&db).await? {
                 println!("{:<40} {:?}", m.name(), m.status());
             }

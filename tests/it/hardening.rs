@@ -751,3 +751,28 @@ async fn a_lost_redis_fails_fast_and_typed() {
         started.elapsed()
     );
 }
+
+/// Instances started together on one fresh PostgreSQL database take turns to migrate and seed:
+/// all start, and the defaults are seeded once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_started_together_all_start() {
+    let pg = crate::common::PgDatabase::create().await;
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let builds = dirs.iter().map(|d| {
+        let mut c = smartbot::Config::embedded(d.path());
+        c.database_url = pg.url.clone();
+        c.jwt_secret = Some("test-secret-test-secret-test-secret".into());
+        smartbot::build(c)
+    });
+    let apps = futures::future::join_all(builds).await;
+    for app in &apps {
+        assert!(app.is_ok(), "{:?}", app.as_ref().err());
+    }
+    use sea_orm::{EntityTrait, PaginatorTrait};
+    let db = &apps[0].as_ref().unwrap().state.db;
+    let n = entity::message_template::Entity::find()
+        .count(db)
+        .await
+        .unwrap();
+    assert_eq!(n, 4, "the defaults, once");
+}
