@@ -667,10 +667,12 @@ pub async fn handle(state: &AppState, job: &JobInfo) -> std::result::Result<Valu
     if !w.enabled {
         return Ok(json!({ "skipped": "endpoint disabled" }));
     }
-    // A rerun of this job (our side failed, or a worker died after logging) may find its attempt
-    // done already. A first run cannot: the job id is the attempt's, so the queue holds one job
-    // per attempt however often the event was dispatched. (0 = a backend that does not count.)
-    if !a.manual && job.attempts_made != 1 {
+    // The attempt may be done already: a rerun of this job (our side failed, or a worker died
+    // after logging), or a second job for it. The job id is the attempt's, so the queue holds
+    // one job per attempt while it remembers the id; but it forgets (retention, or a Redis that
+    // restarted empty) and the sweeper dispatches an event again when its dispatch was not
+    // recorded. One indexed read per attempt keeps every such repeat from reaching the receiver.
+    if !a.manual {
         let seen: Vec<(i32, WebhookAttemptStatus)> = Logs::find()
             .select_only()
             .column(L::Attempt)

@@ -1190,8 +1190,57 @@ async fn any_answer_is_logged(db: Db) {
     app.server.stop().await.unwrap();
 }
 
+/// An attempt already made is not made again, whatever job asks for it: a second job for the
+/// same attempt (the queue forgot the first's id: retention, or a Redis that restarted empty, and
+/// the event was dispatched again) is skipped, and the receiver hears the event once.
+async fn a_repeated_attempt_reaches_the_receiver_once(db: Db) {
+    let app = spawn(db).await;
+    let rx = TestReceiver::start().await;
+    let (id, _) = register(&app, "m-a", json!({ "url": rx.url() })).await;
+    let event = emit(&app, "m-a", 1).await;
+    wait_logs(&app, "m-a", &id, 1).await;
+    let q = &app.server.state.queue;
+    let first = q
+        .job_status(QueueName::WebhookDelivery, &format!("{id}:{event}:1"))
+        .await
+        .unwrap();
+    let again = q
+        .enqueue(
+            QueueName::WebhookDelivery,
+            &first.name,
+            &first.payload,
+            &smartbot::queue::JobOptions {
+                job_id: Some(format!("again-{event}")),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let done = eventually("the repeat ran", || async {
+        let j = q
+            .job_status(QueueName::WebhookDelivery, &again)
+            .await
+            .unwrap();
+        if j.state == smartbot::queue::JobState::Completed {
+            Ok(j)
+        } else {
+            Err(format!("{:?}", j.state))
+        }
+    })
+    .await;
+    assert_eq!(
+        done.result.as_ref().map(|r| r["skipped"].clone()),
+        Some(json!("already delivered or attempted")),
+        "{done:?}"
+    );
+    assert_eq!(rx.requests().len(), 1);
+    assert_eq!(logs(&app, &app.merchant_token("m-a"), &id).await.len(), 1);
+    app.server.stop().await.unwrap();
+}
+
 both_dbs!(
     any_answer_is_logged,
+    a_repeated_attempt_reaches_the_receiver_once,
     a_burst_is_fanned_out_once_and_marked,
     an_emit_hands_its_fan_out_the_generation,
     changes_made_elsewhere_reach_the_next_fan_out,
