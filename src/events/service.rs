@@ -395,6 +395,31 @@ impl Events {
         encode_cursor(CURSOR_KIND, &e.id.to_string())
     }
 
+    /// Whether some merchant's history may have lost events newer than `after`: it is full (a
+    /// trim keeps the newest `history`) and its oldest event is newer than `after`. `after`
+    /// itself being in the history proves nothing about other merchants, each trimmed on its
+    /// own: a replay across merchants needs this too. (A merchant whose first `history` events
+    /// all came after `after` counts as trimmed: the answer is then HISTORY_EXPIRED where a
+    /// replay might have been whole, never a silent gap.)
+    async fn trimmed_past(&self, after: Uuid) -> Result<bool> {
+        use sea_orm::{
+            ExprTrait, QuerySelect,
+            sea_query::{Expr, Func},
+        };
+        let cap = i64::try_from(self.history).unwrap_or(i64::MAX);
+        let full: Option<String> = Events_::find()
+            .select_only()
+            .column(C::MerchantId)
+            .group_by(C::MerchantId)
+            .having(Expr::expr(Func::min(Expr::col(C::Id))).gt(after))
+            .having(Expr::expr(Func::count(Expr::col(C::Id))).gte(cap))
+            .limit(1)
+            .into_tuple()
+            .one(&self.db)
+            .await?;
+        Ok(full.is_some())
+    }
+
     /// The live stream for one subscriber: the history after `after` (when given), then every
     /// new event, filtered by scope and types. Ends with HISTORY_EXPIRED when `after` is no
     /// longer in the history, and with LAGGED when the subscriber fell a whole buffer behind.
@@ -417,7 +442,7 @@ impl Events {
                     .filter(filter(&scope, &[]))
                     .count(&this.db)
                     .await?;
-                if known == 0 {
+                if known == 0 || (scope.merchant().is_none() && this.trimmed_past(after).await?) {
                     Err(Error::HistoryExpired(
                         "`after` is older than the history holds (or not an event you can see); \
                          reload with recentEvents and subscribe without `after`"

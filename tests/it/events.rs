@@ -663,6 +663,61 @@ async fn an_expired_resume_point_is_an_error() {
     assert!((3..=3 + 32).contains(&kept), "kept {kept}");
 }
 
+/// Across merchants (admin or service, no `merchantId`), `after` being in the history is not
+/// enough: another merchant's history, trimmed on its own, may have lost events after it.
+#[tokio::test]
+async fn an_expired_resume_point_across_merchants_is_an_error() {
+    let app = TestApp::spawn_with(Db::Sqlite, |c| c.event_history = 5).await;
+    let quiet = emit_gql(&app, EventType::BotConnected, "m-quiet", 0).await;
+    // Still whole: the busy merchant's history is not full yet.
+    for n in 0..4 {
+        emit_gql(&app, EventType::BotConnected, "m-busy", n).await;
+    }
+    let mut ws = subscribe(
+        &app,
+        "graphql-transport-ws",
+        &app.admin,
+        json!({ "after": quiet }),
+    )
+    .await;
+    for _ in 0..4 {
+        next_event(&mut ws).await.expect("replayed");
+    }
+    for n in 4..70 {
+        emit_gql(&app, EventType::BotConnected, "m-busy", n).await;
+    }
+    crate::common::eventually("the busy history is trimmed", || async {
+        match stored(&app).await {
+            n if n < 60 => Ok(()),
+            n => Err(format!("{n} kept")),
+        }
+    })
+    .await;
+    // `quiet` is still there, but what the busy merchant emitted after it is not all there.
+    let mut ws = subscribe(
+        &app,
+        "graphql-transport-ws",
+        &app.admin,
+        json!({ "after": quiet }),
+    )
+    .await;
+    let err = next_event(&mut ws).await.unwrap_err();
+    assert_eq!(error_code(&err), "HISTORY_EXPIRED", "{err}");
+    // Scoped to the quiet merchant, its own history is whole.
+    let mut ws = subscribe(
+        &app,
+        "graphql-transport-ws",
+        &app.admin,
+        json!({ "after": quiet, "m": "m-quiet" }),
+    )
+    .await;
+    emit_gql(&app, EventType::BotConnected, "m-quiet", 1).await;
+    let e = next_event(&mut ws)
+        .await
+        .expect("live after a whole replay");
+    assert_eq!(e["merchantId"], "m-quiet", "{e}");
+}
+
 /// Every merchant's history is trimmed, whichever order merchants emit in, and whether the
 /// events are emitted or recorded by a domain and published (here: bot presence). A count shared
 /// by all merchants trimmed only the merchant whose emit landed on the turn.
