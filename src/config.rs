@@ -276,8 +276,14 @@ impl Config {
             ("MEDIA_MAX_BYTES", self.media_max_bytes),
             ("EVENT_HISTORY", self.event_history),
             ("EVENT_BUFFER", self.event_buffer),
+            // Zero would refuse every request (a body limit of nothing, no query depth at all).
+            ("BODY_LIMIT", self.body_limit),
+            ("GRAPHQL_MAX_DEPTH", self.graphql_max_depth),
+            ("GRAPHQL_MAX_COMPLEXITY", self.graphql_max_complexity),
         ];
         let spans = [
+            // Zero would poll in a busy loop.
+            ("QUEUE_POLL_INTERVAL", self.queue_poll_interval),
             ("WS_INIT_TIMEOUT", self.ws_init_timeout),
             ("WS_KEEPALIVE", self.ws_keepalive),
             ("WEBHOOK_TIMEOUT", self.webhook_timeout),
@@ -576,6 +582,10 @@ mod tests {
             ("WEBHOOK_ALLOWED_NETWORKS", "10.0.0.0/33"),
             ("WEBHOOK_HTTPS_ONLY", "maybe"),
             ("WEBHOOK_TIMEOUT", "0s"),
+            ("BODY_LIMIT", "0"),
+            ("GRAPHQL_MAX_DEPTH", "0"),
+            ("GRAPHQL_MAX_COMPLEXITY", "0"),
+            ("QUEUE_POLL_INTERVAL", "0ms"),
         ] {
             assert!(
                 from(&[(k, v)]).unwrap_err().to_string().contains(k),

@@ -118,8 +118,12 @@ async fn serve_file(
     let mut res = if headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"))
-    {
+        // Weak comparison (RFC 9110 §13.1.2): `W/"…"` matches too.
+        .is_some_and(|v| {
+            v.split(',')
+                .map(str::trim)
+                .any(|t| t == "*" || t.strip_prefix("W/").unwrap_or(t) == etag)
+        }) {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
         let mut r = Body::from(bytes).into_response();

@@ -288,7 +288,14 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), self::body_limit))
         .layer(axum::extract::DefaultBodyLimit::max(body_limit))
         .layer(CatchPanicLayer::custom(|_| Error::Internal("handler panicked".into()).into_response()))
-        .layer(CorsLayer::permissive().max_age(Duration::from_secs(3600)))
+        // Any origin (tokens travel in `Authorization`, never in cookies). The request's own
+        // headers are echoed back: a `*` would not cover `Authorization`, which the Fetch spec
+        // requires to be named, so a browser client on another origin could not send its token.
+        .layer(
+            CorsLayer::permissive()
+                .allow_headers(tower_http::cors::AllowHeaders::mirror_request())
+                .max_age(Duration::from_secs(3600)),
+        )
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(
             TraceLayer::new_for_http()

@@ -349,3 +349,38 @@ async fn every_response_has_a_request_id() {
         .unwrap();
     assert_eq!(res.headers()["x-request-id"], "trace-me-123");
 }
+
+/// A browser client on another origin may send its bearer token: the preflight names
+/// `Authorization` (a `*` would not cover it, per the Fetch spec).
+#[tokio::test]
+async fn cors_preflight_allows_the_authorization_header() {
+    let app = TestApp::spawn(Db::Sqlite).await;
+    for path in ["/graphql", "/api/templates"] {
+        let res = app
+            .client
+            .request(reqwest::Method::OPTIONS, app.url(path))
+            .header("origin", "http://localhost:5173")
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization, content-type",
+            )
+            .send()
+            .await
+            .unwrap();
+        assert!(res.status().is_success(), "{path}: {}", res.status());
+        let allowed = res
+            .headers()
+            .get("access-control-allow-headers")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        assert!(allowed.contains("authorization"), "{path}: {allowed:?}");
+        assert_eq!(
+            res.headers()
+                .get("access-control-allow-origin")
+                .and_then(|v| v.to_str().ok()),
+            Some("*")
+        );
+    }
+}
