@@ -26,7 +26,7 @@ pub struct UploadRequest {
 pub enum ClaimSource {
     /// `mimeType` in a body, or a `data:` URL's type: always checked against the content.
     Stated,
-    /// A multipart part's Content-Type: only an `image/*` claim is checked.
+    /// A multipart part's Content-Type: checked unless it is the generic `application/octet-stream`.
     MultipartPart,
 }
 
@@ -75,17 +75,27 @@ pub fn check_merchant_id(v: &str) -> Result<()> {
     Ok(())
 }
 
+/// The media type a client claims, as a bare lower-case `type/subtype` (parameters such as
+/// `; charset=…` say nothing about an image). A multipart part's `application/octet-stream` is no
+/// claim: it is what clients send when they do not know.
 fn claim(mime: Option<String>, source: ClaimSource) -> Option<String> {
-    let mime = mime
-        .map(|m| m.trim().to_owned())
-        .filter(|m| !m.is_empty())?;
+    let mime = mime?;
+    let mime = mime.split(';').next().unwrap_or_default().trim();
+    let mime = mime.to_ascii_lowercase();
+    if mime.is_empty() {
+        return None;
+    }
     match source {
         ClaimSource::Stated => Some(mime),
-        ClaimSource::MultipartPart => mime
-            .to_ascii_lowercase()
-            .starts_with("image/")
-            .then_some(mime),
+        ClaimSource::MultipartPart => (mime != "application/octet-stream").then_some(mime),
     }
+}
+
+/// `prefix` at the start of `s`, ignoring ASCII case; the rest.
+fn strip_prefix_ignore_case<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
+    let head = s.get(..prefix.len())?;
+    head.eq_ignore_ascii_case(prefix)
+        .then(|| &s[prefix.len()..])
 }
 
 /// The seed's base64 body: `file_data` is base64 or a `data:` URL, whose media type becomes the
@@ -99,11 +109,15 @@ pub fn from_base64(
 ) -> Result<UploadRequest> {
     let bad = || Error::validation("fileData", "fileData is not valid base64");
     let data = file_data.trim();
-    let (url_mime, b64) = match data.strip_prefix("data:") {
+    // RFC 2397, its names case-insensitive: `data:[type][;param…];base64,…`.
+    let (url_mime, b64) = match strip_prefix_ignore_case(data, "data:") {
         Some(rest) => {
             let (meta, payload) = rest.split_once(',').ok_or_else(bad)?;
-            let meta = meta.strip_suffix(";base64").ok_or_else(bad)?;
-            (Some(meta.to_owned()).filter(|m| !m.is_empty()), payload)
+            let (meta, encoding) = meta.rsplit_once(';').ok_or_else(bad)?;
+            if !encoding.trim().eq_ignore_ascii_case("base64") {
+                return Err(bad());
+            }
+            (Some(meta.to_owned()), payload)
         }
         None => (None, data),
     };
@@ -218,21 +232,43 @@ mod tests {
     }
 
     #[test]
-    fn multipart_claims_only_images() {
+    fn claims_are_bare_types_and_octet_stream_is_none() {
+        let c = |m: &str, s| claim(Some(m.into()), s);
         assert_eq!(
-            claim(
-                Some("application/octet-stream".into()),
-                ClaimSource::MultipartPart
-            ),
+            c("application/octet-stream", ClaimSource::MultipartPart),
             None
         );
         assert_eq!(
-            claim(Some("image/png".into()), ClaimSource::MultipartPart).as_deref(),
+            c("image/png", ClaimSource::MultipartPart).as_deref(),
             Some("image/png")
         );
-        assert_eq!(
-            claim(Some("text/html".into()), ClaimSource::Stated).as_deref(),
-            Some("text/html")
-        );
+        // Any other type is a claim on every path, checked against the content.
+        for s in [ClaimSource::MultipartPart, ClaimSource::Stated] {
+            assert_eq!(c("text/html", s).as_deref(), Some("text/html"));
+            assert_eq!(
+                c(" Image/JPEG; charset=utf-8", s).as_deref(),
+                Some("image/jpeg")
+            );
+            assert_eq!(c(" ; x=y", s), None);
+        }
+    }
+
+    #[test]
+    fn data_urls_are_read_as_rfc_2397_says() {
+        for url in [
+            "data:image/png;base64,aGVsbG8",
+            "DATA:IMAGE/PNG;BASE64,aGVsbG8",
+            "data:image/png;charset=utf-8;base64,aGVsbG8",
+        ] {
+            let r = from_base64(url, None, None, None, 100).unwrap();
+            assert_eq!(
+                (r.bytes.as_slice(), r.claimed_mime.as_deref()),
+                (&b"hello"[..], Some("image/png")),
+                "{url}"
+            );
+        }
+        let r = from_base64("data:;base64,aGVsbG8", None, None, None, 100).unwrap();
+        assert_eq!(r.claimed_mime, None);
+        assert!(from_base64("data:image/png,aGVsbG8", None, None, None, 100).is_err());
     }
 }

@@ -260,8 +260,18 @@ pub fn probe(bytes: &[u8], limits: &Limits) -> Result<Probe> {
             let info = dec
                 .info()
                 .ok_or_else(|| unsupported("invalid JPEG header"))?;
-            if info.pixel_format == jpeg_decoder::PixelFormat::L16 {
-                return Err(unsupported("16-bit JPEG is not supported"));
+            match info.pixel_format {
+                jpeg_decoder::PixelFormat::L16 => {
+                    return Err(unsupported("16-bit JPEG is not supported"));
+                }
+                // Print files: libjpeg gives no RGB for them, and a guessed conversion would
+                // show wrong colours. Said as such, not as a corrupt file.
+                jpeg_decoder::PixelFormat::CMYK32 => {
+                    return Err(unsupported(
+                        "CMYK JPEG (a print file) is not supported; save it as RGB (sRGB)",
+                    ));
+                }
+                _ => {}
             }
             let end = jpeg_end(bytes)
                 .ok_or_else(|| unsupported("the JPEG is truncated (no end marker)"))?;
@@ -758,6 +768,18 @@ mod tests {
                     (format, o.width, o.height)
                 );
             }
+        }
+    }
+
+    #[test]
+    fn cmyk_jpegs_are_refused_as_unsupported_not_corrupt() {
+        let mut cmyk = Vec::new();
+        jpeg_encoder::Encoder::new(&mut cmyk, 90)
+            .encode(&[0u8; 16 * 16 * 4], 16, 16, jpeg_encoder::ColorType::Cmyk)
+            .unwrap();
+        match probe(&cmyk, &Limits::default()) {
+            Err(Error::UnsupportedMedia(m)) => assert!(m.contains("CMYK"), "{m}"),
+            other => panic!("{other:?}"),
         }
     }
 
