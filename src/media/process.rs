@@ -72,9 +72,75 @@ impl Default for Limits {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Probe {
     pub format: Format,
+    /// As displayed: after the EXIF orientation (a phone photo stored sideways is taller than
+    /// wide here, as every viewer shows it).
     pub width: u32,
     pub height: u32,
     pub has_alpha: bool,
+    /// The EXIF orientation of a JPEG, 1 (as stored) to 8; 1 for other formats.
+    pub orientation: u8,
+}
+
+impl Probe {
+    /// Whether the orientation swaps width and height (5 to 8: a quarter turn).
+    fn transposed(&self) -> bool {
+        self.orientation >= 5
+    }
+
+    /// The size as the pixels are stored.
+    fn stored_size(&self) -> (u32, u32) {
+        self.stored((self.width, self.height))
+    }
+
+    /// A displayed size in stored orientation.
+    fn stored(&self, (w, h): (u32, u32)) -> (u32, u32) {
+        if self.transposed() { (h, w) } else { (w, h) }
+    }
+}
+
+/// A JPEG's EXIF orientation (tag 0x0112), 1 when it has none or an unreadable one.
+fn exif_orientation(bytes: &[u8]) -> u8 {
+    let Ok(exif) = exif::Reader::new().read_from_container(&mut std::io::Cursor::new(bytes)) else {
+        return 1;
+    };
+    exif.get_field(exif::Tag::Orientation, exif::In::PRIMARY)
+        .and_then(|f| f.value.get_uint(0))
+        .and_then(|o| u8::try_from(o).ok())
+        .filter(|o| (1..=8).contains(o))
+        .unwrap_or(1)
+}
+
+/// Turns stored pixels into displayed ones for an EXIF orientation: each displayed pixel
+/// (x', y') takes the stored pixel the orientation puts there.
+fn orient(p: Pixels, orientation: u8) -> Pixels {
+    if orientation <= 1 || orientation > 8 {
+        return p;
+    }
+    let (w, h) = (p.width as usize, p.height as usize);
+    let n = if p.alpha { 4 } else { 3 };
+    let (ow, oh) = if orientation >= 5 { (h, w) } else { (w, h) };
+    let mut data = vec![0u8; p.data.len()];
+    for y2 in 0..oh {
+        for x2 in 0..ow {
+            let (x, y) = match orientation {
+                2 => (w - 1 - x2, y2),
+                3 => (w - 1 - x2, h - 1 - y2),
+                4 => (x2, h - 1 - y2),
+                5 => (y2, x2),
+                6 => (y2, h - 1 - x2),
+                7 => (w - 1 - y2, h - 1 - x2),
+                _ => (w - 1 - y2, x2),
+            };
+            let (from, to) = ((y * w + x) * n, (y2 * ow + x2) * n);
+            data[to..to + n].copy_from_slice(&p.data[from..from + n]);
+        }
+    }
+    Pixels {
+        width: ow as u32,
+        height: oh as u32,
+        alpha: p.alpha,
+        data,
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -336,11 +402,22 @@ pub fn probe(bytes: &[u8], limits: &Limits) -> Result<Probe> {
             ),
         ));
     }
+    let orientation = if format == Format::Jpeg {
+        exif_orientation(&bytes[..end])
+    } else {
+        1
+    };
+    let (width, height) = if orientation >= 5 {
+        (height, width)
+    } else {
+        (width, height)
+    };
     Ok(Probe {
         format,
         width,
         height,
         has_alpha,
+        orientation,
     })
 }
 
@@ -558,10 +635,12 @@ fn encode(p: &Pixels, format: Format, quality: u8) -> Result<Vec<u8>> {
 }
 
 /// The DCT scale numerator (of 8) libjpeg decodes at for a `need`ed size.
+/// `need` is in stored orientation, as the decoder sees the image.
 fn jpeg_scale(p: &Probe, need: (u32, u32)) -> u32 {
+    let (w, h) = p.stored_size();
     [1u32, 2, 4]
         .into_iter()
-        .find(|n| (p.width * n).div_ceil(8) >= need.0 && (p.height * n).div_ceil(8) >= need.1)
+        .find(|n| (w * n).div_ceil(8) >= need.0 && (h * n).div_ceil(8) >= need.1)
         .unwrap_or(8)
 }
 
@@ -580,8 +659,14 @@ pub fn decode_cost(p: &Probe, specs: &[SizeSpec]) -> u64 {
     let need = needed(specs, p.width, p.height);
     let (dw, dh, per_px) = match p.format {
         Format::Jpeg => {
-            let n = jpeg_scale(p, need);
-            ((p.width * n).div_ceil(8), (p.height * n).div_ceil(8), 3)
+            let n = jpeg_scale(p, p.stored(need));
+            // Turning a photo to its EXIF orientation copies the decoded pixels once.
+            let per_px = if p.orientation > 1 { 6 } else { 3 };
+            (
+                (p.width * n).div_ceil(8),
+                (p.height * n).div_ceil(8),
+                per_px,
+            )
         }
         // At most 8-bit RGBA after normalisation.
         Format::Png => (p.width, p.height, 4),
@@ -606,7 +691,8 @@ pub fn decode_cost(p: &Probe, specs: &[SizeSpec]) -> u64 {
 pub fn render(bytes: &[u8], p: &Probe, specs: &[SizeSpec], quality: u8) -> Result<Vec<Output>> {
     let need = needed(specs, p.width, p.height);
     let pixels = match p.format {
-        Format::Jpeg => decode_jpeg(bytes, p, need)?,
+        // Decoded as stored (the needed size turned to match), then turned as displayed.
+        Format::Jpeg => orient(decode_jpeg(bytes, p, p.stored(need))?, p.orientation),
         Format::Png => prepare_alpha(decode_png(bytes)?)?,
         Format::Webp => {
             // libwebp's scaler averages areas: decode straight to an integer shrink of the source.
@@ -771,6 +857,100 @@ mod tests {
         }
     }
 
+    /// A JPEG as a phone stores a portrait photo: the sensor's landscape pixels and an EXIF
+    /// orientation saying how to turn them.
+    fn jpeg_with_orientation(orientation: u16, w: u16, h: u16, px: &[u8]) -> Vec<u8> {
+        let mut exif = b"Exif\0\0MM\0\x2a\0\0\0\x08\0\x01".to_vec();
+        exif.extend([0x01, 0x12, 0x00, 0x03, 0, 0, 0, 1]);
+        exif.extend(orientation.to_be_bytes());
+        exif.extend([0, 0, 0, 0, 0, 0]);
+        let mut out = Vec::new();
+        let mut enc = jpeg_encoder::Encoder::new(&mut out, 95);
+        enc.add_app_segment(1, exif).unwrap();
+        enc.encode(px, w, h, jpeg_encoder::ColorType::Rgb).unwrap();
+        out
+    }
+
+    #[test]
+    fn exif_orientation_turns_the_outputs_as_viewers_show_the_photo() {
+        // Stored 300x200: left half red, right half blue.
+        let (w, h) = (300u16, 200u16);
+        let px: Vec<u8> = (0..u32::from(w) * u32::from(h))
+            .flat_map(|i| {
+                if i % u32::from(w) < u32::from(w) / 2 {
+                    [255, 0, 0]
+                } else {
+                    [0, 0, 255]
+                }
+            })
+            .collect();
+        // (orientation, displayed size, colour of the displayed top-left and bottom-right)
+        for (o, size, top_left, bottom_right) in [
+            (1, (300, 200), "red", "blue"),
+            (3, (300, 200), "blue", "red"),
+            (6, (200, 300), "red", "blue"),
+            (8, (200, 300), "blue", "red"),
+        ] {
+            let jpeg = jpeg_with_orientation(o, w, h, &px);
+            let p = probe(&jpeg, &Limits::default()).unwrap();
+            assert_eq!(
+                (p.width, p.height, p.orientation),
+                (size.0, size.1, o as u8)
+            );
+            let out = render(&jpeg, &p, &[SizeSpec::new("m", 100, 100, Fit::Inside)], 90).unwrap();
+            let (ow, oh) = (out[0].width, out[0].height);
+            assert_eq!(ow.max(oh), 100, "orientation {o}");
+            assert_eq!(ow > oh, size.0 > size.1, "orientation {o}: {ow}x{oh}");
+            let mut d = jpeg_decoder::Decoder::new(&out[0].bytes[..]);
+            let rgb = d.decode().unwrap();
+            let colour = |x: u32, y: u32| {
+                let i = ((y * ow + x) * 3) as usize;
+                match (rgb[i], rgb[i + 2]) {
+                    (r, b) if r > 200 && b < 60 => "red",
+                    (r, b) if b > 200 && r < 60 => "blue",
+                    _ => "mixed",
+                }
+            };
+            assert_eq!(colour(2, 2), top_left, "orientation {o}");
+            assert_eq!(colour(ow - 3, oh - 3), bottom_right, "orientation {o}");
+        }
+    }
+
+    #[test]
+    fn every_orientation_maps_corners_as_exif_defines() {
+        // 3x2 stored, pixels numbered 0..6 (one byte each, repeated to RGB).
+        let stored = Pixels {
+            width: 3,
+            height: 2,
+            alpha: false,
+            data: (0u8..6).flat_map(|v| [v, v, v]).collect(),
+        };
+        let shown = |o| {
+            let p = orient(
+                Pixels {
+                    data: stored.data.clone(),
+                    ..stored
+                },
+                o,
+            );
+            (
+                p.width,
+                p.height,
+                p.data.chunks(3).map(|c| c[0]).collect::<Vec<_>>(),
+            )
+        };
+        // Stored:  0 1 2
+        //          3 4 5
+        assert_eq!(shown(1), (3, 2, vec![0, 1, 2, 3, 4, 5]));
+        assert_eq!(shown(2), (3, 2, vec![2, 1, 0, 5, 4, 3]));
+        assert_eq!(shown(3), (3, 2, vec![5, 4, 3, 2, 1, 0]));
+        assert_eq!(shown(4), (3, 2, vec![3, 4, 5, 0, 1, 2]));
+        assert_eq!(shown(5), (2, 3, vec![0, 3, 1, 4, 2, 5]));
+        assert_eq!(shown(6), (2, 3, vec![3, 0, 4, 1, 5, 2]));
+        assert_eq!(shown(7), (2, 3, vec![5, 2, 4, 1, 3, 0]));
+        assert_eq!(shown(8), (2, 3, vec![2, 5, 1, 4, 0, 3]));
+    }
+
     #[test]
     fn cmyk_jpegs_are_refused_as_unsupported_not_corrupt() {
         let mut cmyk = Vec::new();
@@ -859,6 +1039,7 @@ mod tests {
             width: 8192,
             height: 4882,
             has_alpha: true,
+            orientation: 1,
         };
         let cost = decode_cost(&p, &[SizeSpec::thumbnail()]);
         assert!(cost >= 8192 * 4882 * 4, "{cost}");
