@@ -82,6 +82,12 @@ pub async fn graphql_post(
     {
         Ok(r) => r,
         Err(ParseRequestError::PayloadTooLarge) => return too_large(),
+        // async-graphql's own text names the part `operators`; the spec's name is `operations`.
+        Err(ParseRequestError::MissingOperatorsPart) => {
+            return bad_request(
+                "malformed GraphQL request: a multipart request needs an `operations` part".into(),
+            );
+        }
         Err(other) => return bad_request(format!("malformed GraphQL request: {other}")),
     };
     // async-graphql only turns max_num_files into a whole-stream byte limit: count the files too.

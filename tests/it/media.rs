@@ -336,6 +336,23 @@ async fn multipart_limits() {
     let message = b["errors"][0]["message"].as_str().unwrap_or_default();
     assert!(message.contains("at most one file"), "{b}");
     assert!(b["data"].is_null(), "{b}");
+    // No `operations` part: named as the multipart spec names it.
+    let form = reqwest::multipart::Form::new().part(
+        "map",
+        reqwest::multipart::Part::text(r#"{"0": ["variables.file"]}"#),
+    );
+    let res = app
+        .client
+        .post(app.url("/graphql"))
+        .bearer_auth(&m1)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    let b: Value = res.json().await.unwrap();
+    let message = b["errors"][0]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("`operations` part"), "{b}");
     assert_eq!(media_rows(&app).await, 0);
     assert_eq!(uploads(&app), 0);
 }
