@@ -180,7 +180,6 @@ async fn checkpointer(url: String, alive: std::sync::Weak<()>) {
     let _ = conn.close().await;
 }
 
-/// Applies every pending migration.
 /// Held while an instance migrates and seeds at start-up: on PostgreSQL a session advisory
 /// lock on a connection of its own, so instances started together take turns (the first
 /// migrates and seeds, the rest find it done) instead of racing on the migration table and the
@@ -217,6 +216,7 @@ impl StartupLock {
     }
 }
 
+/// Applies every pending migration.
 pub async fn migrate(db: &DatabaseConnection) -> Result<()> {
     Migrator::up(db, None).await?;
     Ok(())

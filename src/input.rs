@@ -3,8 +3,11 @@
 //! PostgreSQL cannot store NUL in `text` (and refuses the whole statement), while SQLite stores it,
 //! so the same request would succeed or fail by deployment. NUL is no part of any name, message,
 //! id or template, so it is refused at the door, wherever text comes in: JSON bodies
-//! (`rest::JsonBody`), URL paths and query strings (`http::Path`, `http::Query`), and GraphQL
-//! documents and variables (the schema's `TextInput` extension). The error names the field.
+//! (`rest::JsonBody`), URL paths and query strings (`http::Path`, `http::Query`), GraphQL
+//! documents (`graphql::check_document`, on every transport) and variables (the schema's
+//! `TextInput` extension). The error names the field. Text from other systems that is kept
+//! rather than judged (a signed Meta webhook, a receiver's answer, an upstream error) has its
+//! NUL replaced with U+FFFD instead.
 
 use serde_json::Value;
 

@@ -145,12 +145,16 @@ pub async fn one_writable<E: Tenant, C: ConnectionTrait>(
     })
 }
 
-/// The one row matching `which` that `actor` may read, else NOT_FOUND.
+/// The one row matching `which` that `actor` may read, else NOT_FOUND. An anonymous caller of a
+/// table with no public rows could read none of them: UNAUTHENTICATED, not NOT_FOUND.
 pub async fn one_visible<E: Tenant, C: ConnectionTrait>(
     db: &C,
     actor: &Actor,
     which: Condition,
 ) -> Result<E::Model> {
+    if E::public_rows().is_none() {
+        actor.require_authenticated()?;
+    }
     E::visible_to(actor)
         .filter(which)
         .one(db)

@@ -104,14 +104,15 @@ impl async_graphql::extensions::Extension for TextInput {
         variables: &async_graphql::Variables,
         next: async_graphql::extensions::NextParseQuery<'_>,
     ) -> async_graphql::ServerResult<async_graphql::parser::types::ExecutableDocument> {
-        let refused = if variables.is_empty() {
-            None
-        } else {
-            serde_json::to_value(variables)
-                .ok()
-                .and_then(|v| crate::input::nul_path(&v))
-                .map(|at| crate::input::nul_in(format!("variables.{at}")))
-        };
+        // A walk that copies nothing; only a refusal turns the variables into JSON, to name the
+        // field by the one path finder.
+        let refused = variables
+            .values()
+            .any(holds_nul)
+            .then(|| serde_json::to_value(variables).ok())
+            .flatten()
+            .and_then(|v| crate::input::nul_path(&v))
+            .map(|at| crate::input::nul_in(format!("variables.{at}")));
         if let Some(e) = refused {
             let e = async_graphql::Error::from(e);
             let mut server = async_graphql::ServerError::new(e.message, None);
@@ -119,6 +120,19 @@ impl async_graphql::extensions::Extension for TextInput {
             return Err(server);
         }
         next.run(ctx, query, variables).await
+    }
+}
+
+/// Whether a GraphQL value holds NUL in a string or an object key.
+fn holds_nul(v: &async_graphql::Value) -> bool {
+    use async_graphql::Value as V;
+    match v {
+        V::String(s) => s.contains('\0'),
+        V::List(items) => items.iter().any(holds_nul),
+        V::Object(map) => map
+            .iter()
+            .any(|(k, v)| k.as_str().contains('\0') || holds_nul(v)),
+        _ => false,
     }
 }
 

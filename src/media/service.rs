@@ -627,17 +627,10 @@ async fn renumber(
 /// A product with media has exactly one primary. When none is (its first attachment, or the
 /// primary was detached, deleted or unset), the first by position becomes it; returns that row.
 async fn ensure_primary(db: &impl ConnectionTrait, product: &ProductRef) -> Result<Option<Uuid>> {
-    let has_primary = ProductMedia::find()
-        .filter(product.rows())
-        .filter(PC::IsPrimary.eq(true))
-        .count(db)
-        .await?
-        > 0;
-    if has_primary {
-        return Ok(None);
-    }
+    // One read: the primary if there is one, else the first by position.
     let Some(first) = ProductMedia::find()
         .filter(product.rows())
+        .order_by_desc(PC::IsPrimary)
         .order_by_asc(PC::Position)
         .order_by_asc(PC::CreatedAt)
         .one(db)
@@ -645,6 +638,9 @@ async fn ensure_primary(db: &impl ConnectionTrait, product: &ProductRef) -> Resu
     else {
         return Ok(None);
     };
+    if first.is_primary {
+        return Ok(None);
+    }
     ProductMedia::update_many()
         .col_expr(PC::IsPrimary, Expr::value(true))
         .filter(PC::Id.eq(first.id))

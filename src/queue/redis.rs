@@ -376,10 +376,6 @@ impl Drop for RedisQueue {
     }
 }
 
-/// Connects with reconnection forever (exponential, capped at 2 s), so workers resume by
-/// themselves after a dropped connection or a Redis restart. Commands are re-sent after a lost
-/// reply (`max_command_attempts`) because every script but the lease scripts is safe to repeat
-/// (token- and state-checked); leases go through `Script::run_once`.
 /// How long a Redis command may wait for its answer, the reconnects in between included. fred
 /// queues commands while it reconnects, with no limit by default: when Redis is down, every
 /// request that touches it would hang until Redis came back, instead of failing with a typed
@@ -388,6 +384,10 @@ pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 /// For a check that fails open (the shared rate limit): it must not hold up the request.
 pub const COMMAND_TIMEOUT_FAST: Duration = Duration::from_secs(1);
 
+/// Connects with reconnection forever (exponential, capped at 2 s), so workers resume by
+/// themselves after a dropped connection or a Redis restart. Commands are re-sent after a lost
+/// reply (`max_command_attempts`) because every script but the lease scripts is safe to repeat
+/// (token- and state-checked); leases go through `Script::run_once`.
 pub async fn connect_client(url: &str, pool_size: usize) -> Result<Pool> {
     let config = RedisConfig::from_url(url)
         .map_err(|e| Error::validation("REDIS_URL", format!("invalid REDIS_URL: {e}")))?;

@@ -254,7 +254,6 @@ async fn find_visible<C: ConnectionTrait>(
     actor: &Actor,
     id: Uuid,
 ) -> Result<webhook::Model> {
-    actor.require_authenticated()?;
     scope::one_visible::<Webhooks, _>(db, actor, Condition::all().add(W::Id.eq(id))).await
 }
 

@@ -632,6 +632,28 @@ both_dbs!(
     payload_errors_name_their_field,
 );
 
+/// Waits until the background trim has left fewer than `n` events stored.
+async fn trimmed_below(app: &TestApp, n: u64) {
+    crate::common::eventually("the history is trimmed", || async {
+        match stored(app).await {
+            kept if kept < n => Ok(()),
+            kept => Err(format!("{kept} kept")),
+        }
+    })
+    .await;
+}
+
+/// An admin's subscription resuming `after`, across merchants or for `merchant`.
+async fn admin_resume(app: &TestApp, after: &str, merchant: Option<&str>) -> Ws {
+    subscribe(
+        app,
+        "graphql-transport-ws",
+        &app.admin,
+        json!({ "after": after, "m": merchant }),
+    )
+    .await
+}
+
 /// `after` older than the history holds is an error, never a silent skip.
 #[tokio::test]
 async fn an_expired_resume_point_is_an_error() {
@@ -641,21 +663,9 @@ async fn an_expired_resume_point_is_an_error() {
     for n in 1..40 {
         emit_gql(&app, EventType::BotConnected, "m-h", n).await;
     }
-    crate::common::eventually("the history is trimmed", || async {
-        match stored(&app).await {
-            n if n < 40 => Ok(()),
-            n => Err(format!("{n} kept")),
-        }
-    })
-    .await;
+    trimmed_below(&app, 40).await;
     for after in [first, uuid::Uuid::now_v7().to_string()] {
-        let mut ws = subscribe(
-            &app,
-            "graphql-transport-ws",
-            &app.admin,
-            json!({ "after": after }),
-        )
-        .await;
+        let mut ws = admin_resume(&app, &after, None).await;
         let err = next_event(&mut ws).await.unwrap_err();
         assert_eq!(error_code(&err), "HISTORY_EXPIRED", "{err}");
     }
@@ -673,44 +683,20 @@ async fn an_expired_resume_point_across_merchants_is_an_error() {
     for n in 0..4 {
         emit_gql(&app, EventType::BotConnected, "m-busy", n).await;
     }
-    let mut ws = subscribe(
-        &app,
-        "graphql-transport-ws",
-        &app.admin,
-        json!({ "after": quiet }),
-    )
-    .await;
+    let mut ws = admin_resume(&app, &quiet, None).await;
     for _ in 0..4 {
         next_event(&mut ws).await.expect("replayed");
     }
     for n in 4..70 {
         emit_gql(&app, EventType::BotConnected, "m-busy", n).await;
     }
-    crate::common::eventually("the busy history is trimmed", || async {
-        match stored(&app).await {
-            n if n < 60 => Ok(()),
-            n => Err(format!("{n} kept")),
-        }
-    })
-    .await;
+    trimmed_below(&app, 60).await;
     // `quiet` is still there, but what the busy merchant emitted after it is not all there.
-    let mut ws = subscribe(
-        &app,
-        "graphql-transport-ws",
-        &app.admin,
-        json!({ "after": quiet }),
-    )
-    .await;
+    let mut ws = admin_resume(&app, &quiet, None).await;
     let err = next_event(&mut ws).await.unwrap_err();
     assert_eq!(error_code(&err), "HISTORY_EXPIRED", "{err}");
     // Scoped to the quiet merchant, its own history is whole.
-    let mut ws = subscribe(
-        &app,
-        "graphql-transport-ws",
-        &app.admin,
-        json!({ "after": quiet, "m": "m-quiet" }),
-    )
-    .await;
+    let mut ws = admin_resume(&app, &quiet, Some("m-quiet")).await;
     emit_gql(&app, EventType::BotConnected, "m-quiet", 1).await;
     let e = next_event(&mut ws)
         .await
