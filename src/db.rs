@@ -1,5 +1,6 @@
 //! The database connection: SQLite (embedded default) or PostgreSQL, chosen once from Config.
 
+use futures::future::BoxFuture;
 use std::{sync::Arc, time::Duration};
 
 use migration::{Migrator, MigratorTrait};
@@ -301,14 +302,20 @@ pub async fn begin_write(db: &DatabaseConnection) -> Result<sea_orm::DatabaseTra
 /// of its own row.
 ///
 /// [`insert`]: BatchInserter::insert
-pub struct BatchInserter<A: ActiveModelTrait> {
-    tx: tokio::sync::mpsc::Sender<Pending<A>>,
+pub type BatchInserter<A> = BatchWriter<A, ()>;
+
+/// Writes a batch of rows in one statement, with one result per row, in order.
+pub type WriteBatch<R, O> = fn(DatabaseConnection, Vec<R>) -> BoxFuture<'static, Result<Vec<O>>>;
+
+/// A [`BatchInserter`] whose statement answers something per row (what `RETURNING` gives).
+pub struct BatchWriter<R, O = ()> {
+    tx: tokio::sync::mpsc::Sender<Pending<R, O>>,
     what: &'static str,
 }
 
-type Pending<A> = (A, tokio::sync::oneshot::Sender<Result<()>>);
+type Pending<R, O> = (R, tokio::sync::oneshot::Sender<Result<O>>);
 
-impl<A> BatchInserter<A>
+impl<A> BatchWriter<A, ()>
 where
     A: ActiveModelTrait + Clone + Send + 'static,
 {
@@ -321,10 +328,38 @@ where
         linger: Option<Duration>,
         what: &'static str,
     ) -> Self {
+        Self::spawn_with(db, batch, linger, what, |db, rows| {
+            Box::pin(async move {
+                let n = rows.len();
+                insert_rows(&db, rows).await?;
+                Ok(vec![(); n])
+            })
+        })
+    }
+
+    /// Writes `row`; returns once it is committed.
+    pub async fn insert(&self, row: A) -> Result<()> {
+        self.write(row).await
+    }
+}
+
+impl<R, O> BatchWriter<R, O>
+where
+    R: Clone + Send + 'static,
+    O: Send + 'static,
+{
+    /// [`BatchWriter::spawn`] with the statement `write` (one result per row, in order).
+    pub fn spawn_with(
+        db: DatabaseConnection,
+        batch: usize,
+        linger: Option<Duration>,
+        what: &'static str,
+        write: WriteBatch<R, O>,
+    ) -> Self {
         let batch = batch.max(1);
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Pending<A>>(4 * batch);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Pending<R, O>>(4 * batch);
         tokio::spawn(async move {
-            let mut pending: Vec<Pending<A>> = Vec::with_capacity(batch);
+            let mut pending: Vec<Pending<R, O>> = Vec::with_capacity(batch);
             while rx.recv_many(&mut pending, batch).await > 0 {
                 if let Some(linger) = linger {
                     let until = tokio::time::Instant::now() + linger;
@@ -337,20 +372,26 @@ where
                         }
                     }
                 }
-                let (rows, waiters): (Vec<A>, Vec<_>) = pending.drain(..).unzip();
+                let (rows, waiters): (Vec<R>, Vec<_>) = pending.drain(..).unzip();
                 if rows.len() == 1 {
-                    let res = insert_rows(&db, rows).await;
+                    let res = one(write(db.clone(), rows).await);
                     if let Some(w) = waiters.into_iter().next() {
                         let _ = w.send(res);
                     }
                     continue;
                 }
-                match insert_rows(&db, rows.clone()).await {
-                    Ok(()) => waiters.into_iter().for_each(|w| drop(w.send(Ok(())))),
-                    Err(e) => {
-                        tracing::debug!(error = %e, rows = rows.len(), "{what}: batch failed; writing its rows one by one");
+                match write(db.clone(), rows.clone()).await {
+                    Ok(outs) if outs.len() == waiters.len() => {
+                        for (out, w) in outs.into_iter().zip(waiters) {
+                            let _ = w.send(Ok(out));
+                        }
+                    }
+                    res => {
+                        if let Err(e) = &res {
+                            tracing::debug!(error = %e, rows = rows.len(), "{what}: batch failed; writing its rows one by one");
+                        }
                         for (row, w) in rows.into_iter().zip(waiters) {
-                            let _ = w.send(insert_rows(&db, vec![row]).await);
+                            let _ = w.send(one(write(db.clone(), vec![row]).await));
                         }
                     }
                 }
@@ -359,13 +400,20 @@ where
         Self { tx, what }
     }
 
-    /// Writes `row`; returns once it is committed.
-    pub async fn insert(&self, row: A) -> Result<()> {
+    /// Writes `row`; returns its result once it is committed.
+    pub async fn write(&self, row: R) -> Result<O> {
         let stopped = || Error::Internal(format!("the {} writer has stopped", self.what));
         let (done, wait) = tokio::sync::oneshot::channel();
         self.tx.send((row, done)).await.map_err(|_| stopped())?;
         wait.await.map_err(|_| stopped())?
     }
+}
+
+/// The one result of a one-row write.
+fn one<O>(res: Result<Vec<O>>) -> Result<O> {
+    res?.into_iter()
+        .next()
+        .ok_or_else(|| Error::Internal("a write answered nothing for its row".into()))
 }
 
 /// One multi-row INSERT; a database error keeps its type (a conflict, say).

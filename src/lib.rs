@@ -120,8 +120,14 @@ pub async fn build(config: Config) -> Result<App> {
     // The event row is the webhook outbox; publishing fans it out into delivery jobs.
     let outbox = webhooks::delivery::Dispatcher::new(db.clone(), queue.clone(), webhooks.clone());
     let events = Arc::new(
-        events::service::Events::new(db.clone(), event_bus(&config).await?, config.event_history)
-            .with_outbox(Arc::new(outbox)),
+        events::service::Events::start(
+            db.clone(),
+            event_bus(&config).await?,
+            config.event_history,
+            config.event_buffer,
+        )
+        .await?
+        .with_outbox(Arc::new(outbox)),
     );
     let whatsapp = Arc::new(whatsapp::Outbound::new(&config.whatsapp)?);
     Ok(App {

@@ -100,14 +100,32 @@ impl NewestFirst<'_> {
         E::Model: FromQueryResult + Send + Sync,
         C: ConnectionTrait,
     {
+        self.fetch_by::<E, C, Uuid>(db, select, id).await
+    }
+
+    /// [`NewestFirst::fetch`] keyed by any unique, ordered column `key` whose cursor text parses
+    /// as `K` (an event's commit position, say).
+    pub async fn fetch_by<E, C, K>(
+        &self,
+        db: &C,
+        select: Select<E>,
+        key: E::Column,
+    ) -> Result<Page<E::Model>>
+    where
+        E: EntityTrait,
+        E::Model: FromQueryResult + Send + Sync,
+        C: ConnectionTrait,
+        K: std::str::FromStr + Into<sea_orm::Value>,
+    {
         let total_count = select.clone().count(db).await?;
         let mut q = select;
         if let Some(after) = self.args.after_key(self.kind)? {
-            let after = Uuid::parse_str(&after)
+            let after = after
+                .parse::<K>()
                 .map_err(|_| Error::validation("after", "after is not a valid cursor"))?;
-            q = q.filter(id.lt(after));
+            q = q.filter(key.lt(after));
         }
-        let mut items = q.order_by_desc(id).limit(self.limit + 1).all(db).await?;
+        let mut items = q.order_by_desc(key).limit(self.limit + 1).all(db).await?;
         let has_next_page = items.len() as u64 > self.limit;
         items.truncate(self.limit as usize);
         Ok(Page {

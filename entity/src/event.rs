@@ -1,5 +1,6 @@
 //! `events`: the history of what happened, per merchant. Subscriptions replay it (`after`), and
-//! `recentEvents` pages through it. Ids are UUIDv7, so they sort by time and serve as cursors.
+//! `recentEvents` pages through it. Ids are UUIDv7, so they sort by time; `seq` numbers events in commit order, and resume
+//! points and cursors use it.
 
 use sea_orm::entity::prelude::*;
 
@@ -16,6 +17,9 @@ pub struct Model {
     pub occurred_at: DateTimeUtc,
     /// The transactional outbox: NULL until this event's webhook deliveries are enqueued.
     pub webhooks_dispatched_at: Option<DateTimeUtc>,
+    /// The position in commit order, numbered without gaps: what a resume replays after
+    /// (migration 000011). Set by the INSERT itself, never by the caller.
+    pub seq: Option<i64>,
 }
 
 impl ActiveModelBehavior for ActiveModel {}

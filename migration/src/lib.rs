@@ -13,6 +13,7 @@ mod m20261126_000007_orders;
 mod m20261126_000008_jobs_fetch_index;
 mod m20261202_000009_cache_generations;
 mod m20261203_000010_webhooks_generation;
+mod m20261204_000011_event_positions;
 
 pub struct Migrator;
 
@@ -30,6 +31,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261126_000008_jobs_fetch_index::Migration),
             Box::new(m20261202_000009_cache_generations::Migration),
             Box::new(m20261203_000010_webhooks_generation::Migration),
+            Box::new(m20261204_000011_event_positions::Migration),
         ]
     }
 }

@@ -91,6 +91,7 @@ struct Wire {
     merchant_id: String,
     occurred_at: chrono::DateTime<chrono::Utc>,
     payload: serde_json::Value,
+    seq: i64,
 }
 
 impl RedisBus {
@@ -169,6 +170,7 @@ async fn forward<M: Clone>(
                             merchant_id: w.merchant_id,
                             occurred_at: w.occurred_at,
                             payload: w.payload,
+                            seq: w.seq,
                         })));
                     }
                     Err(e) => tracing::warn!(error = %e, "unreadable event on the bus"),
@@ -199,6 +201,7 @@ impl EventBus for RedisBus {
             merchant_id: event.merchant_id.clone(),
             occurred_at: event.occurred_at,
             payload: event.payload.clone(),
+            seq: event.seq,
         };
         let text = serde_json::to_string(&wire).map_err(Error::internal)?;
         let _: i64 = self
@@ -225,7 +228,7 @@ mod tests {
     fn wire(n: u32) -> String {
         serde_json::json!({
             "id": uuid::Uuid::now_v7(), "type": "bot_connected", "merchant_id": "m",
-            "occurred_at": chrono::Utc::now(), "payload": { "n": n },
+            "occurred_at": chrono::Utc::now(), "payload": { "n": n }, "seq": n,
         })
         .to_string()
     }

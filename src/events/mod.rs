@@ -107,6 +107,11 @@ pub struct Event {
     pub merchant_id: String,
     pub occurred_at: DateTime<Utc>,
     pub payload: Value,
+    /// The position in commit order (`events.seq`, numbered without gaps): live subscribers get
+    /// events in this order, and a resume replays what follows its `after` event in it. 0 for an
+    /// event that is not stored (a webhook endpoint's test ping).
+    #[serde(skip)]
+    pub seq: i64,
 }
 
 /// The largest payload accepted, as JSON text.

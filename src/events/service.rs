@@ -3,27 +3,35 @@
 //! writes the `events` table or touches the bus.
 //!
 //! Emit stores first and publishes second: when it returns the event is durable, and a
-//! subscriber that missed the live copy finds it in the history. A subscription with `after`
-//! listens to the bus *before* it reads the history, then skips live events it already replayed,
-//! so the seam between history and live has no gap and no duplicate.
+//! subscriber that missed the live copy finds it in the history.
+//!
+//! Every stored event has a position, `seq`, numbered in commit order without gaps (migration
+//! 000011). Live subscribers get events in that order: the bus carries them in the order they
+//! were published, which is not always the order they committed, so a [`Sequencer`] holds back
+//! an event until the ones before it have come (or reads them from the history when they do not
+//! come soon). A subscription with `after` listens *before* it reads the history, replays in
+//! `seq` order, then skips live events at or before the last one replayed: the seam between
+//! history and live has no gap and no duplicate, and "everything after the last event I got" is
+//! exact even when emits overlap.
 //!
 //! The event row is also the webhook outbox: `record` leaves `webhooks_dispatched_at` NULL, and
 //! `publish` hands the event to the [`Outbox`] (webhook fan-out), which marks it dispatched. A
 //! crash in between leaves it for the outbox's sweeper; see `webhooks::delivery`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{
     Arc,
     atomic::{AtomicU64, Ordering},
 };
+use std::time::Duration;
 
 use futures::Stream;
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DbBackend,
-    EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
+    EntityTrait, QueryFilter, QueryOrder, QuerySelect,
 };
 use serde_json::Value;
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::{self, error::RecvError};
 use uuid::Uuid;
 
 use super::{
@@ -33,7 +41,7 @@ use super::{
 };
 use crate::{
     auth::{MerchantId, MerchantScope, scope::Scoped as _},
-    db::{BatchInserter, SeenGeneration},
+    db::{BatchWriter, SeenGeneration},
     error::{Error, Result},
     pagination::{Page, PageArgs, encode_cursor},
 };
@@ -57,10 +65,11 @@ const TRIM_QUEUE: usize = 256;
 /// Merchants whose emits are counted towards their next trim, at most.
 const TRIM_COUNTED_MERCHANTS: usize = 100_000;
 const REPLAY_PAGE: u64 = 500;
-/// How long an event may take from its id (taken in its transaction) to being published. Only
-/// events replayed with an id this recent can also arrive live, so only they are remembered to
-/// drop their live copy.
-const SEAM: chrono::Duration = chrono::Duration::minutes(2);
+/// How long the [`Sequencer`] waits for a missing position before it reads it from the history.
+/// Events published out of commit order arrive within a few milliseconds of each other; a
+/// position that takes longer was not published (its emitter failed after the commit, or the
+/// bus lost it), and the history has it.
+const REORDER_WAIT: Duration = Duration::from_millis(20);
 
 /// Where committed events go besides the bus: the webhook fan-out. It marks what it dispatched.
 #[async_trait::async_trait]
@@ -97,7 +106,11 @@ pub struct Events {
     /// Merchants whose history is due a trim, for the trimmer task; started on first use.
     trims: std::sync::OnceLock<tokio::sync::mpsc::Sender<String>>,
     /// The rows of [`Events::emit`] on SQLite, written in shared commits; started on first use.
-    writer: std::sync::OnceLock<BatchInserter<event::ActiveModel>>,
+    /// Each write answers its event's position.
+    writer: std::sync::OnceLock<BatchWriter<Event, i64>>,
+    /// Live events in commit order, from the [`Sequencer`]: what subscribers listen to. Its
+    /// capacity is each subscriber's bounded buffer.
+    ordered: broadcast::Sender<Delivery>,
 }
 
 /// Emitted events per INSERT at most (6 columns each: far under SQLite's parameter limit).
@@ -110,6 +123,7 @@ fn to_event(m: event::Model) -> Result<Event> {
         merchant_id: m.merchant_id,
         occurred_at: m.occurred_at,
         payload: m.payload,
+        seq: m.seq.unwrap_or_default(),
     })
 }
 
@@ -120,35 +134,85 @@ pub async fn record<C: ConnectionTrait>(
     merchant: &MerchantId,
     payload: Value,
 ) -> Result<Event> {
-    let e = new_event(kind, merchant, payload)?;
-    store(db, &e).await?;
+    let mut e = new_event(kind, merchant, payload)?;
+    let (seqs, _) = insert_events(db, std::slice::from_ref(&e), None).await?;
+    e.seq = seqs[0];
     Ok(e)
 }
 
-/// One INSERT of one event. Without RETURNING: the row is what was just built, so nothing
-/// needs reading back.
-async fn store<C: ConnectionTrait>(db: &C, e: &Event) -> Result<()> {
-    Events_::insert(row(e)).exec_without_returning(db).await?;
-    Ok(())
-}
-
-/// [`store`], returning the `cache_generations` counter `name` as the INSERT's snapshot saw it:
-/// a value committed no later than the INSERT began (PostgreSQL).
-async fn store_seeing(
-    db: &DatabaseConnection,
-    e: &Event,
-    name: &str,
-) -> Result<Option<SeenGeneration>> {
-    use sea_orm::{QueryTrait, sea_query::Query};
-    let mut insert = Events_::insert(row(e)).into_query();
-    insert.returning(Query::returning().expr(crate::db::generation_query(name)));
-    let read_from = std::time::Instant::now();
-    let row = db.query_one(&insert).await?;
-    let value = match row {
-        Some(r) => r.try_get_by_index::<Option<i64>>(0)?,
-        None => None,
+/// One INSERT of `events`; answers each one's position (`seq`), in order, and when `generation`
+/// names a `cache_generations` counter, that counter as the INSERT's snapshot saw it: a value
+/// committed no later than the INSERT began.
+///
+/// The position is taken by the INSERT itself, under the database's write serialization (see
+/// migration 000011): on SQLite as `MAX(seq) + k` for the statement's k-th row, in the write
+/// lock; on PostgreSQL by the table's trigger, under its advisory lock.
+pub(crate) async fn insert_events<Db: ConnectionTrait>(
+    db: &Db,
+    events: &[Event],
+    generation: Option<&str>,
+) -> Result<(Vec<i64>, Option<SeenGeneration>)> {
+    use sea_orm::{
+        ActiveModelTrait, EntityName,
+        sea_query::{Expr, Query},
     };
-    Ok(value.map(|value| SeenGeneration { value, read_from }))
+    const COLUMNS: [C; 5] = [
+        C::Id,
+        C::EventType,
+        C::MerchantId,
+        C::Payload,
+        C::OccurredAt,
+    ];
+    let sqlite = db.get_database_backend() == DbBackend::Sqlite;
+    let mut columns = COLUMNS.to_vec();
+    if sqlite {
+        columns.push(C::Seq);
+    }
+    let mut insert = Query::insert();
+    insert.into_table(Events_.table_ref()).columns(columns);
+    for (k, e) in events.iter().enumerate() {
+        let am = row(e);
+        let mut values: Vec<Expr> = COLUMNS
+            .iter()
+            .map(|&c| Expr::val(am.get(c).into_value().expect("every column is set")))
+            .collect();
+        if sqlite {
+            values.push(Expr::cust(format!(
+                r#"(SELECT COALESCE(MAX("seq"), 0) FROM "events") + {}"#,
+                k + 1
+            )));
+        }
+        insert.values_panic(values);
+    }
+    let mut returning = vec![Expr::col(C::Id), Expr::col(C::Seq)];
+    if let Some(name) = generation {
+        returning.push(crate::db::generation_query(name).into());
+    }
+    insert.returning(Query::returning().exprs(returning));
+    let read_from = std::time::Instant::now();
+    let rows = db.query_all(&insert).await?;
+    let mut seen = None;
+    let mut by_id = HashMap::with_capacity(rows.len());
+    for r in rows {
+        let id: Uuid = r.try_get_by_index(0)?;
+        let seq: i64 = r.try_get_by_index(1)?;
+        if generation.is_some() {
+            seen = r
+                .try_get_by_index::<Option<i64>>(2)?
+                .map(|value| SeenGeneration { value, read_from });
+        }
+        by_id.insert(id, seq);
+    }
+    let seqs = events
+        .iter()
+        .map(|e| {
+            by_id
+                .get(&e.id)
+                .copied()
+                .ok_or_else(|| Error::Internal("an event's INSERT returned no position".into()))
+        })
+        .collect::<Result<_>>()?;
+    Ok((seqs, seen))
 }
 
 /// A new event, its payload validated.
@@ -161,6 +225,7 @@ fn new_event(kind: EventType, merchant: &MerchantId, mut payload: Value) -> Resu
         merchant_id: merchant.as_str().to_owned(),
         occurred_at: chrono::Utc::now(),
         payload,
+        seq: 0,
     })
 }
 
@@ -173,6 +238,8 @@ fn row(e: &Event) -> event::ActiveModel {
         occurred_at: Set(e.occurred_at),
         // NULL: the webhook fan-out is still to be dispatched (the outbox).
         webhooks_dispatched_at: sea_orm::ActiveValue::NotSet,
+        // Taken by the INSERT (`insert_events`).
+        seq: sea_orm::ActiveValue::NotSet,
     }
 }
 
@@ -222,18 +289,19 @@ async fn trim(
     }
     let cutoff = Events_::find()
         .select_only()
-        .column(C::Id)
+        .column(C::Seq)
         .filter(C::MerchantId.eq(merchant))
-        .order_by_desc(C::Id)
+        .order_by_desc(C::Seq)
         .offset(history)
         .limit(1)
-        .into_tuple::<Uuid>()
+        .into_tuple::<Option<i64>>()
         .one(db)
-        .await?;
+        .await?
+        .flatten();
     if let Some(cutoff) = cutoff {
         Events_::delete_many()
             .filter(C::MerchantId.eq(merchant))
-            .filter(C::Id.lte(cutoff))
+            .filter(C::Seq.lte(cutoff))
             // An event still waiting for its webhook fan-out stays until it is dispatched.
             .filter(C::WebhooksDispatchedAt.is_not_null())
             .exec(db)
@@ -243,8 +311,29 @@ async fn trim(
 }
 
 impl Events {
-    pub fn new(db: DatabaseConnection, bus: Arc<dyn EventBus>, history: usize) -> Self {
-        Self {
+    /// The service, its [`Sequencer`] started: it listens to the bus from now on, and releases
+    /// the events committed after the newest one stored now. `buffer`: each subscriber's
+    /// bounded buffer, in events.
+    pub async fn start(
+        db: DatabaseConnection,
+        bus: Arc<dyn EventBus>,
+        history: usize,
+        buffer: usize,
+    ) -> Result<Self> {
+        let raw = bus.subscribe();
+        let newest = newest_seq(&db).await?;
+        let (ordered, _) = broadcast::channel(buffer.max(1));
+        tokio::spawn(
+            Sequencer {
+                db: db.clone(),
+                out: ordered.clone(),
+                next: newest + 1,
+                held: BTreeMap::new(),
+                most_held: buffer.max(1),
+            }
+            .run(raw),
+        );
+        Ok(Self {
             db,
             bus,
             history: history.max(1) as u64,
@@ -253,7 +342,8 @@ impl Events {
             outbox: None,
             trims: std::sync::OnceLock::new(),
             writer: std::sync::OnceLock::new(),
-        }
+            ordered,
+        })
     }
 
     /// Sends every published event through `outbox` too (the webhook fan-out).
@@ -294,18 +384,30 @@ impl Events {
         merchant: &MerchantId,
         payload: Value,
     ) -> Result<Event> {
-        let e = new_event(kind, merchant, payload)?;
+        let mut e = new_event(kind, merchant, payload)?;
         let seen = if self.db.get_database_backend() == DbBackend::Sqlite {
-            self.writer
-                .get_or_init(|| BatchInserter::spawn(self.db.clone(), EMIT_BATCH, None, "events"))
-                .insert(row(&e))
+            e.seq = self
+                .writer
+                .get_or_init(|| {
+                    BatchWriter::spawn_with(
+                        self.db.clone(),
+                        EMIT_BATCH,
+                        None,
+                        "events",
+                        |db, rows| {
+                            Box::pin(async move { Ok(insert_events(&db, &rows, None).await?.0) })
+                        },
+                    )
+                })
+                .write(e.clone())
                 .await?;
             None
-        } else if let Some(name) = self.outbox.as_ref().and_then(|o| o.generation()) {
-            store_seeing(&self.db, &e, name).await?
         } else {
-            store(&self.db, &e).await?;
-            None
+            let generation = self.outbox.as_ref().and_then(|o| o.generation());
+            let (seqs, seen) =
+                insert_events(&self.db, std::slice::from_ref(&e), generation).await?;
+            e.seq = seqs[0];
+            seen
         };
         self.hand_over(e.clone(), seen).await;
         Ok(e)
@@ -386,13 +488,15 @@ impl Events {
         let pager = page.newest_first(CURSOR_KIND)?;
         let cond = filter(scope, types);
         let rows = pager
-            .fetch(&self.db, Events_::find().filter(cond), C::Id)
+            .fetch_by::<_, _, i64>(&self.db, Events_::find().filter(cond), C::Seq)
             .await?;
         rows.try_map(to_event)
     }
 
+    /// `recentEvents` pages in commit order, the order subscribers get events in: the newest
+    /// event a page shows is a resume point that replays exactly what came after it.
     pub fn cursor(e: &Event) -> String {
-        encode_cursor(CURSOR_KIND, &e.id.to_string())
+        encode_cursor(CURSOR_KIND, &e.seq.to_string())
     }
 
     /// Whether some merchant's history may have lost events newer than `after`: it is full (a
@@ -401,7 +505,7 @@ impl Events {
     /// own: a replay across merchants needs this too. (A merchant whose first `history` events
     /// all came after `after` counts as trimmed: the answer is then HISTORY_EXPIRED where a
     /// replay might have been whole, never a silent gap.)
-    async fn trimmed_past(&self, after: Uuid) -> Result<bool> {
+    async fn trimmed_past(&self, after: i64) -> Result<bool> {
         use sea_orm::{
             ExprTrait, QuerySelect,
             sea_query::{Expr, Func},
@@ -411,7 +515,7 @@ impl Events {
             .select_only()
             .column(C::MerchantId)
             .group_by(C::MerchantId)
-            .having(Expr::expr(Func::min(Expr::col(C::Id))).gt(after))
+            .having(Expr::expr(Func::min(Expr::col(C::Seq))).gt(after))
             .having(Expr::expr(Func::count(Expr::col(C::Id))).gte(cap))
             .limit(1)
             .into_tuple()
@@ -431,41 +535,38 @@ impl Events {
     ) -> impl Stream<Item = Result<Arc<Event>>> + Send + 'static {
         let this = self.clone();
         // Listen before reading the history, so nothing published meanwhile is missed.
-        let mut rx = self.bus.subscribe();
+        let mut rx = self.ordered.subscribe();
         self.opened.fetch_add(1, Ordering::Relaxed);
         async_stream::try_stream! {
-            // Replayed events that may also arrive live (see `SEAM`), to drop their live copy.
-            let mut replayed = std::collections::HashSet::new();
+            // The newest position delivered: live events at or before it were replayed.
+            let mut last = 0;
             if let Some(after) = after {
                 let known = Events_::find()
+                    .select_only()
+                    .column(C::Seq)
                     .filter(C::Id.eq(after))
                     .filter(filter(&scope, &[]))
-                    .count(&this.db)
-                    .await?;
-                if known == 0 || (scope.merchant().is_none() && this.trimmed_past(after).await?) {
-                    Err(Error::HistoryExpired(
-                        "`after` is older than the history holds (or not an event you can see); \
-                         reload with recentEvents and subscribe without `after`"
-                            .into(),
-                    ))?;
+                    .into_tuple::<Option<i64>>()
+                    .one(&this.db)
+                    .await?
+                    .flatten();
+                let from = known.ok_or_else(expired)?;
+                if scope.merchant().is_none() && this.trimmed_past(from).await? {
+                    Err(expired())?;
                 }
-                let seam = chrono::Utc::now() - SEAM;
-                let mut last = after;
+                last = from;
                 loop {
                     let rows = Events_::find()
                         .filter(filter(&scope, &types))
-                        .filter(C::Id.gt(last))
-                        .order_by_asc(C::Id)
+                        .filter(C::Seq.gt(last))
+                        .order_by_asc(C::Seq)
                         .limit(REPLAY_PAGE)
                         .all(&this.db)
                         .await?;
                     let n = rows.len() as u64;
                     for row in rows {
                         let e = to_event(row)?;
-                        last = e.id;
-                        if e.occurred_at >= seam {
-                            replayed.insert(e.id);
-                        }
+                        last = e.seq;
                         yield Arc::new(e);
                     }
                     if n < REPLAY_PAGE {
@@ -487,14 +588,12 @@ impl Events {
                         )))?;
                     }
                     Ok(Delivery::Event(e)) => {
-                        // Already replayed from the history (the seam), or not for this caller.
-                        // Not by id order: events are published in commit order, and an id is
-                        // taken before its transaction commits, so a later event may come first.
-                        if (!replayed.is_empty() && replayed.remove(&e.id))
-                            || !wanted(&scope, &types, &e)
-                        {
+                        // Live events come in commit order: those at or before `last` were
+                        // replayed from the history (the seam).
+                        if e.seq <= last || !wanted(&scope, &types, &e) {
                             continue;
                         }
+                        last = e.seq;
                         // Shared, not copied: every subscriber holds the same event.
                         yield e;
                     }
@@ -508,6 +607,132 @@ impl Events {
                 }
             }
         }
+    }
+}
+
+fn expired() -> Error {
+    Error::HistoryExpired(
+        "`after` is older than the history holds (or not an event you can see); \
+         reload with recentEvents and subscribe without `after`"
+            .into(),
+    )
+}
+
+/// The newest position stored (0 when there is none).
+async fn newest_seq(db: &DatabaseConnection) -> Result<i64> {
+    use sea_orm::sea_query::{Expr, Func};
+    let newest: Option<Option<i64>> = Events_::find()
+        .select_only()
+        .expr(Func::max(Expr::col(C::Seq)))
+        .into_tuple()
+        .one(db)
+        .await?;
+    Ok(newest.flatten().unwrap_or(0))
+}
+
+/// Puts live events back in commit order. The bus delivers them in the order they were
+/// published, and two emits that overlap may publish in the other order from the one they
+/// committed in. Positions are numbered without gaps, so the sequencer knows exactly which one
+/// it is waiting for: it holds later events back until it comes, and when it does not come
+/// within [`REORDER_WAIT`] (its emitter failed after the commit, the bus lost it, or another
+/// process without a shared bus stored it) it reads it from the history, where a later
+/// position being committed proves it is.
+struct Sequencer {
+    db: DatabaseConnection,
+    out: broadcast::Sender<Delivery>,
+    /// The position released next.
+    next: i64,
+    /// Events that came before their turn, by position.
+    held: BTreeMap<i64, Arc<Event>>,
+    /// Held events at most: past this the missing ones are read from the history at once.
+    most_held: usize,
+}
+
+impl Sequencer {
+    async fn run(mut self, mut raw: broadcast::Receiver<Delivery>) {
+        let mut deadline: Option<tokio::time::Instant> = None;
+        loop {
+            let got = match deadline {
+                Some(at) => tokio::time::timeout_at(at, raw.recv()).await.ok(),
+                None => Some(raw.recv().await),
+            };
+            match got {
+                Some(Ok(Delivery::Event(e))) => {
+                    if e.seq >= self.next {
+                        self.held.insert(e.seq, e);
+                    }
+                    self.release();
+                    if self.held.len() > self.most_held {
+                        self.fill().await;
+                    }
+                }
+                // Lost on the way: subscribers end with LAGGED and resume from the history.
+                Some(Ok(Delivery::Gap(n))) | Some(Err(RecvError::Lagged(n))) => {
+                    let _ = self.out.send(Delivery::Gap(n));
+                }
+                Some(Err(RecvError::Closed)) => break,
+                // The wait for a missing position ran out.
+                None => self.fill().await,
+            }
+            let now = tokio::time::Instant::now();
+            deadline = match deadline {
+                _ if self.held.is_empty() => None,
+                Some(at) if at > now => Some(at),
+                _ => Some(now + REORDER_WAIT),
+            };
+        }
+    }
+
+    /// Hands over the held events whose turn it is.
+    fn release(&mut self) {
+        while let Some(entry) = self.held.first_entry() {
+            if *entry.key() > self.next {
+                break;
+            }
+            let e = entry.remove();
+            if e.seq == self.next {
+                self.next += 1;
+                let _ = self.out.send(Delivery::Event(e));
+            }
+        }
+    }
+
+    /// Reads the missing positions below the first held event from the history and hands them
+    /// over, then the held ones. A position the history does not have was trimmed: there is
+    /// nothing left to wait for. When the history cannot be read, subscribers are told they
+    /// missed events (LAGGED) and resume from it.
+    async fn fill(&mut self) {
+        let Some(&upto) = self.held.keys().next() else {
+            return;
+        };
+        loop {
+            let rows = Events_::find()
+                .filter(C::Seq.gte(self.next))
+                .filter(C::Seq.lt(upto))
+                .order_by_asc(C::Seq)
+                .limit(REPLAY_PAGE)
+                .all(&self.db)
+                .await;
+            match rows {
+                Ok(rows) => {
+                    let n = rows.len() as u64;
+                    for e in rows.into_iter().filter_map(|r| to_event(r).ok()) {
+                        self.next = e.seq + 1;
+                        let _ = self.out.send(Delivery::Event(Arc::new(e)));
+                    }
+                    if n < REPLAY_PAGE {
+                        break;
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "missing live events not read from the history");
+                    let _ = self.out.send(Delivery::Gap(0));
+                    break;
+                }
+            }
+        }
+        self.next = self.next.max(upto);
+        self.release();
     }
 }
 

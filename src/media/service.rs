@@ -489,9 +489,13 @@ pub async fn delete(state: &AppState, ctx: &RequestContext, id: Uuid) -> Result<
         .exec(&txn)
         .await?;
     Media::delete_by_id(id).exec(&txn).await?;
-    let mut events = Vec::with_capacity(products.len());
     for product in &products {
         close_gaps(&txn, product).await?;
+    }
+    // The events after every other write: on PostgreSQL recording one takes the event lock
+    // until the commit (migration 000011), and nothing after it should wait on a row lock.
+    let mut events = Vec::with_capacity(products.len());
+    for product in &products {
         events.push(product_updated(&txn, product, "media_detached").await?);
     }
     audit::record(

@@ -309,9 +309,18 @@ pub async fn process(state: &AppState, order_id: Uuid) -> Result<Value> {
     }
     let merchant = MerchantId::parse("merchantId", &order.merchant_id)?;
     let verdict = validate(&items_of(&order), &order.currency, order.total_amount);
-    let (to, event) = match &verdict {
-        Ok(()) => (
-            OrderStatus::Confirmed,
+    let to = match verdict {
+        Ok(()) => OrderStatus::Confirmed,
+        Err(_) => OrderStatus::Rejected,
+    };
+    // The transition before the event: on PostgreSQL recording an event takes the event lock
+    // until the commit (migration 000011), and nothing after it should wait on a row lock.
+    if !transition(&txn, &order, to, verdict.clone().err()).await? {
+        // Changed by someone else meanwhile (cancelled): their change stands.
+        return Ok(json!({ "skipped": "order changed meanwhile" }));
+    }
+    let event = match &verdict {
+        Ok(()) => {
             events::service::record(
                 &txn,
                 EventType::OrderCreated,
@@ -323,10 +332,9 @@ pub async fn process(state: &AppState, order_id: Uuid) -> Result<Value> {
                     "currency": order.currency,
                 }),
             )
-            .await?,
-        ),
-        Err(reason) => (
-            OrderStatus::Rejected,
+            .await?
+        }
+        Err(reason) => {
             events::service::record(
                 &txn,
                 EventType::OrderStatusChanged,
@@ -338,13 +346,9 @@ pub async fn process(state: &AppState, order_id: Uuid) -> Result<Value> {
                     "reason": reason,
                 }),
             )
-            .await?,
-        ),
+            .await?
+        }
     };
-    if !transition(&txn, &order, to, verdict.clone().err()).await? {
-        // Changed by someone else meanwhile (cancelled): their change stands; the event is dropped.
-        return Ok(json!({ "skipped": "order changed meanwhile" }));
-    }
     txn.commit().await?;
     state.events.publish(event).await;
     Ok(match verdict {
@@ -392,13 +396,14 @@ pub async fn update_status(
         ));
     }
     let merchant = MerchantId::parse("merchantId", &current.merchant_id)?;
-    let event = record_status_change(&txn, &merchant, &current, to).await?;
     // A cancelled order's open delivery task is cancelled with it, in the same transaction.
     let cancelled_task = if to == OrderStatus::Cancelled {
         crate::deliveries::cancel_open_for_order(&txn, current.id).await?
     } else {
         None
     };
+    // After the row writes (see `process`).
+    let event = record_status_change(&txn, &merchant, &current, to).await?;
     let mut after = json!({ "status": status_name(to) });
     if let Some(task) = cancelled_task {
         after["cancelledDeliveryTask"] = json!(task.to_string());

@@ -438,6 +438,7 @@ pub async fn sweep_once(dispatcher: &Dispatcher) -> Result<usize> {
                 merchant_id: m.merchant_id,
                 occurred_at: m.occurred_at,
                 payload: m.payload,
+                seq: m.seq.unwrap_or_default(),
             })
         })
         .collect();

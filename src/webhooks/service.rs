@@ -610,6 +610,7 @@ pub async fn send_test(
         merchant_id: w.merchant_id.clone().unwrap_or_else(|| "platform".into()),
         occurred_at: Utc::now(),
         payload: json!({ "test": true }),
+        seq: 0,
     };
     let attempt = Attempt {
         webhook_id: w.id,
