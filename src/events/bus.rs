@@ -9,8 +9,9 @@
 //! stored before it is published, and a subscriber that missed something (a lag, a reconnect, a
 //! Redis outage) resumes from the history with `after`.
 //!
-//! The broadcast channel's capacity is each subscriber's bounded buffer: a consumer that falls
-//! that far behind is told it lagged (and resumes), so memory never grows with a slow client.
+//! The bus carries events in the order they were published. Its one listener per instance is the
+//! `Events` service's sequencer, which puts them back in commit order before subscribers see
+//! them (`events::service`).
 
 use std::sync::Arc;
 

@@ -29,7 +29,8 @@ impl From<Event> for EventNode {
 
 #[Object(name = "Event")]
 impl EventNode {
-    /// Time-ordered (UUIDv7): pass it as `after` to resume.
+    /// Time-ordered (UUIDv7): pass the last one received as `after` to resume with exactly the
+    /// events that committed after it.
     async fn id(&self) -> ID {
         ID(self.0.id.to_string())
     }
@@ -63,7 +64,8 @@ pub struct EventQuery;
 
 #[Object]
 impl EventQuery {
-    /// The event history, newest first: the same history `events(after:)` replays.
+    /// The event history, newest first in commit order (the order `events` delivers in): the
+    /// same history `events(after:)` replays.
     async fn recent_events(
         &self,
         ctx: &Context<'_>,
@@ -134,8 +136,9 @@ pub struct EventSubscription;
 
 #[Subscription]
 impl EventSubscription {
-    /// Every event the caller may see, live. With `after` (an event id), first replays every
-    /// later event from the history, then continues live with no gap and no duplicate. Ends with
+    /// Every event the caller may see, live, in commit order. With `after` (an event id), first
+    /// replays every event that committed after it from the history, then continues live with no
+    /// gap and no duplicate. Ends with
     /// HISTORY_EXPIRED when `after` is older than the history, and LAGGED when this subscriber
     /// fell too far behind (resume with `after`).
     async fn events(

@@ -589,6 +589,41 @@ async fn a_batch_stores_every_row_and_refuses_only_the_bad_one(db: Db) {
     assert_eq!(stored, ids.len() as u64);
 }
 
+/// `recentEvents` pages the whole history newest first, in commit order, page after page; a
+/// cursor from another list is refused.
+async fn recent_events_page_through_the_history(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let mut emitted = vec![];
+    for n in 0..7 {
+        emitted.push(emit_gql(&app, EventType::BotConnected, "m-page", n).await);
+    }
+    let token = app.merchant("m-page");
+    let q = r#"query($after: String) { recentEvents(first: 3, after: $after) {
+        totalCount nodes { id } pageInfo { hasNextPage endCursor } } }"#;
+    let (mut after, mut seen) = (Value::Null, vec![]);
+    loop {
+        let data = app.gql_ok(Some(&token), q, json!({ "after": after })).await;
+        let page = &data["recentEvents"];
+        assert_eq!(page["totalCount"], 7);
+        for node in page["nodes"].as_array().unwrap() {
+            seen.push(node["id"].as_str().unwrap().to_owned());
+        }
+        if page["pageInfo"]["hasNextPage"] != true {
+            break;
+        }
+        after = page["pageInfo"]["endCursor"].clone();
+    }
+    emitted.reverse();
+    assert_eq!(seen, emitted);
+    let orders_cursor =
+        smartbot::pagination::encode_cursor("ord", &uuid::Uuid::now_v7().to_string());
+    let (code, _) = app
+        .as_merchant("m-page")
+        .gql_err(q, json!({ "after": orders_cursor }))
+        .await;
+    assert_eq!(code, "VALIDATION");
+}
+
 /// `Events::emit` shares commits between concurrent emits, yet each emit returns only once its
 /// own row is stored: read back the moment its emit returns, every event is in the history.
 async fn concurrent_emits_are_each_stored_when_they_return(db: Db) {
@@ -631,6 +666,7 @@ both_dbs!(
     concurrent_emits_are_each_stored_when_they_return,
     resume_replays_exactly_what_was_missed,
     payload_errors_name_their_field,
+    recent_events_page_through_the_history,
 );
 
 /// Waits until the background trim has left fewer than `n` events stored.
