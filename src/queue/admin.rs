@@ -112,6 +112,15 @@ impl<'a> QueueAdmin<'a> {
         options: Option<Value>,
     ) -> Result<JobInfo> {
         self.actor.require_admin()?;
+        // A delivery job carries the body it signs with a merchant's secret: only the dispatcher
+        // makes them, from stored events, so no one can have a forged event signed.
+        if queue == QueueName::WebhookDelivery {
+            return Err(Error::validation(
+                "queue",
+                "webhook_delivery jobs are made from stored events only; to send again use \
+                 redeliver(logId), recoverWebhook(id) or sendTestEvent(id)",
+            ));
+        }
         let opts: JobOptions = match options {
             None | Some(Value::Null) => JobOptions::default(),
             Some(v) => serde_json::from_value(v)

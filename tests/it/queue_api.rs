@@ -124,6 +124,16 @@ async fn enqueue_dedupes_and_refuses_bad_input(app: &TestApp) {
             .contains("NOT_A_QUEUE"),
         "{body}"
     );
+    // A delivery job's body is signed with a merchant's secret: no forged body gets signed.
+    let (code, body) = app
+        .gql_err(
+            admin,
+            ENQUEUE,
+            json!({ "q": "WEBHOOK_DELIVERY", "data": { "webhook_id": uuid::Uuid::now_v7(), "body": "{\"forged\":true}" } }),
+        )
+        .await;
+    assert_eq!(code, "VALIDATION", "{body}");
+    assert_eq!(body["errors"][0]["extensions"]["field"], "queue", "{body}");
     let stats = app
         .gql_ok(admin, "{ queues { waiting delayed } }", json!({}))
         .await;
