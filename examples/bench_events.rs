@@ -5,6 +5,7 @@
 //!     target/release/examples/bench_events fanout-distinct [subscribers=10000] [events=5]
 //!     target/release/examples/bench_events latency [subscribers=100] [rate=1000] [seconds=10]
 //!     target/release/examples/bench_events latency-redis [subscribers=100] [rate=1000] [seconds=10]
+//!     target/release/examples/bench_events emit|emit-postgres [writers=8] [seconds=5]
 //!
 //! * `fanout`: N graphql-transport-ws subscribers on one instance (embedded SQLite, local bus).
 //!   It reports the server's resident memory per idle subscriber, then emits events one at a
@@ -24,6 +25,9 @@
 //!   side or the host (steal, on a virtual machine) was slow.
 //! * `latency-redis`: the same with two instances sharing PostgreSQL (`TEST_POSTGRES_URL`) and Redis
 //!   (`TEST_REDIS_URL`). Events are emitted through A and received on B.
+//! * `emit` / `emit-postgres`: emit throughput, `writers` HTTP emitters each sending its next
+//!   event when the last returns, on the embedded SQLite or a scratch PostgreSQL database
+//!   (`TEST_POSTGRES_URL`). Reports events per second and the emit p50 and p99.
 //!
 //! The server binary is `target/release/smartbot` (override it with `SMARTBOT_BIN`). The clients
 //! run in this process, on the same 2 cores: each connection is opened and subscribed with
@@ -842,6 +846,65 @@ async fn latency(subscribers: usize, rate: u64, seconds: u64, redis: bool) {
     }
 }
 
+/// Emit throughput: `writers` concurrent HTTP emitters (`POST /api/events`), each sending its
+/// next event when the last one returns, for `seconds`, against one instance on a scratch
+/// PostgreSQL database (`postgres`) or the embedded SQLite. Events are durable when their emit
+/// returns, so this is the rate the history takes them at, with the commit order kept (migration
+/// 000011).
+async fn emit_rate(writers: usize, seconds: u64, postgres: bool) {
+    let scratch = if postgres {
+        Some(common::ScratchDb::create("bench_events").await)
+    } else {
+        None
+    };
+    let env: Vec<(&str, String)> = scratch
+        .iter()
+        .map(|db| ("DATABASE_URL", db.url.clone()))
+        .collect();
+    let a = start(&env).await;
+    let token = token();
+    let client = reqwest::Client::new();
+    // A warm-up second: HTTP connections and the server's pools.
+    let warm_until = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < warm_until {
+        emit(&client, a.port, &token).await;
+    }
+    let until = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..writers)
+        .map(|_| {
+            let (c, t, port) = (client.clone(), token.clone(), a.port);
+            tokio::spawn(async move {
+                let mut took = vec![];
+                while Instant::now() < until {
+                    took.push(emit(&c, port, &t).await.1);
+                }
+                took
+            })
+        })
+        .collect();
+    let mut took: Vec<u64> = futures::future::join_all(tasks)
+        .await
+        .into_iter()
+        .flat_map(Result::unwrap)
+        .collect();
+    let elapsed = started.elapsed().as_secs_f64();
+    took.sort_unstable();
+    println!(
+        "{}",
+        json!({
+            "bench": "emit", "database": if postgres { "postgres" } else { "sqlite" },
+            "writers": writers, "seconds": seconds, "events": took.len(),
+            "events_per_s": (took.len() as f64 / elapsed).round(),
+            "emit_p50_ms": pct(&took, 0.5), "emit_p99_ms": pct(&took, 0.99),
+        })
+    );
+    drop(a);
+    if let Some(db) = scratch {
+        db.drop().await;
+    }
+}
+
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -853,8 +916,12 @@ async fn main() {
         Some("latency-redis") => {
             latency(num(1, 100) as usize, num(2, 1000), num(3, 10), true).await
         }
+        Some("emit") => emit_rate(num(1, 8) as usize, num(2, 5), false).await,
+        Some("emit-postgres") => emit_rate(num(1, 8) as usize, num(2, 5), true).await,
         _ => {
-            eprintln!("usage: bench_events fanout|fanout-distinct|latency|latency-redis [...]");
+            eprintln!(
+                "usage: bench_events fanout|fanout-distinct|latency|latency-redis|emit|emit-postgres [...]"
+            );
             std::process::exit(2);
         }
     }

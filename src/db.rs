@@ -305,7 +305,8 @@ pub async fn begin_write(db: &DatabaseConnection) -> Result<sea_orm::DatabaseTra
 pub type BatchInserter<A> = BatchWriter<A, ()>;
 
 /// Writes a batch of rows in one statement, with one result per row, in order.
-pub type WriteBatch<R, O> = fn(DatabaseConnection, Vec<R>) -> BoxFuture<'static, Result<Vec<O>>>;
+pub type WriteBatch<R, O> =
+    Box<dyn Fn(DatabaseConnection, Vec<R>) -> BoxFuture<'static, Result<Vec<O>>> + Send + Sync>;
 
 /// A [`BatchInserter`] whose statement answers something per row (what `RETURNING` gives).
 pub struct BatchWriter<R, O = ()> {
@@ -328,13 +329,19 @@ where
         linger: Option<Duration>,
         what: &'static str,
     ) -> Self {
-        Self::spawn_with(db, batch, linger, what, |db, rows| {
-            Box::pin(async move {
-                let n = rows.len();
-                insert_rows(&db, rows).await?;
-                Ok(vec![(); n])
-            })
-        })
+        Self::spawn_with(
+            db,
+            batch,
+            linger,
+            what,
+            Box::new(|db, rows| {
+                Box::pin(async move {
+                    let n = rows.len();
+                    insert_rows(&db, rows).await?;
+                    Ok(vec![(); n])
+                })
+            }),
+        )
     }
 
     /// Writes `row`; returns once it is committed.

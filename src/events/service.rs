@@ -105,9 +105,9 @@ pub struct Events {
     outbox: Option<Arc<dyn Outbox>>,
     /// Merchants whose history is due a trim, for the trimmer task; started on first use.
     trims: std::sync::OnceLock<tokio::sync::mpsc::Sender<String>>,
-    /// The rows of [`Events::emit`] on SQLite, written in shared commits; started on first use.
-    /// Each write answers its event's position.
-    writer: std::sync::OnceLock<BatchWriter<Event, i64>>,
+    /// The rows of [`Events::emit`], written in shared commits; started on first use. Each
+    /// write answers its event's position, and the outbox's generation as its INSERT saw it.
+    writer: std::sync::OnceLock<BatchWriter<Event, (i64, Option<SeenGeneration>)>>,
     /// Live events in commit order, from the [`Sequencer`]: what subscribers listen to. Its
     /// capacity is each subscriber's bounded buffer.
     ordered: broadcast::Sender<Delivery>,
@@ -370,14 +370,15 @@ impl Events {
 
     /// The one entry point: validates, stores, publishes. Durable when it returns.
     ///
-    /// On SQLite, events emitted together share one INSERT and one commit (group commit,
-    /// [`BatchInserter`]). Each emit still returns only once its own row is committed, but a
-    /// burst no longer has every emit wait its turn for SQLite's one write lock: at 1,000 events
-    /// a second that took the webhook benchmark's delivery p99 from 17–36 ms to 10–14 ms. On
-    /// PostgreSQL each emit stays one INSERT on its own connection: concurrent commits already
-    /// share a WAL flush there, and a single writer made the emit wait for the batch ahead of it
-    /// (p50 1.9 → 2.5 ms when it was tried). That INSERT also returns the counter the outbox
-    /// asks for ([`Outbox::generation`]), so the webhook fan-out does not read it again.
+    /// Events emitted together share one INSERT and one commit (group commit, [`BatchWriter`]).
+    /// Each emit still returns only once its own row is committed, but a burst no longer has
+    /// every emit wait its turn for the write lock: SQLite's one writer, and on PostgreSQL the
+    /// event lock that keeps positions in commit order (migration 000011), held from an event's
+    /// INSERT to its commit. On SQLite that took the webhook benchmark's delivery p99 at 1,000
+    /// events a second from 17–36 ms to 10–14 ms; on PostgreSQL, where one INSERT per emit had
+    /// every emit commit in turn, see the README's emit figures. On PostgreSQL the INSERT also
+    /// returns the counter the outbox asks for ([`Outbox::generation`]), so the webhook fan-out
+    /// does not read it again.
     pub async fn emit(
         &self,
         kind: EventType,
@@ -385,30 +386,30 @@ impl Events {
         payload: Value,
     ) -> Result<Event> {
         let mut e = new_event(kind, merchant, payload)?;
-        let seen = if self.db.get_database_backend() == DbBackend::Sqlite {
-            e.seq = self
-                .writer
-                .get_or_init(|| {
-                    BatchWriter::spawn_with(
-                        self.db.clone(),
-                        EMIT_BATCH,
-                        None,
-                        "events",
-                        |db, rows| {
-                            Box::pin(async move { Ok(insert_events(&db, &rows, None).await?.0) })
-                        },
-                    )
-                })
-                .write(e.clone())
-                .await?;
-            None
-        } else {
-            let generation = self.outbox.as_ref().and_then(|o| o.generation());
-            let (seqs, seen) =
-                insert_events(&self.db, std::slice::from_ref(&e), generation).await?;
-            e.seq = seqs[0];
-            seen
-        };
+        let (seq, seen) = self
+            .writer
+            .get_or_init(|| {
+                // Read in the INSERT on PostgreSQL; on SQLite the outbox reads it itself.
+                let generation = match self.db.get_database_backend() {
+                    DbBackend::Sqlite => None,
+                    _ => self.outbox.as_ref().and_then(|o| o.generation()),
+                };
+                BatchWriter::spawn_with(
+                    self.db.clone(),
+                    EMIT_BATCH,
+                    None,
+                    "events",
+                    Box::new(move |db, rows| {
+                        Box::pin(async move {
+                            let (seqs, seen) = insert_events(&db, &rows, generation).await?;
+                            Ok(seqs.into_iter().map(|seq| (seq, seen)).collect())
+                        })
+                    }),
+                )
+            })
+            .write(e.clone())
+            .await?;
+        e.seq = seq;
         self.hand_over(e.clone(), seen).await;
         Ok(e)
     }
