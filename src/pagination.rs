@@ -100,29 +100,39 @@ impl NewestFirst<'_> {
         E::Model: FromQueryResult + Send + Sync,
         C: ConnectionTrait,
     {
-        self.fetch_by::<E, C, Uuid>(db, select, id).await
+        let after = match self.after()? {
+            Some(after) => Some(
+                Uuid::parse_str(&after)
+                    .map_err(|_| Error::validation("after", "after is not a valid cursor"))?,
+            ),
+            None => None,
+        };
+        self.fetch_after(db, select, id, after).await
     }
 
-    /// [`NewestFirst::fetch`] keyed by any unique, ordered column `key` whose cursor text parses
-    /// as `K` (an event's commit position, say).
-    pub async fn fetch_by<E, C, K>(
+    /// The decoded `after` cursor of this list, if any.
+    pub fn after(&self) -> Result<Option<String>> {
+        self.args.after_key(self.kind)
+    }
+
+    /// [`NewestFirst::fetch`] keyed by any unique, ordered column `key`, the rows before `after`
+    /// (the key the caller found for its cursor: an event's commit position, say).
+    pub async fn fetch_after<E, C, K>(
         &self,
         db: &C,
         select: Select<E>,
         key: E::Column,
+        after: Option<K>,
     ) -> Result<Page<E::Model>>
     where
         E: EntityTrait,
         E::Model: FromQueryResult + Send + Sync,
         C: ConnectionTrait,
-        K: std::str::FromStr + Into<sea_orm::Value>,
+        K: Into<sea_orm::Value>,
     {
         let total_count = select.clone().count(db).await?;
         let mut q = select;
-        if let Some(after) = self.args.after_key(self.kind)? {
-            let after = after
-                .parse::<K>()
-                .map_err(|_| Error::validation("after", "after is not a valid cursor"))?;
+        if let Some(after) = after {
             q = q.filter(key.lt(after));
         }
         let mut items = q.order_by_desc(key).limit(self.limit + 1).all(db).await?;

@@ -487,9 +487,25 @@ impl Events {
         page: &PageArgs,
     ) -> Result<Page<Event>> {
         let pager = page.newest_first(CURSOR_KIND)?;
+        // The cursor is the event's id, not its position: positions count every merchant's
+        // events, and a merchant's cursors would tell how many the others had in between.
+        let after = match pager.after()? {
+            Some(cursor) => {
+                let id = Uuid::parse_str(&cursor)
+                    .map_err(|_| Error::validation("after", "after is not a valid cursor"))?;
+                Some(self.position_of(scope, id).await?.ok_or_else(|| {
+                    Error::HistoryExpired(
+                        "the page's `after` event is no longer in the history; start again \
+                         from the first page"
+                            .into(),
+                    )
+                })?)
+            }
+            None => None,
+        };
         let cond = filter(scope, types);
         let rows = pager
-            .fetch_by::<_, _, i64>(&self.db, Events_::find().filter(cond), C::Seq)
+            .fetch_after(&self.db, Events_::find().filter(cond), C::Seq, after)
             .await?;
         rows.try_map(to_event)
     }
@@ -497,7 +513,20 @@ impl Events {
     /// `recentEvents` pages in commit order, the order subscribers get events in: the newest
     /// event a page shows is a resume point that replays exactly what came after it.
     pub fn cursor(e: &Event) -> String {
-        encode_cursor(CURSOR_KIND, &e.seq.to_string())
+        encode_cursor(CURSOR_KIND, &e.id.to_string())
+    }
+
+    /// The position of event `id`, if `scope` may see it and the history still holds it.
+    async fn position_of(&self, scope: &MerchantScope, id: Uuid) -> Result<Option<i64>> {
+        Ok(Events_::find()
+            .select_only()
+            .column(C::Seq)
+            .filter(C::Id.eq(id))
+            .filter(filter(scope, &[]))
+            .into_tuple::<Option<i64>>()
+            .one(&self.db)
+            .await?
+            .flatten())
     }
 
     /// Whether some merchant's history may have lost events newer than `after`: it is full (a
@@ -542,16 +571,7 @@ impl Events {
             // The newest position delivered: live events at or before it were replayed.
             let mut last = 0;
             if let Some(after) = after {
-                let known = Events_::find()
-                    .select_only()
-                    .column(C::Seq)
-                    .filter(C::Id.eq(after))
-                    .filter(filter(&scope, &[]))
-                    .into_tuple::<Option<i64>>()
-                    .one(&this.db)
-                    .await?
-                    .flatten();
-                let from = known.ok_or_else(expired)?;
+                let from = this.position_of(&scope, after).await?.ok_or_else(expired)?;
                 if scope.merchant().is_none() && this.trimmed_past(from).await? {
                     Err(expired())?;
                 }

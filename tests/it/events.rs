@@ -612,9 +612,23 @@ async fn recent_events_page_through_the_history(db: Db) {
             break;
         }
         after = page["pageInfo"]["endCursor"].clone();
+        // The cursor names the event, not its position: positions count every merchant's
+        // events, and would tell a merchant how many the others had in between.
+        assert_eq!(
+            smartbot::pagination::decode_cursor("evt", after.as_str().unwrap()).unwrap(),
+            *seen.last().unwrap()
+        );
     }
     emitted.reverse();
     assert_eq!(seen, emitted);
+    // Another merchant's event is no page boundary of this merchant's.
+    let foreign = emit_gql(&app, EventType::BotConnected, "m-other", 0).await;
+    let foreign = smartbot::pagination::encode_cursor("evt", &foreign);
+    let (code, _) = app
+        .as_merchant("m-page")
+        .gql_err(q, json!({ "after": foreign }))
+        .await;
+    assert_eq!(code, "HISTORY_EXPIRED");
     let orders_cursor =
         smartbot::pagination::encode_cursor("ord", &uuid::Uuid::now_v7().to_string());
     let (code, _) = app
@@ -823,11 +837,10 @@ async fn a_lagging_consumer_is_cut_off() {
     assert!(slow.next().await.is_none(), "the stream ends after LAGGED");
 }
 
-/// An event's id is taken when its emit begins and it is published after the commit, so an event
-/// can be published before one that committed earlier. Live subscribers still get them in commit
-/// order, each once: the later one waits for the earlier.
-#[tokio::test]
-async fn an_event_published_after_a_newer_one_arrives_first() {
+/// An event is recorded in a transaction (committed, not yet published) and a later one is
+/// emitted (committed and published). Whether the first is then published late
+/// (`publish_late`) or never, live subscribers get both, in commit order, each once.
+async fn live_events_come_in_commit_order(publish_late: bool) {
     use futures::StreamExt;
     let app = TestApp::spawn(Db::Sqlite).await;
     let events = app.server.state.events.clone();
@@ -847,7 +860,9 @@ async fn an_event_published_after_a_newer_one_arrives_first() {
         .await
         .unwrap();
     assert_eq!(newer.seq, older.seq + 1);
-    events.publish(older.clone()).await;
+    if publish_late {
+        events.publish(older.clone()).await;
+    }
     for want in [older.id, newer.id] {
         let got = tokio::time::timeout(Duration::from_secs(5), stream.next())
             .await
@@ -860,37 +875,19 @@ async fn an_event_published_after_a_newer_one_arrives_first() {
     assert!(more.is_err(), "delivered twice: {more:?}");
 }
 
+/// An event's id is taken when its emit begins and it is published after the commit, so an event
+/// can be published before one that committed earlier: the later one waits for the earlier.
+#[tokio::test]
+async fn an_event_published_after_a_newer_one_arrives_first() {
+    live_events_come_in_commit_order(true).await
+}
+
 /// An event committed but never published (its emitter failed after the commit, or the bus lost
 /// it) does not hold back the ones after it for good, and is not skipped: live subscribers get it
 /// from the history, in its place.
 #[tokio::test]
 async fn an_unpublished_event_is_delivered_from_the_history_in_its_place() {
-    use futures::StreamExt;
-    let app = TestApp::spawn(Db::Sqlite).await;
-    let events = app.server.state.events.clone();
-    let m = MerchantId::parse("m", "m-lost").unwrap();
-    let stream = events.stream(MerchantScope::All, vec![], None);
-    futures::pin_mut!(stream);
-    let lost = smartbot::events::service::record(
-        &app.server.state.db,
-        EventType::BotConnected,
-        &m,
-        json!({}),
-    )
-    .await
-    .unwrap();
-    let next = events
-        .emit(EventType::BotDisconnected, &m, json!({}))
-        .await
-        .unwrap();
-    for want in [lost.id, next.id] {
-        let got = tokio::time::timeout(Duration::from_secs(5), stream.next())
-            .await
-            .expect("an event within 5 s")
-            .unwrap()
-            .unwrap();
-        assert_eq!(got.id, want);
-    }
+    live_events_come_in_commit_order(false).await
 }
 
 /// Emits overlap: each id is taken when its emit begins, and the commits land in another order
