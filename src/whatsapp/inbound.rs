@@ -30,7 +30,7 @@ use crate::{
     AppState,
     auth::MerchantId,
     error::{Error, Result},
-    events::{self, Event, EventType},
+    events::{self, EventType},
 };
 use entity::{
     MessageDirection, MessageStatus,
@@ -91,7 +91,8 @@ pub struct Summary {
 
 /// What became of one inbound message.
 enum Stored {
-    Received(Event),
+    /// Stored; its `message_received` payload, recorded once the batch's rows are written.
+    Received(Value),
     Duplicate,
     Invalid,
 }
@@ -234,15 +235,7 @@ async fn store_message<Db: ConnectionTrait>(
     if inserted == 0 {
         return Ok(Stored::Duplicate);
     }
-    Ok(Stored::Received(
-        events::service::record(
-            db,
-            EventType::MessageReceived,
-            merchant,
-            received_payload(id, &from, m),
-        )
-        .await?,
-    ))
+    Ok(Stored::Received(received_payload(id, &from, m)))
 }
 
 /// Applies one status update; `false` when it changed nothing (unknown message, or a repeat).
@@ -337,7 +330,7 @@ pub async fn process(state: &AppState, body: &[u8]) -> Result<Summary> {
     // text, failing the whole batch) is kept as U+FFFD.
     crate::input::scrub_nul(&mut doc);
     let mut summary = Summary::default();
-    let mut out = Vec::new();
+    let mut received = Vec::new();
     let txn = crate::db::begin_write(&state.db).await?;
     let empty = vec![];
     for entry in doc["entry"].as_array().unwrap_or(&empty) {
@@ -357,9 +350,9 @@ pub async fn process(state: &AppState, body: &[u8]) -> Result<Summary> {
             };
             for m in value["messages"].as_array().unwrap_or(&empty) {
                 match store_message(&txn, &merchant, m).await? {
-                    Stored::Received(e) => {
+                    Stored::Received(payload) => {
                         summary.received += 1;
-                        out.push(e);
+                        received.push((merchant.clone(), payload));
                     }
                     Stored::Duplicate => summary.duplicates += 1,
                     Stored::Invalid => summary.invalid += 1,
@@ -371,6 +364,15 @@ pub async fn process(state: &AppState, body: &[u8]) -> Result<Summary> {
                 }
             }
         }
+    }
+    // The events after every row write: on PostgreSQL recording one takes the event lock until
+    // the commit (migration 000011), and nothing after it should wait on a row lock (a message
+    // another delivery of the same batch is inserting, say).
+    let mut out = Vec::with_capacity(received.len());
+    for (merchant, payload) in received {
+        out.push(
+            events::service::record(&txn, EventType::MessageReceived, &merchant, payload).await?,
+        );
     }
     txn.commit().await?;
     for e in out {
