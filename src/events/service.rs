@@ -70,6 +70,10 @@ const REPLAY_PAGE: u64 = 500;
 /// position that takes longer was not published (its emitter failed after the commit, or the
 /// bus lost it), and the history has it.
 const REORDER_WAIT: Duration = Duration::from_millis(20);
+/// How long the [`Sequencer`] waits with nothing on the bus before it looks in the history for
+/// events committed but never published (their emitter failed after the commit, the bus refused
+/// them), which no later event would reveal as missing.
+const QUIET_POLL: Duration = Duration::from_millis(250);
 
 /// Where committed events go besides the bus: the webhook fan-out. It marks what it dispatched.
 #[async_trait::async_trait]
@@ -380,12 +384,21 @@ impl Events {
     /// returns the counter the outbox asks for ([`Outbox::generation`]), so the webhook fan-out
     /// does not read it again.
     pub async fn emit(
-        &self,
+        self: &Arc<Self>,
         kind: EventType,
         merchant: &MerchantId,
         payload: Value,
     ) -> Result<Event> {
-        let mut e = new_event(kind, merchant, payload)?;
+        let e = new_event(kind, merchant, payload)?;
+        // Written and handed over on a task of its own: a caller that goes away meanwhile (an
+        // HTTP client that timed out) does not leave the event stored but never published.
+        let this = self.clone();
+        tokio::spawn(async move { this.store(e).await })
+            .await
+            .map_err(|e| Error::Internal(format!("the emit task failed: {e}")))?
+    }
+
+    async fn store(&self, mut e: Event) -> Result<Event> {
         let (seq, seen) = self
             .writer
             .get_or_init(|| {
@@ -456,8 +469,12 @@ impl Events {
     /// Hands a stored event to live subscribers and to the outbox. Failures are logged, not
     /// raised: the event is already in the history, where subscribers resume from, and an
     /// undispatched row is picked up by the outbox's sweeper.
-    pub async fn publish(&self, event: Event) {
-        self.hand_over(event, None).await;
+    ///
+    /// Handed over on a task of its own, so a caller that goes away while it waits does not
+    /// leave the event unpublished (the [`Sequencer`] would still find it in the history, later).
+    pub async fn publish(self: &Arc<Self>, event: Event) {
+        let this = self.clone();
+        let _ = tokio::spawn(async move { this.hand_over(event, None).await }).await;
     }
 
     /// [`Events::publish`], with the outbox's generation when the event's INSERT read it.
@@ -516,6 +533,17 @@ impl Events {
         encode_cursor(CURSOR_KIND, &e.id.to_string())
     }
 
+    /// The position to replay after for a resume after event `after`, or HISTORY_EXPIRED when
+    /// the history no longer holds it (or it is not the caller's), or, across merchants, some
+    /// merchant's history was trimmed past it.
+    async fn resumable(&self, scope: &MerchantScope, after: Uuid) -> Result<i64> {
+        let from = self.position_of(scope, after).await?.ok_or_else(expired)?;
+        if scope.merchant().is_none() && self.trimmed_past(from).await? {
+            return Err(expired());
+        }
+        Ok(from)
+    }
+
     /// The position of event `id`, if `scope` may see it and the history still holds it.
     async fn position_of(&self, scope: &MerchantScope, id: Uuid) -> Result<Option<i64>> {
         Ok(Events_::find()
@@ -571,10 +599,7 @@ impl Events {
             // The newest position delivered: live events at or before it were replayed.
             let mut last = 0;
             if let Some(after) = after {
-                let from = this.position_of(&scope, after).await?.ok_or_else(expired)?;
-                if scope.merchant().is_none() && this.trimmed_past(from).await? {
-                    Err(expired())?;
-                }
+                let from = this.resumable(&scope, after).await?;
                 last = from;
                 loop {
                     let rows = Events_::find()
@@ -594,19 +619,20 @@ impl Events {
                         break;
                     }
                 }
+                // A trim while the replay read may have deleted events it had not read yet. A
+                // trim deletes a merchant's oldest events, so while `after` (and across
+                // merchants, every history past it) is still held, none after it went.
+                this.resumable(&scope, after).await?;
             }
             loop {
                 match rx.recv().await {
-                    Ok(Delivery::Gap(missed)) => {
-                        let how_many = if missed == 0 {
-                            "events".to_owned()
-                        } else {
-                            format!("{missed} events")
-                        };
-                        Err(Error::Lagged(format!(
-                            "this instance may have missed {how_many} from the event bus; \
+                    // No counts in these messages: they count every merchant's events.
+                    Ok(Delivery::Gap(_)) => {
+                        Err(Error::Lagged(
+                            "this instance may have missed events from the event bus; \
                              resubscribe with `after` set to the last event id you received"
-                        )))?;
+                                .into(),
+                        ))?;
                     }
                     Ok(Delivery::Event(e)) => {
                         // Live events come in commit order: those at or before `last` were
@@ -618,11 +644,12 @@ impl Events {
                         // Shared, not copied: every subscriber holds the same event.
                         yield e;
                     }
-                    Err(RecvError::Lagged(missed)) => {
-                        Err(Error::Lagged(format!(
-                            "this subscriber fell {missed} events behind and was cut off; \
+                    Err(RecvError::Lagged(_)) => {
+                        Err(Error::Lagged(
+                            "this subscriber fell a whole buffer behind and was cut off; \
                              resubscribe with `after` set to the last event id you received"
-                        )))?;
+                                .into(),
+                        ))?;
                     }
                     Err(RecvError::Closed) => break,
                 }
@@ -657,7 +684,9 @@ async fn newest_seq(db: &DatabaseConnection) -> Result<i64> {
 /// it is waiting for: it holds later events back until it comes, and when it does not come
 /// within [`REORDER_WAIT`] (its emitter failed after the commit, the bus lost it, or another
 /// process without a shared bus stored it) it reads it from the history, where a later
-/// position being committed proves it is.
+/// position being committed proves it is. An event lost that way with nothing after it shows
+/// no gap: when the bus has been quiet for [`QUIET_POLL`], the sequencer looks in the history
+/// for anything committed past what it released.
 struct Sequencer {
     db: DatabaseConnection,
     out: broadcast::Sender<Delivery>,
@@ -671,14 +700,13 @@ struct Sequencer {
 
 impl Sequencer {
     async fn run(mut self, mut raw: broadcast::Receiver<Delivery>) {
-        let mut deadline: Option<tokio::time::Instant> = None;
+        use tokio::time::Instant;
+        let mut deadline: Option<Instant> = None;
+        let mut quiet_until = Instant::now() + QUIET_POLL;
         loop {
-            let got = match deadline {
-                Some(at) => tokio::time::timeout_at(at, raw.recv()).await.ok(),
-                None => Some(raw.recv().await),
-            };
-            match got {
-                Some(Ok(Delivery::Event(e))) => {
+            let wake = deadline.map_or(quiet_until, |d| d.min(quiet_until));
+            match tokio::time::timeout_at(wake, raw.recv()).await {
+                Ok(Ok(Delivery::Event(e))) => {
                     if e.seq >= self.next {
                         self.held.insert(e.seq, e);
                     }
@@ -688,14 +716,17 @@ impl Sequencer {
                     }
                 }
                 // Lost on the way: subscribers end with LAGGED and resume from the history.
-                Some(Ok(Delivery::Gap(n))) | Some(Err(RecvError::Lagged(n))) => {
+                Ok(Ok(Delivery::Gap(n))) | Ok(Err(RecvError::Lagged(n))) => {
                     let _ = self.out.send(Delivery::Gap(n));
                 }
-                Some(Err(RecvError::Closed)) => break,
+                Ok(Err(RecvError::Closed)) => break,
                 // The wait for a missing position ran out.
-                None => self.fill().await,
+                Err(_) if deadline.is_some_and(|d| d <= Instant::now()) => self.fill().await,
+                // Nothing on the bus for a while.
+                Err(_) => self.poll().await,
             }
-            let now = tokio::time::Instant::now();
+            let now = Instant::now();
+            quiet_until = now + QUIET_POLL;
             deadline = match deadline {
                 _ if self.held.is_empty() => None,
                 Some(at) if at > now => Some(at),
@@ -726,34 +757,44 @@ impl Sequencer {
         let Some(&upto) = self.held.keys().next() else {
             return;
         };
-        loop {
-            let rows = Events_::find()
-                .filter(C::Seq.gte(self.next))
-                .filter(C::Seq.lt(upto))
-                .order_by_asc(C::Seq)
-                .limit(REPLAY_PAGE)
-                .all(&self.db)
-                .await;
-            match rows {
-                Ok(rows) => {
-                    let n = rows.len() as u64;
-                    for e in rows.into_iter().filter_map(|r| to_event(r).ok()) {
-                        self.next = e.seq + 1;
-                        let _ = self.out.send(Delivery::Event(Arc::new(e)));
-                    }
-                    if n < REPLAY_PAGE {
-                        break;
-                    }
-                }
-                Err(err) => {
-                    tracing::warn!(error = %err, "missing live events not read from the history");
-                    let _ = self.out.send(Delivery::Gap(0));
-                    break;
-                }
-            }
+        if let Err(err) = self.read_history(Some(upto)).await {
+            tracing::warn!(error = %err, "missing live events not read from the history");
+            let _ = self.out.send(Delivery::Gap(0));
         }
         self.next = self.next.max(upto);
         self.release();
+    }
+
+    /// Hands over what the history holds from the next position on: events committed and never
+    /// published. Nothing is known to be missing, so a failed read is only logged.
+    async fn poll(&mut self) {
+        if let Err(err) = self.read_history(None).await {
+            tracing::debug!(error = %err, "the event history could not be polled");
+        }
+        self.release();
+    }
+
+    /// Hands over the stored events from the next position on, up to `upto` (excluded).
+    async fn read_history(&mut self, upto: Option<i64>) -> Result<()> {
+        loop {
+            let mut q = Events_::find().filter(C::Seq.gte(self.next));
+            if let Some(upto) = upto {
+                q = q.filter(C::Seq.lt(upto));
+            }
+            let rows = q
+                .order_by_asc(C::Seq)
+                .limit(REPLAY_PAGE)
+                .all(&self.db)
+                .await?;
+            let n = rows.len() as u64;
+            for e in rows.into_iter().filter_map(|r| to_event(r).ok()) {
+                self.next = e.seq + 1;
+                let _ = self.out.send(Delivery::Event(Arc::new(e)));
+            }
+            if n < REPLAY_PAGE {
+                return Ok(());
+            }
+        }
     }
 }
 
