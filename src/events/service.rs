@@ -599,8 +599,7 @@ impl Events {
             // The newest position delivered: live events at or before it were replayed.
             let mut last = 0;
             if let Some(after) = after {
-                let from = this.resumable(&scope, after).await?;
-                last = from;
+                last = this.resumable(&scope, after).await?;
                 loop {
                     let rows = Events_::find()
                         .filter(filter(&scope, &types))
@@ -609,6 +608,12 @@ impl Events {
                         .limit(REPLAY_PAGE)
                         .all(&this.db)
                         .await?;
+                    // A trim before this read may have deleted events after `after`. A trim
+                    // deletes a merchant's oldest events, so while `after` (and across
+                    // merchants, every history past it) is still held after the read, none
+                    // after it had gone: checked before the page goes out, so a client never
+                    // gets a replay with a hole in it.
+                    this.resumable(&scope, after).await?;
                     let n = rows.len() as u64;
                     for row in rows {
                         let e = to_event(row)?;
@@ -619,10 +624,6 @@ impl Events {
                         break;
                     }
                 }
-                // A trim while the replay read may have deleted events it had not read yet. A
-                // trim deletes a merchant's oldest events, so while `after` (and across
-                // merchants, every history past it) is still held, none after it went.
-                this.resumable(&scope, after).await?;
             }
             loop {
                 match rx.recv().await {
