@@ -491,9 +491,14 @@ impl Events {
         {
             tracing::warn!(error = %e, event = %event.id, "webhook fan-out deferred to the sweeper");
         }
-        if let Err(e) = self.bus.publish(event.clone()).await {
-            tracing::warn!(error = %e, "event stored but not published live");
-        }
+        // Not waited for: the event is stored, and the sequencers deliver it from the history
+        // if the bus fails, so an emit does not wait out a hung Redis's command timeout (5 s).
+        let bus = self.bus.clone();
+        tokio::spawn(async move {
+            if let Err(e) = bus.publish(event).await {
+                tracing::warn!(error = %e, "event stored but not published live");
+            }
+        });
     }
 
     /// `recentEvents`: the history, newest first.

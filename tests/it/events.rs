@@ -930,6 +930,56 @@ async fn an_event_never_published_with_nothing_after_it_still_arrives() {
     assert_eq!(got.id, lost.id);
 }
 
+/// A bus whose publish never answers (a hung Redis): emits still return once the event is
+/// stored, and subscribers still get it (from the history).
+#[tokio::test]
+async fn an_emit_does_not_wait_for_a_hung_bus() {
+    use futures::StreamExt;
+    use smartbot::events::bus::{Delivery, EventBus};
+    struct Hung(tokio::sync::broadcast::Sender<Delivery>);
+    #[async_trait::async_trait]
+    impl EventBus for Hung {
+        async fn publish(
+            &self,
+            _: std::sync::Arc<smartbot::events::Event>,
+        ) -> smartbot::error::Result<()> {
+            std::future::pending().await
+        }
+        fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Delivery> {
+            self.0.subscribe()
+        }
+        fn backend(&self) -> &'static str {
+            "hung"
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = crate::common::config_in(dir.path());
+    let db = smartbot::db::connect(&config).await.unwrap();
+    smartbot::db::migrate(&db).await.unwrap();
+    let bus = std::sync::Arc::new(Hung(tokio::sync::broadcast::channel(16).0));
+    let events = std::sync::Arc::new(
+        smartbot::events::service::Events::start(db, bus, 100, 16)
+            .await
+            .unwrap(),
+    );
+    let stream = events.stream(MerchantScope::All, vec![], None);
+    futures::pin_mut!(stream);
+    let m = MerchantId::parse("m", "m-hung").unwrap();
+    let e = tokio::time::timeout(
+        Duration::from_secs(2),
+        events.emit(EventType::BotConnected, &m, json!({})),
+    )
+    .await
+    .expect("the emit returns without waiting for the bus")
+    .unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(3), stream.next())
+        .await
+        .expect("the event within 3 s")
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.id, e.id);
+}
+
 /// Emits overlap: each id is taken when its emit begins, and the commits land in another order
 /// (here each transaction holds its event a moment before it commits, as a domain's does). A
 /// subscriber that reconnects every few events with `after` = the last id it received still gets
