@@ -485,7 +485,7 @@ impl Events {
             self.trim_later(&event.merchant_id);
         }
         let event = Arc::new(event);
-        // The outbox first: handing over is immediate, while the bus may be a Redis round trip.
+        // The outbox is handed over before this returns; the bus publish is not waited for.
         if let Some(outbox) = &self.outbox
             && let Err(e) = outbox.dispatch(std::slice::from_ref(&*event), seen).await
         {
@@ -604,7 +604,9 @@ impl Events {
             // The newest position delivered: live events at or before it were replayed.
             let mut last = 0;
             if let Some(after) = after {
-                last = this.resumable(&scope, after).await?;
+                // Held at all; whether other histories were trimmed past it is checked with
+                // each page below, after its read (a check before it would only be repeated).
+                last = this.position_of(&scope, after).await?.ok_or_else(expired)?;
                 loop {
                     let rows = Events_::find()
                         .filter(filter(&scope, &types))
