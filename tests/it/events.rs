@@ -679,6 +679,73 @@ async fn concurrent_emits_are_each_stored_when_they_return(db: Db) {
     assert_eq!(stored(&app).await, 120);
 }
 
+/// A replay longer than a page whose history is trimmed past `after` while it runs (its first
+/// page already read and going out): what was read goes out whole, then HISTORY_EXPIRED. Never
+/// the events after the trim's hole, as if nothing were missing.
+async fn a_replay_trimmed_while_it_runs_ends_expired(db: Db) {
+    use futures::StreamExt;
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, TransactionTrait};
+    // More than one replay page (500 events).
+    const STORED: usize = 700;
+    const TRIMMED: usize = 600;
+    let app = TestApp::spawn(db).await;
+    let state = &app.server.state;
+    let m = MerchantId::parse("m", "m-trim-replay").unwrap();
+    let txn = state.db.begin().await.unwrap();
+    let mut stored = Vec::with_capacity(STORED);
+    for n in 0..STORED {
+        let e = smartbot::events::service::record(
+            &txn,
+            EventType::BotConnected,
+            &m,
+            payload(EventType::BotConnected, n),
+        )
+        .await
+        .unwrap();
+        stored.push(e);
+    }
+    txn.commit().await.unwrap();
+    let stream = state
+        .events
+        .stream(MerchantScope::One(m.clone()), vec![], Some(stored[0].id));
+    futures::pin_mut!(stream);
+    let mut got = vec![];
+    let first = stream.next().await.expect("a replay").expect("replayed");
+    got.push(first.id);
+    // A trim of the merchant's history now, as the trimmer does it: its oldest events go.
+    entity::event::Entity::delete_many()
+        .filter(entity::event::Column::MerchantId.eq(m.as_str()))
+        .filter(entity::event::Column::Seq.lte(stored[TRIMMED - 1].seq))
+        .exec(&state.db)
+        .await
+        .unwrap();
+    let end = loop {
+        match tokio::time::timeout(Duration::from_secs(5), stream.next()).await {
+            Ok(Some(Ok(e))) => {
+                let n = stored.iter().position(|s| s.id == e.id);
+                assert!(
+                    n.is_some_and(|n| n <= 500),
+                    "event {n:?} replayed after a hole (got {} before it)",
+                    got.len()
+                );
+                got.push(e.id);
+            }
+            Ok(Some(Err(e))) => break e,
+            Ok(None) => panic!(
+                "the replay ended without an error after {} events",
+                got.len()
+            ),
+            Err(_) => panic!("no error within 5 s after {} events", got.len()),
+        }
+    };
+    assert!(
+        matches!(end, smartbot::error::Error::HistoryExpired(_)),
+        "{end:?}"
+    );
+    let want: Vec<_> = stored[1..=500].iter().map(|e| e.id).collect();
+    assert_eq!(got, want, "the page read before the trim, whole");
+}
+
 both_dbs!(
     merchants_see_only_their_own,
     a_batch_stores_every_row_and_refuses_only_the_bad_one,
@@ -686,6 +753,7 @@ both_dbs!(
     resume_replays_exactly_what_was_missed,
     payload_errors_name_their_field,
     recent_events_page_through_the_history,
+    a_replay_trimmed_while_it_runs_ends_expired,
 );
 
 /// Waits until the background trim has left fewer than `n` events stored.
