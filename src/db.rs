@@ -289,6 +289,24 @@ pub async fn begin_write(db: &DatabaseConnection) -> Result<sea_orm::DatabaseTra
         .await?)
 }
 
+/// Serializes, until `txn` ends, every transaction that locks the same `key` in `namespace`
+/// (content-addressed files: one upload's "the files are there, the row goes in" against one
+/// delete's "no row is left, the files go"). On PostgreSQL a transaction-level advisory lock;
+/// on SQLite nothing more is needed: a [`begin_write`] transaction already holds the database's
+/// one write lock until it ends.
+pub async fn lock_key(txn: &sea_orm::DatabaseTransaction, namespace: i32, key: &str) -> Result<()> {
+    use sea_orm::{ConnectionTrait, DbBackend, Statement};
+    if txn.get_database_backend() == DbBackend::Postgres {
+        txn.execute_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT pg_advisory_xact_lock($1, hashtext($2))",
+            [namespace.into(), key.into()],
+        ))
+        .await?;
+    }
+    Ok(())
+}
+
 /// Rows of one table written in batches (group commit). Each caller hands its row over and waits
 /// until the statement holding it has committed, so a row is durable when [`insert`] returns, as
 /// with an INSERT of its own; but rows that arrive together share one multi-row INSERT, one

@@ -115,21 +115,26 @@ fn classify(e: Error) -> JobError {
     }
 }
 
+/// The row with its new status; `None` when it was deleted meanwhile.
 async fn set_status(
     state: &AppState,
     row: &media_file::Model,
     status: MediaStatus,
     error: Option<String>,
-    variants: Option<Value>,
-) -> Result<media_file::Model, Error> {
+) -> Result<Option<media_file::Model>, Error> {
     let mut am: media_file::ActiveModel = row.clone().into();
     am.status = Set(status);
     am.error = Set(error);
-    if let Some(v) = variants {
-        am.variants = Set(v);
-    }
     am.updated_at = Set(chrono::Utc::now());
-    Ok(am.update(&state.db).await?)
+    match am.update(&state.db).await {
+        Ok(row) => Ok(Some(row)),
+        Err(sea_orm::DbErr::RecordNotUpdated) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn deleted() -> Value {
+    json!({ "skipped": "media deleted" })
 }
 
 pub async fn handle(state: &AppState, job: &JobInfo) -> Result<Value, JobError> {
@@ -143,7 +148,7 @@ pub async fn handle(state: &AppState, job: &JobInfo) -> Result<Value, JobError> 
         .await
         .map_err(|e| JobError::retryable(Error::from(e)))?
     else {
-        return Ok(json!({ "skipped": "media deleted" }));
+        return Ok(deleted());
     };
     let done: Vec<String> = row
         .variants
@@ -162,40 +167,42 @@ pub async fn handle(state: &AppState, job: &JobInfo) -> Result<Value, JobError> 
         .cloned()
         .collect();
     if todo.is_empty() {
-        if row.status != MediaStatus::Ready {
-            set_status(state, &row, MediaStatus::Ready, None, None)
+        if row.status != MediaStatus::Ready
+            && set_status(state, &row, MediaStatus::Ready, None)
                 .await
-                .map_err(classify)?;
+                .map_err(classify)?
+                .is_none()
+        {
+            return Ok(deleted());
         }
         return Ok(json!({ "variants": row.variants }));
     }
-    let row = set_status(state, &row, MediaStatus::Processing, None, None)
+    let Some(row) = set_status(state, &row, MediaStatus::Processing, None)
         .await
-        .map_err(classify)?;
-    match render(state, &row, todo, p.options.quality).await {
-        Ok(new) => {
-            let mut variants = row.variants.as_array().cloned().unwrap_or_default();
-            variants.extend(new);
-            let row = set_status(
-                state,
-                &row,
-                MediaStatus::Ready,
-                None,
-                Some(Value::Array(variants)),
-            )
-            .await
-            .map_err(classify)?;
-            Ok(json!({ "variants": row.variants }))
-        }
+        .map_err(classify)?
+    else {
+        return Ok(deleted());
+    };
+    let recorded = match render(state, &row, todo, p.options.quality).await {
+        // Recorded under the files' lock: a delete since then takes these files with it.
+        Ok(new) => crate::media::service::record_sizes(state, row.id, &row.sha256, new).await,
+        Err(e) => Err(e),
+    };
+    match recorded {
+        Ok(Some(row)) => Ok(json!({ "variants": row.variants })),
+        Ok(None) => Ok(deleted()),
         Err(e) => {
             // The row shows its owner a public reason, never internal detail.
             let reason = crate::media::service::failure_reason(&e);
             let err = classify(e);
             let last = job.attempts_made + 1 >= job.max_attempts;
-            if matches!(err, JobError::Permanent(_)) || last {
-                let _ = set_status(state, &row, MediaStatus::Failed, Some(reason), None).await;
+            let status = if matches!(err, JobError::Permanent(_)) || last {
+                (MediaStatus::Failed, Some(reason))
             } else {
-                let _ = set_status(state, &row, MediaStatus::Ready, None, None).await;
+                (MediaStatus::Ready, None)
+            };
+            if let Ok(None) = set_status(state, &row, status.0, status.1).await {
+                return Ok(deleted());
             }
             Err(err)
         }

@@ -2,7 +2,11 @@
 //!
 //! Who may see and change what is decided in [`super::access`]; every query here takes its scope
 //! from there. Files are content-addressed by sha256 and shared between rows with the same bytes;
-//! a file is removed only when no row references its sha256 any more.
+//! a file is removed only when no row references its sha256 any more. What a row references and
+//! what is on disk change together under one lock per sha256 ([`FILES_LOCK`]): an upload checks
+//! its files are there and inserts its row under it, a delete counts the rows left and removes
+//! the files under it, so one merchant's delete never takes the files of another's upload of the
+//! same bytes, and a size rendered for a row deleted meanwhile does not stay behind.
 //!
 //! Decoding is bounded by the process's [`super::budget::DecodeBudget`], and identical bytes
 //! uploaded concurrently by the same merchant are decoded and stored once.
@@ -34,6 +38,9 @@ use entity::{
 };
 
 const CURSOR_KIND: &str = "media";
+/// The [`crate::db::lock_key`] namespace of a sha256's files.
+const FILES_LOCK: i32 = 0x6d65_6469; // "medi"
+
 /// `product_id` columns hold 128 characters.
 pub const MAX_PRODUCT_ID_CHARS: usize = 128;
 /// `owner_id` holds the token's subject, up to 128 characters.
@@ -148,22 +155,22 @@ pub fn product_media_json(m: &product_media::Model) -> Value {
     })
 }
 
-/// Removes the keys a failed upload wrote, unless a row now references the same bytes.
-async fn cleanup(state: &AppState, sha256: &str, written: &[String]) {
-    let referenced = Media::find()
+/// Removes every file of the bytes `sha256` when no row references them any more (after a
+/// delete, or an upload that failed). Under the files' lock: an upload of the same bytes either
+/// committed its row before this counts (and the files stay), or checks its files after this
+/// removed them (and writes them again).
+async fn drop_unreferenced(state: &AppState, sha256: &str) -> Result<()> {
+    let txn = crate::db::begin_write(&state.db).await?;
+    crate::db::lock_key(&txn, FILES_LOCK, sha256).await?;
+    let rows = Media::find()
         .filter(C::Sha256.eq(sha256))
-        .count(&state.db)
-        .await
-        .map(|n| n > 0)
-        .unwrap_or(true);
-    if referenced {
-        return;
+        .count(&txn)
+        .await?;
+    if rows == 0 {
+        state.storage.delete_content(sha256).await?;
     }
-    for key in written {
-        if let Err(e) = state.storage.delete(key).await {
-            tracing::warn!(key, error = %e, "could not remove a file of a failed upload");
-        }
-    }
+    txn.commit().await?;
+    Ok(())
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
@@ -214,6 +221,7 @@ pub async fn upload(
         )));
     }
     if let Some(existing) = find_duplicate(&state.db, merchant_id.as_deref(), &md5, &sha256).await?
+        && existing.status != MediaStatus::Failed
     {
         return Ok(MediaView::for_caller(ctx, existing));
     }
@@ -266,16 +274,18 @@ struct NewUpload {
 }
 
 impl NewUpload {
-    /// Renders the thumbnail, writes the files and inserts the row.
+    /// Renders the thumbnail, writes the files and inserts the row. The same bytes stored
+    /// before in a row now FAILED (its sizes could not be made) are stored again in that row,
+    /// and processed again.
     async fn store(self) -> Result<media_file::Model> {
         let state = &self.state;
         let merchant_id = self.merchant_id.as_deref();
         // A flight that just finished may have stored these bytes.
-        if let Some(existing) =
-            find_duplicate(&state.db, merchant_id, &self.md5, &self.sha256).await?
-        {
-            return Ok(existing);
-        }
+        let failed = match find_duplicate(&state.db, merchant_id, &self.md5, &self.sha256).await? {
+            Some(existing) if existing.status != MediaStatus::Failed => return Ok(existing),
+            Some(existing) => Some(existing),
+            None => None,
+        };
         let thumb = render(
             state,
             self.bytes.clone(),
@@ -290,21 +300,24 @@ impl NewUpload {
         let key = storage::key_for(&self.sha256, None, self.probe.format.ext());
         let thumb_key = storage::key_for(&self.sha256, Some("thumbnail"), thumb.format.ext());
 
-        let mut written = Vec::new();
+        let files = [(&key, &self.bytes[..]), (&thumb_key, &thumb.bytes[..])];
         let result = async {
-            for (k, data) in [(&key, &self.bytes[..]), (&thumb_key, &thumb.bytes[..])] {
+            // Written before the row's transaction, outside the files' lock: each write syncs
+            // to disk, and the lock (on SQLite, every writer's) is held only to check them.
+            for (k, data) in files {
                 if !state.storage.exists(k).await? {
                     state.storage.put(k, data).await?;
-                    written.push(k.clone());
                 }
             }
-            self.insert_row(&key, &thumb_key).await
+            self.insert_row(&files, failed.as_ref()).await
         }
         .await;
         let row = match result {
             Ok(row) => row,
             Err(e) => {
-                cleanup(state, &self.sha256, &written).await;
+                if let Err(e) = drop_unreferenced(state, &self.sha256).await {
+                    tracing::warn!(error = %e, "could not remove the files of a failed upload");
+                }
                 // Lost a race with the same upload on another instance: answer like a duplicate.
                 if matches!(e, Error::Conflict(_))
                     && let Some(existing) =
@@ -325,31 +338,57 @@ impl NewUpload {
         Ok(row)
     }
 
-    async fn insert_row(&self, key: &str, thumb_key: &str) -> Result<media_file::Model> {
+    /// Inserts the row (or stores `failed` again), with its files checked under the files' lock:
+    /// a delete of the same bytes may have removed them since they were written.
+    async fn insert_row(
+        &self,
+        files: &[(&String, &[u8]); 2],
+        failed: Option<&media_file::Model>,
+    ) -> Result<media_file::Model> {
+        let (key, thumb_key) = (files[0].0, files[1].0);
         let now = chrono::Utc::now();
         let txn = crate::db::begin_write(&self.state.db).await?;
-        let row = media_file::ActiveModel {
-            id: Set(Uuid::now_v7()),
-            hash: Set(self.md5.clone()),
-            sha256: Set(self.sha256.clone()),
-            original_name: Set(self.original_name.clone()),
-            file_name: Set(key.rsplit('/').next().unwrap_or(key).to_owned()),
-            mime_type: Set(self.probe.format.mime().to_owned()),
-            size: Set(self.bytes.len() as i64),
-            width: Set(Some(self.probe.width as i32)),
-            height: Set(Some(self.probe.height as i32)),
-            url: Set(storage::url_for(key)),
-            thumbnail_url: Set(Some(storage::url_for(thumb_key))),
-            variants: Set(json!([])),
-            owner_id: Set(self.ctx.actor.id().map(str::to_owned)),
-            merchant_id: Set(self.merchant_id.clone()),
-            status: Set(MediaStatus::Ready),
-            error: Set(None),
-            created_at: Set(now),
-            updated_at: Set(now),
+        crate::db::lock_key(&txn, FILES_LOCK, &self.sha256).await?;
+        for &(k, data) in files {
+            if !self.state.storage.exists(k).await? {
+                self.state.storage.put(k, data).await?;
+            }
         }
-        .insert(&txn)
-        .await?;
+        let row = match failed {
+            Some(failed) => {
+                let mut again: media_file::ActiveModel = failed.clone().into();
+                again.url = Set(storage::url_for(key));
+                again.thumbnail_url = Set(Some(storage::url_for(thumb_key)));
+                again.status = Set(MediaStatus::Ready);
+                again.error = Set(None);
+                again.updated_at = Set(now);
+                again.update(&txn).await?
+            }
+            None => {
+                media_file::ActiveModel {
+                    id: Set(Uuid::now_v7()),
+                    hash: Set(self.md5.clone()),
+                    sha256: Set(self.sha256.clone()),
+                    original_name: Set(self.original_name.clone()),
+                    file_name: Set(key.rsplit('/').next().unwrap_or(key).to_owned()),
+                    mime_type: Set(self.probe.format.mime().to_owned()),
+                    size: Set(self.bytes.len() as i64),
+                    width: Set(Some(self.probe.width as i32)),
+                    height: Set(Some(self.probe.height as i32)),
+                    url: Set(storage::url_for(key)),
+                    thumbnail_url: Set(Some(storage::url_for(thumb_key))),
+                    variants: Set(json!([])),
+                    owner_id: Set(self.ctx.actor.id().map(str::to_owned)),
+                    merchant_id: Set(self.merchant_id.clone()),
+                    status: Set(MediaStatus::Ready),
+                    error: Set(None),
+                    created_at: Set(now),
+                    updated_at: Set(now),
+                }
+                .insert(&txn)
+                .await?
+            }
+        };
         audit::record(
             &txn,
             &self.ctx,
@@ -358,7 +397,7 @@ impl NewUpload {
                 target_type: "media",
                 target_id: row.id.to_string(),
                 merchant_id: row.merchant_id.clone(),
-                before: None,
+                before: failed.map(to_json),
                 after: Some(to_json(&row)),
             },
         )
@@ -450,21 +489,6 @@ pub async fn list(
     Ok(page.map(|m| MediaView::for_caller(ctx, m)))
 }
 
-/// The storage keys a row's files live under.
-pub fn keys_of(m: &media_file::Model) -> Vec<String> {
-    let mut urls = vec![m.url.clone()];
-    urls.extend(m.thumbnail_url.clone());
-    if let Some(vs) = m.variants.as_array() {
-        urls.extend(
-            vs.iter()
-                .filter_map(|v| v.get("url").and_then(Value::as_str).map(str::to_owned)),
-        );
-    }
-    urls.iter()
-        .filter_map(|u| storage::key_of_url(u).map(str::to_owned))
-        .collect()
-}
-
 /// Deletes a row (detaching it from products) and its files when nothing else references them.
 pub async fn delete(state: &AppState, ctx: &RequestContext, id: Uuid) -> Result<()> {
     ctx.actor.require_authenticated()?;
@@ -515,18 +539,61 @@ pub async fn delete(state: &AppState, ctx: &RequestContext, id: Uuid) -> Result<
     for event in events {
         state.events.publish(event).await;
     }
-    let others = Media::find()
-        .filter(C::Sha256.eq(m.sha256.as_str()))
-        .count(&state.db)
-        .await?;
-    if others == 0 {
-        for key in keys_of(&m) {
-            if let Err(e) = state.storage.delete(&key).await {
-                tracing::warn!(key, error = %e, "could not remove a deleted media file");
-            }
-        }
+    // The row is gone for good: a failure here leaves files, never a row without them.
+    if let Err(e) = drop_unreferenced(state, &m.sha256).await {
+        tracing::warn!(media_id = %id, error = %e, "could not remove a deleted media's files");
     }
     Ok(())
+}
+
+/// Records sizes the media_processing job rendered and stored for row `id`: the row is READY
+/// with them. `None` when the row was deleted meanwhile; then the files go too, unless another
+/// row has the same bytes (under the files' lock, like a delete).
+pub async fn record_sizes(
+    state: &AppState,
+    id: Uuid,
+    sha256: &str,
+    sizes: Vec<Value>,
+) -> Result<Option<media_file::Model>> {
+    let txn = crate::db::begin_write(&state.db).await?;
+    crate::db::lock_key(&txn, FILES_LOCK, sha256).await?;
+    let Some(row) = Media::find_by_id(id).one(&txn).await? else {
+        let rows = Media::find()
+            .filter(C::Sha256.eq(sha256))
+            .count(&txn)
+            .await?;
+        if rows == 0 {
+            state.storage.delete_content(sha256).await?;
+        }
+        txn.commit().await?;
+        return Ok(None);
+    };
+    let names: Vec<&str> = sizes
+        .iter()
+        .filter_map(|v| v.get("name").and_then(Value::as_str))
+        .collect();
+    // The row's list as it is now, with these sizes in place of any of the same name.
+    let mut variants: Vec<Value> = row
+        .variants
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|v| {
+            !v.get("name")
+                .and_then(Value::as_str)
+                .is_some_and(|n| names.contains(&n))
+        })
+        .collect();
+    variants.extend(sizes);
+    let mut am: media_file::ActiveModel = row.into();
+    am.status = Set(MediaStatus::Ready);
+    am.error = Set(None);
+    am.variants = Set(Value::Array(variants));
+    am.updated_at = Set(chrono::Utc::now());
+    let row = am.update(&txn).await?;
+    txn.commit().await?;
+    Ok(Some(row))
 }
 
 // ---- product media ----

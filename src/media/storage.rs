@@ -18,6 +18,9 @@ pub trait Storage: Send + Sync + 'static {
     async fn exists(&self, key: &str) -> Result<bool> {
         Ok(self.get(key).await?.is_some())
     }
+    /// Removes every file of the bytes `sha256`: the original and each derived size, whatever
+    /// names the sizes have (the rows' lists of sizes may lag behind a job that just wrote one).
+    async fn delete_content(&self, sha256: &str) -> Result<()>;
     fn path_ok(key: &str) -> bool
     where
         Self: Sized,
@@ -125,6 +128,40 @@ impl Storage for LocalStorage {
         }
     }
 
+    async fn delete_content(&self, sha256: &str) -> Result<()> {
+        if sha256.len() != 64
+            || !sha256
+                .bytes()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        {
+            return Err(Error::validation(
+                "sha256",
+                "not a SHA-256 in lowercase hex",
+            ));
+        }
+        let dir = self.root.join(&sha256[0..2]).join(&sha256[2..4]);
+        let mut entries = match tokio::fs::read_dir(&dir).await {
+            Ok(entries) => entries,
+            Err(e) if no_such_file(&e) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        while let Some(entry) = entries.next_entry().await? {
+            let name = entry.file_name();
+            let ours = name
+                .to_str()
+                .and_then(|n| n.strip_prefix(sha256))
+                .is_some_and(|rest| rest.starts_with('.') || rest.starts_with('_'));
+            if ours {
+                match tokio::fs::remove_file(entry.path()).await {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        Ok(())
+    }
+
     async fn exists(&self, key: &str) -> Result<bool> {
         match tokio::fs::metadata(self.path(key)?).await {
             Ok(m) => Ok(m.is_file()),
@@ -183,5 +220,31 @@ mod tests {
             assert!(!s.exists(key).await.unwrap(), "{key}");
         }
         assert!(s.exists("ab/cd/y.png").await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn delete_content_takes_every_size_of_the_bytes_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = LocalStorage::new(dir.path());
+        let (sha, other) = ("ab".repeat(32), format!("{}cd", "ab".repeat(31)));
+        let ours = [
+            key_for(&sha, None, "png"),
+            key_for(&sha, Some("thumbnail"), "jpg"),
+            key_for(&sha, Some("any-size_2"), "webp"),
+        ];
+        let theirs = [key_for(&other, None, "png"), format!("ab/ab/{sha}x.png")];
+        for k in ours.iter().chain(&theirs) {
+            s.put(k, b"x").await.unwrap();
+        }
+        s.delete_content(&sha).await.unwrap();
+        for k in &ours {
+            assert!(!s.exists(k).await.unwrap(), "{k}");
+        }
+        for k in &theirs {
+            assert!(s.exists(k).await.unwrap(), "{k}");
+        }
+        // Nothing stored, or not a sha: no harm done.
+        s.delete_content(&"ef".repeat(32)).await.unwrap();
+        assert!(s.delete_content("../..").await.is_err());
     }
 }

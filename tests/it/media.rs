@@ -1276,3 +1276,113 @@ both_dbs!(
     rest_upload_both_spellings,
     column_limits_are_validation
 );
+
+/// Two merchants' rows share the files of the same bytes. One merchant's delete racing the
+/// other's upload of those bytes never leaves the upload's row without its files (the delete
+/// counted the rows before the upload's went in, and removed the files after the upload found
+/// them there).
+async fn a_delete_never_takes_the_files_of_another_merchants_upload(db: Db) {
+    let app = TestApp::spawn_with(db, no_workers).await;
+    let (m1, m2) = (app.merchant("m1"), app.merchant("m2"));
+    for round in 0..30 {
+        // New bytes every round.
+        let png = noise_png(40 + round, 30);
+        let first = upload_ok(&app, &m1, &png, None).await;
+        let path = format!("/api/media/{}", id_of(&first));
+        // The delete starts a little later each round, to land in every part of the upload.
+        let delete = async {
+            tokio::time::sleep(Duration::from_micros(u64::from(round) * 250)).await;
+            app.rest(Method::DELETE, &path, Some(&m1), None).await
+        };
+        let upload = rest_upload(
+            &app,
+            &m2,
+            json!({ "fileData": b64(&png), "fileName": "same.png" }),
+        );
+        let ((deleted, d), (uploaded, u)) = tokio::join!(delete, upload);
+        assert_eq!(deleted, StatusCode::OK, "{d}");
+        assert_eq!(uploaded, StatusCode::CREATED, "{u}");
+        for url in [&u["media"]["url"], &u["media"]["thumbnail_url"]] {
+            let res = app
+                .client
+                .get(app.url(url.as_str().unwrap()))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), StatusCode::OK, "round {round}: {url} is gone");
+        }
+    }
+}
+
+/// An image deleted while the media_processing job renders its sizes leaves no file behind: the
+/// size the job writes after the delete goes too (it was served at a URL anyone could guess).
+async fn a_deleted_images_sizes_do_not_outlive_it(db: Db) {
+    use smartbot::queue::QueueName;
+    const ROUNDS: u32 = 4;
+    let app = TestApp::spawn(db).await;
+    let m1 = app.merchant("m1");
+    for round in 0..ROUNDS {
+        let m = upload_ok(&app, &m1, &jpeg_bytes(1600 + round, 1200), None).await;
+        let (s, b) = app
+            .rest(
+                Method::DELETE,
+                &format!("/api/media/{}", id_of(&m)),
+                Some(&m1),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+    }
+    let queue = app.server.state.queue.clone();
+    crate::common::eventually("every processing job has ended", || async {
+        let c = queue.queue_stats(QueueName::MediaProcessing).await.unwrap();
+        match c.waiting + c.active + c.delayed {
+            0 if c.completed + c.failed >= u64::from(ROUNDS) => Ok(()),
+            _ => Err(format!("{c:?}")),
+        }
+    })
+    .await;
+    let c = queue.queue_stats(QueueName::MediaProcessing).await.unwrap();
+    assert_eq!(c.failed, 0, "a job for a deleted row failed: {c:?}");
+    assert_eq!(uploads(&app), 0, "files outlived their deleted rows");
+}
+
+both_dbs!(
+    a_delete_never_takes_the_files_of_another_merchants_upload,
+    a_deleted_images_sizes_do_not_outlive_it
+);
+
+/// Uploading again the bytes of a row that FAILED (its files lost, its sizes never made) stores
+/// them again in that row, READY, instead of answering the failed row as a duplicate.
+#[tokio::test]
+async fn uploading_a_failed_images_bytes_again_repairs_it() {
+    use sea_orm::{ActiveModelTrait, ActiveValue::Set, EntityTrait};
+    let app = TestApp::spawn_with(Db::Sqlite, no_workers).await;
+    let m1 = app.merchant("m1");
+    let png = noise_png(50, 20);
+    let first = upload_ok(&app, &m1, &png, None).await;
+    let id: uuid::Uuid = id_of(&first).parse().unwrap();
+    let row = entity::media_file::Entity::find_by_id(id)
+        .one(&app.server.state.db)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut failed: entity::media_file::ActiveModel = row.into();
+    failed.status = Set(entity::MediaStatus::Failed);
+    failed.error = Set(Some("the original file is missing".into()));
+    failed.update(&app.server.state.db).await.unwrap();
+    std::fs::remove_dir_all(app.server.state.config.media_dir()).unwrap();
+    let again = upload_ok(&app, &m1, &png, None).await;
+    assert_eq!(again["id"], first["id"]);
+    assert_eq!(again["status"], "ready", "{again}");
+    for url in [&again["url"], &again["thumbnail_url"]] {
+        let res = app
+            .client
+            .get(app.url(url.as_str().unwrap()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK, "{url}");
+    }
+    assert_eq!(media_rows(&app).await, 1);
+}
