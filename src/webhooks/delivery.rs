@@ -79,11 +79,18 @@ pub struct Attempt {
     /// succeeded, never followed by scheduled retries.
     #[serde(default)]
     pub manual: bool,
+    /// A manual attempt queued at most once by its number (a recovery: recoveries at once, a
+    /// double click say, send each event once, not once per call). Other manual attempts (a
+    /// redelivery, a test send) are each a send of their own.
+    #[serde(skip)]
+    pub once: bool,
 }
 
 impl Attempt {
     fn job_id(&self) -> String {
-        if self.manual {
+        if self.manual && self.once {
+            format!("{}:{}:r{}", self.webhook_id, self.event_id, self.attempt)
+        } else if self.manual {
             format!(
                 "{}:{}:m{}",
                 self.webhook_id,
@@ -233,6 +240,7 @@ impl Dispatcher {
                     attempt: 1,
                     body,
                     manual: false,
+                    once: false,
                 };
                 attempts.push((a, jitter(first)));
             }

@@ -283,30 +283,39 @@ pub async fn update(
              legacySignature, rateLimit",
         ));
     }
-    let before = find_scoped(&state.db, &ctx.actor, id).await?;
+    // Checked before the row is locked: a new URL's check may wait on DNS.
+    let url = match &patch.url {
+        Some(url) => Some(
+            state
+                .webhooks
+                .policy
+                .check_destination(url)
+                .await?
+                .to_string(),
+        ),
+        None => None,
+    };
+    let description = patch.description.map(check_description).transpose()?;
+    let rate_limit = patch.rate_limit.map(check_rate_limit).transpose()?;
+    let tx = crate::db::begin_write(&state.db).await?;
+    let before = find_scoped(&tx, &ctx.actor, id).await?;
     let mut am: webhook::ActiveModel = before.clone().into();
-    if let Some(url) = &patch.url {
-        am.url = Set(state
-            .webhooks
-            .policy
-            .check_destination(url)
-            .await?
-            .to_string());
+    if let Some(url) = url {
+        am.url = Set(url);
     }
     if let Some(types) = &patch.event_types {
         am.event_types = Set(event_types_json(types));
     }
-    if let Some(d) = patch.description {
-        am.description = Set(check_description(d)?);
+    if let Some(d) = description {
+        am.description = Set(d);
     }
     if let Some(l) = patch.legacy_signature {
         am.legacy_signature = Set(l);
     }
-    if let Some(r) = patch.rate_limit {
-        am.rate_limit = Set(check_rate_limit(r)?);
+    if let Some(r) = rate_limit {
+        am.rate_limit = Set(r);
     }
     am.updated_at = Set(Utc::now());
-    let tx = state.db.begin().await?;
     let after = am.update(&tx).await?;
     audited(&tx, ctx, "webhook.update", Some(&before), Some(&after)).await?;
     tx.commit().await?;
@@ -316,8 +325,8 @@ pub async fn update(
 
 /// `deleteWebhook`: its logs go with it; pending attempts end quietly.
 pub async fn delete(state: &AppState, ctx: &RequestContext, id: Uuid) -> Result<bool> {
-    let before = find_scoped(&state.db, &ctx.actor, id).await?;
-    let tx = state.db.begin().await?;
+    let tx = crate::db::begin_write(&state.db).await?;
+    let before = find_scoped(&tx, &ctx.actor, id).await?;
     // Explicitly, so SQLite without foreign-key enforcement drops them too.
     Logs::delete_many()
         .filter(L::WebhookId.eq(id))
@@ -337,7 +346,8 @@ pub async fn set_enabled(
     id: Uuid,
     enabled: bool,
 ) -> Result<webhook::Model> {
-    let before = find_scoped(&state.db, &ctx.actor, id).await?;
+    let tx = crate::db::begin_write(&state.db).await?;
+    let before = find_scoped(&tx, &ctx.actor, id).await?;
     let mut am: webhook::ActiveModel = before.clone().into();
     am.enabled = Set(enabled);
     if enabled {
@@ -352,7 +362,6 @@ pub async fn set_enabled(
         )));
     }
     am.updated_at = Set(Utc::now());
-    let tx = state.db.begin().await?;
     let after = am.update(&tx).await?;
     let action = if enabled {
         "webhook.enable"
@@ -395,11 +404,16 @@ pub async fn rotate_secret(
             "overlap must be at most 7 days",
         ));
     }
-    let before = find_scoped(&state.db, &ctx.actor, id).await?;
     let secret = signing::generate_secret();
+    let sealed = state.cipher.encrypt(&secret)?;
+    // The row is read locked: two rotations at once take turns, and the second keeps the
+    // first's secret as its previous one (read unlocked, both kept the same old secret, and the
+    // first's secret, already shown to its caller, never signed anything).
+    let tx = crate::db::begin_write(&state.db).await?;
+    let before = find_scoped(&tx, &ctx.actor, id).await?;
     let now = Utc::now();
     let mut am: webhook::ActiveModel = before.clone().into();
-    am.secret = Set(state.cipher.encrypt(&secret)?);
+    am.secret = Set(sealed);
     if overlap.is_zero() {
         am.previous_secret = Set(None);
         am.previous_secret_expires_at = Set(None);
@@ -410,7 +424,6 @@ pub async fn rotate_secret(
         ));
     }
     am.updated_at = Set(now);
-    let tx = state.db.begin().await?;
     let after = am.update(&tx).await?;
     audited(
         &tx,
@@ -510,6 +523,7 @@ pub async fn redeliver(state: &AppState, ctx: &RequestContext, log_id: Uuid) -> 
         attempt: next_attempt(&state.db, w.id, log.event_id).await?,
         body,
         manual: true,
+        once: false,
     };
     let ids =
         delivery::enqueue(&state.queue, &state.webhooks, &[(attempt, Duration::ZERO)]).await?;
@@ -579,6 +593,7 @@ pub async fn recover(
                     attempt: (max.max(0) as u32 + 1).min(100),
                     body: body.to_string(),
                     manual: true,
+                    once: true,
                 },
                 Duration::ZERO,
             ));
@@ -619,6 +634,7 @@ pub async fn send_test(
         attempt: 1,
         body: serde_json::to_string(&event).map_err(Error::internal)?,
         manual: true,
+        once: false,
     };
     delivery::enqueue(&state.queue, &state.webhooks, &[(attempt, Duration::ZERO)]).await?;
     Ok(event.id)

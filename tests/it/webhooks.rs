@@ -967,6 +967,84 @@ async fn redeliver_recover_and_test_sends(db: Db) {
     app.server.stop().await.unwrap();
 }
 
+/// Two rotations of one endpoint at once take turns: the later keeps the earlier's new secret
+/// as its previous one, so both secrets shown to their callers sign (a lost update kept the
+/// original secret twice, and one caller's secret never signed anything).
+async fn concurrent_rotations_take_turns(db: Db) {
+    use sea_orm::EntityTrait;
+    let app = spawn(db).await;
+    let (id, _) = register(&app, "m-a", json!({ "url": "http://127.0.0.1:9/hook" })).await;
+    let ma = app.as_merchant("m-a");
+    for round in 0..6 {
+        let rotate = || ma.gql_ok(ROTATE, json!({ "id": id, "o": "1h" }));
+        let (a, b) = tokio::join!(rotate(), rotate());
+        let shown: HashSet<String> = [a, b]
+            .iter()
+            .map(|d| {
+                d["rotateWebhookSecret"]["secret"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect();
+        let row = entity::webhook::Entity::find_by_id(id.parse::<uuid::Uuid>().unwrap())
+            .one(&app.server.state.db)
+            .await
+            .unwrap()
+            .unwrap();
+        let cipher = &app.server.state.cipher;
+        let signing: HashSet<String> = [Some(row.secret), row.previous_secret]
+            .into_iter()
+            .flatten()
+            .map(|s| cipher.decrypt(&s).unwrap())
+            .collect();
+        assert_eq!(signing, shown, "round {round}: a rotation was lost");
+    }
+}
+
+/// Recoveries of one endpoint at once (a double click) send each failed event once, not once
+/// per call.
+async fn concurrent_recoveries_send_each_event_once(db: Db) {
+    let app = TestApp::spawn_with(db, |c| {
+        hooks(c);
+        c.webhook_retry_schedule = vec![Duration::ZERO];
+    })
+    .await;
+    let rx = TestReceiver::start().await;
+    rx.script([Reply::status(500)]);
+    let (id, _) = register(&app, "m-a", json!({ "url": rx.url() })).await;
+    emit(&app, "m-a", 1).await;
+    wait_logs(&app, "m-a", &id, 1).await;
+    let ma = app.as_merchant("m-a");
+    let since = (chrono::Utc::now() - chrono::Duration::hours(1)).to_rfc3339();
+    let recover = || {
+        ma.gql_ok(
+            r#"mutation($w: ID!, $s: DateTime!) { recoverWebhook(webhookId: $w, since: $s) }"#,
+            json!({ "w": id, "s": since }),
+        )
+    };
+    let got = tokio::join!(recover(), recover(), recover());
+    for d in [got.0, got.1, got.2] {
+        assert_eq!(d["recoverWebhook"], 1, "{d}");
+    }
+    let queue = app.server.state.queue.clone();
+    eventually("the queue is idle", || async {
+        let c = queue.queue_stats(QueueName::WebhookDelivery).await.unwrap();
+        match c.waiting + c.active + c.delayed {
+            0 => Ok(()),
+            _ => Err(format!("{c:?}")),
+        }
+    })
+    .await;
+    let l = wait_logs(&app, "m-a", &id, 2).await;
+    assert_eq!(l.len(), 2, "{l:?}");
+    assert_eq!(
+        rx.requests().len(),
+        2,
+        "the event was recovered more than once"
+    );
+}
+
 // ---- the outbox ------------------------------------------------------------------------------
 
 /// A process that stored an event and died before publishing it: the sweeper delivers it.
@@ -1250,6 +1328,8 @@ both_dbs!(
     merchants_see_only_their_endpoints_and_logs,
     redeliver_recover_and_test_sends,
     an_event_recorded_but_never_published_is_delivered,
+    concurrent_rotations_take_turns,
+    concurrent_recoveries_send_each_event_once,
 );
 
 // ---- several processes -----------------------------------------------------------------------
