@@ -136,6 +136,62 @@ pub(crate) async fn cancel_open_for_order<Db: ConnectionTrait>(
     }
 }
 
+/// What became of an order's open delivery task when the order was marked DELIVERED by hand.
+pub(crate) enum HandedOver {
+    /// It was on its way (PICKED_UP or IN_TRANSIT): completed, and its `delivery_completed` is
+    /// the caller's to record (after its row writes).
+    Completed(delivery_task::Model),
+    /// It was not picked up yet (PENDING or ASSIGNED): cancelled, the customer had the order
+    /// some other way (collected it, say).
+    Cancelled(Uuid),
+}
+
+/// Closes the open delivery task of an order marked DELIVERED by hand, inside the caller's
+/// transaction: left open it would be stranded (it could never be delivered, as its order is no
+/// longer READY, and `delivery_completed` never sent).
+pub(crate) async fn close_open_for_delivered_order<Db: ConnectionTrait>(
+    db: &Db,
+    order_id: Uuid,
+) -> Result<Option<HandedOver>> {
+    let Some(task) = Tasks::find()
+        .filter(C::OrderId.eq(order_id.to_string()))
+        .filter(C::Status.is_not_in(CLOSED))
+        .one(db)
+        .await?
+    else {
+        return Ok(None);
+    };
+    Ok(Some(
+        if matches!(
+            task.status,
+            DeliveryStatus::PickedUp | DeliveryStatus::InTransit
+        ) {
+            HandedOver::Completed(move_task(db, &task, DeliveryStatus::Delivered, None).await?)
+        } else {
+            HandedOver::Cancelled(
+                move_task(db, &task, DeliveryStatus::Cancelled, None)
+                    .await?
+                    .id,
+            )
+        },
+    ))
+}
+
+/// The `delivery_completed` event of `task`.
+pub(crate) async fn record_completed<Db: ConnectionTrait>(
+    db: &Db,
+    merchant: &MerchantId,
+    task: &delivery_task::Model,
+) -> Result<Event> {
+    events::service::record(
+        db,
+        EventType::DeliveryCompleted,
+        merchant,
+        json!({ "deliveryId": task.id.to_string(), "orderId": task.order_id }),
+    )
+    .await
+}
+
 /// The transitions `updateDeliveryStatus` may make (ASSIGNED comes from `assignDriver`).
 pub fn allowed(from: DeliveryStatus, to: DeliveryStatus) -> bool {
     use DeliveryStatus::*;
@@ -344,15 +400,7 @@ pub async fn update_status(
                     "the order changed meanwhile; reload it and retry".into(),
                 ));
             }
-            out.push(
-                events::service::record(
-                    &txn,
-                    EventType::DeliveryCompleted,
-                    &merchant,
-                    json!({ "deliveryId": current.id.to_string(), "orderId": current.order_id }),
-                )
-                .await?,
-            );
+            out.push(record_completed(&txn, &merchant, &current).await?);
             out.push(
                 orders::record_status_change(&txn, &merchant, &order, OrderStatus::Delivered)
                     .await?,

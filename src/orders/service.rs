@@ -396,18 +396,38 @@ pub async fn update_status(
         ));
     }
     let merchant = MerchantId::parse("merchantId", &current.merchant_id)?;
-    // A cancelled order's open delivery task is cancelled with it, in the same transaction.
-    let cancelled_task = if to == OrderStatus::Cancelled {
-        crate::deliveries::cancel_open_for_order(&txn, current.id).await?
-    } else {
-        None
-    };
-    // After the row writes (see `process`).
-    let event = record_status_change(&txn, &merchant, &current, to).await?;
+    // The order's open delivery task is closed with it, in the same transaction: cancelled
+    // with a cancelled order; with one marked DELIVERED by hand, completed if it was on its way,
+    // else cancelled.
     let mut after = json!({ "status": status_name(to) });
-    if let Some(task) = cancelled_task {
-        after["cancelledDeliveryTask"] = json!(task.to_string());
+    let mut completed = None;
+    match to {
+        OrderStatus::Cancelled => {
+            if let Some(task) = crate::deliveries::cancel_open_for_order(&txn, current.id).await? {
+                after["cancelledDeliveryTask"] = json!(task.to_string());
+            }
+        }
+        OrderStatus::Delivered => {
+            use crate::deliveries::HandedOver;
+            match crate::deliveries::close_open_for_delivered_order(&txn, current.id).await? {
+                Some(HandedOver::Completed(task)) => {
+                    after["completedDeliveryTask"] = json!(task.id.to_string());
+                    completed = Some(task);
+                }
+                Some(HandedOver::Cancelled(task)) => {
+                    after["cancelledDeliveryTask"] = json!(task.to_string());
+                }
+                None => {}
+            }
+        }
+        _ => {}
     }
+    // After the row writes (see `process`), in the order a driver's delivery records them.
+    let mut events = Vec::with_capacity(2);
+    if let Some(task) = &completed {
+        events.push(crate::deliveries::record_completed(&txn, &merchant, task).await?);
+    }
+    events.push(record_status_change(&txn, &merchant, &current, to).await?);
     audit::record(
         &txn,
         ctx,
@@ -426,7 +446,9 @@ pub async fn update_status(
         .await?
         .ok_or_else(|| Error::not_found("order"))?;
     txn.commit().await?;
-    state.events.publish(event).await;
+    for event in events {
+        state.events.publish(event).await;
+    }
     Ok(model)
 }
 

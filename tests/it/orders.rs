@@ -530,6 +530,70 @@ async fn cancelling_an_order_cancels_its_open_delivery(db: Db) {
     }
 }
 
+/// An order marked DELIVERED by hand closes its open delivery task in the same step: one on its
+/// way is completed (with `delivery_completed`), one not picked up yet is cancelled. Left open,
+/// it could never be completed (its order is no longer READY).
+async fn delivering_an_order_by_hand_closes_its_open_delivery(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let shop = app.merchant("m-hand");
+    let place = |a: &str| json!({ "address": a });
+    let mut tasks = Vec::new();
+    for moves in [&["PICKED_UP", "IN_TRANSIT"][..], &["PICKED_UP"], &[]] {
+        let order = submit(&app, &shop, order_input(None)).await["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        order_in(&app, &order, "CONFIRMED").await;
+        set_status(&app, &shop, &order, "PREPARING").await.unwrap();
+        set_status(&app, &shop, &order, "READY").await.unwrap();
+        let vars = json!({ "order": order, "pickup": place("Mbare Mart"), "dropoff": place("12 Samora Machel Ave") });
+        let id =
+            app.gql_ok(Some(&shop), docs::CREATE_DELIVERY, vars).await["createDeliveryTask"]["id"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+        app.gql_ok(
+            Some(&shop),
+            docs::ASSIGN_DRIVER,
+            json!({ "id": id, "driver": "Farai" }),
+        )
+        .await;
+        for status in moves {
+            app.gql_ok(
+                Some(&shop),
+                docs::UPDATE_DELIVERY_STATUS,
+                json!({ "id": id, "status": status }),
+            )
+            .await;
+        }
+        set_status(&app, &shop, &order, "DELIVERED").await.unwrap();
+        let want = if moves.is_empty() {
+            "CANCELLED"
+        } else {
+            "DELIVERED"
+        };
+        tasks.push((order, id, want));
+    }
+    let listed = app
+        .gql_ok(Some(&shop), docs::DELIVERY_TASKS, json!({}))
+        .await;
+    let nodes = listed["deliveryTasks"]["edges"].as_array().unwrap();
+    for (_, id, want) in &tasks {
+        let node = nodes.iter().find(|e| &e["node"]["id"] == id).unwrap();
+        assert_eq!(node["node"]["status"], *want, "{listed}");
+    }
+    // One `delivery_completed` per task that was on its way, before its order's change.
+    let completed = events_of(&app, "m-hand", "DELIVERY_COMPLETED").await;
+    let mut ids: Vec<&str> = completed
+        .iter()
+        .map(|p| p["deliveryId"].as_str().unwrap())
+        .collect();
+    ids.sort_unstable();
+    let mut want: Vec<&str> = tasks[..2].iter().map(|(_, id, _)| id.as_str()).collect();
+    want.sort_unstable();
+    assert_eq!(ids, want);
+}
+
 /// Bot presence emits only on a change, and only service (or admin) tokens report it.
 async fn bot_presence_emits_on_change_only(db: Db) {
     let app = TestApp::spawn_with(db, |c| c.bot_stale_after = None).await;
@@ -796,6 +860,7 @@ both_dbs!(
     payments_are_idempotent_and_checked,
     deliveries_follow_their_state_machine,
     cancelling_an_order_cancels_its_open_delivery,
+    delivering_an_order_by_hand_closes_its_open_delivery,
     bot_presence_emits_on_change_only,
     a_silent_bot_goes_stale_exactly_once,
     update_product_emits_for_trusted_callers,
