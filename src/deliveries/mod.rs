@@ -143,7 +143,7 @@ pub(crate) enum HandedOver {
     Completed(delivery_task::Model),
     /// It was not picked up yet (PENDING or ASSIGNED): cancelled, the customer had the order
     /// some other way (collected it, say).
-    Cancelled(Uuid),
+    Cancelled(delivery_task::Model),
 }
 
 /// Closes the open delivery task of an order marked DELIVERED by hand, inside the caller's
@@ -168,11 +168,7 @@ pub(crate) async fn close_open_for_delivered_order<Db: ConnectionTrait>(
         ) {
             HandedOver::Completed(move_task(db, &task, DeliveryStatus::Delivered, None).await?)
         } else {
-            HandedOver::Cancelled(
-                move_task(db, &task, DeliveryStatus::Cancelled, None)
-                    .await?
-                    .id,
-            )
+            HandedOver::Cancelled(move_task(db, &task, DeliveryStatus::Cancelled, None).await?)
         },
     ))
 }

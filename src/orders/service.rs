@@ -415,7 +415,7 @@ pub async fn update_status(
                     completed = Some(task);
                 }
                 Some(HandedOver::Cancelled(task)) => {
-                    after["cancelledDeliveryTask"] = json!(task.to_string());
+                    after["cancelledDeliveryTask"] = json!(task.id.to_string());
                 }
                 None => {}
             }
