@@ -115,7 +115,8 @@ pub struct Config {
     pub body_limit: usize,
     /// `GRAPHQL_MAX_DEPTH` (default 16).
     pub graphql_max_depth: usize,
-    /// `GRAPHQL_MAX_COMPLEXITY` (default 2000).
+    /// `GRAPHQL_MAX_COMPLEXITY` (default 5000): a field costs 1 plus what it selects, a paginated
+    /// field what one item selects times the items its page may hold.
     pub graphql_max_complexity: usize,
     /// `SHUTDOWN_GRACE` (default 10s).
     #[serde(with = "humantime_serde")]
@@ -219,7 +220,7 @@ impl Config {
             log_format: LogFormat::Pretty,
             body_limit: 10 * 1024 * 1024,
             graphql_max_depth: 16,
-            graphql_max_complexity: 2000,
+            graphql_max_complexity: 5000,
             shutdown_grace: Duration::from_secs(10),
             seed_templates: true,
             redis_prefix: "smartbot:".into(),

@@ -72,6 +72,7 @@ pub struct AuditQuery;
 #[Object]
 impl AuditQuery {
     /// The audit trail, newest first. Admin only.
+    #[graphql(complexity = "super::page_cost(first, child_complexity)")]
     async fn audit_logs(
         &self,
         ctx: &Context<'_>,

@@ -66,6 +66,7 @@ pub struct EventQuery;
 impl EventQuery {
     /// The event history, newest first in commit order (the order `events` delivers in): the
     /// same history `events(after:)` replays.
+    #[graphql(complexity = "super::page_cost(first, child_complexity)")]
     async fn recent_events(
         &self,
         ctx: &Context<'_>,

@@ -143,6 +143,7 @@ impl MediaQuery {
 
     /// Media, newest first: a merchant's own; admin and service see every merchant's and may
     /// filter by `merchantId`. Needs a token.
+    #[graphql(complexity = "super::page_cost(first, child_complexity)")]
     async fn media_list(
         &self,
         ctx: &Context<'_>,

@@ -239,6 +239,7 @@ pub struct OrderQuery;
 #[Object]
 impl OrderQuery {
     /// Orders the caller may see, newest first.
+    #[graphql(complexity = "super::page_cost(first, child_complexity)")]
     async fn orders(
         &self,
         ctx: &Context<'_>,
@@ -266,6 +267,7 @@ impl OrderQuery {
     }
 
     /// Delivery tasks the caller may see, newest first.
+    #[graphql(complexity = "super::page_cost(first, child_complexity)")]
     async fn delivery_tasks(
         &self,
         ctx: &Context<'_>,

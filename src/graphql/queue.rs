@@ -135,6 +135,7 @@ impl QueueQuery {
     }
 
     /// Failed jobs, most recently failed first.
+    #[graphql(complexity = "super::page_cost(first, child_complexity)")]
     async fn failed_jobs(
         &self,
         ctx: &Context<'_>,

@@ -249,6 +249,7 @@ pub struct TemplateQuery;
 #[Object]
 impl TemplateQuery {
     /// Templates the caller may see, ordered by name.
+    #[graphql(complexity = "super::page_cost(first, child_complexity)")]
     async fn templates(
         &self,
         ctx: &Context<'_>,

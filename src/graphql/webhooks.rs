@@ -175,6 +175,7 @@ pub struct WebhookQuery;
 #[Object]
 impl WebhookQuery {
     /// The caller's endpoints (admin and service: `merchantId`'s, or all), newest first.
+    #[graphql(complexity = "super::page_cost(first, child_complexity)")]
     async fn webhooks(
         &self,
         ctx: &Context<'_>,
@@ -207,6 +208,7 @@ impl WebhookQuery {
     }
 
     /// Delivery attempts, newest first: one endpoint's, or every endpoint's the caller sees.
+    #[graphql(complexity = "super::page_cost(first, child_complexity)")]
     async fn webhook_logs(
         &self,
         ctx: &Context<'_>,

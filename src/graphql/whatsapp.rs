@@ -160,6 +160,7 @@ pub struct WhatsAppQuery;
 impl WhatsAppQuery {
     /// What the recording transport kept (no WhatsApp credentials configured): what would have
     /// been sent, newest first.
+    #[graphql(complexity = "super::page_cost(first, child_complexity)")]
     async fn outbox(
         &self,
         ctx: &Context<'_>,
@@ -187,6 +188,7 @@ impl WhatsAppQuery {
     }
 
     /// Messages the caller may see, newest first.
+    #[graphql(complexity = "super::page_cost(first, child_complexity)")]
     async fn messages(
         &self,
         ctx: &Context<'_>,

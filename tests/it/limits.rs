@@ -289,6 +289,50 @@ async fn malformed_graphql_requests() {
     assert_eq!(data["templates"]["edges"].as_array().unwrap().len(), 4);
 }
 
+/// A page's cost is what one item selects times the items it may hold: a small query asking
+/// for hundreds of pages under aliases is refused before it runs (it answered 50 MB), while a
+/// dashboard's full page still passes.
+#[tokio::test]
+async fn complexity_counts_every_item_a_page_may_hold() {
+    let app = TestApp::spawn(Db::Sqlite).await;
+    let aliased: String = (0..500)
+        .map(|i| format!("t{i}: templates(first: 100) {{ nodes {{ body }} }} "))
+        .collect();
+    let (_, body) = app.gql(None, &format!("{{ {aliased} }}"), json!({})).await;
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"], "VALIDATION",
+        "{body}"
+    );
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("too complex"),
+        "{body}"
+    );
+    assert!(body.get("data").is_none_or(Value::is_null), "{body}");
+    // The same through a variable.
+    let repeated: String = (0..30)
+        .map(|i| format!("p{i}: templates(first: $n) {{ nodes {{ body }} }} "))
+        .collect();
+    let q = format!("query($n: Int) {{ {repeated} }}");
+    let q = q.as_str();
+    let (_, body) = app.gql(None, q, json!({ "n": 100 })).await;
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"], "VALIDATION",
+        "{body}"
+    );
+    let data = app.gql_ok(None, q, json!({ "n": 5 })).await;
+    assert!(data["p29"]["nodes"].is_array(), "{data}");
+    // One full page of a dashboard's list.
+    app.gql_ok(
+        Some(&app.admin),
+        "{ templates(first: 100) { totalCount pageInfo { hasNextPage endCursor } edges { cursor node { id name type status body header footer buttonText version variables createdAt updatedAt } } } }",
+        json!({}),
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn every_response_has_a_request_id() {
     let app = TestApp::spawn_with(Db::Sqlite, |c| {
