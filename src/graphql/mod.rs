@@ -199,9 +199,6 @@ fn code_errors(errors: &mut [async_graphql::ServerError]) {
     }
 }
 
-/// How deep brackets may nest in a GraphQL document: selection sets, argument lists, list and
-/// object values together. async-graphql's parser recurses once per level, so a document of a
-
 /// The complexity of a paginated field: what one item selects, times the items a page may
 /// hold, plus one. An alias repeats a field and its cost: a query that asks for 500 pages of
 /// 100 items under 500 aliases costs what those 50,000 items cost, not 500 (an invalid
@@ -219,6 +216,8 @@ pub(crate) fn page_cost(first: Option<i32>, child_complexity: usize) -> usize {
         .saturating_add(1)
 }
 
+/// How deep brackets may nest in a GraphQL document: selection sets, argument lists, list and
+/// object values together. async-graphql's parser recurses once per level, so a document of a
 /// few kilobytes of `[[[[…` would overflow a worker thread's stack and abort the process
 /// before any depth or complexity limit runs. Real documents stay far below this.
 pub const MAX_NESTING: usize = 64;
