@@ -235,8 +235,13 @@ fn escape_like(s: &str) -> String {
     out
 }
 
+/// The longest `search`, in characters: longer than any name (100) and far past what a person
+/// types. A pattern past SQLite's limit (50,000 bytes) was an internal error there; every
+/// database now answers the same VALIDATION.
+pub const MAX_SEARCH_CHARS: usize = 200;
+
 /// The rows `ctx` may see that match `filter`.
-fn list_condition(ctx: &RequestContext, filter: &TemplateFilter) -> Condition {
+fn list_condition(ctx: &RequestContext, filter: &TemplateFilter) -> Result<Condition> {
     let mut cond = Templates::read_condition(&ctx.actor);
     if let Some(kind) = filter.kind {
         cond = cond.add(C::Kind.eq(kind));
@@ -250,6 +255,12 @@ fn list_condition(ctx: &RequestContext, filter: &TemplateFilter) -> Condition {
         .map(str::trim)
         .filter(|s| !s.is_empty())
     {
+        if search.chars().count() > MAX_SEARCH_CHARS {
+            return Err(Error::validation(
+                "search",
+                format!("search must be at most {MAX_SEARCH_CHARS} characters"),
+            ));
+        }
         let pattern = format!("%{}%", escape_like(&search.to_lowercase()));
         cond = cond.add(
             Condition::any()
@@ -263,7 +274,7 @@ fn list_condition(ctx: &RequestContext, filter: &TemplateFilter) -> Condition {
                 ),
         );
     }
-    cond
+    Ok(cond)
 }
 
 /// `templates(type, status, search, first, after)`, ordered by name. The COUNT query runs only
@@ -277,7 +288,7 @@ pub async fn list(
     with_count: bool,
 ) -> Result<Page<message_template::Model>> {
     let limit = page.limit()?;
-    let cond = list_condition(ctx, filter);
+    let cond = list_condition(ctx, filter)?;
     let total_count = if with_count {
         Templates::find().filter(cond.clone()).count(db).await?
     } else {
@@ -316,7 +327,7 @@ pub async fn list_all(
     filter: &TemplateFilter,
 ) -> Result<Vec<message_template::Model>> {
     Ok(Templates::find()
-        .filter(list_condition(ctx, filter))
+        .filter(list_condition(ctx, filter)?)
         .order_by_asc(C::Name)
         .order_by_asc(C::Id)
         .all(db)

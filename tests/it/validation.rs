@@ -449,7 +449,45 @@ async fn names_that_hide_are_refused(db: Db) {
     assert_eq!(code, "VALIDATION");
 }
 
+/// A `search` longer than 200 characters is VALIDATION on `search`, alike on both databases
+/// (SQLite refused a LIKE pattern past 50,000 bytes with an internal error); 200 still runs.
+async fn long_searches_are_refused_alike_on_every_backend(db: Db) {
+    let app = TestApp::spawn(db).await;
+    for len in [201, 60_000] {
+        let long = "a".repeat(len);
+        let (status, body) = app
+            .rest(
+                Method::GET,
+                &format!("/api/templates?search={long}"),
+                None,
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{len}: {body}");
+        assert_eq!(body["code"], "VALIDATION", "{body}");
+        assert_eq!(body["field"], "search", "{body}");
+        let (code, _) = app
+            .gql_err(
+                None,
+                "query($s: String) { templates(search: $s) { totalCount } }",
+                json!({ "s": long }),
+            )
+            .await;
+        assert_eq!(code, "VALIDATION", "{len}");
+    }
+    let (status, body) = app
+        .rest(
+            Method::GET,
+            &format!("/api/templates?search={}", "a".repeat(200)),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
 both_dbs!(
+    long_searches_are_refused_alike_on_every_backend,
     every_limit_names_its_field,
     names_that_hide_are_refused,
     nul_is_refused_alike_on_every_backend,
