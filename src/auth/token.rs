@@ -138,16 +138,19 @@ impl TokenKeys {
         let Some(value) = value else {
             return Ok(None);
         };
-        let token = value
-            .strip_prefix("Bearer ")
-            .or_else(|| value.strip_prefix("bearer "))
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| {
-                Error::Unauthenticated("Authorization must be `Bearer <token>`".into())
-            })?;
+        let token = bearer(value).ok_or_else(|| {
+            Error::Unauthenticated("Authorization must be `Bearer <token>`".into())
+        })?;
         self.verify_session(token).map(Some)
     }
+}
+
+/// The token of an `Authorization: Bearer <token>` value. The scheme is case-insensitive
+/// (RFC 9110 §11.1: `bearer`, `BEARER`), and spaces or tabs may follow it.
+pub fn bearer(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once([' ', '\t'])?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
 /// The longest token subject accepted (the width of the `*_by` and `actor_id` columns).
@@ -243,6 +246,22 @@ pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        for ok in [
+            "Bearer t",
+            "bearer t",
+            "BEARER t",
+            "BeArEr  t ",
+            "Bearer\tt",
+        ] {
+            assert_eq!(super::bearer(ok), Some("t"), "{ok:?}");
+        }
+        for bad in ["Bearer", "Bearer ", "Basic t", "Bearert", "t", ""] {
+            assert_eq!(super::bearer(bad), None, "{bad:?}");
+        }
+    }
+
     use super::*;
 
     #[test]

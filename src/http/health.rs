@@ -56,7 +56,7 @@ pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Respo
         let given = super::authorization(&headers)
             .ok()
             .flatten()
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(crate::auth::token::bearer)
             .unwrap_or("");
         if !same(given.trim().as_bytes(), token.as_bytes()) {
             return Error::Unauthenticated(

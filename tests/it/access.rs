@@ -746,14 +746,17 @@ async fn bad_tokens_are_rejected_never_anonymous() {
         .gql_ok(None, "{ templates { totalCount } }", json!({}))
         .await;
     assert_eq!(data["templates"]["totalCount"], 4);
-    let (status, body) = gql_with_auth(
-        &app,
-        &format!("Bearer {}", app.admin),
-        "{ auditLogs { totalCount } }",
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK, "{body:#}");
-    assert_eq!(body["data"]["auditLogs"]["totalCount"], 4);
+    // The scheme is case-insensitive (RFC 9110).
+    for scheme in ["Bearer", "bearer", "BEARER"] {
+        let (status, body) = gql_with_auth(
+            &app,
+            &format!("{scheme} {}", app.admin),
+            "{ auditLogs { totalCount } }",
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{scheme}: {body:#}");
+        assert_eq!(body["data"]["auditLogs"]["totalCount"], 4);
+    }
 
     // Nothing was created by the rejected writes.
     let (code, _) = app
