@@ -166,6 +166,9 @@ pub struct OrderStatusChangedData {
     pub order_id: String,
     pub old_status: String,
     pub new_status: String,
+    /// Why, when the change says so: a REJECTED order's failed business rule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// `product_updated`: a product or its media changed.
@@ -417,6 +420,7 @@ pub fn validate_payload(kind: EventType, payload: &Value) -> Result<EventData> {
             c.id("orderId", &d.order_id);
             c.order_status("oldStatus", &d.old_status);
             c.order_status("newStatus", &d.new_status);
+            c.text("reason", d.reason.as_deref(), 1024);
         }
         EventData::ProductUpdated(d) => {
             c.id("productId", &d.product_id);

@@ -128,6 +128,21 @@ async fn orders_are_validated_by_the_job(db: Db) {
             .iter()
             .all(|p| p["newStatus"] == "REJECTED" && p["reason"].is_string())
     );
+    // The typed data carries the reason too, as the payload does.
+    let typed = app
+        .gql_ok(
+            Some(&app.admin),
+            r#"query($m: ID) { recentEvents(merchantId: $m, types: [ORDER_STATUS_CHANGED]) {
+                nodes { payload data { ... on OrderStatusChangedData { newStatus reason } } } } }"#,
+            json!({ "m": "m-shop" }),
+        )
+        .await;
+    let nodes = typed["recentEvents"]["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 4, "{typed}");
+    for n in nodes {
+        assert_eq!(n["data"]["reason"], n["payload"]["reason"], "{n}");
+        assert!(n["data"]["reason"].is_string(), "{n}");
+    }
 
     // The shape is refused at the door, naming the field; nothing is stored.
     for (patch, field) in [
