@@ -95,6 +95,29 @@ pub fn is_hidden_in_names(ch: char) -> bool {
         )
 }
 
+/// A name as it is stored and looked up: in Unicode's composed form (NFC: `é` typed as one
+/// character or as `e` and a combining accent is one name), every kind of space (no-break,
+/// thin, ideographic, …) an ASCII space, runs of them one space, and no white space at either
+/// end. Names that look alike compare alike. (Line breaks and tabs inside a name are control
+/// characters, which [`is_hidden_in_names`] refuses.)
+pub fn normalize_name(s: &str) -> String {
+    use unicode_normalization::UnicodeNormalization;
+    let mut out = String::with_capacity(s.len());
+    for c in s.trim().nfc() {
+        if c.is_whitespace() && !c.is_control() {
+            if !out.is_empty() && !out.ends_with(' ') {
+                out.push(' ');
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    if out.ends_with(' ') {
+        out.pop();
+    }
+    out
+}
+
 /// Free text from another system made fit to keep: each character free text may not hold
 /// ([`is_forbidden_in_text`]) becomes U+FFFD.
 pub fn printable_text(s: &str) -> std::borrow::Cow<'_, str> {
@@ -150,6 +173,21 @@ pub fn url_has_nul(raw: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn names_that_look_alike_normalize_alike() {
+        use super::normalize_name as n;
+        assert_eq!(n("caf\u{e9}_x"), n("cafe\u{301}_x"));
+        assert_eq!(n("my\u{a0}promo"), "my promo");
+        assert_eq!(n("  my \u{2009}\u{3000} promo\t"), "my promo");
+        assert_eq!(
+            n("a\nb"),
+            "a\nb",
+            "refused as a control character, not hidden"
+        );
+        assert_eq!(n(""), "");
+        assert_ne!(n("Promo"), n("promo"), "case still counts");
+    }
+
     use super::*;
     use serde_json::json;
 

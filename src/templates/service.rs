@@ -194,7 +194,8 @@ pub fn to_json(m: &message_template::Model) -> Value {
 }
 
 fn validate_name(name: &str) -> Result<String> {
-    let name = name.trim();
+    let name = crate::input::normalize_name(name);
+    let name = name.as_str();
     if name.is_empty() {
         return Err(Error::validation("name", "name must not be empty"));
     }
@@ -365,7 +366,7 @@ async fn find_visible<Db: ConnectionTrait>(
             if let Some(m) = actor.merchant_id() {
                 namespaces = namespaces.add(C::MerchantId.eq(m));
             }
-            q.filter(C::Name.eq(name.as_str()))
+            q.filter(C::Name.eq(crate::input::normalize_name(name)))
                 .filter(namespaces)
                 .order_by(C::MerchantId.is_null(), sea_orm::Order::Asc)
                 .one(db)

@@ -447,6 +447,36 @@ async fn names_that_hide_are_refused(db: Db) {
         )
         .await;
     assert_eq!(code, "VALIDATION");
+    // Spellings that look alike are one name: a composed and a decomposed accent, a no-break
+    // and an ordinary space, a double and a single space. Stored in the composed form, and
+    // found under any of the spellings.
+    for (first, second, stored) in [
+        ("caf\u{e9}_x", "cafe\u{301}_x", "caf\u{e9}_x"),
+        ("my promo", "my\u{a0}promo", "my promo"),
+        ("two  spaces", "two\u{2009}spaces", "two spaces"),
+    ] {
+        let t = app
+            .as_admin()
+            .create_template(json!({ "name": first, "type": "TEXT", "body": "b" }))
+            .await;
+        assert_eq!(t["name"], stored, "{first:?}");
+        let (code, body) = app
+            .gql_err(
+                admin,
+                CREATE,
+                json!({ "input": { "name": second, "type": "TEXT", "body": "b" } }),
+            )
+            .await;
+        assert_eq!(code, "CONFLICT", "{second:?}: {body:#}");
+        let found = app
+            .gql_ok(
+                admin,
+                "query($n: String) { template(name: $n) { id } }",
+                json!({ "n": second }),
+            )
+            .await;
+        assert_eq!(found["template"]["id"], t["id"], "{second:?}");
+    }
 }
 
 /// A `search` longer than 200 characters is VALIDATION on `search`, alike on both databases
