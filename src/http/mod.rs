@@ -259,6 +259,18 @@ where
         if parts.uri.query().is_some_and(crate::input::url_has_nul) {
             return Err(crate::input::nul_in("query"));
         }
+        // Decoded, the query must be UTF-8 text: the decoder would otherwise put U+FFFD in place
+        // of the bytes it cannot read, and answer for a value the caller never sent.
+        if let Some(q) = parts.uri.query()
+            && percent_encoding::percent_decode_str(q)
+                .decode_utf8()
+                .is_err()
+        {
+            return Err(Error::validation(
+                "query",
+                "the query string is not UTF-8 once percent-decoded",
+            ));
+        }
         axum::extract::Query::<T>::from_request_parts(parts, state)
             .await
             .map(|q| Query(q.0))

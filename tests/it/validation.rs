@@ -514,6 +514,18 @@ async fn long_searches_are_refused_alike_on_every_backend(db: Db) {
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
+    // A query string that does not decode to UTF-8 is refused, not read with U+FFFD in it.
+    for bad in ["search=%ff", "search=caf%e9", "type=text&search=%c3"] {
+        let (status, body) = app
+            .rest(Method::GET, &format!("/api/templates?{bad}"), None, None)
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
+        assert_eq!(body["field"], "query", "{body}");
+    }
+    let (status, body) = app
+        .rest(Method::GET, "/api/templates?search=caf%C3%A9", None, None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
 }
 
 both_dbs!(
