@@ -112,7 +112,9 @@ impl TemplateVersion {
 
 #[derive(SimpleObject)]
 pub struct TemplatePreview {
-    /// Header, body and footer as a person reads them.
+    /// The message as a person reads it: header, body and footer of a BUTTONS or LIST message;
+    /// the body of a TEXT message and the caption of a MEDIA one (the Cloud API sends those
+    /// without a header or footer, so a template's header and footer are not shown for them).
     text: String,
     /// The WhatsApp Cloud API message body.
     payload: Json<Value>,

@@ -760,12 +760,15 @@ pub fn payload(c: &TemplateContent, to: Option<&str>) -> Value {
     Value::Object(m)
 }
 
-/// The plain text a person would read: header, body and footer.
+/// The plain text a person reads in the message [`payload`] sends: header, body and footer of
+/// an interactive (BUTTONS, LIST) message; the body alone of a TEXT message and the caption of
+/// a MEDIA one, which the Cloud API sends without a header or footer.
 pub fn text(c: &TemplateContent) -> String {
+    let framed = matches!(c.kind, TemplateType::Buttons | TemplateType::List);
     [
-        c.header.as_deref(),
+        c.header.as_deref().filter(|_| framed),
         Some(c.body.as_str()),
-        c.footer.as_deref(),
+        c.footer.as_deref().filter(|_| framed),
     ]
     .into_iter()
     .flatten()
@@ -777,6 +780,38 @@ pub fn text(c: &TemplateContent) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_text_is_what_the_message_carries() {
+        let mut c = TemplateContent {
+            kind: TemplateType::Text,
+            body: "caption".into(),
+            header: Some("HEAD".into()),
+            footer: Some("FOOT".into()),
+            button_text: None,
+            buttons: vec![],
+            sections: vec![],
+            media: Some(Media {
+                kind: "image".into(),
+                link: Some("https://example.com/a.jpg".into()),
+                id: None,
+            }),
+        };
+        for kind in [TemplateType::Text, TemplateType::Media] {
+            c.kind = kind;
+            let sent = payload(&c, None).to_string();
+            assert!(!sent.contains("HEAD") && !sent.contains("FOOT"), "{sent}");
+            assert_eq!(text(&c), "caption", "{kind:?}");
+        }
+        c.kind = TemplateType::Buttons;
+        c.buttons = vec![Button {
+            id: "y".into(),
+            title: "Yes".into(),
+        }];
+        let sent = payload(&c, None).to_string();
+        assert!(sent.contains("HEAD") && sent.contains("FOOT"), "{sent}");
+        assert_eq!(text(&c), "HEAD\n\ncaption\n\nFOOT");
+    }
 
     fn text_tpl(body: &str) -> TemplateContent {
         TemplateContent {
