@@ -47,6 +47,9 @@ pub async fn connect(config: &Config) -> Result<DatabaseConnection> {
                 .busy_timeout(SQLITE_BUSY_TIMEOUT)
                 // No checkpoint inside a commit: see `checkpointer`.
                 .pragma("wal_autocheckpoint", "0")
+                // A burst can take the WAL to hundreds of MB; when it starts over after a
+                // checkpoint, SQLite cuts the file back to this (else it keeps its largest size).
+                .pragma("journal_size_limit", SQLITE_WAL_SIZE_LIMIT.to_string())
         });
         let hold = alive.clone();
         opts.map_sqlx_sqlite_pool_opts(move |p| {
@@ -102,6 +105,9 @@ thread_local! {
 /// SQLite's busy handler for every pooled connection: how a write waits while another
 /// connection holds the write lock.
 ///
+/// The size (bytes) SQLite cuts the WAL file back to when it starts over: 64 MiB.
+const SQLITE_WAL_SIZE_LIMIT: u64 = 64 << 20;
+
 /// SQLite has one writer. Its default handler (`busy_timeout`) sleeps 1, 2, 5, 10, 15, 20,
 /// 25 … ms between tries, so a write that arrives a few microseconds into another's commit
 /// waits at least a millisecond, and under load several: at 1,000 webhook events a second that
@@ -455,6 +461,30 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every pooled SQLite connection caps the WAL file it starts over (and checkpoints
+    /// itself never: the checkpointer does).
+    #[tokio::test]
+    async fn sqlite_connections_cap_the_wal_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = connect(&Config::embedded(dir.path())).await.unwrap();
+        for (pragma, want) in [
+            ("journal_size_limit", SQLITE_WAL_SIZE_LIMIT as i64),
+            ("wal_autocheckpoint", 0),
+        ] {
+            let got: i64 = db
+                .query_one_raw(sea_orm::Statement::from_string(
+                    sea_orm::DbBackend::Sqlite,
+                    format!("PRAGMA {pragma}"),
+                ))
+                .await
+                .unwrap()
+                .unwrap()
+                .try_get_by_index(0)
+                .unwrap();
+            assert_eq!(got, want, "{pragma}");
+        }
+    }
 
     #[test]
     fn a_locked_write_retries_soon_then_every_millisecond_until_the_timeout() {
