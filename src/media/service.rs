@@ -162,14 +162,24 @@ pub fn product_media_json(m: &product_media::Model) -> Value {
 async fn drop_unreferenced(state: &AppState, sha256: &str) -> Result<()> {
     let txn = crate::db::begin_write(&state.db).await?;
     crate::db::lock_key(&txn, FILES_LOCK, sha256).await?;
+    drop_if_unreferenced(&txn, state, sha256).await?;
+    txn.commit().await?;
+    Ok(())
+}
+
+/// [`drop_unreferenced`]'s count and removal, in a transaction that holds the files' lock.
+async fn drop_if_unreferenced(
+    txn: &sea_orm::DatabaseTransaction,
+    state: &AppState,
+    sha256: &str,
+) -> Result<()> {
     let rows = Media::find()
         .filter(C::Sha256.eq(sha256))
-        .count(&txn)
+        .count(txn)
         .await?;
     if rows == 0 {
         state.storage.delete_content(sha256).await?;
     }
-    txn.commit().await?;
     Ok(())
 }
 
@@ -558,13 +568,7 @@ pub async fn record_sizes(
     let txn = crate::db::begin_write(&state.db).await?;
     crate::db::lock_key(&txn, FILES_LOCK, sha256).await?;
     let Some(row) = Media::find_by_id(id).one(&txn).await? else {
-        let rows = Media::find()
-            .filter(C::Sha256.eq(sha256))
-            .count(&txn)
-            .await?;
-        if rows == 0 {
-            state.storage.delete_content(sha256).await?;
-        }
+        drop_if_unreferenced(&txn, state, sha256).await?;
         txn.commit().await?;
         return Ok(None);
     };

@@ -131,6 +131,16 @@ async fn media_rows(app: &TestApp) -> u64 {
     d["mediaList"]["totalCount"].as_u64().unwrap()
 }
 
+/// The status a GET of a `/uploads` URL (a JSON string) answers.
+async fn served(app: &TestApp, url: &Value) -> StatusCode {
+    app.client
+        .get(app.url(url.as_str().unwrap()))
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
 /// Fetches a `/uploads` URL and probes it.
 async fn fetch_image(app: &TestApp, url: &str) -> (process::Probe, reqwest::header::HeaderMap) {
     let res = app.client.get(app.url(url)).send().await.unwrap();
@@ -1303,13 +1313,11 @@ async fn a_delete_never_takes_the_files_of_another_merchants_upload(db: Db) {
         assert_eq!(deleted, StatusCode::OK, "{d}");
         assert_eq!(uploaded, StatusCode::CREATED, "{u}");
         for url in [&u["media"]["url"], &u["media"]["thumbnail_url"]] {
-            let res = app
-                .client
-                .get(app.url(url.as_str().unwrap()))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(res.status(), StatusCode::OK, "round {round}: {url} is gone");
+            assert_eq!(
+                served(&app, url).await,
+                StatusCode::OK,
+                "round {round}: {url} is gone"
+            );
         }
     }
 }
@@ -1376,13 +1384,7 @@ async fn uploading_a_failed_images_bytes_again_repairs_it() {
     assert_eq!(again["id"], first["id"]);
     assert_eq!(again["status"], "ready", "{again}");
     for url in [&again["url"], &again["thumbnail_url"]] {
-        let res = app
-            .client
-            .get(app.url(url.as_str().unwrap()))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(res.status(), StatusCode::OK, "{url}");
+        assert_eq!(served(&app, url).await, StatusCode::OK, "{url}");
     }
     assert_eq!(media_rows(&app).await, 1);
 }

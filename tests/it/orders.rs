@@ -74,6 +74,23 @@ async fn set_status(app: &TestApp, token: &str, id: &str, status: &str) -> Resul
     }
 }
 
+/// A delivery task for `order` (READY), with a driver assigned; returns its id.
+async fn assigned_task(app: &TestApp, shop: &str, order: &str) -> String {
+    let place = |a: &str| json!({ "address": a, "latitude": -17.83, "longitude": 31.05 });
+    let vars = json!({ "order": order, "pickup": place("Mbare Mart"), "dropoff": place("12 Samora Machel Ave") });
+    let id = app.gql_ok(Some(shop), docs::CREATE_DELIVERY, vars).await["createDeliveryTask"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    app.gql_ok(
+        Some(shop),
+        docs::ASSIGN_DRIVER,
+        json!({ "id": id, "driver": "Farai" }),
+    )
+    .await;
+    id
+}
+
 /// A valid order is confirmed by the job (with `order_created`); each invalid one is rejected
 /// with its reason, and the job completes (no retry).
 async fn orders_are_validated_by_the_job(db: Db) {
@@ -551,7 +568,6 @@ async fn cancelling_an_order_cancels_its_open_delivery(db: Db) {
 async fn delivering_an_order_by_hand_closes_its_open_delivery(db: Db) {
     let app = TestApp::spawn(db).await;
     let shop = app.merchant("m-hand");
-    let place = |a: &str| json!({ "address": a });
     let mut tasks = Vec::new();
     for moves in [&["PICKED_UP", "IN_TRANSIT"][..], &["PICKED_UP"], &[]] {
         let order = submit(&app, &shop, order_input(None)).await["id"]
@@ -561,18 +577,7 @@ async fn delivering_an_order_by_hand_closes_its_open_delivery(db: Db) {
         order_in(&app, &order, "CONFIRMED").await;
         set_status(&app, &shop, &order, "PREPARING").await.unwrap();
         set_status(&app, &shop, &order, "READY").await.unwrap();
-        let vars = json!({ "order": order, "pickup": place("Mbare Mart"), "dropoff": place("12 Samora Machel Ave") });
-        let id =
-            app.gql_ok(Some(&shop), docs::CREATE_DELIVERY, vars).await["createDeliveryTask"]["id"]
-                .as_str()
-                .unwrap()
-                .to_owned();
-        app.gql_ok(
-            Some(&shop),
-            docs::ASSIGN_DRIVER,
-            json!({ "id": id, "driver": "Farai" }),
-        )
-        .await;
+        let id = assigned_task(&app, &shop, &order).await;
         for status in moves {
             app.gql_ok(
                 Some(&shop),
@@ -823,23 +828,11 @@ async fn concurrent_writes_to_one_order_take_turns(db: Db) {
     let paid = events_of(&app, "m-race", "PAYMENT_RECEIVED").await;
     assert_eq!(paid.len(), 2, "one event per recorded payment: {paid:?}");
     // A delivery completing while its order is cancelled: one wins, the other is VALIDATION.
-    let place = |a: &str| json!({ "address": a, "latitude": -17.83, "longitude": 31.05 });
     for _ in 0..3 {
         let order = confirmed().await;
         set_status(&app, &shop, &order, "PREPARING").await.unwrap();
         set_status(&app, &shop, &order, "READY").await.unwrap();
-        let vars = json!({ "order": order, "pickup": place("A"), "dropoff": place("B") });
-        let task = app.gql_ok(Some(&shop), docs::CREATE_DELIVERY, vars).await["createDeliveryTask"]
-            ["id"]
-            .as_str()
-            .unwrap()
-            .to_owned();
-        app.gql_ok(
-            Some(&shop),
-            docs::ASSIGN_DRIVER,
-            json!({ "id": task, "driver": "Farai" }),
-        )
-        .await;
+        let task = assigned_task(&app, &shop, &order).await;
         app.gql_ok(
             Some(&shop),
             docs::UPDATE_DELIVERY_STATUS,
