@@ -369,6 +369,8 @@ impl NewUpload {
                 let mut again: media_file::ActiveModel = failed.clone().into();
                 again.url = Set(storage::url_for(key));
                 again.thumbnail_url = Set(Some(storage::url_for(thumb_key)));
+                // Its sizes are made again: those it listed may be gone with its files.
+                again.variants = Set(json!([]));
                 again.status = Set(MediaStatus::Ready);
                 again.error = Set(None);
                 again.updated_at = Set(now);
