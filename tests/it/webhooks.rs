@@ -1024,9 +1024,16 @@ async fn concurrent_recoveries_send_each_event_once(db: Db) {
         )
     };
     let got = tokio::join!(recover(), recover(), recover());
-    for d in [got.0, got.1, got.2] {
-        assert_eq!(d["recoverWebhook"], 1, "{d}");
-    }
+    // Each call queues the event (1), or finds it already recovered by another call whose
+    // attempt has succeeded meanwhile (0), as a serial run could.
+    let queued: Vec<u64> = [got.0, got.1, got.2]
+        .iter()
+        .map(|d| d["recoverWebhook"].as_u64().unwrap())
+        .collect();
+    assert!(
+        queued.iter().all(|&n| n <= 1) && queued.contains(&1),
+        "{queued:?}"
+    );
     let queue = app.server.state.queue.clone();
     eventually("the queue is idle", || async {
         let c = queue.queue_stats(QueueName::WebhookDelivery).await.unwrap();
