@@ -302,15 +302,34 @@ async fn trim(
         .one(db)
         .await?
         .flatten();
-    if let Some(cutoff) = cutoff {
-        Events_::delete_many()
-            .filter(C::MerchantId.eq(merchant))
-            .filter(C::Seq.lte(cutoff))
-            // An event still waiting for its webhook fan-out stays until it is dispatched.
-            .filter(C::WebhooksDispatchedAt.is_not_null())
-            .exec(db)
-            .await?;
-    }
+    let Some(cutoff) = cutoff else {
+        return Ok(());
+    };
+    // An event still waiting for its webhook fan-out stays until it is dispatched, and so does
+    // every event after it: a trim deletes only the oldest events, never one with older events
+    // left before it. A resume relies on that: `after` still held means nothing after it has
+    // gone. (Deleting the events around a kept one left an island of old events before a hole,
+    // and a resume from the island skipped the hole without a word.)
+    let waiting: Option<i64> = Events_::find()
+        .select_only()
+        .expr(sea_orm::sea_query::Func::min(
+            sea_orm::sea_query::Expr::col(C::Seq),
+        ))
+        .filter(C::MerchantId.eq(merchant))
+        .filter(C::WebhooksDispatchedAt.is_null())
+        .into_tuple::<Option<i64>>()
+        .one(db)
+        .await?
+        .flatten();
+    let cutoff = match waiting {
+        Some(first) => cutoff.min(first - 1),
+        None => cutoff,
+    };
+    Events_::delete_many()
+        .filter(C::MerchantId.eq(merchant))
+        .filter(C::Seq.lte(cutoff))
+        .exec(db)
+        .await?;
     Ok(())
 }
 
@@ -809,6 +828,65 @@ impl Sequencer {
 #[cfg(test)]
 mod tests {
     use super::trim_every;
+
+    /// A trim deletes only the oldest events: one still waiting for its webhook fan-out keeps
+    /// itself and every event after it, never an island of old events before a hole.
+    #[tokio::test]
+    async fn a_trim_deletes_only_the_oldest_events() {
+        use super::{C, Events_, record, trim};
+        use crate::{auth::MerchantId, events::EventType};
+        use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, sea_query::Expr};
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::db::connect(&crate::config::Config::embedded(dir.path()))
+            .await
+            .unwrap();
+        crate::db::migrate(&db).await.unwrap();
+        let m = MerchantId::parse("m", "m-trim").unwrap();
+        let mut ids = Vec::new();
+        for _ in 0..10 {
+            let e = record(&db, EventType::BotConnected, &m, serde_json::json!({}))
+                .await
+                .unwrap();
+            ids.push(e.id);
+        }
+        let dispatch = |except: Option<uuid::Uuid>| {
+            let db = db.clone();
+            async move {
+                let mut q = Events_::update_many()
+                    .col_expr(C::WebhooksDispatchedAt, Expr::value(chrono::Utc::now()));
+                if let Some(id) = except {
+                    q = q.filter(C::Id.ne(id));
+                }
+                q.exec(&db).await.unwrap();
+            }
+        };
+        let kept = || {
+            let db = db.clone();
+            async move {
+                Events_::find()
+                    .filter(C::MerchantId.eq("m-trim"))
+                    .order_by_asc(C::Seq)
+                    .all(&db)
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|e| e.id)
+                    .collect::<Vec<_>>()
+            }
+        };
+        // Every event dispatched but the third.
+        dispatch(Some(ids[2])).await;
+        trim(&db, None, 3, "m-trim").await.unwrap();
+        assert_eq!(
+            kept().await,
+            ids[2..],
+            "only the two before the waiting one go"
+        );
+        // Once it is dispatched, the next trim keeps the newest three.
+        dispatch(None).await;
+        trim(&db, None, 3, "m-trim").await.unwrap();
+        assert_eq!(kept().await, ids[7..]);
+    }
 
     /// Short histories are trimmed every 32 emits; long ones every eighth of their length, so a
     /// trim's scan over the history costs each emit the same.
