@@ -30,6 +30,7 @@ use std::{
 };
 
 use async_trait::async_trait;
+use fred::interfaces::LuaInterface as _;
 use fred::{
     clients::{Client, Pool},
     interfaces::{ClientLike, KeysInterface, ListInterface, SortedSetsInterface},
@@ -752,13 +753,25 @@ impl QueueControl for RedisQueue {
         "redis"
     }
 
+    /// Ready when Redis answers the commands the queue runs, not only PING: a key read and a
+    /// script (a Redis whose ACL allows PING alone answered PING while it refused every queue
+    /// command).
     async fn readiness(&self) -> Vec<(&'static str, Result<()>)> {
-        let ping: Result<()> = async {
-            let _: String = self.client().ping(None).await.map_err(redis_err)?;
+        let check: Result<()> = async {
+            let c = self.client();
+            let _: String = c.ping(None).await.map_err(redis_err)?;
+            let _: i64 = c
+                .zcard(self.key(QueueName::ALL[0], "wait"))
+                .await
+                .map_err(redis_err)?;
+            let _: i64 = c
+                .eval::<i64, _, _, _>("return 1", Vec::<String>::new(), Vec::<String>::new())
+                .await
+                .map_err(redis_err)?;
             Ok(())
         }
         .await;
-        vec![("redis", ping)]
+        vec![("redis", check)]
     }
 }
 

@@ -1767,3 +1767,45 @@ async fn postgres_notify_wakes_other_processes() {
     }
     workers.stop().await;
 }
+
+/// The queue's readiness (`/ready`) fails when Redis refuses the queue's commands, not only when
+/// it does not answer: here a user whose ACL allows PING and nothing the queue runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_readiness_needs_the_queue_commands() {
+    let admin =
+        fred::prelude::Builder::from_config(fred::prelude::Config::from_url(&redis_url()).unwrap())
+            .build()
+            .unwrap();
+    admin.init().await.unwrap();
+    let acl = |args: Vec<String>| {
+        let admin = admin.clone();
+        async move {
+            let _: fred::types::Value = admin
+                .custom(
+                    fred::types::CustomCommand::new_static("ACL", None, false),
+                    args,
+                )
+                .await
+                .unwrap();
+        }
+    };
+    let user = format!("ready-{}", uuid::Uuid::new_v4().simple());
+    acl([
+        "SETUSER", &user, "on", "nopass", "~*", "-@all", "+ping", "+hello", "+auth", "+client",
+        "+select", "+info", "+config",
+    ]
+    .map(str::to_owned)
+    .to_vec())
+    .await;
+    let prefix = format!("test:{}:", uuid::Uuid::new_v4().simple());
+    let limited = redis_url().replacen("redis://", &format!("redis://{user}:any@"), 1);
+    let refused = RedisQueue::connect(&limited, &prefix).await.unwrap();
+    let ready = refused.readiness().await;
+    acl(vec!["DELUSER".into(), user.clone()]).await;
+    assert!(
+        ready.iter().any(|(name, r)| *name == "redis" && r.is_err()),
+        "a Redis that answers PING but refuses the queue's commands was ready"
+    );
+    let whole = RedisQueue::connect(&redis_url(), &prefix).await.unwrap();
+    assert!(whole.readiness().await.iter().all(|(_, r)| r.is_ok()));
+}
