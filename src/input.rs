@@ -95,6 +95,38 @@ pub fn is_hidden_in_names(ch: char) -> bool {
         )
 }
 
+/// A serde error message in a JSON client's words: serde names Rust's types (`expected u32`,
+/// `expected struct EmitBody with 3 elements`), which mean nothing to someone who sent JSON.
+pub fn json_error_message(message: &str) -> String {
+    let mut out = message.to_owned();
+    for rust in [
+        "i64", "u64", "i32", "u32", "i16", "u16", "i8", "u8", "usize", "isize",
+    ] {
+        out = out.replace(&format!("expected {rust}"), "expected a whole number");
+    }
+    for rust in ["f64", "f32"] {
+        out = out.replace(&format!("expected {rust}"), "expected a number");
+    }
+    // `struct Name` and the ` with N elements` serde adds after it.
+    while let Some(at) = out.find("struct ") {
+        let name_end = out[at + 7..]
+            .find(|c: char| !(c.is_alphanumeric() || c == '_'))
+            .map_or(out.len(), |n| at + 7 + n);
+        let mut end = name_end;
+        if let Some(rest) = out[name_end..].strip_prefix(" with ")
+            && let Some(n) = rest.find(" element")
+            && rest[..n].bytes().all(|b| b.is_ascii_digit())
+        {
+            end = name_end + 6 + n + " element".len();
+            if out[end..].starts_with('s') {
+                end += 1;
+            }
+        }
+        out.replace_range(at..end, "an object");
+    }
+    out
+}
+
 /// A name as it is stored and looked up: in Unicode's composed form (NFC: `é` typed as one
 /// character or as `e` and a combining accent is one name), every kind of space (no-break,
 /// thin, ideographic, …) an ASCII space, runs of them one space, and no white space at either
@@ -173,6 +205,25 @@ pub fn url_has_nul(raw: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn serde_messages_name_json_types() {
+        use super::json_error_message as m;
+        assert_eq!(
+            m("invalid type: string \"x\", expected u32 at line 1 column 9"),
+            "invalid type: string \"x\", expected a whole number at line 1 column 9"
+        );
+        assert_eq!(
+            m("invalid type: sequence, expected struct EmitBody with 3 elements"),
+            "invalid type: sequence, expected an object"
+        );
+        assert_eq!(
+            m("invalid type: map, expected struct Foo"),
+            "invalid type: map, expected an object"
+        );
+        assert_eq!(m("expected f64"), "expected a number");
+        assert_eq!(m("missing field `name`"), "missing field `name`");
+    }
+
     #[test]
     fn names_that_look_alike_normalize_alike() {
         use super::normalize_name as n;

@@ -281,10 +281,7 @@ fn parse<T: DeserializeOwned + OutputType>(payload: &Value) -> Result<T> {
             return Error::violations(missing);
         }
         // serde names Rust's types ("expected i64"); a client sent JSON.
-        let mut inner = e.inner().to_string();
-        for rust in ["i64", "u64", "i32", "u32"] {
-            inner = inner.replace(&format!("expected {rust}"), "expected a whole number");
-        }
+        let inner = crate::input::json_error_message(&e.inner().to_string());
         let field = match e.path().to_string().as_str() {
             "." => "payload".to_owned(),
             p => format!("payload.{p}"),

@@ -47,8 +47,7 @@ async fn upload(
     JsonBody(body): JsonBody<Value>,
 ) -> Result<Response> {
     ctx.actor.require_authenticated()?;
-    let b: Base64Upload =
-        serde_json::from_value(body).map_err(|e| Error::validation("body", e.to_string()))?;
+    let b: Base64Upload = super::rest::from_json_value(body)?;
     let file_data = b
         .file_data
         .ok_or_else(|| Error::validation("fileData", "fileData is required"))?;

@@ -83,13 +83,21 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
         let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
             let field = error_field(e.path(), e.inner());
             let inner = e.into_inner();
-            // Syntax errors are about the document, not a field.
-            let field = if inner.is_syntax() || inner.is_eof() {
-                "body".to_owned()
-            } else {
-                field
-            };
-            Error::validation(field, inner.to_string())
+            if !(inner.is_syntax() || inner.is_eof()) {
+                return Error::validation(
+                    field,
+                    crate::input::json_error_message(&inner.to_string()),
+                );
+            }
+            // serde_json reports a value of the wrong shape for an enum (`"type": 5`) as a
+            // syntax error; only a document that is not JSON is about the body as a whole.
+            if field != "body" && serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_ok() {
+                return Error::validation(
+                    field.clone(),
+                    format!("`{field}` has a value of the wrong type"),
+                );
+            }
+            Error::validation("body", inner.to_string())
         })?;
         // Trailing content after the document is malformed JSON too.
         de.end()
@@ -104,6 +112,18 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
         }
         Ok(JsonBody(value))
     }
+}
+
+/// A JSON value read as `T`; a value of the wrong type is VALIDATION naming its path, as
+/// [`JsonBody`] does.
+pub fn from_json_value<T: DeserializeOwned>(v: serde_json::Value) -> Result<T> {
+    serde_path_to_error::deserialize(v).map_err(|e| {
+        let field = error_field(e.path(), e.inner());
+        Error::validation(
+            field,
+            crate::input::json_error_message(&e.into_inner().to_string()),
+        )
+    })
 }
 
 /// `{"success": true, "template": {…}}`.

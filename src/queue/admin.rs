@@ -123,8 +123,15 @@ impl<'a> QueueAdmin<'a> {
         }
         let opts: JobOptions = match options {
             None | Some(Value::Null) => JobOptions::default(),
-            Some(v) => serde_json::from_value(v)
-                .map_err(|e| Error::validation("options", format!("invalid job options: {e}")))?,
+            Some(v) => serde_path_to_error::deserialize(v).map_err(|e| {
+                // Named as the checks after parsing name them (`attempts`, `jobId`).
+                let field = match e.path().to_string().as_str() {
+                    "." => "options".to_owned(),
+                    p => p.to_owned(),
+                };
+                let message = crate::input::json_error_message(&e.into_inner().to_string());
+                Error::validation(field, format!("invalid job options: {message}"))
+            })?,
         };
         if name.trim().is_empty() || name.len() > 64 {
             return Err(Error::validation("name", "name must be 1-64 characters"));

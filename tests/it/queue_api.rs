@@ -92,8 +92,10 @@ async fn enqueue_dedupes_and_refuses_bad_input(app: &TestApp) {
     for (opts, field) in [
         (json!({ "attempts": 0 }), "attempts"),
         (json!({ "jobId": "has space" }), "jobId"),
-        (json!({ "bogus": 1 }), "options"),
-        (json!({ "priority": "urgent" }), "options"),
+        (json!({ "bogus": 1 }), "bogus"),
+        (json!({ "priority": "urgent" }), "priority"),
+        (json!({ "attempts": "three" }), "attempts"),
+        (json!([1, 2]), "options"),
     ] {
         let (code, body) = app
             .gql_err(
@@ -104,6 +106,12 @@ async fn enqueue_dedupes_and_refuses_bad_input(app: &TestApp) {
             .await;
         assert_eq!(code, "VALIDATION", "{body}");
         assert_eq!(body["errors"][0]["extensions"]["field"], field, "{body}");
+        // In JSON's words, not Rust's (`u32`, `struct JobOptions`).
+        let message = body["errors"][0]["message"].as_str().unwrap();
+        assert!(
+            !["u32", "u64", "struct"].iter().any(|r| message.contains(r)),
+            "{message}"
+        );
     }
     let big = "x".repeat(smartbot::queue::MAX_PAYLOAD_BYTES + 10);
     let (code, _) = app

@@ -509,6 +509,20 @@ async fn body_errors_name_the_field_path(db: Db) {
             json!({ "name": "bad_media", "type": "media", "body": "x", "media": { "link": 7 } }),
             "media.link",
         ),
+        // A value of the wrong shape for an enum: serde_json calls it a syntax error.
+        (json!({ "name": "type_5", "type": 5, "body": "x" }), "type"),
+        (
+            json!({ "name": "type_null", "type": null, "body": "x" }),
+            "type",
+        ),
+        (
+            json!({ "name": "type_map", "type": {}, "body": "x" }),
+            "type",
+        ),
+        (
+            json!({ "name": "status_5", "type": "text", "body": "x", "status": 5 }),
+            "status",
+        ),
     ];
     for (body, field) in cases {
         let (status, res) = app
@@ -521,6 +535,45 @@ async fn body_errors_name_the_field_path(db: Db) {
     // Nothing was created by the refused bodies.
     let (_, list) = app.rest(Method::GET, "/api/templates", admin, None).await;
     assert_eq!(list["count"], 4, "{list}");
+    // Malformed JSON is about the body as a whole.
+    let res = app
+        .client
+        .post(app.url("/api/templates"))
+        .bearer_auth(&app.admin)
+        .header("content-type", "application/json")
+        .body(r#"{"name": "x", "type": }"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(res.json::<Value>().await.unwrap()["field"], "body");
+    // The media upload's body too.
+    for (body, field) in [
+        (json!({ "file_data": 5 }), "file_data"),
+        (json!({ "fileData": "aGk=", "fileName": ["a"] }), "fileName"),
+    ] {
+        let (status, res) = app
+            .rest(Method::POST, "/api/media/upload", admin, Some(body.clone()))
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {res}");
+        assert_eq!(res["field"], field, "{body}: {res}");
+    }
+    // Messages in JSON's words, not Rust's (`struct EmitBody with 3 elements`, `u64`).
+    for (path, body) in [
+        ("/api/events", json!([1, 2, 3])),
+        (
+            "/api/templates",
+            json!({ "name": "n", "type": "text", "body": 5 }),
+        ),
+    ] {
+        let (status, res) = app.rest(Method::POST, path, admin, Some(body)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{res}");
+        let error = res["error"].as_str().unwrap();
+        assert!(
+            !error.contains("struct") && !error.contains("u64"),
+            "{error}"
+        );
+    }
 
     // snake_case on PUT, and a path error there too.
     let (status, res) = app
