@@ -40,6 +40,8 @@ use entity::{
 const CURSOR_KIND: &str = "media";
 /// The [`crate::db::lock_key`] namespace of a sha256's files.
 const FILES_LOCK: i32 = 0x6d65_6469; // "medi"
+/// The [`crate::db::lock_key`] namespace of a product's media list.
+const PRODUCT_LOCK: i32 = 0x7072_6f64; // "prod"
 
 /// `product_id` columns hold 128 characters.
 pub const MAX_PRODUCT_ID_CHARS: usize = 128;
@@ -508,7 +510,7 @@ pub async fn delete(state: &AppState, ctx: &RequestContext, id: Uuid) -> Result<
     let m = find_writable(&txn, ctx, id).await?;
     // The products it leaves change too: their media close up, keep a primary, and each gets
     // `product_updated`, as a detach would.
-    let products: Vec<ProductRef> = ProductMedia::find()
+    let mut products: Vec<ProductRef> = ProductMedia::find()
         .filter(PC::MediaId.eq(id))
         .all(&txn)
         .await?
@@ -520,6 +522,12 @@ pub async fn delete(state: &AppState, ctx: &RequestContext, id: Uuid) -> Result<
             })
         })
         .collect();
+    // Locked in one order, so two deletes never wait on each other's products.
+    products.sort_by(|a, b| (&a.merchant_id, &a.product_id).cmp(&(&b.merchant_id, &b.product_id)));
+    products.dedup();
+    for product in &products {
+        product.lock(&txn).await?;
+    }
     ProductMedia::delete_many()
         .filter(PC::MediaId.eq(id))
         .exec(&txn)
@@ -634,6 +642,18 @@ impl ProductRef {
             merchant_id,
             product_id: product_id.to_owned(),
         })
+    }
+
+    /// Takes this product's lock until `txn` ends: changes to one product's media take turns,
+    /// so positions stay 0..n and one primary (PostgreSQL; SQLite's writer lock does it there).
+    /// Taken before the product's rows are read, and after any media row's lock.
+    async fn lock(&self, txn: &sea_orm::DatabaseTransaction) -> Result<()> {
+        crate::db::lock_key(
+            txn,
+            PRODUCT_LOCK,
+            &format!("{}\n{}", self.merchant_id, self.product_id),
+        )
+        .await
     }
 
     /// The scope of every product_media query about this product.
@@ -763,6 +783,7 @@ pub async fn attach(
             "the media must belong to the product's merchant",
         ));
     }
+    product.lock(&txn).await?;
     // Positions are the dense order 0..n: `position` puts the media at that index (the end at
     // most), the others keep their order around it; without one, a new attachment goes last
     // and an existing one stays where it is.
@@ -844,6 +865,7 @@ pub async fn detach(
 ) -> Result<()> {
     ctx.actor.require_authenticated()?;
     let txn = crate::db::begin_write(&state.db).await?;
+    product.lock(&txn).await?;
     let row = ProductMedia::find()
         .filter(product.rows())
         .filter(PC::MediaId.eq(media_id))
@@ -896,6 +918,7 @@ pub async fn reorder(
         ));
     }
     let txn = crate::db::begin_write(&state.db).await?;
+    product.lock(&txn).await?;
     let rows = rows_of(&txn, product).await?;
     if rows.is_empty() {
         return Err(Error::not_found("product media"));

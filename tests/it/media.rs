@@ -1388,3 +1388,94 @@ async fn uploading_a_failed_images_bytes_again_repairs_it() {
     }
     assert_eq!(media_rows(&app).await, 1);
 }
+
+/// Changes to one product's media at once take turns: after attaches, detaches, moves and
+/// primaries that overlap, positions are still 0..n with exactly one primary, and every call
+/// answers as in some serial order (no INTERNAL, no unique-key CONFLICT).
+async fn concurrent_changes_keep_a_products_media_dense(db: Db) {
+    let app = TestApp::spawn_with(db, no_workers).await;
+    let m = app.merchant("m1");
+    let mut ids = Vec::new();
+    for w in 30..38 {
+        ids.push(id_of(&upload_ok(&app, &m, &noise_png(w, 20), None).await));
+    }
+    let attach = |id: &str, pos: Value, primary: Value| {
+        let (app, m, id) = (&app, m.clone(), id.to_owned());
+        async move {
+            app.gql(
+                Some(&m),
+                "mutation($p: String!, $m: ID!, $pos: Int, $primary: Boolean) { attachMediaToProduct(productId: $p, mediaId: $m, position: $pos, isPrimary: $primary) { position } }",
+                json!({ "p": "busy", "m": id, "pos": pos, "primary": primary }),
+            )
+            .await
+            .1
+        }
+    };
+    let detach = |id: &str| {
+        let (app, m, id) = (&app, m.clone(), id.to_owned());
+        async move {
+            app.gql(Some(&m), DETACH, json!({ "p": "busy", "m": id }))
+                .await
+                .1
+        }
+    };
+    let check = |round: usize, answers: Vec<Value>| {
+        let (app, m) = (&app, m.clone());
+        async move {
+            for a in &answers {
+                let code = &a["errors"][0]["extensions"]["code"];
+                assert!(code.is_null() || code == "NOT_FOUND", "round {round}: {a}");
+            }
+            let d = app
+                .gql_ok(Some(&m), PRODUCT_MEDIA, json!({ "p": "busy" }))
+                .await;
+            let rows = d["productMedia"].as_array().unwrap();
+            let positions: Vec<i64> = rows
+                .iter()
+                .map(|r| r["position"].as_i64().unwrap())
+                .collect();
+            assert_eq!(
+                positions,
+                (0..rows.len() as i64).collect::<Vec<_>>(),
+                "round {round}: {d}"
+            );
+            let primaries = rows.iter().filter(|r| r["isPrimary"] == true).count();
+            assert_eq!(
+                primaries,
+                usize::from(!rows.is_empty()),
+                "round {round}: {d}"
+            );
+        }
+    };
+    for round in 0..4 {
+        // Two first attaches on an empty product.
+        let (a, b) = tokio::join!(
+            attach(&ids[0], Value::Null, Value::Null),
+            attach(&ids[1], Value::Null, Value::Null)
+        );
+        check(round, vec![a, b]).await;
+        let (a, b) = tokio::join!(
+            attach(&ids[2], Value::Null, Value::Null),
+            attach(&ids[3], json!(0), Value::Null)
+        );
+        check(round, vec![a, b]).await;
+        // Two primaries at once, and a move racing a detach of the same media.
+        let (a, b) = tokio::join!(
+            attach(&ids[1], Value::Null, json!(true)),
+            attach(&ids[2], Value::Null, json!(true))
+        );
+        check(round, vec![a, b]).await;
+        let (a, b) = tokio::join!(attach(&ids[3], json!(0), Value::Null), detach(&ids[3]));
+        check(round, vec![a, b]).await;
+        // Detaches at once, the primary among them, down to nothing.
+        let (a, b, c, d) = tokio::join!(
+            detach(&ids[0]),
+            detach(&ids[1]),
+            detach(&ids[2]),
+            detach(&ids[3])
+        );
+        check(round, vec![a, b, c, d]).await;
+    }
+}
+
+both_dbs!(concurrent_changes_keep_a_products_media_dense);
