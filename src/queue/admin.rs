@@ -159,6 +159,11 @@ impl<'a> QueueAdmin<'a> {
     pub async fn set_paused(&self, queue: QueueName, paused: bool) -> Result<StateCounts> {
         self.actor.require_admin()?;
         self.control().set_paused(queue, paused).await?;
-        self.queue.queue_stats(queue).await
+        // The counts as they are now, and the state this call set: a pause and a resume at once
+        // each answer with their own change, as in a serial run (read back, a pause could
+        // answer "not paused" after a resume that came in between).
+        let mut stats = self.queue.queue_stats(queue).await?;
+        stats.paused = paused;
+        Ok(stats)
     }
 }

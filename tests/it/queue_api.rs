@@ -34,6 +34,38 @@ async fn queue_api(redis: bool) {
     failures_are_recorded_per_attempt(&app).await;
     metrics_and_job_actions(&app).await;
     roles_metrics_and_readiness(&app, redis).await;
+    pauses_and_resumes_at_once_each_answer_their_own(&app).await;
+}
+
+/// Pauses and resumes of one queue at once each answer with the state they set, as in a serial
+/// run; the queue ends in one of the two states.
+async fn pauses_and_resumes_at_once_each_answer_their_own(app: &TestApp) {
+    let call = |verb: &'static str| async move {
+        let d = app
+            .gql_ok(
+                Some(&app.admin),
+                &format!("mutation {{ {verb}(queue: ORDER_PROCESSING) {{ paused }} }}"),
+                json!({}),
+            )
+            .await;
+        (verb, d[verb]["paused"].clone())
+    };
+    for _ in 0..10 {
+        let got = tokio::join!(
+            call("pauseQueue"),
+            call("resumeQueue"),
+            call("pauseQueue"),
+            call("resumeQueue")
+        );
+        for (verb, paused) in [got.0, got.1, got.2, got.3] {
+            assert_eq!(
+                paused,
+                verb == "pauseQueue",
+                "{verb} answered paused: {paused}"
+            );
+        }
+    }
+    call("resumeQueue").await;
 }
 
 /// The four queues; a job id enqueues once; bad input enqueues nothing.
