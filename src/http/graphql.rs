@@ -508,6 +508,8 @@ async fn serve_ws(
     let started = tokio::time::Instant::now();
     let keepalive = state.config.ws_keepalive;
     let mut ping = tokio::time::interval_at(started + keepalive, keepalive);
+    // When the last keep-alive ping went out.
+    let mut pinged_at: Option<tokio::time::Instant> = None;
     // One timer for the socket's deadline: the init timeout until `connection_init`, then the
     // token's expiry. Re-armed only when either changes, not for every frame sent.
     let deadline = tokio::time::sleep_until(started + state.config.ws_init_timeout);
@@ -567,12 +569,15 @@ async fn serve_ws(
             }
             _ = ping.tick() => {
                 // Read now, not at the top of the loop: a pong that arrived while this select
-                // waited updates `last_seen` without ending the wait.
+                // waited updates `last_seen` without ending the wait. A peer that sent nothing
+                // since the last ping (a whole interval to answer it) is gone: dropped at most
+                // two intervals after its last frame, whichever protocol it speaks.
                 let last_seen = shared.lock().unwrap_or_else(|e| e.into_inner()).last_seen;
-                if last_seen.elapsed() > keepalive * 2 {
+                if pinged_at.is_some_and(|at| last_seen < at) {
                     tracing::debug!("dropping a websocket peer that stopped answering pings");
                     return;
                 }
+                pinged_at = Some(tokio::time::Instant::now());
                 (Message::Ping(Default::default()), false)
             }
         };
