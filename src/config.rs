@@ -281,6 +281,11 @@ impl Config {
             ("BODY_LIMIT", self.body_limit),
             ("GRAPHQL_MAX_DEPTH", self.graphql_max_depth),
             ("GRAPHQL_MAX_COMPLEXITY", self.graphql_max_complexity),
+            // Zero makes a pool that can never hand out a connection.
+            (
+                "DATABASE_MAX_CONNECTIONS",
+                self.database_max_connections as usize,
+            ),
         ];
         let spans = [
             // Zero would poll in a busy loop.
@@ -296,6 +301,23 @@ impl Config {
         let zero = zero.or(spans.iter().find(|(_, d)| d.is_zero()).map(|(k, _)| k));
         if let Some(key) = zero {
             return Err(invalid(key, "must be greater than zero"));
+        }
+        // Allocated up front, per process (EVENT_BUFFER: a broadcast ring of that many slots).
+        let caps = [
+            ("EVENT_BUFFER", self.event_buffer, MAX_EVENT_BUFFER),
+            (
+                "WS_MAX_OPERATIONS",
+                self.ws_max_operations,
+                MAX_WS_OPERATIONS,
+            ),
+            (
+                "DATABASE_MAX_CONNECTIONS",
+                self.database_max_connections as usize,
+                MAX_DATABASE_CONNECTIONS,
+            ),
+        ];
+        if let Some((key, _, max)) = caps.iter().find(|(_, n, max)| n > max) {
+            return Err(invalid(key, format!("must be at most {max}")));
         }
         if self.job_lease < Duration::from_secs(1) {
             return Err(invalid("JOB_LEASE", "must be at least 1s"));
@@ -315,6 +337,13 @@ impl Config {
         self.data_dir.join("uploads")
     }
 }
+
+/// The largest `EVENT_BUFFER`: its ring is allocated at start (about 50 bytes a slot).
+const MAX_EVENT_BUFFER: usize = 1_000_000;
+/// The largest `WS_MAX_OPERATIONS` per socket.
+const MAX_WS_OPERATIONS: usize = 10_000;
+/// The largest `DATABASE_MAX_CONNECTIONS`.
+const MAX_DATABASE_CONNECTIONS: usize = 10_000;
 
 /// The variables as figment data: names lowercased, values trimmed and kept as strings, empty
 /// ones dropped, `WHATSAPP_X` nested as `whatsapp.x`. Names with lowercase letters are not ours.
@@ -587,6 +616,12 @@ mod tests {
             ("GRAPHQL_MAX_DEPTH", "0"),
             ("GRAPHQL_MAX_COMPLEXITY", "0"),
             ("QUEUE_POLL_INTERVAL", "0ms"),
+            // A pool of none panicked in the pool's queue; a huge ring aborted the process.
+            ("DATABASE_MAX_CONNECTIONS", "0"),
+            ("DATABASE_MAX_CONNECTIONS", "10001"),
+            ("EVENT_BUFFER", "99999999999"),
+            ("EVENT_BUFFER", "1000001"),
+            ("WS_MAX_OPERATIONS", "99999999999"),
         ] {
             assert!(
                 from(&[(k, v)]).unwrap_err().to_string().contains(k),

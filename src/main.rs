@@ -101,6 +101,17 @@ fn main() {
     let command = Cli::parse()
         .command
         .unwrap_or(Command::Serve { no_workers: false });
+    // tokio reads TOKIO_WORKER_THREADS itself and panics on a value it cannot use: checked
+    // first, refused like any other bad setting.
+    if let Some(v) = std::env::var_os("TOKIO_WORKER_THREADS")
+        && !v
+            .to_str()
+            .and_then(|v| v.parse::<usize>().ok())
+            .is_some_and(|n| n >= 1)
+    {
+        eprintln!("error: invalid TOKIO_WORKER_THREADS: {v:?} is not a whole number of at least 1");
+        std::process::exit(1);
+    }
     // The runtime's shape is picked from the command and the machine: `serve` takes every core
     // for its sockets, the rest one fewer (see `queue::worker::runtime` and `serve_runtime`).
     let runtime = match command {
