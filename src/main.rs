@@ -104,10 +104,9 @@ fn main() {
     // tokio reads TOKIO_WORKER_THREADS itself and panics on a value it cannot use: checked
     // first, refused like any other bad setting.
     if let Some(v) = std::env::var_os("TOKIO_WORKER_THREADS")
-        && !v
-            .to_str()
+        && v.to_str()
             .and_then(|v| v.parse::<usize>().ok())
-            .is_some_and(|n| n >= 1)
+            .is_none_or(|n| n < 1)
     {
         eprintln!("error: invalid TOKIO_WORKER_THREADS: {v:?} is not a whole number of at least 1");
         std::process::exit(1);
