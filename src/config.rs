@@ -622,6 +622,7 @@ mod tests {
             ("EVENT_BUFFER", "99999999999"),
             ("EVENT_BUFFER", "1000001"),
             ("WS_MAX_OPERATIONS", "99999999999"),
+            ("WHATSAPP_RETRY_BASE", "0s"),
         ] {
             assert!(
                 from(&[(k, v)]).unwrap_err().to_string().contains(k),

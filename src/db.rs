@@ -26,7 +26,12 @@ pub async fn connect(config: &Config) -> Result<DatabaseConnection> {
         ));
     }
     if config.is_sqlite() {
-        std::fs::create_dir_all(&config.data_dir)?;
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+            crate::config::invalid(
+                "DATA_DIR",
+                format!("cannot create {}: {e}", config.data_dir.display()),
+            )
+        })?;
     }
     let mut opts = ConnectOptions::new(url.clone());
     opts.max_connections(config.database_max_connections)
@@ -461,6 +466,19 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A DATA_DIR that cannot be made is refused naming the variable and the path.
+    #[tokio::test]
+    async fn an_unusable_data_dir_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"x").unwrap();
+        let err = connect(&Config::embedded(&file.join("data")))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("DATA_DIR") && err.contains("file"), "{err}");
+    }
 
     /// Every pooled SQLite connection caps the WAL file it starts over (and checkpoints
     /// itself never: the checkpointer does).

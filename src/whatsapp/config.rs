@@ -79,6 +79,10 @@ impl WhatsAppConfig {
             return Err(invalid("WHATSAPP_API_BASE", "must be an http(s) URL"));
         }
         self.api_base = self.api_base.trim_end_matches('/').to_owned();
+        // Zero would retry a rate-limited send at once, as every other span refuses zero.
+        if self.retry_base.is_zero() {
+            return Err(invalid("WHATSAPP_RETRY_BASE", "must be greater than zero"));
+        }
         if !self
             .api_version
             .bytes()
