@@ -473,7 +473,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("file");
         std::fs::write(&file, b"x").unwrap();
-        let err = connect(&Config::embedded(&file.join("data")))
+        let err = connect(&Config::embedded(file.join("data")))
             .await
             .unwrap_err()
             .to_string();
