@@ -535,18 +535,6 @@ async fn body_errors_name_the_field_path(db: Db) {
     // Nothing was created by the refused bodies.
     let (_, list) = app.rest(Method::GET, "/api/templates", admin, None).await;
     assert_eq!(list["count"], 4, "{list}");
-    // Malformed JSON is about the body as a whole.
-    let res = app
-        .client
-        .post(app.url("/api/templates"))
-        .bearer_auth(&app.admin)
-        .header("content-type", "application/json")
-        .body(r#"{"name": "x", "type": }"#)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
-    assert_eq!(res.json::<Value>().await.unwrap()["field"], "body");
     // The media upload's body too.
     for (body, field) in [
         (json!({ "file_data": 5 }), "file_data"),
