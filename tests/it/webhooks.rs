@@ -667,7 +667,10 @@ async fn the_delivery_client_refuses_names_for_private_addresses() {
 async fn redirects_are_not_followed() {
     let app = spawn(Db::Sqlite).await;
     let rx = TestReceiver::start().await;
-    rx.always(Reply::status(302).header("location", "http://10.0.0.1/internal"));
+    // The redirect points at a second loopback receiver, so that a client that followed it
+    // would be seen there, and no request could ever leave the machine.
+    let target = TestReceiver::start().await;
+    rx.always(Reply::status(302).header("location", target.url()));
     let (id, _) = register(&app, "m-a", json!({ "url": rx.url() })).await;
     emit(&app, "m-a", 1).await;
     let l = wait_logs(&app, "m-a", &id, 1).await;
@@ -678,6 +681,8 @@ async fn redirects_are_not_followed() {
         "{:?}",
         l[0]
     );
+    assert_eq!(rx.requests().len(), 1);
+    assert!(target.requests().is_empty(), "the redirect was followed");
     app.server.stop().await.unwrap();
 }
 

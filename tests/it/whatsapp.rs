@@ -19,7 +19,6 @@ use axum::{
 };
 use reqwest::Method;
 use serde_json::{Value, json};
-use smartbot::whatsapp::inbound::sign;
 
 use crate::{
     both_dbs,
@@ -187,6 +186,15 @@ pub async fn app_with(db: Db, cloud: Option<&CloudApi>) -> TestApp {
         c.webhook_allowed_networks = vec!["127.0.0.0/8".parse().unwrap()];
     })
     .await
+}
+
+/// Meta's `X-Hub-Signature-256` for `body`, computed here and not with the crate's own helper:
+/// `sha256=` and the lowercase hex HMAC-SHA256 of the raw body, keyed with the app secret.
+pub fn sign(app_secret: &str, body: &[u8]) -> String {
+    use hmac::{Hmac, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(app_secret.as_bytes()).unwrap();
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
 
 /// POSTs a webhook body signed with `secret` (none: unsigned).
