@@ -147,6 +147,8 @@ pub struct ReadCache {
     entries: Mutex<Entries>,
     max_bytes: usize,
     reads: Arc<SharedReads>,
+    /// Lookups answered from the map.
+    hits: std::sync::atomic::AtomicU64,
 }
 
 type Generation = std::result::Result<Option<i64>, String>;
@@ -273,6 +275,7 @@ impl ReadCache {
             }),
             max_bytes,
             reads: Arc::default(),
+            hits: Default::default(),
         }
     }
 
@@ -307,6 +310,7 @@ impl ReadCache {
         if let Some(g) = storable
             && let Some(body) = self.get(g, &key)
         {
+            self.hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return Ok(Lookup::Hit(body));
         }
         Ok(Lookup::Miss(Slot {
@@ -357,6 +361,11 @@ impl ReadCache {
     pub fn stats(&self) -> (usize, usize) {
         let e = self.lock();
         (e.map.len(), e.bytes)
+    }
+
+    /// Lookups answered from the cache since start (tests, metrics).
+    pub fn hits(&self) -> u64 {
+        self.hits.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 

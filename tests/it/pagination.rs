@@ -13,9 +13,18 @@ const PAGE: &str = r#"query($search: String, $type: TemplateType, $status: Templ
   templates(search: $search, type: $type, status: $status, first: $first, after: $after) {
     totalCount
     pageInfo { hasNextPage hasPreviousPage endCursor }
-    edges { cursor node { name type status } }
+    edges { cursor node { id name type status } }
   }
 }"#;
+
+fn page_ids(data: &Value) -> Vec<String> {
+    data["templates"]["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["node"]["id"].as_str().unwrap().to_owned())
+        .collect()
+}
 
 fn page_names(data: &Value) -> Vec<String> {
     data["templates"]["edges"]
@@ -284,8 +293,13 @@ async fn templates_sharing_a_name_are_all_paged(db: Db) {
             .gql_ok(caller.as_deref(), PAGE, json!({ "first": 100 }))
             .await;
         let total = all["templates"]["totalCount"].as_u64().unwrap();
-        let mut want = page_names(&all);
-        assert_eq!(want.iter().filter(|n| *n == "dup").count(), 4, "{all}");
+        assert_eq!(
+            page_names(&all).iter().filter(|n| *n == "dup").count(),
+            4,
+            "{all}"
+        );
+        // By id: the four share a name, so names could not tell one repeated and one skipped.
+        let mut want = page_ids(&all);
         let mut got = Vec::new();
         let mut after: Option<String> = None;
         loop {
@@ -296,7 +310,7 @@ async fn templates_sharing_a_name_are_all_paged(db: Db) {
                     json!({ "first": 1, "after": after }),
                 )
                 .await;
-            got.extend(page_names(&data));
+            got.extend(page_ids(&data));
             let info = &data["templates"]["pageInfo"];
             if info["hasNextPage"] != true {
                 break;
@@ -306,6 +320,8 @@ async fn templates_sharing_a_name_are_all_paged(db: Db) {
         }
         want.sort();
         got.sort();
+        let distinct: BTreeSet<_> = got.iter().collect();
+        assert_eq!(distinct.len(), got.len(), "a template was paged twice");
         assert_eq!(got, want);
         assert_eq!(got.len() as u64, total);
     }

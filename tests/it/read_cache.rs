@@ -53,14 +53,19 @@ fn names(list: &[String]) -> Vec<&str> {
     list.iter().map(|l| l.split('=').next().unwrap()).collect()
 }
 
-/// Reads twice (the second from the cache) and checks the cache holds entries.
+/// Reads twice and checks that the second read was answered from the cache: over REST, and
+/// over GraphQL too for the full list.
 async fn listed_twice(app: &TestApp, caller: &Caller<'_>, path: &str) -> Vec<String> {
+    let cache = &app.server.state.template_cache;
     let first = listed(caller, path).await;
+    let hits = cache.hits();
     let second = listed(caller, path).await;
     assert_eq!(first, second);
-    assert!(
-        app.server.state.template_cache.stats().0 > 0,
-        "nothing cached"
+    let reads = if path == "/api/templates" { 2 } else { 1 };
+    assert_eq!(
+        cache.hits() - hits,
+        reads,
+        "the second read of {path} was not answered from the cache"
     );
     second
 }
@@ -122,15 +127,18 @@ async fn api_writes_invalidate(db: Db) {
     assert_eq!(listed(&anon, "/api/templates").await, before);
 
     // One template by id over GraphQL is cached too, and a failed read is not.
+    let cache = &app.server.state.template_cache;
     let single = admin.text_template("zz_single", "ACTIVE").await;
     assert_eq!(
         anon.template(&single).await.unwrap()["body"],
         "zz_single body"
     );
+    let hits = cache.hits();
     assert_eq!(
         anon.template(&single).await.unwrap()["body"],
         "zz_single body"
     );
+    assert_eq!(cache.hits() - hits, 1, "a read by id was not cached");
     admin
         .gql_ok(
             crate::common::docs::UPDATE_TEMPLATE_BODY,
@@ -145,6 +153,13 @@ async fn api_writes_invalidate(db: Db) {
         )
         .await;
     assert_eq!(anon.template(&single).await, Err("NOT_FOUND".to_owned()));
+    let hits = cache.hits();
+    assert_eq!(anon.template(&single).await, Err("NOT_FOUND".to_owned()));
+    assert_eq!(
+        cache.hits(),
+        hits,
+        "a failed read was answered from the cache"
+    );
     admin
         .gql_ok(
             crate::common::docs::SET_TEMPLATE_STATUS,
