@@ -45,8 +45,8 @@ pub enum Error {
     /// The route exists, but not with this method.
     #[error("{0}")]
     MethodNotAllowed(String),
-    /// A service this request needs (the WhatsApp Cloud API) did not answer; nothing changed,
-    /// and the same request may be sent again.
+    /// A service this request needs (the database, Redis, the WhatsApp Cloud API) did not
+    /// answer; the same request may be sent again.
     #[error("{0}")]
     Unavailable(String),
     /// A resume point (`after`) older than the event history holds.
@@ -290,9 +290,58 @@ impl From<sea_orm::DbErr> for Error {
                 "the change collided with a concurrent one and was not made; send it again".into(),
             );
         }
+        if unreachable_database(&err) {
+            tracing::warn!(error = %err, "the database did not answer");
+            return Self::Unavailable(
+                "the database is unavailable at the moment; try again shortly".into(),
+            );
+        }
         match err {
             DbErr::RecordNotFound(what) => Self::NotFound(what),
             other => Self::Internal(format!("database: {other}")),
+        }
+    }
+}
+
+/// Whether `err` says the database could not be reached or had no room for the request (no
+/// connection from the pool in time, a connection lost, PostgreSQL shutting down or out of
+/// connections), not that the statement was wrong: the request may be sent again as it is.
+fn unreachable_database(err: &sea_orm::DbErr) -> bool {
+    use sea_orm::{DbErr, RuntimeErr, sqlx::Error as Sqlx};
+    match err {
+        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => true,
+        DbErr::Query(RuntimeErr::SqlxError(e)) | DbErr::Exec(RuntimeErr::SqlxError(e)) => {
+            match e.as_ref() {
+                Sqlx::Io(_) | Sqlx::Tls(_) | Sqlx::PoolTimedOut | Sqlx::PoolClosed => true,
+                Sqlx::WorkerCrashed => true,
+                // SQLSTATE 08: connection exception; 53: insufficient resources (too many
+                // connections, disk full); 57P01-57P03: the server is shutting down or starting.
+                Sqlx::Database(db) => db.code().is_some_and(|c| {
+                    c.starts_with("08") || c.starts_with("53") || c.starts_with("57P0")
+                }),
+                _ => false,
+            }
+        }
+        _ => false,
+    }
+}
+
+impl Error {
+    /// A Redis failure in `what` (the job queue, the event bus, the rate limiter). Redis not
+    /// answering (connection lost, a command timed out, the client's queue full) is UNAVAILABLE:
+    /// the request may be sent again. A command that timed out may still have run, which is why
+    /// writes that go through Redis take an idempotency key or a `jobId`. Anything else is a
+    /// fault of this program's and stays internal.
+    pub fn redis(what: &str, err: &fred::error::Error) -> Self {
+        use fred::error::ErrorKind as K;
+        match err.kind() {
+            K::IO | K::Timeout | K::Canceled | K::Backpressure => {
+                tracing::warn!(error = %err, "{what}: Redis did not answer");
+                Self::Unavailable(format!(
+                    "{what} is unavailable at the moment (Redis did not answer); try again shortly"
+                ))
+            }
+            _ => Self::Internal(format!("{what}: redis: {err}")),
         }
     }
 }
@@ -313,5 +362,52 @@ fn sqlstate(err: &sea_orm::DbErr) -> Option<String> {
 impl From<std::io::Error> for Error {
     fn from(err: std::io::Error) -> Self {
         Self::Internal(format!("io: {err}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unreachable_database_is_unavailable() {
+        use sea_orm::{ConnAcquireErr, DbErr, RuntimeErr, sqlx};
+        for err in [
+            DbErr::ConnectionAcquire(ConnAcquireErr::Timeout),
+            DbErr::ConnectionAcquire(ConnAcquireErr::ConnectionClosed),
+            DbErr::Query(RuntimeErr::SqlxError(sqlx::Error::PoolTimedOut.into())),
+            DbErr::Exec(RuntimeErr::SqlxError(
+                sqlx::Error::Io(std::io::ErrorKind::ConnectionReset.into()).into(),
+            )),
+        ] {
+            let e = Error::from(err);
+            assert_eq!(e.code(), "UNAVAILABLE", "{e:?}");
+            assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert!(!e.to_string().contains("Pool"), "no driver detail: {e}");
+        }
+        // A statement the database refused for what it is stays a fault of the program's.
+        let e = Error::from(DbErr::Query(RuntimeErr::Internal("syntax".into())));
+        assert_eq!(e.code(), "INTERNAL");
+    }
+
+    #[test]
+    fn redis_not_answering_is_unavailable() {
+        use fred::error::{Error as Fred, ErrorKind};
+        for kind in [
+            ErrorKind::IO,
+            ErrorKind::Timeout,
+            ErrorKind::Canceled,
+            ErrorKind::Backpressure,
+        ] {
+            let e = Error::redis("the job queue", &Fred::new(kind, "connection refused"));
+            assert_eq!(e.code(), "UNAVAILABLE");
+            assert!(
+                e.to_string().starts_with("the job queue is unavailable"),
+                "{e}"
+            );
+            assert!(!e.to_string().contains("refused"), "no driver detail: {e}");
+        }
+        let e = Error::redis("the job queue", &Fred::new(ErrorKind::Parse, "bad reply"));
+        assert_eq!(e.code(), "INTERNAL");
     }
 }

@@ -190,7 +190,7 @@ async fn forward<M: Clone>(
 }
 
 fn redis(e: fred::error::Error) -> Error {
-    Error::Internal(format!("redis event bus: {e}"))
+    Error::redis("the event bus", &e)
 }
 
 #[async_trait::async_trait]

@@ -341,7 +341,7 @@ impl Script {
 }
 
 fn redis_err(e: fred::error::Error) -> Error {
-    Error::Internal(format!("redis: {e}"))
+    Error::redis("the job queue", &e)
 }
 
 struct Scripts {
