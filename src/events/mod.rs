@@ -265,7 +265,7 @@ impl EventData {
 /// Parses `payload` as `T`, naming the wrong field (`payload.orderId`). Every required field that
 /// is missing (or null) is named at once; serde alone stops at the first.
 fn parse<T: DeserializeOwned + OutputType>(payload: &Value) -> Result<T> {
-    serde_path_to_error::deserialize(payload).map_err(|e| {
+    crate::input::deserialize(payload).map_err(|e| {
         let missing: Vec<FieldError> = match payload {
             Value::Object(fields) => required_fields::<T>()
                 .into_iter()

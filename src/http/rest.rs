@@ -80,7 +80,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
             }
         })?;
         let mut de = serde_json::Deserializer::from_slice(&bytes);
-        let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let value: T = crate::input::deserialize(&mut de).map_err(|e| {
             let field = error_field(e.path(), e.inner());
             let inner = e.into_inner();
             if !(inner.is_syntax() || inner.is_eof()) {
@@ -117,7 +117,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
 /// A JSON value read as `T`; a value of the wrong type is VALIDATION naming its path, as
 /// [`JsonBody`] does.
 pub fn from_json_value<T: DeserializeOwned>(v: serde_json::Value) -> Result<T> {
-    serde_path_to_error::deserialize(v).map_err(|e| {
+    crate::input::deserialize(v).map_err(|e| {
         let field = error_field(e.path(), e.inner());
         Error::validation(
             field,

@@ -9,9 +9,28 @@
 //! rather than judged (a signed Meta webhook, a receiver's answer, an upstream error) has its
 //! NUL replaced with U+FFFD instead.
 
+pub mod objects_only;
+
+use serde::de::{Deserialize, DeserializeOwned, Deserializer};
 use serde_json::Value;
 
 use crate::error::Error;
+
+/// Reads a `T` from outside input with its path tracked for the error (`serde_path_to_error`),
+/// every struct in it from an object only ([`objects_only`]).
+pub fn deserialize<'de, D, T>(d: D) -> Result<T, serde_path_to_error::Error<D::Error>>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    serde_path_to_error::deserialize(objects_only::ObjectsOnly(d))
+}
+
+/// [`serde_json::from_value`] with every struct from an object only: for stored JSON that came
+/// from outside (a job's payload given to `enqueueJob`).
+pub fn from_value<T: DeserializeOwned>(v: Value) -> Result<T, serde_json::Error> {
+    T::deserialize(objects_only::ObjectsOnly(v))
+}
 
 const MESSAGE: &str = "text must not contain NUL (\\u0000) characters";
 

@@ -139,7 +139,7 @@ fn deleted() -> Value {
 
 pub async fn handle(state: &AppState, job: &JobInfo) -> Result<Value, JobError> {
     // Every bound is checked here, at parse; a bad payload fails once, permanently.
-    let p: Payload = serde_json::from_value(job.payload.clone())
+    let p: Payload = crate::input::from_value(job.payload.clone())
         .map_err(|e| JobError::permanent(format!("bad payload: {e}")))?;
     let id = Uuid::parse_str(&p.media_id)
         .map_err(|_| JobError::permanent("mediaId is not a valid id"))?;
@@ -256,7 +256,7 @@ mod tests {
     use super::*;
 
     fn parse(v: Value) -> Result<Payload, String> {
-        serde_json::from_value::<Payload>(v).map_err(|e| e.to_string())
+        crate::input::from_value::<Payload>(v).map_err(|e| e.to_string())
     }
 
     #[test]

@@ -22,7 +22,7 @@ struct Payload {
 }
 
 pub async fn handle(state: &AppState, job: &JobInfo) -> Result<Value, JobError> {
-    let p: Payload = serde_json::from_value(job.payload.clone())
+    let p: Payload = crate::input::from_value(job.payload.clone())
         .map_err(|e| JobError::permanent(format!("bad message_sending payload: {e}")))?;
     crate::whatsapp::service::deliver(state, job, p.message.message_id).await
 }

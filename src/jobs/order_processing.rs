@@ -19,7 +19,7 @@ struct Payload {
 }
 
 pub async fn handle(state: &AppState, job: &JobInfo) -> Result<Value, JobError> {
-    let p: Payload = serde_json::from_value(job.payload.clone())
+    let p: Payload = crate::input::from_value(job.payload.clone())
         .map_err(|e| JobError::permanent(format!("bad order_processing payload: {e}")))?;
     crate::orders::service::process(state, p.order_id)
         .await

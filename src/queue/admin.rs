@@ -123,7 +123,7 @@ impl<'a> QueueAdmin<'a> {
         }
         let opts: JobOptions = match options {
             None | Some(Value::Null) => JobOptions::default(),
-            Some(v) => serde_path_to_error::deserialize(v).map_err(|e| {
+            Some(v) => crate::input::deserialize(v).map_err(|e| {
                 // Named as the checks after parsing name them (`attempts`, `jobId`).
                 let field = match e.path().to_string().as_str() {
                     "." => "options".to_owned(),

@@ -47,7 +47,8 @@ pub mod limits {
     pub const RENDERED_BYTES: usize = 64 * 1024;
 }
 
-/// A quick-reply button. Deserializes from `{"id","title"}` or, as the seed allowed, a bare title.
+/// A quick-reply button: `id` and `title`. In REST bodies a bare title is accepted too, as the
+/// seed allowed; its id is then made from the title.
 #[derive(
     Debug,
     Clone,
@@ -65,11 +66,44 @@ pub struct Button {
     pub title: String,
 }
 
-#[derive(Deserialize)]
-#[serde(untagged)]
+/// A button as JSON gives it: an object (`id` optional), or the seed's bare title. Read by a
+/// visitor of its own, not `#[serde(untagged)]`: untagged buffers the value and reads the
+/// object from an array too (`["yes", "Yes"]`), and its error names no shape.
 enum ButtonRepr {
     Full { id: Option<String>, title: String },
     Title(String),
+}
+
+impl<'de> Deserialize<'de> for ButtonRepr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Repr;
+        #[derive(Deserialize)]
+        struct Full {
+            #[serde(default)]
+            id: Option<String>,
+            title: String,
+        }
+        impl<'de> serde::de::Visitor<'de> for Repr {
+            type Value = ButtonRepr;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a button: an object with `title` (and `id`), or a title")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ButtonRepr, E> {
+                Ok(ButtonRepr::Title(v.to_owned()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<ButtonRepr, A::Error> {
+                let f = Full::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(ButtonRepr::Full {
+                    id: f.id,
+                    title: f.title,
+                })
+            }
+        }
+        d.deserialize_any(Repr)
+    }
 }
 
 impl From<ButtonRepr> for Button {

@@ -498,7 +498,7 @@ async fn body_errors_name_the_field_path(db: Db) {
         (
             json!({ "name": "bad_button", "type": "buttons", "body": "x",
                     "buttons": [{ "id": "a", "title": "A" }, { "id": "b", "title": ["B"] }] }),
-            "buttons[1]",
+            "buttons[1].title",
         ),
         (json!({ "name": "no_type", "body": "x" }), "type"),
         (
@@ -702,8 +702,115 @@ async fn put_refuses_what_it_cannot_apply(db: Db) {
     assert_eq!(res["template"]["body"], "Bye {{ who }}", "{res}");
 }
 
+/// An array where an object belongs is VALIDATION, at the top of a body and inside it, and
+/// nothing changes. (serde reads a struct from an array of its fields in order: a PUT of
+/// `["renamed", "text", "new body"]` renamed the template.)
+async fn arrays_are_not_objects(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let m1 = app.merchant("m1");
+    let (status, body) = app
+        .rest(
+            Method::POST,
+            "/api/templates",
+            Some(&m1),
+            Some(json!({ "name": "arrays", "type": "text", "body": "Hi" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let path = format!(
+        "/api/templates/{}",
+        body["template"]["id"].as_str().unwrap()
+    );
+    let png = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        crate::media::png_bytes(4, 4),
+    );
+    for (method, at, token, payload, field) in [
+        (
+            Method::PUT,
+            path.as_str(),
+            &m1,
+            json!(["renamed", "text", "new body"]),
+            "body",
+        ),
+        (
+            Method::POST,
+            "/api/templates",
+            &m1,
+            json!(["from_array", "text", "b"]),
+            "body",
+        ),
+        (
+            Method::POST,
+            "/api/templates",
+            &m1,
+            json!({ "name": "nested", "type": "buttons", "body": "b", "buttons": [["yes", "Yes"]] }),
+            "buttons[0]",
+        ),
+        (
+            Method::POST,
+            "/api/templates",
+            &m1,
+            json!({ "name": "nested", "type": "list", "body": "b", "button_text": "Menu",
+                    "sections": [["Drinks", [["tea", "Tea"]]]] }),
+            "sections[0]",
+        ),
+        (
+            Method::POST,
+            "/api/media/upload",
+            &m1,
+            json!([png, "a.png"]),
+            "body",
+        ),
+        (
+            Method::POST,
+            "/api/events",
+            &app.admin,
+            json!(["bot_connected", {}, "m1"]),
+            "body",
+        ),
+    ] {
+        let (status, res) = app
+            .rest(method.clone(), at, Some(token), Some(payload.clone()))
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{payload}: {res}");
+        assert_eq!(res["code"], "VALIDATION", "{payload}: {res}");
+        assert_eq!(res["field"], field, "{payload}: {res}");
+        assert!(
+            res["error"].as_str().unwrap().contains("an object"),
+            "{payload}: {res}"
+        );
+    }
+    let (_, got) = app.rest(Method::GET, &path, Some(&m1), None).await;
+    assert_eq!(got["template"]["name"], "arrays", "{got}");
+    assert_eq!(got["template"]["version"], 1, "{got}");
+    let (status, _) = app
+        .rest(Method::GET, "/api/templates/from_array", Some(&m1), None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // GraphQL's JSON arguments read the same way: job options, and an event's payload.
+    let (code, err) = app
+        .gql_err(
+            Some(&app.admin),
+            r#"mutation { enqueueJob(queue: ORDER_PROCESSING, name: "x", data: {}, options: [7, 1000]) { id } }"#,
+            json!({}),
+        )
+        .await;
+    assert_eq!(code, "VALIDATION", "{err}");
+    assert_eq!(err["errors"][0]["extensions"]["field"], "options", "{err}");
+    let (code, err) = app
+        .gql_err(
+            Some(&app.admin),
+            r#"mutation { emitEvent(type: ORDER_STATUS_CHANGED, merchantId: "m1", payload: ["o1", "+15550001", "PENDING", "CONFIRMED"]) { id } }"#,
+            json!({}),
+        )
+        .await;
+    assert_eq!(code, "VALIDATION", "{err}");
+}
+
 both_dbs!(
     put_refuses_what_it_cannot_apply,
+    arrays_are_not_objects,
     list_shape_and_filters,
     create_read_update_delete,
     preview_over_rest,
