@@ -1093,24 +1093,45 @@ mod tests {
 
     #[test]
     fn decompression_bombs_are_refused_before_decoding() {
-        // A valid 20000x20000 PNG header with almost no data: refused from the header alone.
-        let mut enc_out = Vec::new();
-        {
-            let mut enc = png::Encoder::new(&mut enc_out, 20000, 20000);
-            enc.set_color(png::ColorType::Grayscale);
-            let mut w = enc.write_header().unwrap();
-            let row = vec![0u8; 20000];
-            let mut sw = w.stream_writer().unwrap();
-            for _ in 0..20000 {
-                std::io::Write::write_all(&mut sw, &row).unwrap();
+        // A 20000x20000 PNG whose one IDAT chunk is 64 bytes that are not image data at all,
+        // framed correctly (CRCs, IEND): a decode would fail on the data, with another message,
+        // so only a check of the header refuses it for its size.
+        fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
+            // CRC-32 (IEEE), as PNG frames its chunks.
+            let mut crc = 0xffff_ffffu32;
+            for &b in kind.iter().chain(data) {
+                crc ^= u32::from(b);
+                for _ in 0..8 {
+                    crc = if crc & 1 == 1 {
+                        (crc >> 1) ^ 0xedb8_8320
+                    } else {
+                        crc >> 1
+                    };
+                }
             }
-            sw.finish().unwrap();
+            out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+            out.extend_from_slice(kind);
+            out.extend_from_slice(data);
+            out.extend_from_slice(&(!crc).to_be_bytes());
         }
+        let mut enc_out = b"\x89PNG\r\n\x1a\n".to_vec();
+        let mut ihdr = Vec::new();
+        ihdr.extend_from_slice(&20000u32.to_be_bytes());
+        ihdr.extend_from_slice(&20000u32.to_be_bytes());
+        // 8-bit grayscale, deflate, no filter method, no interlace.
+        ihdr.extend_from_slice(&[8, 0, 0, 0, 0]);
+        chunk(&mut enc_out, b"IHDR", &ihdr);
+        chunk(&mut enc_out, b"IDAT", &[0xa5; 64]);
+        chunk(&mut enc_out, b"IEND", &[]);
         let limits = Limits {
             max_bytes: usize::MAX,
             ..Limits::default()
         };
         let err = probe(&enc_out, &limits).unwrap_err();
         assert_eq!(err.code(), "VALIDATION", "{err}");
+        assert!(
+            err.to_string().contains("20000x20000"),
+            "refused for its size: {err}"
+        );
     }
 }
