@@ -82,7 +82,106 @@ pub fn build_schema(config: &crate::Config) -> AppSchema {
         .limit_complexity(config.graphql_max_complexity)
         .extension(ErrorCodes)
         .extension(TextInput)
+        .extension(Expansion {
+            max: config.graphql_max_complexity,
+        })
         .finish()
+}
+
+/// Refuses a document that selects more fields, once its fragment spreads are expanded, than
+/// the complexity limit allows (every field costs at least 1). A fragment that spreads another
+/// twice doubles what it selects, so thirty fragments of a few bytes each select 2^30 fields:
+/// async-graphql's validation and complexity walk every expanded field, and such a kilobyte
+/// held both cores and gigabytes of memory for as long as it ran. This counts once per
+/// fragment (memoised), before any of that.
+struct Expansion {
+    max: usize,
+}
+
+impl async_graphql::extensions::ExtensionFactory for Expansion {
+    fn create(&self) -> std::sync::Arc<dyn async_graphql::extensions::Extension> {
+        std::sync::Arc::new(Expansion { max: self.max })
+    }
+}
+
+#[async_trait::async_trait]
+impl async_graphql::extensions::Extension for Expansion {
+    /// Parses the document here (async-graphql keeps it and does not parse again) and counts it
+    /// before async-graphql's own checks: its recursion-depth check already walks every
+    /// expanded field, right after parsing.
+    async fn prepare_request(
+        &self,
+        ctx: &async_graphql::extensions::ExtensionContext<'_>,
+        mut request: async_graphql::Request,
+        next: async_graphql::extensions::NextPrepareRequest<'_>,
+    ) -> async_graphql::ServerResult<async_graphql::Request> {
+        let selected = expanded_fields(request.parsed_query()?);
+        if selected > self.max {
+            let e = async_graphql::Error::from(crate::error::Error::validation(
+                "query",
+                format!(
+                    "the document selects more than {} fields once its fragments are expanded",
+                    self.max
+                ),
+            ));
+            let mut server = async_graphql::ServerError::new(e.message, None);
+            server.extensions = e.extensions;
+            return Err(server);
+        }
+        next.run(ctx, request).await
+    }
+}
+
+/// How many fields the largest operation of `doc` selects with every fragment spread expanded
+/// (saturating). Each fragment is counted once; a spread of an unknown fragment, or one that
+/// spreads itself, counts nothing (validation refuses both).
+pub(crate) fn expanded_fields(doc: &async_graphql::parser::types::ExecutableDocument) -> usize {
+    use std::collections::HashMap;
+
+    use async_graphql::parser::types::{Selection, SelectionSet};
+
+    fn count<'a>(
+        set: &'a SelectionSet,
+        doc: &'a async_graphql::parser::types::ExecutableDocument,
+        memo: &mut HashMap<&'a str, usize>,
+        visiting: &mut Vec<&'a str>,
+    ) -> usize {
+        let mut n = 0usize;
+        for item in &set.items {
+            let add = match &item.node {
+                Selection::Field(f) => {
+                    1usize.saturating_add(count(&f.node.selection_set.node, doc, memo, visiting))
+                }
+                Selection::InlineFragment(f) => {
+                    count(&f.node.selection_set.node, doc, memo, visiting)
+                }
+                Selection::FragmentSpread(s) => {
+                    let name = s.node.fragment_name.node.as_str();
+                    if let Some(&known) = memo.get(name) {
+                        known
+                    } else if visiting.contains(&name) {
+                        0
+                    } else if let Some((key, fragment)) = doc.fragments.get_key_value(name) {
+                        visiting.push(key.as_str());
+                        let c = count(&fragment.node.selection_set.node, doc, memo, visiting);
+                        visiting.pop();
+                        memo.insert(key.as_str(), c);
+                        c
+                    } else {
+                        0
+                    }
+                }
+            };
+            n = n.saturating_add(add);
+        }
+        n
+    }
+    let mut memo = HashMap::new();
+    doc.operations
+        .iter()
+        .map(|(_, op)| count(&op.node.selection_set.node, doc, &mut memo, &mut Vec::new()))
+        .max()
+        .unwrap_or(0)
 }
 
 /// Refuses NUL in a request's variables (see [`crate::input`]; [`check_document`] refuses it in
@@ -331,6 +430,31 @@ pub(crate) fn connection<T, N: async_graphql::OutputType>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fragments_are_counted_expanded_and_once_each() {
+        let parse = |q: &str| async_graphql::parser::parse_query(q).unwrap();
+        let doc =
+            parse("query { a b { c ...F } ... on QueryRoot { d } } fragment F on B { e f { g } }");
+        // a, b, c, d, and F's e, f, g.
+        assert_eq!(expanded_fields(&doc), 7);
+        // Each fragment spreads the one before twice: 2^n fields from a few bytes each.
+        let bomb = |n: usize| {
+            let mut q = format!("query {{ ...F{n} }} fragment F0 on QueryRoot {{ __typename }}");
+            for i in 1..=n {
+                q += &format!(
+                    " fragment F{i} on QueryRoot {{ ...F{j} ...F{j} }}",
+                    j = i - 1
+                );
+            }
+            q
+        };
+        assert_eq!(expanded_fields(&parse(&bomb(10))), 1024);
+        assert_eq!(expanded_fields(&parse(&bomb(200))), usize::MAX);
+        // A fragment that spreads itself counts nothing more (validation refuses it).
+        let cycle = parse("query { ...A } fragment A on Q { x ...B } fragment B on Q { ...A y }");
+        assert_eq!(expanded_fields(&cycle), 2);
+    }
 
     #[test]
     fn nesting_is_capped_outside_strings_and_comments() {

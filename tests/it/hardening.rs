@@ -739,6 +739,51 @@ async fn a_lost_redis_fails_fast_and_typed() {
     assert!(!message.contains("6"), "no internal detail: {message}");
 }
 
+/// A kilobyte of fragments that each spread the one before twice selects 2^30 fields: refused
+/// as VALIDATION right after parsing, for anyone, instead of walked field by field (it held both
+/// cores and gigabytes). An introspection query with nested fragments, as GraphiQL sends, passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fragments_that_multiply_are_refused_before_validation() {
+    let app = TestApp::spawn(Db::Sqlite).await;
+    let mut q = "query { ...F30 } fragment F0 on QueryRoot { __typename }".to_owned();
+    for i in 1..=30 {
+        q += &format!(
+            " fragment F{i} on QueryRoot {{ ...F{j} ...F{j} }}",
+            j = i - 1
+        );
+    }
+    let (code, body) = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        app.gql_err(None, &q, json!({})),
+    )
+    .await
+    .expect("answered, not walked");
+    assert_eq!(code, "VALIDATION", "{body}");
+    assert_eq!(body["errors"][0]["extensions"]["field"], "query", "{body}");
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("fragments are expanded"),
+        "{body}"
+    );
+    let introspection = r#"query {
+      __schema { types { ...FullType } directives { name args { ...InputValue } } }
+    }
+    fragment FullType on __Type {
+      kind name fields(includeDeprecated: true) { name args { ...InputValue } type { ...TypeRef } }
+      inputFields { ...InputValue } interfaces { ...TypeRef } possibleTypes { ...TypeRef }
+      enumValues(includeDeprecated: true) { name }
+    }
+    fragment InputValue on __InputValue { name type { ...TypeRef } defaultValue }
+    fragment TypeRef on __Type {
+      kind name ofType { kind name ofType { kind name ofType { kind name ofType { kind name } } } }
+    }"#;
+    let (status, body) = app.gql(None, introspection, json!({})).await;
+    assert!(body["errors"].is_null(), "{status}: {body}");
+    assert!(body["data"]["__schema"]["types"].as_array().unwrap().len() > 50);
+}
+
 /// Instances started together on one fresh PostgreSQL database take turns to migrate and seed:
 /// all start, and the defaults are seeded once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
