@@ -100,6 +100,16 @@ pub struct Config {
     /// trusted, so the client IP is the last hop it appended.
     #[serde(deserialize_with = "de::cidrs")]
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// `HTTP_READ_TIMEOUT` (default 30s): how long a connection may take to send a request's
+    /// headers (an idle keep-alive connection too: it waits for its next request's), and how
+    /// long a request body may pause between two of its parts. A connection that takes longer is
+    /// closed.
+    #[serde(with = "humantime_serde")]
+    pub http_read_timeout: Duration,
+    /// `HTTP_MAX_CONNECTIONS` (default: the open-file limit less 256 kept for the database,
+    /// Redis and files): connections served at once, WebSockets included. Past it, new ones
+    /// wait in the listen queue instead of taking the descriptors everything else needs.
+    pub http_max_connections: Option<usize>,
     /// `WS_INIT_TIMEOUT` (default 10s): a socket must send `connection_init` within this (4408).
     #[serde(with = "humantime_serde")]
     pub ws_init_timeout: Duration,
@@ -214,6 +224,8 @@ impl Config {
             }),
             trust_proxy: false,
             trusted_proxies: Vec::new(),
+            http_read_timeout: Duration::from_secs(30),
+            http_max_connections: None,
             ws_init_timeout: Duration::from_secs(10),
             ws_max_operations: 100,
             ws_keepalive: Duration::from_secs(15),
@@ -290,6 +302,7 @@ impl Config {
         let spans = [
             // Zero would poll in a busy loop.
             ("QUEUE_POLL_INTERVAL", self.queue_poll_interval),
+            ("HTTP_READ_TIMEOUT", self.http_read_timeout),
             ("WS_INIT_TIMEOUT", self.ws_init_timeout),
             ("WS_KEEPALIVE", self.ws_keepalive),
             ("WEBHOOK_TIMEOUT", self.webhook_timeout),
@@ -298,6 +311,8 @@ impl Config {
             ("WEBHOOK_SWEEP_INTERVAL", self.webhook_sweep_interval),
         ];
         let zero = counts.iter().find(|(_, n)| *n == 0).map(|(k, _)| k);
+        let zero =
+            zero.or((self.http_max_connections == Some(0)).then_some(&"HTTP_MAX_CONNECTIONS"));
         let zero = zero.or(spans.iter().find(|(_, d)| d.is_zero()).map(|(k, _)| k));
         if let Some(key) = zero {
             return Err(invalid(key, "must be greater than zero"));

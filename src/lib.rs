@@ -211,26 +211,14 @@ pub async fn serve_on(
         .config
         .bot_stale_after
         .map(|after| bots::spawn_sweeper(state.clone(), after));
+    let read_timeout = state.config.http_read_timeout;
+    let max_connections = http::serve::max_connections(state.config.http_max_connections);
     let app = http::router(state);
-    // Nagle's algorithm would hold each small write (a subscription's `next` frame, a response)
-    // while an earlier one is unacknowledged, and the peer delays its ACK by up to 40 ms: at a
-    // thousand frames a second that was most of an event's way to a subscriber.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "TCP_NODELAY not set on an accepted socket");
-        }
-    });
-    let served = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
-    .map_err(Error::from);
+    http::serve::serve(listener, app, read_timeout, max_connections, shutdown).await;
     if let Some(s) = sweeper {
         s.abort();
     }
-    served
+    Ok(())
 }
 
 /// A server running in the background (tests, examples), with its workers when

@@ -8,6 +8,7 @@ pub mod graphql_ws;
 pub mod health;
 pub mod media;
 pub mod rest;
+pub mod serve;
 pub mod whatsapp;
 
 use std::{

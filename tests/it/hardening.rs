@@ -784,6 +784,86 @@ async fn fragments_that_multiply_are_refused_before_validation() {
     assert!(body["data"]["__schema"]["types"].as_array().unwrap().len() > 50);
 }
 
+/// A connection that sends half a request line, or nothing, or headers and then not its body,
+/// is closed after `HTTP_READ_TIMEOUT`; it stayed open for good, and twenty thousand of them took
+/// every file descriptor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_silent_connections_are_closed() {
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = TestApp::spawn_with(Db::Sqlite, |c| {
+        c.http_read_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let addr = app.server.addr;
+    // What the server sends before it closes (nothing, or an error response), within 30 s.
+    async fn until_closed(mut s: tokio::net::TcpStream) -> String {
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut got))
+            .await
+            .expect("the server kept the connection open")
+            .ok();
+        String::from_utf8_lossy(&got).into_owned()
+    }
+    for sent in [
+        &b""[..],
+        b"GET /heal",
+        b"GET /health HTTP/1.1\r\nHost: x\r\n",
+    ] {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(sent).await.unwrap();
+        until_closed(s).await;
+    }
+    // An idle keep-alive connection: served once, then closed when no next request comes.
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(until_closed(s).await.starts_with("HTTP/1.1 200"));
+    // A body that stops: the request is refused and the connection closed.
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        b"POST /api/templates HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+          Content-Length: 100\r\n\r\n{\"name\":",
+    )
+    .await
+    .unwrap();
+    let answer = until_closed(s).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    // The server still answers.
+    assert_eq!(app.rest(Method::GET, "/health", None, None).await.0, 200);
+}
+
+/// At `HTTP_MAX_CONNECTIONS` the server stops accepting: a further client waits until a
+/// connection closes, and is then served. The descriptors the database and files need stay free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_cap_wait_for_a_free_one() {
+    use std::time::Duration;
+    let app = TestApp::spawn_with(Db::Sqlite, |c| {
+        c.http_max_connections = Some(2);
+    })
+    .await;
+    let addr = app.server.addr;
+    let idle: Vec<_> =
+        futures::future::join_all((0..2).map(|_| tokio::net::TcpStream::connect(addr)))
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+    let client = reqwest::Client::new();
+    let url = app.url("/health");
+    let waiting = tokio::spawn(async move { client.get(url).send().await.map(|r| r.status()) });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!waiting.is_finished(), "served past the cap");
+    drop(idle);
+    let status = tokio::time::timeout(Duration::from_secs(30), waiting)
+        .await
+        .expect("served once a connection closed")
+        .unwrap()
+        .unwrap();
+    assert_eq!(status, 200);
+}
+
 /// Instances started together on one fresh PostgreSQL database take turns to migrate and seed:
 /// all start, and the defaults are seeded once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,245 @@
+//! The accept loop: HTTP/1 and HTTP/2 (with WebSocket upgrades) on hyper, with the limits a
+//! server on the open internet needs and `axum::serve` does not set.
+//!
+//! - **Slow or silent clients.** A connection has `HTTP_READ_TIMEOUT` to send a request's
+//!   headers, an idle keep-alive connection too (its wait for the next request is a header
+//!   read), and a request body may pause that long between two of its parts; past it the
+//!   connection is closed. Without this, a connection that sent half a request line, or
+//!   nothing, stayed open for good, and twenty thousand of them took every file descriptor:
+//!   the listener then failed every accept and the server answered no one. The wait for a
+//!   connection's first bytes (which tell HTTP/1 from HTTP/2) has the same bound.
+//! - **A cap on connections** (`HTTP_MAX_CONNECTIONS`, by default the open-file limit less 256).
+//!   A connection holds its permit for as long as its socket lives, through a WebSocket
+//!   upgrade; at the cap the loop stops accepting, so new clients wait in the kernel's listen
+//!   queue, and the descriptors the database, Redis and media files need stay free. At start
+//!   the process raises its soft open-file limit to the hard one.
+//! - TCP_NODELAY on every socket (see [`serve`]), and a graceful shutdown that stops accepting
+//!   and lets connections finish their requests, as `axum::serve` did.
+
+use std::{
+    pin::{Pin, pin},
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use axum::{Router, body::Body, extract::ConnectInfo};
+use hyper::body::Incoming;
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::conn::auto::Builder,
+    service::TowerToHyperService,
+};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::{TcpListener, TcpStream},
+    sync::{OwnedSemaphorePermit, Semaphore, watch},
+};
+use tower::ServiceExt;
+use tower_http::timeout::TimeoutBody;
+
+/// Descriptors kept free of connections: the database pool, Redis, media files, logs.
+const RESERVED_FDS: u64 = 256;
+
+/// The connection cap: `configured`, or what the open-file limit leaves after [`RESERVED_FDS`]
+/// (raised to its hard limit first).
+pub fn max_connections(configured: Option<usize>) -> usize {
+    if let Some(n) = configured {
+        return n;
+    }
+    let limit = raise_open_file_limit();
+    usize::try_from(limit.saturating_sub(RESERVED_FDS).max(16)).unwrap_or(usize::MAX)
+}
+
+/// Raises the soft open-file limit to the hard one, as servers do at start; returns the soft
+/// limit in force.
+fn raise_open_file_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit with a valid pointer to an rlimit.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 1024;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim.rlim_cur = lim.rlim_max;
+            }
+        }
+    }
+    lim.rlim_cur
+}
+
+/// Serves `app` on `listener` until `shutdown` resolves, then waits for open connections to
+/// finish their requests.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    read_timeout: Duration,
+    max_connections: usize,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    let (signal_tx, signal_rx) = watch::channel(());
+    tokio::spawn(async move {
+        shutdown.await;
+        drop(signal_rx);
+    });
+    let (close_tx, close_rx) = watch::channel(());
+    let permits = Arc::new(Semaphore::new(max_connections));
+    loop {
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+            _ = signal_tx.closed() => break,
+        };
+        let (tcp, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of descriptors or memory: wait instead of spinning on the error.
+                    if !matches!(
+                        e.kind(),
+                        std::io::ErrorKind::ConnectionAborted
+                            | std::io::ErrorKind::ConnectionReset
+                            | std::io::ErrorKind::ConnectionRefused
+                    ) {
+                        tracing::error!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    continue;
+                }
+            },
+            _ = signal_tx.closed() => break,
+        };
+        // Nagle's algorithm would hold each small write (a subscription's `next` frame, a
+        // response) while an earlier one is unacknowledged, and the peer delays its ACK by up to
+        // 40 ms: at a thousand frames a second that was most of an event's way to a subscriber.
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY not set on an accepted socket");
+        }
+        let io = TokioIo::new(Counted {
+            tcp,
+            _permit: permit,
+        });
+        let service = TowerToHyperService::new(app.clone().map_request(
+            move |req: hyper::Request<Incoming>| {
+                let mut req = req.map(|body| Body::new(TimeoutBody::new(read_timeout, body)));
+                req.extensions_mut().insert(ConnectInfo(remote));
+                req
+            },
+        ));
+        let (signal_tx, close_rx) = (signal_tx.clone(), close_rx.clone());
+        tokio::spawn(async move {
+            if !first_bytes(&io.inner().tcp, read_timeout).await {
+                return;
+            }
+            let mut builder = Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(read_timeout);
+            // CONNECT protocol: WebSockets over HTTP/2.
+            builder
+                .http2()
+                .timer(TokioTimer::new())
+                .enable_connect_protocol();
+            let mut conn = pin!(builder.serve_connection_with_upgrades(io, service));
+            let mut signal = pin!(signal_tx.closed());
+            let mut draining = false;
+            loop {
+                tokio::select! {
+                    done = conn.as_mut() => {
+                        if let Err(e) = done {
+                            tracing::trace!(error = %e, "connection ended");
+                        }
+                        break;
+                    }
+                    _ = &mut signal, if !draining => {
+                        draining = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                }
+            }
+            drop(close_rx);
+        });
+    }
+    drop(close_rx);
+    drop(listener);
+    close_tx.closed().await;
+}
+
+/// Waits, at most `timeout`, for the first bytes of a connection, enough to tell HTTP/1 from
+/// HTTP/2's preface; `false` when the client closed or sent nothing in time. hyper's header
+/// timeout starts only once the protocol is known, and telling it waits for those bytes, so a
+/// client that connected and sent nothing (or a few bytes of the preface) was kept for good.
+async fn first_bytes(tcp: &TcpStream, timeout: Duration) -> bool {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let sniff = async {
+        let mut buf = [0u8; PREFACE.len()];
+        loop {
+            // Returns once anything is readable; 0 at end of stream.
+            let n = tcp.peek(&mut buf).await?;
+            if n == 0 {
+                return Ok::<_, std::io::Error>(false);
+            }
+            if n == PREFACE.len() || buf[..n] != PREFACE[..n] {
+                return Ok(true);
+            }
+            // Part of the HTTP/2 preface so far: look again shortly.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    matches!(tokio::time::timeout(timeout, sniff).await, Ok(Ok(true)))
+}
+
+/// An accepted socket and its place under the connection cap, held for as long as the socket
+/// lives (a WebSocket upgrade moves it along).
+struct Counted {
+    tcp: TcpStream,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl AsyncRead for Counted {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Counted {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().tcp).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().tcp).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tcp.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_shutdown(cx)
+    }
+}
