@@ -24,7 +24,7 @@ use std::{
     collections::HashMap,
     sync::{
         Arc, Mutex, Weak,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
 };
 
@@ -43,6 +43,37 @@ use crate::{
     events::service::Events,
     templates::cache::Reader,
 };
+
+/// The bytes of shared responses one socket's operations may hold between them, written to
+/// no one yet. A socket whose peer stops reading holds what arrives meanwhile; with a hundred
+/// operations of a thousand 16 KB events each, that was over a gigabyte. The operation whose
+/// next response would pass it is cut off with LAGGED, as one a whole buffer behind is.
+pub const SOCKET_BUFFER_BYTES: usize = 16 << 20;
+
+/// What one socket's operations hold in their buffers, in bytes (see [`SOCKET_BUFFER_BYTES`]).
+#[derive(Debug, Default)]
+pub struct SocketBudget {
+    used: AtomicUsize,
+}
+
+impl SocketBudget {
+    fn try_take(&self, n: usize) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(n).filter(|&u| u <= SOCKET_BUFFER_BYTES)
+            })
+            .is_ok()
+    }
+
+    fn give(&self, n: usize) {
+        self.used.fetch_sub(n, Ordering::AcqRel);
+    }
+
+    /// Bytes held now (tests, metrics).
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Acquire)
+    }
+}
 
 /// The live subscriptions of one process, by key.
 pub struct Hubs {
@@ -82,6 +113,8 @@ struct Member {
     tx: mpsc::Sender<Arc<str>>,
     /// Set when the buffer overflowed and the subscriber was dropped from the list.
     lagged: Arc<AtomicBool>,
+    /// Its socket's bytes held, which its buffer counts against.
+    budget: Arc<SocketBudget>,
 }
 
 impl Drop for Hub {
@@ -98,7 +131,11 @@ impl Drop for Hub {
 
 impl Hub {
     /// A new subscriber's buffer, or `None` when the execution has ended.
-    fn join(&self, capacity: usize) -> Option<(mpsc::Receiver<Arc<str>>, Arc<AtomicBool>)> {
+    fn join(
+        &self,
+        capacity: usize,
+        budget: Arc<SocketBudget>,
+    ) -> Option<(mpsc::Receiver<Arc<str>>, Arc<AtomicBool>)> {
         // A futures channel holds `buffer` + one per sender.
         let buffer = capacity.saturating_sub(1);
         let mut members = self.members.lock().unwrap_or_else(|e| e.into_inner());
@@ -110,6 +147,7 @@ impl Hub {
         members.list.push(Member {
             tx,
             lagged: lagged.clone(),
+            budget,
         });
         Some((rx, lagged))
     }
@@ -157,6 +195,7 @@ impl SharedExecutor {
         &self,
         request: Request,
         data: Arc<async_graphql::Data>,
+        budget: &Arc<SocketBudget>,
     ) -> BoxStream<'static, Payload> {
         let Some((key, field)) = shareable(&request, &data) else {
             return self
@@ -174,11 +213,11 @@ impl SharedExecutor {
             .get(&key)
             .and_then(Weak::upgrade);
         if let Some(hub) = live
-            && let Some((rx, lagged)) = hub.join(self.hubs.capacity)
+            && let Some((rx, lagged)) = hub.join(self.hubs.capacity, budget.clone())
         {
             // Listening from now on, like a subscription of its own.
             self.events.count_opened();
-            return member(hub, rx, lagged, field);
+            return member(hub, rx, lagged, budget.clone(), field);
         }
         let hub = Arc::new(Hub {
             members: Arc::default(),
@@ -187,7 +226,7 @@ impl SharedExecutor {
             hubs: Arc::downgrade(&self.hubs),
         });
         let (rx, lagged) = hub
-            .join(self.hubs.capacity)
+            .join(self.hubs.capacity, budget.clone())
             .expect("a new execution has not ended");
         // Two first subscribers at once may both start one; the later entry wins, and the other
         // serves its own subscriber until it leaves.
@@ -201,7 +240,7 @@ impl SharedExecutor {
             .execute_stream_with_session_data(request, data)
             .boxed();
         tokio::spawn(run(inner, hub.members.clone(), hub.stop.clone()));
-        member(hub, rx, lagged, field)
+        member(hub, rx, lagged, budget.clone(), field)
     }
 }
 
@@ -228,13 +267,21 @@ async fn run(
                         }
                     };
                     let mut members = members.lock().unwrap_or_else(|e| e.into_inner());
-                    members.list.retain_mut(|m| match m.tx.try_send(resp.clone()) {
-                        Ok(()) => true,
-                        Err(e) => {
-                            if e.is_full() {
-                                m.lagged.store(true, Ordering::Relaxed);
+                    let len = resp.len();
+                    members.list.retain_mut(|m| {
+                        if !m.budget.try_take(len) {
+                            m.lagged.store(true, Ordering::Relaxed);
+                            return false;
+                        }
+                        match m.tx.try_send(resp.clone()) {
+                            Ok(()) => true,
+                            Err(e) => {
+                                m.budget.give(len);
+                                if e.is_full() {
+                                    m.lagged.store(true, Ordering::Relaxed);
+                                }
+                                false
                             }
-                            false
                         }
                     });
                 }
@@ -258,20 +305,25 @@ struct RootField {
 /// One subscriber's view of a shared execution: its buffer, then LAGGED if it overflowed.
 fn member(
     hub: Arc<Hub>,
-    mut rx: mpsc::Receiver<Arc<str>>,
+    rx: mpsc::Receiver<Arc<str>>,
     lagged: Arc<AtomicBool>,
+    budget: Arc<SocketBudget>,
     field: RootField,
 ) -> BoxStream<'static, Payload> {
     let capacity = hub.hubs.upgrade().map_or(0, |h| h.capacity);
+    let mut buffer = Buffer { rx, budget };
     async_stream::stream! {
         let _hub = hub;
-        while let Some(resp) = rx.next().await {
+        while let Some(resp) = buffer.rx.next().await {
+            buffer.budget.give(resp.len());
             yield Payload::Shared(resp);
         }
         if lagged.load(Ordering::Relaxed) {
             let err = Error::Lagged(format!(
-                "this subscriber fell more than {capacity} events behind and was cut off; \
-                 resubscribe with `after` set to the last event id you received"
+                "this subscriber fell more than {capacity} events (or its socket more than \
+                 {} MiB) behind and was cut off; resubscribe with `after` set to the last \
+                 event id you received",
+                SOCKET_BUFFER_BYTES >> 20
             ));
             let err = async_graphql::Error::from(err)
                 .into_server_error(field.pos)
@@ -280,6 +332,22 @@ fn member(
         }
     }
     .boxed()
+}
+
+/// A subscriber's buffer; what it still holds when the subscriber leaves goes back to its
+/// socket's budget.
+struct Buffer {
+    rx: mpsc::Receiver<Arc<str>>,
+    budget: Arc<SocketBudget>,
+}
+
+impl Drop for Buffer {
+    fn drop(&mut self) {
+        self.rx.close();
+        while let Ok(resp) = self.rx.try_recv() {
+            self.budget.give(resp.len());
+        }
+    }
 }
 
 /// The hub key and root field of a request that may share an execution, or `None`.
@@ -330,4 +398,31 @@ fn shareable(request: &Request, data: &async_graphql::Data) -> Option<(HubKey, R
         pos: field.pos,
     };
     Some((key, root))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sockets_buffers_share_one_bound_and_give_back_what_they_held() {
+        let budget = Arc::new(SocketBudget::default());
+        assert!(budget.try_take(SOCKET_BUFFER_BYTES - 10));
+        assert!(!budget.try_take(11), "past the bound");
+        assert!(budget.try_take(10));
+        budget.give(SOCKET_BUFFER_BYTES);
+        assert_eq!(budget.used(), 0);
+        // A subscriber that leaves with responses still buffered gives their bytes back.
+        let (mut tx, rx) = mpsc::channel::<Arc<str>>(4);
+        for text in ["abc", "defgh"] {
+            assert!(budget.try_take(text.len()));
+            tx.try_send(Arc::from(text)).unwrap();
+        }
+        assert_eq!(budget.used(), 8);
+        drop(Buffer {
+            rx,
+            budget: budget.clone(),
+        });
+        assert_eq!(budget.used(), 0);
+    }
 }

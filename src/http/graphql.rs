@@ -563,7 +563,7 @@ async fn serve_ws(
             Some(refusal) = refusals.next() => (Message::Text(refusal.into()), false),
             _ = &mut deadline, if on_deadline.is_some() => {
                 if let Some((code, reason)) = on_deadline {
-                    let _ = sink.send(close(code, reason)).await;
+                    let _ = tokio::time::timeout(keepalive, sink.send(close(code, reason))).await;
                 }
                 return;
             }
@@ -584,34 +584,43 @@ async fn serve_ws(
         // Frames the executions already have ready leave in the same write: a socket that fell
         // behind catches up with one `send` system call per batch, not one per frame. A close
         // ends the batch.
-        let mut ended = false;
-        for fed in 1.. {
-            let closing = matches!(msg, Message::Close(_));
-            if sink.feed(msg).await.is_err() {
-                return;
-            }
-            if !batch || closing || fed == WS_WRITE_BATCH {
-                break;
-            }
-            msg = match out.next().now_or_never() {
-                Some(Some(next)) => outgoing(next),
-                Some(None) => {
-                    ended = true;
+        let write = async {
+            let mut ended = false;
+            for fed in 1.. {
+                let closing = matches!(msg, Message::Close(_));
+                sink.feed(msg).await?;
+                if !batch || closing || fed == WS_WRITE_BATCH {
                     break;
                 }
-                None => break,
-            };
-        }
-        if sink.flush().await.is_err() {
-            return;
-        }
-        if ended {
-            break;
+                msg = match out.next().now_or_never() {
+                    Some(Some(next)) => outgoing(next),
+                    Some(None) => {
+                        ended = true;
+                        break;
+                    }
+                    None => break,
+                };
+            }
+            sink.flush().await?;
+            Ok::<_, axum::Error>(ended)
+        };
+        // A peer that does not read is as gone as one that does not answer pings: while a write
+        // waits for it, no ping goes out and the operations' buffers fill. A write that cannot
+        // finish within two keep-alive intervals ends the connection and frees them.
+        match tokio::time::timeout(keepalive * 2, write).await {
+            Ok(Ok(false)) => {}
+            Ok(Ok(true)) => break,
+            Ok(Err(_)) => return,
+            Err(_) => {
+                tracing::debug!("dropping a websocket peer that stopped reading");
+                return;
+            }
         }
     }
     // The legacy protocol reports a refused init with connection_error; close with 4403 after it.
     if legacy && refused.load(Ordering::SeqCst) {
-        let _ = sink.send(close(CLOSE_FORBIDDEN, "Forbidden")).await;
+        let _ =
+            tokio::time::timeout(keepalive, sink.send(close(CLOSE_FORBIDDEN, "Forbidden"))).await;
     }
     let read_error = shared
         .lock()
@@ -622,7 +631,8 @@ async fn serve_ws(
         tracing::debug!(error = %e, "websocket read failed");
         // tungstenite's capacity error: the peer sent a message over BODY_LIMIT (close 1009).
         if e.contains("Space limit exceeded") || e.contains("too long") {
-            let _ = sink.send(close(1009, "message too big")).await;
+            let _ =
+                tokio::time::timeout(keepalive, sink.send(close(1009, "message too big"))).await;
         }
     }
 }

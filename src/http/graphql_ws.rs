@@ -27,7 +27,7 @@ use async_graphql::{
 };
 use futures::{FutureExt, Stream, future::BoxFuture, stream::BoxStream};
 
-use crate::graphql::shared::{Payload, SharedExecutor};
+use crate::graphql::shared::{Payload, SharedExecutor, SocketBudget};
 
 /// A message from the server to the client.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,6 +71,8 @@ pub struct Session<S> {
     data: Option<Arc<Data>>,
     operations: HashMap<String, Operation>,
     closed: bool,
+    /// The bytes its operations' buffers hold (see [`SocketBudget`]).
+    budget: Arc<SocketBudget>,
     /// The client's frames are polled with a waker of their own, so the socket's task reads
     /// only when the client may have sent something, not at every response it sends.
     input_wake: Arc<InputWake>,
@@ -127,6 +129,7 @@ where
             data: None,
             operations: HashMap::new(),
             closed: false,
+            budget: Arc::default(),
             input_wake,
         }
     }
@@ -202,7 +205,7 @@ where
                     r#"{{"type":"{kind}","id":{},"payload":"#,
                     serde_json::Value::from(id.as_str())
                 );
-                let responses = self.executor.execute_stream(payload, data);
+                let responses = self.executor.execute_stream(payload, data, &self.budget);
                 self.operations.insert(id, Operation { prefix, responses });
                 None
             }

@@ -1414,3 +1414,88 @@ async fn a_stalled_socket_is_cut_off_with_lagged() {
     );
     let _ = slow.next().await;
 }
+
+/// A socket whose peer stops reading is dropped once a write has waited two keep-alive
+/// intervals, whatever it subscribed to: while its writes wait, no ping goes out, and its
+/// operations' buffers held what arrived (a hundred distinct subscriptions of 16 KB events held
+/// over a gigabyte). Reading afterwards finds the connection ended, not kept open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_that_stops_reading_is_dropped() {
+    use futures::StreamExt;
+    use tokio_tungstenite::MaybeTlsStream;
+
+    let app = TestApp::spawn_with(Db::Sqlite, |c| {
+        c.ws_keepalive = std::time::Duration::from_millis(300);
+    })
+    .await;
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let stream = sock.connect(app.server.addr).await.unwrap();
+    let req = crate::ws::request(&app, "/graphql/ws", "graphql-transport-ws", None);
+    let (mut slow, _) = tokio_tungstenite::client_async(req, MaybeTlsStream::Plain(stream))
+        .await
+        .unwrap();
+    let init = json!({ "type": "connection_init", "payload": { "token": app.admin } });
+    send(&mut slow, init).await;
+    assert_eq!(recv(&mut slow).await["type"], "connection_ack");
+    // Distinct subscriptions (each its own execution and buffer).
+    let before = app.server.state.events.subscriptions_opened();
+    for i in 0..10 {
+        let query =
+            format!("subscription S{i} {{ events(types: [BOT_CONNECTED]) {{ id payload }} }}");
+        send(
+            &mut slow,
+            json!({ "type": "subscribe", "id": format!("s{i}"), "payload": { "query": query } }),
+        )
+        .await;
+    }
+    crate::common::eventually("ten subscriptions open", || {
+        let opened = app.server.state.events.subscriptions_opened();
+        async move {
+            if opened >= before + 10 {
+                Ok(())
+            } else {
+                Err(format!("{}", opened - before))
+            }
+        }
+    })
+    .await;
+    let events = app.server.state.events.clone();
+    let m = MerchantId::parse("m", "m-stop").unwrap();
+    let filler = "x".repeat(15_000);
+    for _ in 0..200 {
+        events
+            .emit(
+                EventType::BotConnected,
+                &m,
+                json!({ "reason": "stop", "note": filler }),
+            )
+            .await
+            .unwrap();
+    }
+    // Without reading anything: once a write has waited two intervals, the socket is dropped,
+    // and its executions with it.
+    let subscriptions = app.server.state.subscriptions.clone();
+    crate::common::eventually("the socket dropped, and its executions", || {
+        let running = subscriptions.running();
+        async move {
+            if running == 0 {
+                Ok(())
+            } else {
+                Err(format!("{running} running"))
+            }
+        }
+    })
+    .await;
+    // Reading now finds what was sent before, then the end.
+    let drained = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        let mut frames = 0;
+        while let Some(Ok(_)) = slow.next().await {
+            frames += 1;
+        }
+        frames
+    })
+    .await
+    .expect("the server kept a socket that stopped reading");
+    assert!(drained < 10 * 200, "{drained} frames");
+}
