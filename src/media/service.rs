@@ -345,9 +345,40 @@ impl NewUpload {
             .queue_media_processing(&row.id.to_string(), &key, processing_options())
             .await
         {
-            tracing::warn!(media_id = %row.id, error = %e, "could not queue media processing");
+            // Without its job the row would never get its further sizes, and an upload of the
+            // same bytes would be answered with it as a duplicate: the upload is undone and
+            // refused (UNAVAILABLE when the queue did not answer), so sending it again works.
+            tracing::warn!(media_id = %row.id, error = %e, "could not queue media processing; the upload is undone");
+            if let Err(undo) = self.undo(&row, failed.as_ref()).await {
+                tracing::error!(media_id = %row.id, error = %undo, "could not undo an upload whose processing was not queued");
+            }
+            return Err(e);
         }
         Ok(row)
+    }
+
+    /// Takes back an upload: a new row goes (and its files, when nothing else holds them); a
+    /// FAILED row stored again goes back to what it was.
+    async fn undo(
+        &self,
+        row: &media_file::Model,
+        failed: Option<&media_file::Model>,
+    ) -> Result<()> {
+        let state = &self.state;
+        let txn = crate::db::begin_write(&state.db).await?;
+        crate::db::lock_key(&txn, FILES_LOCK, &self.sha256).await?;
+        match failed {
+            Some(before) => {
+                let am: media_file::ActiveModel = before.clone().into();
+                am.reset_all().update(&txn).await?;
+            }
+            None => {
+                Media::delete_by_id(row.id).exec(&txn).await?;
+                drop_if_unreferenced(&txn, state, &self.sha256).await?;
+            }
+        }
+        txn.commit().await?;
+        Ok(())
     }
 
     /// Inserts the row (or stores `failed` again), with its files checked under the files' lock:

@@ -84,7 +84,7 @@ fn image(f: Format, w: u32, h: u32) -> Vec<u8> {
     }
 }
 
-fn b64(bytes: &[u8]) -> String {
+pub(crate) fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
@@ -100,7 +100,7 @@ fn count_files(dir: &Path) -> usize {
         .sum()
 }
 
-fn uploads(app: &TestApp) -> usize {
+pub(crate) fn uploads(app: &TestApp) -> usize {
     count_files(&app.server.state.config.media_dir())
 }
 
@@ -124,7 +124,7 @@ async fn upload_ok(app: &TestApp, token: &str, bytes: &[u8], merchant: Option<&s
     b["media"].clone()
 }
 
-async fn media_rows(app: &TestApp) -> u64 {
+pub(crate) async fn media_rows(app: &TestApp) -> u64 {
     let d = app
         .gql_ok(Some(&app.admin), "{ mediaList { totalCount } }", json!({}))
         .await;
