@@ -192,19 +192,61 @@ async fn checkpointer(url: String, alive: std::sync::Weak<()>) {
     let _ = conn.close().await;
 }
 
-/// Held while an instance migrates and seeds at start-up: on PostgreSQL a session advisory
-/// lock on a connection of its own, so instances started together take turns (the first
-/// migrates and seeds, the rest find it done) instead of racing on the migration table and the
-/// seed's unique names. Dropping it closes the connection, which releases the lock. SQLite
-/// serves one instance; there it holds nothing.
-pub struct StartupLock(Option<DatabaseConnection>);
+/// Held while an instance migrates and seeds at start-up, so instances started together take
+/// turns (the first migrates and seeds, the rest find it done) instead of racing on the
+/// migration table and the seed's unique names. On PostgreSQL a session advisory lock on a
+/// connection of its own; dropping it closes the connection, which releases the lock. On SQLite
+/// an exclusive lock on a file beside the database (`<database>.startup-lock`, or
+/// `DATA_DIR/.startup-lock` for a database without a file path): two `serve` processes started
+/// at once on one DATA_DIR had one fail with "index … already exists".
+pub struct StartupLock(Option<DatabaseConnection>, Option<std::fs::File>);
+
+/// The file a SQLite start-up lock is taken on.
+fn sqlite_lock_path(config: &Config) -> std::path::PathBuf {
+    let url = &config.database_url;
+    let path = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .map(|rest| rest.split('?').next().unwrap_or(rest))
+        .filter(|p| !p.is_empty() && !p.contains(":memory:"));
+    match path {
+        Some(p) => std::path::PathBuf::from(format!("{p}.startup-lock")),
+        None => config.data_dir.join(".startup-lock"),
+    }
+}
 
 /// The advisory lock's key: "smartbot" in ASCII, as a number.
 const STARTUP_LOCK_KEY: i64 = 0x0073_6d61_7274_626f;
 
 pub async fn startup_lock(config: &Config) -> Result<StartupLock> {
     if config.is_sqlite() {
-        return Ok(StartupLock(None));
+        let path = sqlite_lock_path(config);
+        let file = tokio::task::spawn_blocking(move || {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    crate::config::invalid(
+                        "DATABASE_URL",
+                        format!("cannot create {}: {e}", dir.display()),
+                    )
+                })?;
+            }
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+                .map_err(|e| {
+                    crate::config::invalid(
+                        "DATABASE_URL",
+                        format!("cannot open {}: {e}", path.display()),
+                    )
+                })?;
+            file.lock()?;
+            Ok::<_, Error>(file)
+        })
+        .await
+        .map_err(Error::internal)??;
+        return Ok(StartupLock(None, Some(file)));
     }
     let mut opts = ConnectOptions::new(config.database_url.clone());
     opts.max_connections(1)
@@ -214,11 +256,13 @@ pub async fn startup_lock(config: &Config) -> Result<StartupLock> {
     let conn = Database::connect(opts).await?;
     conn.execute_unprepared(&format!("SELECT pg_advisory_lock({STARTUP_LOCK_KEY})"))
         .await?;
-    Ok(StartupLock(Some(conn)))
+    Ok(StartupLock(Some(conn), None))
 }
 
 impl StartupLock {
     pub async fn release(mut self) -> Result<()> {
+        // Closing the file releases its lock.
+        drop(self.1.take());
         if let Some(conn) = self.0.take() {
             conn.execute_unprepared(&format!("SELECT pg_advisory_unlock({STARTUP_LOCK_KEY})"))
                 .await?;

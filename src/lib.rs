@@ -85,8 +85,9 @@ pub const ADMIN_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// Connects to the database, migrates, seeds, and assembles the state.
 pub async fn build(config: Config) -> Result<App> {
-    let db = db::connect(&config).await?;
+    // Before connecting: on SQLite, connecting changes the file too (its journal mode).
     let lock = db::startup_lock(&config).await?;
+    let db = db::connect(&config).await?;
     db::migrate(&db).await?;
     if config.seed_templates {
         let n = templates::seed::seed_defaults(&db).await?;

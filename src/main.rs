@@ -163,9 +163,9 @@ async fn run(command: Command) -> Result<(), smartbot::error::Error> {
             worker(config, queues).await
         }
         Command::Migrate { action } => {
-            let db = smartbot::db::connect(&config).await?;
             // Taking turns with instances that are starting (and migrating) meanwhile.
             let lock = smartbot::db::startup_lock(&config).await?;
+            let db = smartbot::db::connect(&config).await?;
             match action.unwrap_or(MigrateAction::Up) {
                 MigrateAction::Up => Migrator::up(&db, None).await?,
                 MigrateAction::Down => Migrator::down(&db, Some(1)).await?,

@@ -902,3 +902,26 @@ async fn instances_started_together_all_start() {
         .unwrap();
     assert_eq!(n, 4, "the defaults, once");
 }
+
+/// The same on SQLite: instances started together on one DATA_DIR take turns (a lock file beside
+/// the database); one of two failed with "index … already exists".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_started_together_on_one_sqlite_file_all_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let builds = (0..3).map(|_| {
+        let mut c = smartbot::Config::embedded(dir.path());
+        c.jwt_secret = Some("test-secret-test-secret-test-secret".into());
+        smartbot::build(c)
+    });
+    let apps = futures::future::join_all(builds).await;
+    for app in &apps {
+        assert!(app.is_ok(), "{:?}", app.as_ref().err());
+    }
+    use sea_orm::{EntityTrait, PaginatorTrait};
+    let db = &apps[0].as_ref().unwrap().state.db;
+    let n = entity::message_template::Entity::find()
+        .count(db)
+        .await
+        .unwrap();
+    assert_eq!(n, 4, "the defaults, once");
+}
