@@ -606,8 +606,14 @@ async fn serve_ws(
         };
         // A peer that does not read is as gone as one that does not answer pings: while a write
         // waits for it, no ping goes out and the operations' buffers fill. A write that cannot
-        // finish within two keep-alive intervals ends the connection and frees them.
-        match tokio::time::timeout(keepalive * 2, write).await {
+        // finish within two keep-alive intervals ends the connection and frees them. (The timer
+        // is armed only for a write that did not finish at once: a fan-out's writes do.)
+        let mut write = std::pin::pin!(write);
+        let written = match futures::poll!(write.as_mut()) {
+            std::task::Poll::Ready(r) => Ok(r),
+            std::task::Poll::Pending => tokio::time::timeout(keepalive * 2, write).await,
+        };
+        match written {
             Ok(Ok(false)) => {}
             Ok(Ok(true)) => break,
             Ok(Err(_)) => return,
