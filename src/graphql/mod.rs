@@ -85,7 +85,146 @@ pub fn build_schema(config: &crate::Config) -> AppSchema {
         .extension(Expansion {
             max: config.graphql_max_complexity,
         })
+        .extension(RootFields)
         .finish()
+}
+
+/// Puts a response's root fields in the order the operation selects them, and makes `data` null
+/// when a non-null root field failed, as the GraphQL spec asks. async-graphql resolves a query's
+/// root fields at once and writes each as it finishes, so `{ templates orders }` came back in
+/// either order; and it leaves a failed field out of `data` instead of propagating its null, so
+/// `{ version template(id: …) }` answered `data` without the `Template!` it promises.
+struct RootFields;
+
+impl async_graphql::extensions::ExtensionFactory for RootFields {
+    fn create(&self) -> std::sync::Arc<dyn async_graphql::extensions::Extension> {
+        std::sync::Arc::new(RootFieldsOf::default())
+    }
+}
+
+/// One request's root fields: response key, and whether its type is non-null.
+#[derive(Default)]
+struct RootFieldsOf(std::sync::Mutex<Vec<(String, bool)>>);
+
+#[async_trait::async_trait]
+impl async_graphql::extensions::Extension for RootFieldsOf {
+    async fn parse_query(
+        &self,
+        ctx: &async_graphql::extensions::ExtensionContext<'_>,
+        query: &str,
+        variables: &async_graphql::Variables,
+        next: async_graphql::extensions::NextParseQuery<'_>,
+    ) -> async_graphql::ServerResult<async_graphql::parser::types::ExecutableDocument> {
+        let doc = next.run(ctx, query, variables).await?;
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = root_fields(&doc, ctx.schema_env);
+        Ok(doc)
+    }
+
+    async fn execute(
+        &self,
+        ctx: &async_graphql::extensions::ExtensionContext<'_>,
+        operation_name: Option<&str>,
+        next: async_graphql::extensions::NextExecute<'_>,
+    ) -> async_graphql::Response {
+        let mut response = next.run(ctx, operation_name).await;
+        let fields = std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()));
+        order_root_fields(&mut response, &fields);
+        response
+    }
+}
+
+/// The root fields of the document's operation (its only one, or the first with a name: the
+/// request's operation name is not seen here, and a document with several operations selects
+/// one by name, which [`order_root_fields`] tolerates by keeping keys it does not know).
+fn root_fields(
+    doc: &async_graphql::parser::types::ExecutableDocument,
+    env: &async_graphql::SchemaEnv,
+) -> Vec<(String, bool)> {
+    use async_graphql::parser::types::{OperationType, Selection, SelectionSet};
+    fn walk(
+        set: &SelectionSet,
+        doc: &async_graphql::parser::types::ExecutableDocument,
+        root: Option<&async_graphql::registry::MetaType>,
+        out: &mut Vec<(String, bool)>,
+        depth: usize,
+    ) {
+        if depth > 8 {
+            return;
+        }
+        for item in &set.items {
+            match &item.node {
+                Selection::Field(f) => {
+                    let key = f.node.response_key().node.to_string();
+                    let non_null = root
+                        .and_then(|t| t.field_by_name(&f.node.name.node))
+                        .is_some_and(|m| m.ty.ends_with('!'));
+                    if !out.iter().any(|(k, _)| *k == key) {
+                        out.push((key, non_null));
+                    }
+                }
+                Selection::InlineFragment(i) => {
+                    walk(&i.node.selection_set.node, doc, root, out, depth + 1)
+                }
+                Selection::FragmentSpread(s) => {
+                    if let Some(frag) = doc.fragments.get(&s.node.fragment_name.node) {
+                        walk(&frag.node.selection_set.node, doc, root, out, depth + 1);
+                    }
+                }
+            }
+        }
+    }
+    let mut operations = doc.operations.iter();
+    let Some((_, op)) = operations.next() else {
+        return Vec::new();
+    };
+    if operations.next().is_some() {
+        return Vec::new();
+    }
+    let registry = &env.registry;
+    let root = match op.node.ty {
+        OperationType::Query => registry.types.get(&registry.query_type),
+        OperationType::Mutation => registry
+            .mutation_type
+            .as_ref()
+            .and_then(|m| registry.types.get(m)),
+        OperationType::Subscription => return Vec::new(),
+    };
+    let mut out = Vec::new();
+    walk(&op.node.selection_set.node, doc, root, &mut out, 0);
+    out
+}
+
+/// See [`RootFields`].
+fn order_root_fields(response: &mut async_graphql::Response, fields: &[(String, bool)]) {
+    use async_graphql::Value;
+    if fields.is_empty() {
+        return;
+    }
+    // A non-null root field that failed (its error's path starts at it) nulls `data`.
+    let failed_non_null = fields.iter().any(|(key, non_null)| {
+        *non_null
+            && response.errors.iter().any(|e| {
+                matches!(e.path.first(), Some(async_graphql::PathSegment::Field(f)) if f == key)
+            })
+            && !matches!(&response.data, Value::Object(map) if map.get(key.as_str()).is_some_and(|v| !matches!(v, Value::Null)))
+    });
+    if failed_non_null {
+        response.data = Value::Null;
+        return;
+    }
+    let Value::Object(map) = &mut response.data else {
+        return;
+    };
+    let mut ordered = async_graphql::indexmap::IndexMap::with_capacity(map.len());
+    for (key, _) in fields {
+        if let Some((k, v)) = map.shift_remove_entry(key.as_str()) {
+            ordered.insert(k, v);
+        }
+    }
+    // Keys the walk did not know (none, unless directives or several operations are involved)
+    // keep their place after the rest.
+    ordered.extend(std::mem::take(map));
+    *map = ordered;
 }
 
 /// Refuses a document that selects more fields, once its fragment spreads are expanded, than

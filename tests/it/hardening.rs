@@ -878,6 +878,53 @@ async fn connections_past_the_cap_wait_for_a_free_one() {
     assert_eq!(status, 200);
 }
 
+/// A query's root fields come back in the order it selects them (async-graphql wrote each as it
+/// finished), and a failed non-null root field nulls `data`, as the spec asks (it was left out).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn root_fields_keep_their_order_and_non_null_failures_propagate() {
+    let app = TestApp::spawn(Db::Sqlite).await;
+    let query = "{ templates(first: 1) { totalCount } version \
+                 orders(first: 1) { totalCount } recentEvents(first: 1) { totalCount } \
+                 auditLogs(first: 1) { totalCount } v2: version }";
+    for _ in 0..8 {
+        let text = app
+            .client
+            .post(app.url("/graphql"))
+            .bearer_auth(&app.admin)
+            .json(&json!({ "query": query }))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let at: Vec<usize> = [
+            "\"templates\"",
+            "\"version\"",
+            "\"orders\"",
+            "\"recentEvents\"",
+            "\"auditLogs\"",
+            "\"v2\"",
+        ]
+        .iter()
+        .map(|k| text.find(k).unwrap_or_else(|| panic!("{k} in {text}")))
+        .collect();
+        assert!(at.windows(2).all(|w| w[0] < w[1]), "{text}");
+    }
+    let (_, body) = app
+        .gql(
+            Some(&app.admin),
+            r#"{ version template(id: "00000000-0000-7000-8000-000000000000") { name } }"#,
+            json!({}),
+        )
+        .await;
+    assert!(body["data"].is_null(), "{body}");
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"], "NOT_FOUND",
+        "{body}"
+    );
+}
+
 /// Instances started together on one fresh PostgreSQL database take turns to migrate and seed:
 /// all start, and the defaults are seeded once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
