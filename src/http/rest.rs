@@ -263,11 +263,17 @@ async fn get_template(
     Ctx(ctx): Ctx,
     Path(id): Path<String>,
 ) -> Result<Response> {
-    let r = match Uuid::parse_str(&id) {
-        Ok(id) => TemplateRef::Id(id),
-        Err(_) => TemplateRef::Name(id),
+    let t = match Uuid::parse_str(&id) {
+        // A name may look like an id: when no template has that id, it is read as a name, as
+        // GraphQL's `template(name:)` reads it.
+        Ok(uuid) => match service::get(&state.db, &ctx, &TemplateRef::Id(uuid)).await {
+            Err(Error::NotFound(_)) => {
+                service::get(&state.db, &ctx, &TemplateRef::Name(id)).await?
+            }
+            found => found?,
+        },
+        Err(_) => service::get(&state.db, &ctx, &TemplateRef::Name(id)).await?,
     };
-    let t = service::get(&state.db, &ctx, &r).await?;
     Ok(template_response(StatusCode::OK, &t))
 }
 

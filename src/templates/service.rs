@@ -262,6 +262,9 @@ fn list_condition(ctx: &RequestContext, filter: &TemplateFilter) -> Result<Condi
                 format!("search must be at most {MAX_SEARCH_CHARS} characters"),
             ));
         }
+        // In Unicode's composed form, as names are stored: `é` typed as `e` and a combining
+        // accent finds `é`.
+        let search: String = unicode_normalization::UnicodeNormalization::nfc(search).collect();
         let pattern = format!("%{}%", escape_like(&search.to_lowercase()));
         cond = cond.add(
             Condition::any()
