@@ -256,16 +256,13 @@ impl async_graphql::extensions::Extension for Expansion {
     ) -> async_graphql::ServerResult<async_graphql::Request> {
         let selected = expanded_fields(request.parsed_query()?);
         if selected > self.max {
-            let e = async_graphql::Error::from(crate::error::Error::validation(
+            return Err(server_error(crate::error::Error::validation(
                 "query",
                 format!(
                     "the document selects more than {} fields once its fragments are expanded",
                     self.max
                 ),
-            ));
-            let mut server = async_graphql::ServerError::new(e.message, None);
-            server.extensions = e.extensions;
-            return Err(server);
+            )));
         }
         next.run(ctx, request).await
     }
@@ -352,13 +349,18 @@ impl async_graphql::extensions::Extension for TextInput {
             .and_then(|v| crate::input::nul_path(&v))
             .map(|at| crate::input::nul_in(format!("variables.{at}")));
         if let Some(e) = refused {
-            let e = async_graphql::Error::from(e);
-            let mut server = async_graphql::ServerError::new(e.message, None);
-            server.extensions = e.extensions;
-            return Err(server);
+            return Err(server_error(e));
         }
         next.run(ctx, query, variables).await
     }
+}
+
+/// A refusal of the whole request, before it runs, with the error's code and field.
+fn server_error(e: crate::error::Error) -> async_graphql::ServerError {
+    let e = async_graphql::Error::from(e);
+    let mut server = async_graphql::ServerError::new(e.message, None);
+    server.extensions = e.extensions;
+    server
 }
 
 /// Whether a GraphQL value holds NUL in a string or an object key.

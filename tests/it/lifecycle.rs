@@ -37,7 +37,14 @@ async fn live_subscription(app: &TestApp, token: &str, merchant: &str) -> Ws {
         json!({ "type": "subscribe", "id": "s", "payload": { "query": SUB, "variables": { "m": merchant } } }),
     )
     .await;
+    // Probes until one arrives, for at most a minute: a subscription that never goes live fails
+    // the test instead of hanging it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the subscription never went live"
+        );
         app.gql_ok(Some(&app.admin), PROBE, json!({ "m": merchant }))
             .await;
         if let Some(Got::Json(_)) =

@@ -165,6 +165,8 @@ impl TestApp {
         config.rate_limit = None;
         config.jwt_secret = Some("test-secret-test-secret-test-secret".into());
         config.shutdown_grace = Duration::from_secs(1);
+        // No test reaches Meta: a call a test did not set up goes to a closed loopback port.
+        config.whatsapp.api_base = "http://127.0.0.1:9".into();
         let pg = match db {
             Db::Sqlite => None,
             Db::Postgres => {
