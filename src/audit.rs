@@ -33,7 +33,7 @@ pub async fn record<C: ConnectionTrait>(
         after_state: Set(change.after),
         ip: Set(ctx.ip.map(|ip| ip.to_string())),
         request_id: Set(ctx.request_id.clone()),
-        created_at: Set(chrono::Utc::now()),
+        created_at: Set(crate::db::now()),
     }
     .insert(db)
     .await?;

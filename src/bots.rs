@@ -74,7 +74,7 @@ pub async fn report(
     }
     let merchant = MerchantId::parse("merchantId", merchant_id)?;
     let reason = check_reason(reason)?;
-    let now = chrono::Utc::now();
+    let now = crate::db::now();
     let txn = crate::db::begin_write(&state.db).await?;
     // Flip only when it differs: the UPDATE decides, so concurrent reports emit once.
     let flipped = Bots::update_many()
@@ -143,7 +143,7 @@ pub async fn get(
 /// flipped (and so emitted for).
 pub async fn sweep_stale(state: &AppState, stale_after: Duration) -> Result<usize> {
     let cutoff =
-        chrono::Utc::now() - chrono::Duration::from_std(stale_after).map_err(Error::internal)?;
+        crate::db::now() - chrono::Duration::from_std(stale_after).map_err(Error::internal)?;
     let candidates: Vec<String> = Bots::find()
         .select_only()
         .column(C::MerchantId)
@@ -166,7 +166,7 @@ pub async fn sweep_stale(state: &AppState, stale_after: Duration) -> Result<usiz
         let changed = Bots::update_many()
             .col_expr(C::Connected, Expr::value(false))
             .col_expr(C::Reason, Expr::value(reason.clone()))
-            .col_expr(C::ChangedAt, Expr::value(chrono::Utc::now()))
+            .col_expr(C::ChangedAt, Expr::value(crate::db::now()))
             .filter(C::MerchantId.eq(merchant.as_str()))
             .filter(C::Connected.eq(true))
             .filter(C::LastSeenAt.lt(cutoff))

@@ -272,6 +272,14 @@ impl StartupLock {
     }
 }
 
+/// The time now, to the microsecond: what PostgreSQL's `timestamptz` keeps. SQLite stores
+/// the text it is given, so a nanosecond clock made the same row read back with nine digits on
+/// one database and six on the other.
+pub fn now() -> chrono::DateTime<chrono::Utc> {
+    use chrono::SubsecRound;
+    chrono::Utc::now().trunc_subsecs(6)
+}
+
 /// Applies every pending migration.
 pub async fn migrate(db: &DatabaseConnection) -> Result<()> {
     Migrator::up(db, None).await?;

@@ -71,7 +71,7 @@ impl TokenKeys {
                 format!("the subject must have 1 to {MAX_SUB} characters"),
             ));
         }
-        let now = chrono::Utc::now().timestamp();
+        let now = crate::db::now().timestamp();
         let claims = Claims {
             sub: sub.to_owned(),
             role,
@@ -291,7 +291,7 @@ mod tests {
     #[test]
     fn expired_token_is_rejected() {
         let keys = TokenKeys::new(b"0123456789abcdef0123456789abcdef");
-        let now = chrono::Utc::now().timestamp();
+        let now = crate::db::now().timestamp();
         let claims = Claims {
             sub: "a".into(),
             role: Role::Admin,

@@ -245,7 +245,7 @@ pub async fn create(
             "the order already has an open delivery task".into(),
         ));
     }
-    let now = chrono::Utc::now();
+    let now = crate::db::now();
     let model = delivery_task::ActiveModel {
         id: Set(Uuid::now_v7()),
         merchant_id: Set(order.merchant_id.clone()),
@@ -275,7 +275,7 @@ async fn move_task<Db: ConnectionTrait>(
     to: DeliveryStatus,
     driver: Option<&str>,
 ) -> Result<delivery_task::Model> {
-    let now = chrono::Utc::now();
+    let now = crate::db::now();
     let mut q = Tasks::update_many()
         .col_expr(C::Status, Expr::value(to.as_str()))
         .col_expr(C::UpdatedAt, Expr::value(now));

@@ -229,7 +229,7 @@ mod tests {
     fn wire(n: u32) -> String {
         serde_json::json!({
             "id": uuid::Uuid::now_v7(), "type": "bot_connected", "merchant_id": "m",
-            "occurred_at": chrono::Utc::now(), "payload": { "n": n }, "seq": n,
+            "occurred_at": crate::db::now(), "payload": { "n": n }, "seq": n,
         })
         .to_string()
     }

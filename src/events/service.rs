@@ -227,7 +227,7 @@ fn new_event(kind: EventType, merchant: &MerchantId, mut payload: Value) -> Resu
         id: Uuid::now_v7(),
         kind,
         merchant_id: merchant.as_str().to_owned(),
-        occurred_at: chrono::Utc::now(),
+        occurred_at: crate::db::now(),
         payload,
         seq: 0,
     })
@@ -853,7 +853,7 @@ mod tests {
             let db = db.clone();
             async move {
                 let mut q = Events_::update_many()
-                    .col_expr(C::WebhooksDispatchedAt, Expr::value(chrono::Utc::now()));
+                    .col_expr(C::WebhooksDispatchedAt, Expr::value(crate::db::now()));
                 if let Some(id) = except {
                     q = q.filter(C::Id.ne(id));
                 }

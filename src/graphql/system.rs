@@ -30,7 +30,7 @@ impl SystemSubscription {
         let every = Duration::from_millis(interval_ms);
         futures::stream::unfold((), move |()| async move {
             tokio::time::sleep(every).await;
-            Some((chrono::Utc::now(), ()))
+            Some((crate::db::now(), ()))
         })
     }
 }

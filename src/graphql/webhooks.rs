@@ -65,7 +65,7 @@ impl Webhook {
     async fn previous_secret_expires_at(&self) -> Option<chrono::DateTime<chrono::Utc>> {
         self.0
             .previous_secret_expires_at
-            .filter(|t| *t > chrono::Utc::now())
+            .filter(|t| *t > crate::db::now())
     }
     async fn created_by(&self) -> Option<&str> {
         self.0.created_by.as_deref()

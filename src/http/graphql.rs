@@ -544,7 +544,7 @@ async fn serve_ws(
                     Some((CLOSE_INIT_TIMEOUT, "Connection initialisation timeout"))
                 }
                 (true, Some(t)) => {
-                    let left = t.saturating_sub(chrono::Utc::now().timestamp()).max(0);
+                    let left = t.saturating_sub(crate::db::now().timestamp()).max(0);
                     deadline.as_mut().reset(
                         tokio::time::Instant::now()
                             + std::time::Duration::from_secs(left as u64 + 1),

@@ -125,7 +125,7 @@ async fn set_status(
     let mut am: media_file::ActiveModel = row.clone().into();
     am.status = Set(status);
     am.error = Set(error);
-    am.updated_at = Set(chrono::Utc::now());
+    am.updated_at = Set(crate::db::now());
     match am.update(&state.db).await {
         Ok(row) => Ok(Some(row)),
         Err(sea_orm::DbErr::RecordNotUpdated) => Ok(None),

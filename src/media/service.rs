@@ -389,7 +389,7 @@ impl NewUpload {
         failed: Option<&media_file::Model>,
     ) -> Result<media_file::Model> {
         let (key, thumb_key) = (files[0].0, files[1].0);
-        let now = chrono::Utc::now();
+        let now = crate::db::now();
         let txn = crate::db::begin_write(&self.state.db).await?;
         crate::db::lock_key(&txn, FILES_LOCK, &self.sha256).await?;
         for &(k, data) in files {
@@ -635,7 +635,7 @@ pub async fn record_sizes(
     am.status = Set(MediaStatus::Ready);
     am.error = Set(None);
     am.variants = Set(Value::Array(variants));
-    am.updated_at = Set(chrono::Utc::now());
+    am.updated_at = Set(crate::db::now());
     let row = am.update(&txn).await?;
     txn.commit().await?;
     Ok(Some(row))
@@ -857,7 +857,7 @@ pub async fn attach(
                 merchant_id: Set(Some(product.merchant_id.clone())),
                 position: Set(at),
                 is_primary: Set(is_primary.unwrap_or(false)),
-                created_at: Set(chrono::Utc::now()),
+                created_at: Set(crate::db::now()),
             }
             .insert(&txn)
             .await?

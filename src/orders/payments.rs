@@ -162,7 +162,7 @@ pub async fn record(
         currency: Set(input.currency.clone()),
         reference: Set(input.reference.clone()),
         method: Set(input.method.clone()),
-        created_at: Set(chrono::Utc::now()),
+        created_at: Set(crate::db::now()),
     };
     // DO NOTHING: a racing insert of the same reference must not abort this transaction.
     let inserted = Payments::insert(row.clone())

@@ -217,7 +217,7 @@ pub async fn submit(
     {
         return replay(state, existing, &input).await;
     }
-    let now = chrono::Utc::now();
+    let now = crate::db::now();
     let am = order::ActiveModel {
         id: Set(Uuid::now_v7()),
         merchant_id: Set(merchant.as_str().to_owned()),
@@ -285,7 +285,7 @@ pub(crate) async fn transition<Db: ConnectionTrait>(
 ) -> Result<bool> {
     let mut q = Orders::update_many()
         .col_expr(C::Status, Expr::value(to.as_str()))
-        .col_expr(C::UpdatedAt, Expr::value(chrono::Utc::now()));
+        .col_expr(C::UpdatedAt, Expr::value(crate::db::now()));
     if reason.is_some() {
         q = q.col_expr(C::Reason, Expr::value(reason));
     }

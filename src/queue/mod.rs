@@ -258,7 +258,7 @@ impl NewJob {
                 ));
             }
             (Some(ms), None) => Duration::from_millis(ms),
-            (None, Some(at)) => (at - chrono::Utc::now()).to_std().unwrap_or(Duration::ZERO),
+            (None, Some(at)) => (at - crate::db::now()).to_std().unwrap_or(Duration::ZERO),
             (None, None) => Duration::ZERO,
         };
         if delay > MAX_DELAY {

@@ -81,7 +81,7 @@ fn wake_all(notify: &Wakers, queue: QueueName) {
 }
 
 fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
+    crate::db::now().timestamp_millis()
 }
 
 fn ms(d: Duration) -> i64 {

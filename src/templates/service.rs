@@ -466,7 +466,7 @@ pub async fn create(
             .map(|m| crate::auth::parse_merchant_id("merchantId", &m))
             .transpose()?,
     };
-    let now = chrono::Utc::now();
+    let now = crate::db::now();
     let mut am = message_template::ActiveModel {
         id: Set(Uuid::now_v7()),
         name: Set(name.clone()),
@@ -600,7 +600,7 @@ async fn store_new_version(
         content: Set(json!({ "name": current.name, "content": content_of(&current) })),
         status: Set(current.status),
         created_by: Set(ctx.actor.id().map(str::to_owned)),
-        created_at: Set(chrono::Utc::now()),
+        created_at: Set(crate::db::now()),
     }
     .insert(txn)
     .await?;
@@ -609,7 +609,7 @@ async fn store_new_version(
     am.name = Set(name.clone());
     content_columns(&mut am, content);
     am.version = Set(current.version + 1);
-    am.updated_at = Set(chrono::Utc::now());
+    am.updated_at = Set(crate::db::now());
     let model = am.update(txn).await.map_err(|e| match Error::from(e) {
         Error::Conflict(_) => conflict(&name),
         other => other,
@@ -642,7 +642,7 @@ async fn apply_status(
     }
     let mut am: message_template::ActiveModel = current.clone().into();
     am.status = Set(status);
-    am.updated_at = Set(chrono::Utc::now());
+    am.updated_at = Set(crate::db::now());
     let model = am.update(txn).await?;
     audit::record(
         txn,

@@ -256,7 +256,7 @@ impl Dispatcher {
             event::Entity::update_many()
                 .col_expr(
                     event::Column::WebhooksDispatchedAt,
-                    Expr::value(Some(Utc::now())),
+                    Expr::value(Some(crate::db::now())),
                 )
                 .filter(event::Column::Id.is_in(chunk.iter().copied()))
                 .exec(&self.db)
@@ -428,7 +428,7 @@ fn jitter(d: Duration) -> Duration {
 /// Dispatches events whose fan-out a crash interrupted (older than one sweep interval, so the
 /// normal path is not raced without need; racing it would be harmless). Returns how many.
 pub async fn sweep_once(dispatcher: &Dispatcher) -> Result<usize> {
-    let cutoff = Utc::now()
+    let cutoff = crate::db::now()
         - chrono::Duration::from_std(dispatcher.runtime.sweep_interval).unwrap_or_default();
     let rows = event::Entity::find()
         .filter(event::Column::WebhooksDispatchedAt.is_null())
@@ -462,7 +462,7 @@ pub async fn sweep_once(dispatcher: &Dispatcher) -> Result<usize> {
 
 /// Deletes delivery logs older than the retention. Returns how many.
 pub async fn trim_logs(db: &DatabaseConnection, retention: Duration) -> Result<u64> {
-    let cutoff = Utc::now() - chrono::Duration::from_std(retention).unwrap_or_default();
+    let cutoff = crate::db::now() - chrono::Duration::from_std(retention).unwrap_or_default();
     Ok(Logs::delete_many()
         .filter(L::CreatedAt.lt(cutoff))
         .exec(db)
@@ -532,7 +532,7 @@ pub(crate) fn signing_keys(cipher: &Cipher, w: &webhook::Model) -> Result<(Vec<V
             .ok_or_else(|| Error::internal("stored secret is malformed"))?,
     ];
     if let (Some(prev), Some(until)) = (&w.previous_secret, w.previous_secret_expires_at)
-        && until > Utc::now()
+        && until > crate::db::now()
         && let Some(k) = signing::secret_key(&cipher.decrypt(prev)?)
     {
         keys.push(k);
@@ -564,7 +564,7 @@ fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
         Ok(secs) => Duration::from_secs(secs),
         Err(_) => {
             let at = chrono::DateTime::parse_from_rfc2822(v).ok()?;
-            (at.with_timezone(&Utc) - Utc::now()).to_std().ok()?
+            (at.with_timezone(&Utc) - crate::db::now()).to_std().ok()?
         }
     };
     Some(d.min(MAX_RETRY_AFTER))
@@ -583,7 +583,7 @@ async fn send(
         Ok(u) => u,
         Err(e) => return Sent::refused(format!("refused: {e}")),
     };
-    let ts = Utc::now().timestamp();
+    let ts = crate::db::now().timestamp();
     let id = a.event_id.to_string();
     let body = a.body.as_bytes();
     let mut req = rt
@@ -704,7 +704,7 @@ pub async fn handle(state: &AppState, job: &JobInfo) -> std::result::Result<Valu
     let sent = send(rt, &keys, &secret, &w, &a).await;
     drop(secret);
 
-    let now = Utc::now();
+    let now = crate::db::now();
     let success = sent.status.is_some_and(|s| (200..300).contains(&s));
     let mut next_retry_at = None;
     let mut disable: Option<String> = None;
@@ -826,7 +826,7 @@ async fn disable_endpoint(state: &AppState, w: &webhook::Model, reason: &str) ->
     Webhooks::update_many()
         .col_expr(W::Enabled, Expr::value(false))
         .col_expr(W::DisabledReason, Expr::value(Some(reason.to_owned())))
-        .col_expr(W::UpdatedAt, Expr::value(Utc::now()))
+        .col_expr(W::UpdatedAt, Expr::value(crate::db::now()))
         .filter(W::Id.eq(w.id))
         .exec(&state.db)
         .await?;
@@ -859,7 +859,7 @@ mod tests {
         assert_eq!(retry_after(&h), Some(Duration::from_secs(7)));
         h.insert(reqwest::header::RETRY_AFTER, "999999999".parse().unwrap());
         assert_eq!(retry_after(&h), Some(MAX_RETRY_AFTER));
-        let at = (Utc::now() + chrono::Duration::seconds(120)).to_rfc2822();
+        let at = (crate::db::now() + chrono::Duration::seconds(120)).to_rfc2822();
         h.insert(reqwest::header::RETRY_AFTER, at.parse().unwrap());
         let d = retry_after(&h).unwrap();
         assert!(

@@ -191,7 +191,7 @@ pub async fn register(
         )));
     }
     let secret = signing::generate_secret();
-    let now = Utc::now();
+    let now = crate::db::now();
     let row = webhook::ActiveModel {
         id: Set(Uuid::now_v7()),
         merchant_id: Set(owner),
@@ -315,7 +315,7 @@ pub async fn update(
     if let Some(r) = rate_limit {
         am.rate_limit = Set(r);
     }
-    am.updated_at = Set(Utc::now());
+    am.updated_at = Set(crate::db::now());
     let after = am.update(&tx).await?;
     audited(&tx, ctx, "webhook.update", Some(&before), Some(&after)).await?;
     tx.commit().await?;
@@ -361,7 +361,7 @@ pub async fn set_enabled(
             ctx.actor.id().unwrap_or("?")
         )));
     }
-    am.updated_at = Set(Utc::now());
+    am.updated_at = Set(crate::db::now());
     let after = am.update(&tx).await?;
     let action = if enabled {
         "webhook.enable"
@@ -411,7 +411,7 @@ pub async fn rotate_secret(
     // first's secret, already shown to its caller, never signed anything).
     let tx = crate::db::begin_write(&state.db).await?;
     let before = find_scoped(&tx, &ctx.actor, id).await?;
-    let now = Utc::now();
+    let now = crate::db::now();
     let mut am: webhook::ActiveModel = before.clone().into();
     am.secret = Set(sealed);
     if overlap.is_zero() {
@@ -538,7 +538,7 @@ pub async fn recover(
     webhook_id: Uuid,
     since: DateTime<Utc>,
 ) -> Result<u64> {
-    if since > Utc::now() {
+    if since > crate::db::now() {
         return Err(Error::validation(
             "since",
             "since must not be in the future",
@@ -623,7 +623,7 @@ pub async fn send_test(
         id: Uuid::now_v7(),
         kind,
         merchant_id: w.merchant_id.clone().unwrap_or_else(|| "platform".into()),
-        occurred_at: Utc::now(),
+        occurred_at: crate::db::now(),
         payload: json!({ "test": true }),
         seq: 0,
     };

@@ -106,7 +106,7 @@ pub fn verify<S: AsRef<str>>(
         body,
         secrets,
         tolerance.unwrap_or(DEFAULT_TOLERANCE),
-        chrono::Utc::now().timestamp(),
+        crate::db::now().timestamp(),
     )
 }
 

@@ -218,7 +218,7 @@ pub fn parse_retry_after(v: &str) -> Option<Duration> {
         Duration::from_secs(secs)
     } else {
         let at = chrono::DateTime::parse_from_rfc2822(v).ok()?;
-        (at.with_timezone(&chrono::Utc) - chrono::Utc::now())
+        (at.with_timezone(&chrono::Utc) - crate::db::now())
             .to_std()
             .unwrap_or(Duration::ZERO)
     };

@@ -193,7 +193,7 @@ async fn store_message<Db: ConnectionTrait>(
         );
         return Ok(Stored::Invalid);
     };
-    let now = chrono::Utc::now();
+    let now = crate::db::now();
     let id = Uuid::now_v7();
     let inserted = Messages::insert(message::ActiveModel {
         id: Set(id),
@@ -303,7 +303,7 @@ async fn apply_status<Db: ConnectionTrait>(
             Expr::value(push_history(&m.status_history, entry)),
         )
         .col_expr(C::Status, Expr::value(next.as_str()))
-        .col_expr(C::UpdatedAt, Expr::value(chrono::Utc::now()));
+        .col_expr(C::UpdatedAt, Expr::value(crate::db::now()));
     if next == MessageStatus::Failed && m.status != MessageStatus::Failed {
         upd = upd.col_expr(C::Error, Expr::value(error_text)).col_expr(
             C::ErrorCode,

@@ -275,7 +275,7 @@ pub async fn send(
     {
         return replay(state, existing, &to, &payload, input.priority).await;
     }
-    let now = chrono::Utc::now();
+    let now = crate::db::now();
     let model = message::ActiveModel {
         id: Set(Uuid::now_v7()),
         merchant_id: Set(merchant.as_str().to_owned()),
@@ -333,7 +333,7 @@ async fn mark_sent(
     wamid: Option<String>,
     transport: &Transport,
 ) -> Result<Value> {
-    let now = chrono::Utc::now();
+    let now = crate::db::now();
     let txn = crate::db::begin_write(&state.db).await?;
     let changed = Messages::update_many()
         .col_expr(C::Status, Expr::value(MessageStatus::Sent.as_str()))
@@ -381,7 +381,7 @@ async fn mark_failed(
     reason: &str,
     code: Option<i64>,
 ) -> Result<()> {
-    let now = chrono::Utc::now();
+    let now = crate::db::now();
     Messages::update_many()
         .col_expr(C::Status, Expr::value(MessageStatus::Failed.as_str()))
         .col_expr(C::Error, Expr::value(reason))
@@ -475,7 +475,7 @@ pub async fn deliver(state: &AppState, job: &JobInfo, message_id: Uuid) -> Resul
                     C::ErrorCode,
                     Expr::value(code.and_then(|c| i32::try_from(c).ok())),
                 )
-                .col_expr(C::UpdatedAt, Expr::value(chrono::Utc::now()))
+                .col_expr(C::UpdatedAt, Expr::value(crate::db::now()))
                 .filter(C::Id.eq(m.id))
                 .exec(&state.db)
                 .await
@@ -579,7 +579,7 @@ pub async fn set_credentials(
         })
         .await?;
     let sealed = state.cipher.encrypt(token)?;
-    let now = chrono::Utc::now();
+    let now = crate::db::now();
     let txn = crate::db::begin_write(&state.db).await?;
     // Inside the transaction, so two merchants cannot both claim it.
     let taken = Accounts::find()

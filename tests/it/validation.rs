@@ -581,8 +581,34 @@ async fn searches_compose_and_id_like_names_are_found(db: Db) {
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
 
+/// Timestamps read back alike on both databases: to the microsecond (SQLite kept the
+/// nanoseconds it was given, PostgreSQL keeps microseconds).
+async fn timestamps_have_one_precision_on_every_backend(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let m = app.merchant("m-ts");
+    let (status, body) = app
+        .rest(
+            Method::POST,
+            "/api/templates",
+            Some(&m),
+            Some(json!({ "name": "ts", "type": "text", "body": "b" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    for field in ["created_at", "updated_at"] {
+        let at = body["template"][field].as_str().unwrap();
+        let fraction = at
+            .split('.')
+            .nth(1)
+            .map(|f| f.trim_end_matches(|c: char| !c.is_ascii_digit()).len())
+            .unwrap_or(0);
+        assert!(fraction <= 6, "{field}: {at}");
+    }
+}
+
 both_dbs!(
     long_searches_are_refused_alike_on_every_backend,
+    timestamps_have_one_precision_on_every_backend,
     searches_compose_and_id_like_names_are_found,
     every_limit_names_its_field,
     names_that_hide_are_refused,
