@@ -4,15 +4,32 @@ use serde::{Deserialize, Serialize};
 macro_rules! string_enum {
     ($(#[$meta:meta])* $name:ident { $($variant:ident = $value:literal),+ $(,)? }) => {
         $(#[$meta])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EnumIter, DeriveActiveEnum, Serialize, Deserialize, async_graphql::Enum)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EnumIter, DeriveActiveEnum, Serialize, async_graphql::Enum)]
         #[sea_orm(rs_type = "String", db_type = "String(StringLen::N(16))")]
         #[serde(rename_all = "lowercase")]
         pub enum $name {
             $(
                 #[sea_orm(string_value = $value)]
-                #[serde(alias = $value)]
                 $variant,
             )+
+        }
+
+        /// Read from JSON in any case (`text`, `TEXT`), as query parameters are ([`FromStr`]):
+        /// a REST client that sends GraphQL's spelling is understood. Written in lower case.
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct Name;
+                impl serde::de::Visitor<'_> for Name {
+                    type Value = $name;
+                    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                        write!(f, "one of: {}", [$($value),+].join(", "))
+                    }
+                    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<$name, E> {
+                        v.parse().map_err(|_| E::unknown_variant(v, &[$($value),+]))
+                    }
+                }
+                d.deserialize_str(Name)
+            }
         }
 
         impl $name {

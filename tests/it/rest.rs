@@ -781,6 +781,18 @@ async fn arrays_are_not_objects(db: Db) {
             "{payload}: {res}"
         );
     }
+    // Enum values in any case, as the query string takes them; stored and answered in lower case.
+    let (status, res) = app
+        .rest(
+            Method::POST,
+            "/api/templates",
+            Some(&m1),
+            Some(json!({ "name": "upper_enums", "type": "TEXT", "body": "b", "status": "Active" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{res}");
+    assert_eq!(res["template"]["type"], "text", "{res}");
+    assert_eq!(res["template"]["status"], "active", "{res}");
     let (_, got) = app.rest(Method::GET, &path, Some(&m1), None).await;
     assert_eq!(got["template"]["name"], "arrays", "{got}");
     assert_eq!(got["template"]["version"], 1, "{got}");
