@@ -83,6 +83,10 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
         let value: T = crate::input::deserialize(&mut de).map_err(|e| {
             let field = error_field(e.path(), e.inner());
             let inner = e.into_inner();
+            // serde_json stops at 128 levels and calls it a syntax error.
+            if inner.to_string().starts_with("recursion limit exceeded") {
+                return Error::validation("body", "the JSON nests more than 128 levels deep");
+            }
             if !(inner.is_syntax() || inner.is_eof()) {
                 return Error::validation(
                     field,

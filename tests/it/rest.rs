@@ -532,6 +532,28 @@ async fn body_errors_name_the_field_path(db: Db) {
         assert_eq!(res["code"], "VALIDATION", "{res}");
         assert_eq!(res["field"], field, "{body}: {res}");
     }
+    // JSON nested past serde_json's 128 levels is about the body, not a field's type.
+    let deep = format!(
+        "{{\"event_type\":\"bot_connected\",\"payload\":{{\"a\":{}{}}}}}",
+        "[".repeat(200),
+        "]".repeat(200)
+    );
+    let res = app
+        .client
+        .post(app.url("/api/events"))
+        .bearer_auth(&app.admin)
+        .header("content-type", "application/json")
+        .body(deep)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    let res: Value = res.json().await.unwrap();
+    assert_eq!(res["field"], "body", "{res}");
+    assert!(
+        res["error"].as_str().unwrap().contains("128 levels"),
+        "{res}"
+    );
     // Nothing was created by the refused bodies.
     let (_, list) = app.rest(Method::GET, "/api/templates", admin, None).await;
     assert_eq!(list["count"], 4, "{list}");
