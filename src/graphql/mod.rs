@@ -254,7 +254,16 @@ impl async_graphql::extensions::Extension for Expansion {
         mut request: async_graphql::Request,
         next: async_graphql::extensions::NextPrepareRequest<'_>,
     ) -> async_graphql::ServerResult<async_graphql::Request> {
-        let selected = expanded_fields(request.parsed_query()?);
+        let doc = request.parsed_query()?;
+        // The spec's single root field rule: a subscription's responses each answer one field,
+        // so a second root field would leave every response without one of them.
+        if let Some(n) = subscription_root_fields(doc).filter(|&n| n != 1) {
+            return Err(server_error(crate::error::Error::validation(
+                "query",
+                format!("a subscription selects exactly one root field, not {n}"),
+            )));
+        }
+        let selected = expanded_fields(doc);
         if selected > self.max {
             return Err(server_error(crate::error::Error::validation(
                 "query",
@@ -266,6 +275,51 @@ impl async_graphql::extensions::Extension for Expansion {
         }
         next.run(ctx, request).await
     }
+}
+
+/// How many root fields (distinct response keys, fragments expanded, `__typename` included)
+/// the most of any subscription in `doc` selects; `None` without a subscription.
+fn subscription_root_fields(
+    doc: &async_graphql::parser::types::ExecutableDocument,
+) -> Option<usize> {
+    use async_graphql::parser::types::{OperationType, Selection, SelectionSet};
+    fn keys<'a>(
+        set: &'a SelectionSet,
+        doc: &'a async_graphql::parser::types::ExecutableDocument,
+        out: &mut Vec<&'a str>,
+        depth: usize,
+    ) {
+        if depth > 8 {
+            return;
+        }
+        for item in &set.items {
+            match &item.node {
+                Selection::Field(f) => {
+                    let key = f.node.response_key().node.as_str();
+                    if !out.contains(&key) {
+                        out.push(key);
+                    }
+                }
+                Selection::InlineFragment(i) => {
+                    keys(&i.node.selection_set.node, doc, out, depth + 1)
+                }
+                Selection::FragmentSpread(s) => {
+                    if let Some(f) = doc.fragments.get(&s.node.fragment_name.node) {
+                        keys(&f.node.selection_set.node, doc, out, depth + 1);
+                    }
+                }
+            }
+        }
+    }
+    doc.operations
+        .iter()
+        .filter(|(_, op)| op.node.ty == OperationType::Subscription)
+        .map(|(_, op)| {
+            let mut out = Vec::new();
+            keys(&op.node.selection_set.node, doc, &mut out, 0);
+            out.len()
+        })
+        .max()
 }
 
 /// How many fields the largest operation of `doc` selects with every fragment spread expanded

@@ -919,6 +919,22 @@ async fn root_fields_keep_their_order_and_non_null_failures_propagate() {
         )
         .await;
     assert!(body["data"].is_null(), "{body}");
+    // A subscription answers one root field per response: a second one is refused.
+    for doc in [
+        "subscription { a: heartbeat b: heartbeat }",
+        "subscription { events { id } heartbeat }",
+        "subscription { ...Both } fragment Both on SubscriptionRoot { heartbeat events { id } }",
+    ] {
+        let (code, body) = app.gql_err(Some(&app.admin), doc, json!({})).await;
+        assert_eq!(code, "VALIDATION", "{doc}: {body}");
+        assert!(
+            body["errors"][0]["message"]
+                .as_str()
+                .unwrap()
+                .contains("exactly one root field"),
+            "{body}"
+        );
+    }
     assert_eq!(
         body["errors"][0]["extensions"]["code"], "NOT_FOUND",
         "{body}"
