@@ -224,6 +224,7 @@ async fn ws_upgrade(State(state): State<AppState>, parts: Parts, ws: WebSocketUp
         .map(|s| s.valid_until());
     // Frames are held to the same limit as HTTP bodies.
     let limit = state.config.body_limit;
+    let probe = parts.extensions.get::<super::serve::SocketProbe>().copied();
     ws.protocols(ALL_WEBSOCKET_PROTOCOLS)
         .max_message_size(limit)
         .max_frame_size(limit)
@@ -233,7 +234,7 @@ async fn ws_upgrade(State(state): State<AppState>, parts: Parts, ws: WebSocketUp
         // much of a batch is held before it goes out.
         .read_buffer_size(WS_READ_BUFFER)
         .write_buffer_size(WS_WRITE_BUFFER)
-        .on_upgrade(move |socket| serve_ws(socket, state, protocol, base, valid_until))
+        .on_upgrade(move |socket| serve_ws(socket, state, protocol, base, valid_until, probe))
 }
 
 /// The token in a connection_init payload, if any.
@@ -407,8 +408,19 @@ async fn serve_ws(
     protocol: WebSocketProtocols,
     base: RequestContext,
     valid_until: Option<i64>,
+    probe: Option<super::serve::SocketProbe>,
 ) {
     let legacy = protocol == WebSocketProtocols::SubscriptionsTransportWS;
+    // Whether the peer acknowledged any of our bytes since the last look: the queue of sent
+    // and unacknowledged bytes shrank. Such a peer is reading, though a ping queued behind a
+    // large write cannot be answered yet. (Without the accept loop's probe, only the pings and
+    // the write's own wait tell.)
+    let mut unacknowledged: Option<u64> = None;
+    let mut draining = move || {
+        let now = probe.and_then(|p| p.unacknowledged());
+        let before = std::mem::replace(&mut unacknowledged, now);
+        matches!((before, now), (Some(b), Some(n)) if n < b)
+    };
     let refused = Arc::new(AtomicBool::new(false));
     let shared = Arc::new(std::sync::Mutex::new(SocketState {
         active: Default::default(),
@@ -573,7 +585,9 @@ async fn serve_ws(
                 // since the last ping (a whole interval to answer it) is gone: dropped at most
                 // two intervals after its last frame, whichever protocol it speaks.
                 let last_seen = shared.lock().unwrap_or_else(|e| e.into_inner()).last_seen;
-                if pinged_at.is_some_and(|at| last_seen < at) {
+                // Looked at every tick, so that the next one compares with this one.
+                let drained = draining();
+                if pinged_at.is_some_and(|at| last_seen < at) && !drained {
                     tracing::debug!("dropping a websocket peer that stopped answering pings");
                     return;
                 }
@@ -611,7 +625,20 @@ async fn serve_ws(
         let mut write = std::pin::pin!(write);
         let written = match futures::poll!(write.as_mut()) {
             std::task::Poll::Ready(r) => Ok(r),
-            std::task::Poll::Pending => tokio::time::timeout(keepalive * 2, write).await,
+            // Waits while the peer keeps taking bytes, however long the write: a slow but
+            // steady reader is kept; one that took nothing for two intervals is dropped.
+            std::task::Poll::Pending => {
+                let mut waiting = tokio::time::Instant::now();
+                loop {
+                    match tokio::time::timeout(keepalive, write.as_mut()).await {
+                        Ok(r) => break Ok(r),
+                        // Looked at every interval: a peer that took some resets the wait.
+                        Err(_) if draining() => waiting = tokio::time::Instant::now(),
+                        Err(elapsed) if waiting.elapsed() >= keepalive * 2 => break Err(elapsed),
+                        Err(_) => {}
+                    }
+                }
+            }
         };
         match written {
             Ok(Ok(false)) => {}

@@ -122,6 +122,7 @@ pub async fn serve(
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "TCP_NODELAY not set on an accepted socket");
         }
+        let probe = SocketProbe(std::os::fd::AsRawFd::as_raw_fd(&tcp));
         let io = TokioIo::new(Counted {
             tcp,
             _permit: permit,
@@ -130,6 +131,7 @@ pub async fn serve(
             move |req: hyper::Request<Incoming>| {
                 let mut req = req.map(|body| Body::new(TimeoutBody::new(read_timeout, body)));
                 req.extensions_mut().insert(ConnectInfo(remote));
+                req.extensions_mut().insert(probe);
                 req
             },
         ));
@@ -195,6 +197,26 @@ async fn first_bytes(tcp: &TcpStream, timeout: Duration) -> bool {
         }
     };
     matches!(tokio::time::timeout(timeout, sniff).await, Ok(Ok(true)))
+}
+
+/// A look at a connection's socket: how many bytes sent to the peer its TCP has not yet
+/// acknowledged. A peer whose count shrinks is reading, even while a large write to it is under
+/// way and its answer to a ping waits behind the data. In every request's extensions; the
+/// WebSocket keep-alive reads it (`http::graphql::serve_ws`). The descriptor is only read while
+/// the socket lives: the WebSocket that uses it owns the socket.
+#[derive(Clone, Copy, Debug)]
+pub struct SocketProbe(std::os::fd::RawFd);
+
+impl SocketProbe {
+    /// Bytes sent and not yet acknowledged by the peer (`SIOCOUTQ`), or `None` when the kernel
+    /// does not say.
+    pub fn unacknowledged(&self) -> Option<u64> {
+        let mut n: libc::c_int = 0;
+        // SAFETY: TIOCOUTQ (SIOCOUTQ) writes one c_int through the pointer; the descriptor is
+        // the connection's socket, alive while its WebSocket runs.
+        let rc = unsafe { libc::ioctl(self.0, libc::TIOCOUTQ, &mut n) };
+        (rc == 0).then(|| u64::try_from(n).unwrap_or(0))
+    }
 }
 
 /// An accepted socket and its place under the connection cap, held for as long as the socket

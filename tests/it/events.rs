@@ -1415,6 +1415,88 @@ async fn a_stalled_socket_is_cut_off_with_lagged() {
     let _ = slow.next().await;
 }
 
+/// A peer that reads slowly but steadily is kept, however long a write to it takes: its socket
+/// keeps taking bytes. (It was dropped when a burst took longer than two keep-alive intervals to
+/// drain, and its pong, queued behind the burst, could not arrive in time.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_but_steady_reader_is_kept() {
+    use futures::StreamExt;
+    use tokio_tungstenite::MaybeTlsStream;
+
+    let app = TestApp::spawn_with(Db::Sqlite, |c| {
+        c.ws_keepalive = std::time::Duration::from_millis(200);
+    })
+    .await;
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let stream = sock.connect(app.server.addr).await.unwrap();
+    let req = crate::ws::request(&app, "/graphql/ws", "graphql-transport-ws", None);
+    let (mut slow, _) = tokio_tungstenite::client_async(req, MaybeTlsStream::Plain(stream))
+        .await
+        .unwrap();
+    send(
+        &mut slow,
+        json!({ "type": "connection_init", "payload": { "token": app.admin } }),
+    )
+    .await;
+    assert_eq!(recv(&mut slow).await["type"], "connection_ack");
+    let before = app.server.state.events.subscriptions_opened();
+    send(
+        &mut slow,
+        json!({ "type": "subscribe", "id": "s", "payload": { "query": SUB, "variables": {} } }),
+    )
+    .await;
+    opened(&app.server.state, before).await;
+    let events = app.server.state.events.clone();
+    let m = MerchantId::parse("m", "m-steady").unwrap();
+    let filler = "x".repeat(15_000);
+    const N: usize = 30;
+    for _ in 0..N {
+        events
+            .emit(
+                EventType::BotConnected,
+                &m,
+                json!({ "reason": "steady", "note": filler }),
+            )
+            .await
+            .unwrap();
+    }
+    // About 90 ms per 15 KB frame through a 4 KB window: the burst takes well over two
+    // intervals (400 ms) to drain, and the reader never stops.
+    let mut got = 0;
+    while got < N {
+        match slow.next().await {
+            Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t))) => {
+                let v: Value = serde_json::from_str(&t).unwrap();
+                assert_eq!(v["type"], "next", "{v}");
+                got += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(90)).await;
+            }
+            Some(Ok(_)) => {}
+            other => panic!("the steady reader was dropped after {got} of {N}: {other:?}"),
+        }
+    }
+    // Still connected: a later event arrives. (A dropped socket still delivers what the kernel
+    // held for it, so only what comes after the burst tells.)
+    events
+        .emit(EventType::BotConnected, &m, json!({ "reason": "after" }))
+        .await
+        .unwrap();
+    let after = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            match slow.next().await {
+                Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t))) => break Some(t),
+                Some(Ok(_)) => {}
+                _ => break None,
+            }
+        }
+    })
+    .await
+    .expect("no answer after the burst");
+    let after = after.expect("the steady reader was dropped after the burst");
+    assert!(after.contains("\"after\""), "{after}");
+}
+
 /// A socket whose peer stops reading is dropped once a write has waited two keep-alive
 /// intervals, whatever it subscribed to: while its writes wait, no ping goes out, and its
 /// operations' buffers held what arrived (a hundred distinct subscriptions of 16 KB events held
