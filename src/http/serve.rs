@@ -1,4 +1,4 @@
-//! The accept loop: HTTP/1 and HTTP/2 (with WebSocket upgrades) on hyper, with the limits a
+//! The accept loop: HTTP/1.1 (with WebSocket upgrades) on hyper, with the limits a
 //! server on the open internet needs and `axum::serve` does not set.
 //!
 //! - **Slow or silent clients.** A connection has `HTTP_READ_TIMEOUT` to send a request's
@@ -6,8 +6,9 @@
 //!   read), and a request body may pause that long between two of its parts; past it the
 //!   connection is closed. Without this, a connection that sent half a request line, or
 //!   nothing, stayed open for good, and twenty thousand of them took every file descriptor:
-//!   the listener then failed every accept and the server answered no one. The wait for a
-//!   connection's first bytes (which tell HTTP/1 from HTTP/2) has the same bound.
+//!   the listener then failed every accept and the server answered no one. The server speaks
+//!   HTTP/1.1 (with WebSocket upgrades): hyper's HTTP/2 server has no such timeout, and behind
+//!   a proxy that terminates TLS, HTTP/2 ends at the proxy.
 //! - **A cap on connections** (`HTTP_MAX_CONNECTIONS`, by default the open-file limit less 256).
 //!   A connection holds its permit for as long as its socket lives, through a WebSocket
 //!   upgrade; at the cap the loop stops accepting, so new clients wait in the kernel's listen
@@ -137,19 +138,17 @@ pub async fn serve(
         ));
         let (signal_tx, close_rx) = (signal_tx.clone(), close_rx.clone());
         tokio::spawn(async move {
-            if !first_bytes(&io.inner().tcp, read_timeout).await {
+            if !http1_begins(&io.inner().tcp, read_timeout).await {
                 return;
             }
-            let mut builder = Builder::new(TokioExecutor::new());
+            // HTTP/1.1 only: behind a proxy that terminates TLS, HTTP/2 ends at the proxy, and
+            // hyper's HTTP/2 server has no idle or first-bytes timeout (silent HTTP/2
+            // connections held the connection cap, and a graceful shutdown, for good).
+            let mut builder = Builder::new(TokioExecutor::new()).http1_only();
             builder
                 .http1()
                 .timer(TokioTimer::new())
                 .header_read_timeout(read_timeout);
-            // CONNECT protocol: WebSockets over HTTP/2.
-            builder
-                .http2()
-                .timer(TokioTimer::new())
-                .enable_connect_protocol();
             let mut conn = pin!(builder.serve_connection_with_upgrades(io, service));
             let mut signal = pin!(signal_tx.closed());
             let mut draining = false;
@@ -175,28 +174,27 @@ pub async fn serve(
     close_tx.closed().await;
 }
 
-/// Waits, at most `timeout`, for the first bytes of a connection, enough to tell HTTP/1 from
-/// HTTP/2's preface; `false` when the client closed or sent nothing in time. hyper's header
-/// timeout starts only once the protocol is known, and telling it waits for those bytes, so a
-/// client that connected and sent nothing (or a few bytes of the preface) was kept for good.
-async fn first_bytes(tcp: &TcpStream, timeout: Duration) -> bool {
-    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-    let sniff = async {
-        let mut buf = [0u8; PREFACE.len()];
+/// Waits, at most `timeout`, for a connection's first bytes; `false` when the client closed,
+/// sent nothing in time, or opened with HTTP/2's preface (`PRI * HTTP/2.0`), which this
+/// HTTP/1.1 server does not speak. hyper's header timer starts only with the first byte, and
+/// hyper answers the preface 505 and then waits on the connection for good.
+async fn http1_begins(tcp: &TcpStream, timeout: Duration) -> bool {
+    let look = async {
+        let mut head = [0u8; 4];
         loop {
             // Returns once anything is readable; 0 at end of stream.
-            let n = tcp.peek(&mut buf).await?;
+            let n = tcp.peek(&mut head).await?;
             if n == 0 {
                 return Ok::<_, std::io::Error>(false);
             }
-            if n == PREFACE.len() || buf[..n] != PREFACE[..n] {
-                return Ok(true);
+            if n == head.len() || head[..n] != b"PRI "[..n] {
+                return Ok(&head[..n] != b"PRI ");
             }
-            // Part of the HTTP/2 preface so far: look again shortly.
+            // A prefix of the preface so far: look again shortly.
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     };
-    matches!(tokio::time::timeout(timeout, sniff).await, Ok(Ok(true)))
+    matches!(tokio::time::timeout(timeout, look).await, Ok(Ok(true)))
 }
 
 /// A look at a connection's socket: how many bytes sent to the peer its TCP has not yet

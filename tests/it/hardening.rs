@@ -823,6 +823,8 @@ async fn slow_and_silent_connections_are_closed() {
         &b""[..],
         b"GET /heal",
         b"GET /health HTTP/1.1\r\nHost: x\r\n",
+        // HTTP/2's preface, and then nothing: not served, closed.
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
     ] {
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
         s.write_all(sent).await.unwrap();
