@@ -102,9 +102,13 @@ impl async_graphql::extensions::ExtensionFactory for RootFields {
     }
 }
 
-/// One request's root fields: response key, and whether its type is non-null.
+/// One request's root fields: response key, and whether its type is non-null; and whether a
+/// non-null mutation field has failed.
 #[derive(Default)]
-struct RootFieldsOf(std::sync::Mutex<Vec<(String, bool)>>);
+struct RootFieldsOf(
+    std::sync::Mutex<Vec<(String, bool)>>,
+    std::sync::atomic::AtomicBool,
+);
 
 #[async_trait::async_trait]
 impl async_graphql::extensions::Extension for RootFieldsOf {
@@ -118,6 +122,40 @@ impl async_graphql::extensions::Extension for RootFieldsOf {
         let doc = next.run(ctx, query, variables).await?;
         *self.0.lock().unwrap_or_else(|e| e.into_inner()) = root_fields(&doc, ctx.schema_env);
         Ok(doc)
+    }
+
+    /// A mutation's fields run one after another; once a non-null one has failed, the rest do
+    /// not run (its null propagates to `data`, as in graphql-js). They ran, and committed,
+    /// while the answer said nothing of them.
+    async fn resolve(
+        &self,
+        ctx: &async_graphql::extensions::ExtensionContext<'_>,
+        info: async_graphql::extensions::ResolveInfo<'_>,
+        next: async_graphql::extensions::NextResolve<'_>,
+    ) -> async_graphql::ServerResult<Option<async_graphql::Value>> {
+        use std::sync::atomic::Ordering;
+        let registry = &ctx.schema_env.registry;
+        let mutation_root = info.path_node.parent.is_none()
+            && registry.mutation_type.as_deref() == Some(info.parent_type);
+        if !mutation_root {
+            return next.run(ctx, info).await;
+        }
+        if self.1.load(Ordering::Acquire) {
+            let mut e = async_graphql::ServerError::new(
+                "not run: an earlier field of this mutation failed, so nothing of this one was done",
+                None,
+            );
+            let mut ext = async_graphql::ErrorExtensionValues::default();
+            ext.set("code", "NOT_RUN");
+            e.extensions = Some(ext);
+            return Err(e);
+        }
+        let non_null = info.return_type.ends_with('!');
+        let res = next.run(ctx, info).await;
+        if res.is_err() && non_null {
+            self.1.store(true, Ordering::Release);
+        }
+        res
     }
 
     async fn execute(

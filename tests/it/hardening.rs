@@ -921,6 +921,34 @@ async fn root_fields_keep_their_order_and_non_null_failures_propagate() {
         )
         .await;
     assert!(body["data"].is_null(), "{body}");
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"], "NOT_FOUND",
+        "{body}"
+    );
+    // A mutation stops at its first failed non-null field: the fields after it do not run.
+    let mutation = r#"mutation {
+      a: createTemplate(input: { name: "serial_a", type: TEXT, body: "a" }) { id }
+      b: createTemplate(input: { name: "serial_b", type: TEXT, body: "" }) { id }
+      c: createTemplate(input: { name: "serial_c", type: TEXT, body: "c" }) { id }
+    }"#;
+    let (_, body) = app.gql(Some(&app.admin), mutation, json!({})).await;
+    assert!(body["data"].is_null(), "{body}");
+    assert_eq!(body["errors"][0]["path"], json!(["b"]), "{body}");
+    assert_eq!(body["errors"][1]["extensions"]["code"], "NOT_RUN", "{body}");
+    for (name, exists) in [("serial_a", true), ("serial_c", false)] {
+        let (_, got) = app
+            .gql(
+                Some(&app.admin),
+                "query($n: String) { templates(search: $n) { totalCount } }",
+                json!({ "n": name }),
+            )
+            .await;
+        assert_eq!(
+            got["data"]["templates"]["totalCount"],
+            u64::from(exists),
+            "{name}: {got}"
+        );
+    }
     // A subscription answers one root field per response: a second one is refused.
     for doc in [
         "subscription { a: heartbeat b: heartbeat }",
@@ -937,10 +965,6 @@ async fn root_fields_keep_their_order_and_non_null_failures_propagate() {
             "{body}"
         );
     }
-    assert_eq!(
-        body["errors"][0]["extensions"]["code"], "NOT_FOUND",
-        "{body}"
-    );
 }
 
 /// Every build started together succeeds, and the defaults are seeded once.
