@@ -178,39 +178,7 @@ fn root_fields(
     doc: &async_graphql::parser::types::ExecutableDocument,
     env: &async_graphql::SchemaEnv,
 ) -> Vec<(String, bool)> {
-    use async_graphql::parser::types::{OperationType, Selection, SelectionSet};
-    fn walk(
-        set: &SelectionSet,
-        doc: &async_graphql::parser::types::ExecutableDocument,
-        root: Option<&async_graphql::registry::MetaType>,
-        out: &mut Vec<(String, bool)>,
-        depth: usize,
-    ) {
-        if depth > 8 {
-            return;
-        }
-        for item in &set.items {
-            match &item.node {
-                Selection::Field(f) => {
-                    let key = f.node.response_key().node.to_string();
-                    let non_null = root
-                        .and_then(|t| t.field_by_name(&f.node.name.node))
-                        .is_some_and(|m| m.ty.ends_with('!'));
-                    if !out.iter().any(|(k, _)| *k == key) {
-                        out.push((key, non_null));
-                    }
-                }
-                Selection::InlineFragment(i) => {
-                    walk(&i.node.selection_set.node, doc, root, out, depth + 1)
-                }
-                Selection::FragmentSpread(s) => {
-                    if let Some(frag) = doc.fragments.get(&s.node.fragment_name.node) {
-                        walk(&frag.node.selection_set.node, doc, root, out, depth + 1);
-                    }
-                }
-            }
-        }
-    }
+    use async_graphql::parser::types::OperationType;
     let mut operations = doc.operations.iter();
     let Some((_, op)) = operations.next() else {
         return Vec::new();
@@ -227,9 +195,44 @@ fn root_fields(
             .and_then(|m| registry.types.get(m)),
         OperationType::Subscription => return Vec::new(),
     };
-    let mut out = Vec::new();
-    walk(&op.node.selection_set.node, doc, root, &mut out, 0);
+    let mut out: Vec<(String, bool)> = Vec::new();
+    each_root_field(&op.node.selection_set.node, doc, 0, &mut |f| {
+        let key = f.response_key().node.as_str();
+        if !out.iter().any(|(k, _)| k == key) {
+            let non_null = root
+                .and_then(|t| t.field_by_name(&f.name.node))
+                .is_some_and(|m| m.ty.ends_with('!'));
+            out.push((key.to_owned(), non_null));
+        }
+    });
     out
+}
+
+/// Calls `visit` with every field a root selection set selects, in order, its fragment spreads
+/// and inline fragments expanded (to a depth of 8).
+fn each_root_field<'a>(
+    set: &'a async_graphql::parser::types::SelectionSet,
+    doc: &'a async_graphql::parser::types::ExecutableDocument,
+    depth: usize,
+    visit: &mut dyn FnMut(&'a async_graphql::parser::types::Field),
+) {
+    use async_graphql::parser::types::Selection;
+    if depth > 8 {
+        return;
+    }
+    for item in &set.items {
+        match &item.node {
+            Selection::Field(f) => visit(&f.node),
+            Selection::InlineFragment(i) => {
+                each_root_field(&i.node.selection_set.node, doc, depth + 1, visit)
+            }
+            Selection::FragmentSpread(s) => {
+                if let Some(frag) = doc.fragments.get(&s.node.fragment_name.node) {
+                    each_root_field(&frag.node.selection_set.node, doc, depth + 1, visit);
+                }
+            }
+        }
+    }
 }
 
 /// See [`RootFields`].
@@ -320,42 +323,19 @@ impl async_graphql::extensions::Extension for Expansion {
 fn subscription_root_fields(
     doc: &async_graphql::parser::types::ExecutableDocument,
 ) -> Option<usize> {
-    use async_graphql::parser::types::{OperationType, Selection, SelectionSet};
-    fn keys<'a>(
-        set: &'a SelectionSet,
-        doc: &'a async_graphql::parser::types::ExecutableDocument,
-        out: &mut Vec<&'a str>,
-        depth: usize,
-    ) {
-        if depth > 8 {
-            return;
-        }
-        for item in &set.items {
-            match &item.node {
-                Selection::Field(f) => {
-                    let key = f.node.response_key().node.as_str();
-                    if !out.contains(&key) {
-                        out.push(key);
-                    }
-                }
-                Selection::InlineFragment(i) => {
-                    keys(&i.node.selection_set.node, doc, out, depth + 1)
-                }
-                Selection::FragmentSpread(s) => {
-                    if let Some(f) = doc.fragments.get(&s.node.fragment_name.node) {
-                        keys(&f.node.selection_set.node, doc, out, depth + 1);
-                    }
-                }
-            }
-        }
-    }
+    use async_graphql::parser::types::OperationType;
     doc.operations
         .iter()
         .filter(|(_, op)| op.node.ty == OperationType::Subscription)
         .map(|(_, op)| {
-            let mut out = Vec::new();
-            keys(&op.node.selection_set.node, doc, &mut out, 0);
-            out.len()
+            let mut keys: Vec<&str> = Vec::new();
+            each_root_field(&op.node.selection_set.node, doc, 0, &mut |f| {
+                let key = f.response_key().node.as_str();
+                if !keys.contains(&key) {
+                    keys.push(key);
+                }
+            });
+            keys.len()
         })
         .max()
 }

@@ -1333,19 +1333,12 @@ both_dbs!(product_media_changes_emit_product_updated);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_socket_is_cut_off_with_lagged() {
     use futures::StreamExt;
-    use tokio_tungstenite::MaybeTlsStream;
 
     const N: usize = 700;
     let app = TestApp::spawn_with(Db::Sqlite, |c| c.event_buffer = 16).await;
 
     // The stalled client: a tiny receive buffer, and it reads nothing until every event is out.
-    let sock = tokio::net::TcpSocket::new_v4().unwrap();
-    sock.set_recv_buffer_size(4096).unwrap();
-    let stream = sock.connect(app.server.addr).await.unwrap();
-    let req = crate::ws::request(&app, "/graphql/ws", "graphql-transport-ws", None);
-    let (mut slow, _) = tokio_tungstenite::client_async(req, MaybeTlsStream::Plain(stream))
-        .await
-        .unwrap();
+    let mut slow = small_window_socket(&app).await;
     let init = json!({ "type": "connection_init", "payload": { "token": app.admin } });
     send(&mut slow, init).await;
     assert_eq!(recv(&mut slow).await["type"], "connection_ack");
@@ -1415,25 +1408,34 @@ async fn a_stalled_socket_is_cut_off_with_lagged() {
     let _ = slow.next().await;
 }
 
+/// A graphql-transport-ws connection whose client socket has a 4 KB receive buffer: a reader
+/// that stops, or reads slowly, makes the server's writes wait soon.
+async fn small_window_socket(
+    app: &TestApp,
+) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let stream = sock.connect(app.server.addr).await.unwrap();
+    let req = crate::ws::request(app, "/graphql/ws", "graphql-transport-ws", None);
+    let (ws, _) =
+        tokio_tungstenite::client_async(req, tokio_tungstenite::MaybeTlsStream::Plain(stream))
+            .await
+            .unwrap();
+    ws
+}
+
 /// A peer that reads slowly but steadily is kept, however long a write to it takes: its socket
 /// keeps taking bytes. (It was dropped when a burst took longer than two keep-alive intervals to
 /// drain, and its pong, queued behind the burst, could not arrive in time.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_but_steady_reader_is_kept() {
     use futures::StreamExt;
-    use tokio_tungstenite::MaybeTlsStream;
 
     let app = TestApp::spawn_with(Db::Sqlite, |c| {
         c.ws_keepalive = std::time::Duration::from_millis(200);
     })
     .await;
-    let sock = tokio::net::TcpSocket::new_v4().unwrap();
-    sock.set_recv_buffer_size(4096).unwrap();
-    let stream = sock.connect(app.server.addr).await.unwrap();
-    let req = crate::ws::request(&app, "/graphql/ws", "graphql-transport-ws", None);
-    let (mut slow, _) = tokio_tungstenite::client_async(req, MaybeTlsStream::Plain(stream))
-        .await
-        .unwrap();
+    let mut slow = small_window_socket(&app).await;
     send(
         &mut slow,
         json!({ "type": "connection_init", "payload": { "token": app.admin } }),
@@ -1504,19 +1506,12 @@ async fn a_slow_but_steady_reader_is_kept() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_socket_that_stops_reading_is_dropped() {
     use futures::StreamExt;
-    use tokio_tungstenite::MaybeTlsStream;
 
     let app = TestApp::spawn_with(Db::Sqlite, |c| {
         c.ws_keepalive = std::time::Duration::from_millis(300);
     })
     .await;
-    let sock = tokio::net::TcpSocket::new_v4().unwrap();
-    sock.set_recv_buffer_size(4096).unwrap();
-    let stream = sock.connect(app.server.addr).await.unwrap();
-    let req = crate::ws::request(&app, "/graphql/ws", "graphql-transport-ws", None);
-    let (mut slow, _) = tokio_tungstenite::client_async(req, MaybeTlsStream::Plain(stream))
-        .await
-        .unwrap();
+    let mut slow = small_window_socket(&app).await;
     let init = json!({ "type": "connection_init", "payload": { "token": app.admin } });
     send(&mut slow, init).await;
     assert_eq!(recv(&mut slow).await["type"], "connection_ack");
