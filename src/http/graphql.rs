@@ -71,7 +71,7 @@ pub async fn graphql_post(
         .headers
         .get(axum::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
-    let req = match async_graphql::http::receive_body(
+    let mut req = match async_graphql::http::receive_body(
         content_type,
         futures::io::Cursor::new(body),
         MultipartOptions::default()
@@ -98,12 +98,15 @@ pub async fn graphql_post(
     if let Err(e) = crate::graphql::check_document(&req.query) {
         return e.into_graphql_response();
     }
-    // A syntax error is a malformed request: answer 400, not 200 with errors.
-    let doc = match async_graphql::parser::parse_query(&req.query) {
-        Ok(doc) => doc,
-        Err(e) => return bad_request(format!("malformed GraphQL query: {e}")),
+    // A syntax error is a malformed request: answer 400, not 200 with errors. Parsed into the
+    // request, which async-graphql (and `graphql::Expansion`) then use instead of parsing again.
+    let plain = req.uploads.is_empty() && req.extensions.0.is_empty();
+    let operation = req.operation_name.clone();
+    let cacheable = match req.parsed_query() {
+        Ok(doc) => plain && cacheable(doc, operation.as_deref()),
+        Err(e) => return bad_request(format!("malformed GraphQL query: {}", e.message)),
     };
-    if !cacheable(&doc, &req) {
+    if !cacheable {
         let schema = state.schema().clone();
         return GraphQLResponse::from(schema.execute(req.data(ctx).data(state)).await)
             .into_response();
@@ -145,12 +148,9 @@ pub async fn graphql_post(
 /// Whether the response to `req` may come from the template read cache: a query operation
 /// (no uploads, no request extensions) whose root fields are all template reads
 /// ([`cache::GRAPHQL_ROOT_FIELDS`]), selected directly (no fragments at the root).
-fn cacheable(doc: &ExecutableDocument, req: &async_graphql::Request) -> bool {
-    if !req.uploads.is_empty() || !req.extensions.0.is_empty() {
-        return false;
-    }
+fn cacheable(doc: &ExecutableDocument, operation: Option<&str>) -> bool {
     // The operation async-graphql will run (its own rule); the other cases are errors.
-    let Some(op) = crate::graphql::chosen_operation(doc, req.operation_name.as_deref()) else {
+    let Some(op) = crate::graphql::chosen_operation(doc, operation) else {
         return false;
     };
     op.node.ty == OperationType::Query

@@ -635,24 +635,26 @@ async fn body_errors_name_the_field_path(db: Db) {
     );
 }
 
+/// Creates a text template as `token` over REST; returns its `/api/templates/{id}` path.
+async fn created_text_template(app: &TestApp, token: &str, name: &str, body: &str) -> String {
+    let (status, res) = app
+        .rest(
+            Method::POST,
+            "/api/templates",
+            Some(token),
+            Some(json!({ "name": name, "type": "text", "body": body })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{res}");
+    format!("/api/templates/{}", res["template"]["id"].as_str().unwrap())
+}
+
 /// PUT refuses what it cannot apply, instead of answering 200 with nothing changed: `null` for a
 /// field every template has, a body with no field it knows, and another merchant's id.
 async fn put_refuses_what_it_cannot_apply(db: Db) {
     let app = TestApp::spawn(db).await;
     let m1 = app.merchant("m1");
-    let (status, body) = app
-        .rest(
-            Method::POST,
-            "/api/templates",
-            Some(&m1),
-            Some(json!({ "name": "put_rules", "type": "text", "body": "Hi {{ who }}" })),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
-    let path = format!(
-        "/api/templates/{}",
-        body["template"]["id"].as_str().unwrap()
-    );
+    let path = created_text_template(&app, &m1, "put_rules", "Hi {{ who }}").await;
     for field in ["name", "type", "body", "buttons", "sections", "status"] {
         let (status, res) = app
             .rest(Method::PUT, &path, Some(&m1), Some(json!({ field: null })))
@@ -730,19 +732,7 @@ async fn put_refuses_what_it_cannot_apply(db: Db) {
 async fn arrays_are_not_objects(db: Db) {
     let app = TestApp::spawn(db).await;
     let m1 = app.merchant("m1");
-    let (status, body) = app
-        .rest(
-            Method::POST,
-            "/api/templates",
-            Some(&m1),
-            Some(json!({ "name": "arrays", "type": "text", "body": "Hi" })),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
-    let path = format!(
-        "/api/templates/{}",
-        body["template"]["id"].as_str().unwrap()
-    );
+    let path = created_text_template(&app, &m1, "arrays", "Hi").await;
     let png = base64::Engine::encode(
         &base64::engine::general_purpose::STANDARD,
         crate::media::png_bytes(4, 4),
