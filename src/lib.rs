@@ -65,6 +65,8 @@ pub struct AppState {
     pub template_cache: Arc<templates::cache::ReadCache>,
     /// Live `events` subscriptions that ask the same thing share one execution.
     pub subscriptions: Arc<graphql::shared::Hubs>,
+    /// The open WebSockets, which a shutdown closes with 1001.
+    pub websockets: http::graphql::OpenSockets,
     schema: AppSchema,
 }
 
@@ -137,6 +139,7 @@ pub async fn build(config: Config) -> Result<App> {
                 config.template_cache_bytes,
             )),
             subscriptions: graphql::shared::Hubs::new(config.event_buffer),
+            websockets: Default::default(),
             whatsapp,
             queue,
             storage,
@@ -214,8 +217,16 @@ pub async fn serve_on(
         .map(|after| bots::spawn_sweeper(state.clone(), after));
     let read_timeout = state.config.http_read_timeout;
     let max_connections = http::serve::max_connections(state.config.http_max_connections);
+    let websockets = state.websockets.clone();
     let app = http::router(state);
+    // WebSockets close (1001) while in-flight requests drain.
+    let closing = websockets.clone();
+    let shutdown = async move {
+        shutdown.await;
+        closing.close_all();
+    };
     http::serve::serve(listener, app, read_timeout, max_connections, shutdown).await;
+    websockets.closed().await;
     if let Some(s) = sweeper {
         s.abort();
     }

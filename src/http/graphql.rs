@@ -234,7 +234,44 @@ async fn ws_upgrade(State(state): State<AppState>, parts: Parts, ws: WebSocketUp
         // much of a batch is held before it goes out.
         .read_buffer_size(WS_READ_BUFFER)
         .write_buffer_size(WS_WRITE_BUFFER)
-        .on_upgrade(move |socket| serve_ws(socket, state, protocol, base, valid_until, probe))
+        .on_upgrade(move |socket| {
+            let sockets = state.websockets.clone();
+            sockets.track(serve_ws(socket, state, protocol, base, valid_until, probe))
+        })
+}
+
+/// The process's open WebSockets. At shutdown each one closes with 1001 (going away), so that
+/// clients reconnect at once, to another instance, and resume with `after`; a socket that was
+/// simply dropped looks like a network failure (1006) to them.
+#[derive(Clone, Default)]
+pub struct OpenSockets {
+    closing: tokio_util::sync::CancellationToken,
+    tasks: tokio_util::task::TaskTracker,
+}
+
+/// How long one socket's close frame may take at shutdown.
+const SHUTDOWN_CLOSE: std::time::Duration = std::time::Duration::from_secs(2);
+
+impl OpenSockets {
+    fn track<F: Future<Output = ()>>(&self, serve: F) -> impl Future<Output = ()> + use<F> {
+        self.tasks.track_future(serve)
+    }
+
+    /// Tells every open socket, and every one still upgrading, to close.
+    pub fn close_all(&self) {
+        self.closing.cancel();
+        self.tasks.close();
+    }
+
+    /// Whether the server is shutting down.
+    pub fn closing(&self) -> &tokio_util::sync::CancellationToken {
+        &self.closing
+    }
+
+    /// Waits until every socket has sent its close frame (each gets [`SHUTDOWN_CLOSE`]).
+    pub async fn closed(&self) {
+        let _ = tokio::time::timeout(SHUTDOWN_CLOSE * 2, self.tasks.wait()).await;
+    }
 }
 
 /// The token in a connection_init payload, if any.
@@ -289,6 +326,8 @@ fn init_token(payload: &serde_json::Value) -> Result<Option<String>, String> {
 
 /// Close code when `connection_init` does not arrive in time (graphql-ws).
 pub const CLOSE_INIT_TIMEOUT: u16 = 4408;
+/// The server is shutting down (RFC 6455 "going away"): reconnect, to another instance.
+pub const CLOSE_GOING_AWAY: u16 = 1001;
 
 /// The two fields of a protocol message the socket rules need; the rest is skipped unparsed.
 #[derive(serde::Deserialize)]
@@ -519,6 +558,7 @@ async fn serve_ws(
     futures::pin_mut!(out, sink);
     let started = tokio::time::Instant::now();
     let keepalive = state.config.ws_keepalive;
+    let closing = state.websockets.closing().clone();
     let mut ping = tokio::time::interval_at(started + keepalive, keepalive);
     // When the last keep-alive ping went out.
     let mut pinged_at: Option<tokio::time::Instant> = None;
@@ -573,6 +613,11 @@ async fn serve_ws(
                 None => break,
             },
             Some(refusal) = refusals.next() => (Message::Text(refusal.into()), false),
+            () = closing.cancelled() => {
+                let going_away = close(CLOSE_GOING_AWAY, "server shutting down");
+                let _ = tokio::time::timeout(SHUTDOWN_CLOSE, sink.send(going_away)).await;
+                return;
+            }
             _ = &mut deadline, if on_deadline.is_some() => {
                 if let Some((code, reason)) = on_deadline {
                     let _ = tokio::time::timeout(keepalive, sink.send(close(code, reason))).await;

@@ -46,6 +46,8 @@ struct Operation {
     /// `{"type":"next","id":"…","payload":` (or `data` in the legacy protocol).
     prefix: String,
     responses: BoxStream<'static, Payload>,
+    /// Whether a response went out yet: only the first can be a refusal of the request.
+    started: bool,
 }
 
 type OnInit =
@@ -206,7 +208,14 @@ where
                     serde_json::Value::from(id.as_str())
                 );
                 let responses = self.executor.execute_stream(payload, data, &self.budget);
-                self.operations.insert(id, Operation { prefix, responses });
+                self.operations.insert(
+                    id,
+                    Operation {
+                        prefix,
+                        responses,
+                        started: false,
+                    },
+                );
                 None
             }
             ClientMessage::Stop { id } => self.operations.remove(&id).map(|_| complete(id)),
@@ -280,6 +289,28 @@ fn envelope(prefix: &str, payload: Payload) -> WsMessage {
     out.push_str(json);
     out.push('}');
     WsMessage::Text(out)
+}
+
+/// The errors of a response that refuses the request itself: no data, and no error that
+/// belongs to a field (a field's error has a path). Those are the parser's, the validation's
+/// and the request checks'. A shared response is looked into only when it carries no data.
+fn refusal(payload: &Payload) -> Option<serde_json::Value> {
+    let refused = |errors: &[async_graphql::ServerError]| {
+        !errors.is_empty() && errors.iter().all(|e| e.path.is_empty())
+    };
+    match payload {
+        Payload::Own(response) => (response.data == async_graphql::Value::Null
+            && refused(&response.errors))
+        .then(|| serde_json::to_value(&response.errors).ok())
+        .flatten(),
+        Payload::Shared(json) if json.starts_with(r#"{"data":null,"#) => {
+            let response: Response = serde_json::from_str(json).ok()?;
+            refused(&response.errors)
+                .then(|| serde_json::to_value(&response.errors).ok())
+                .flatten()
+        }
+        Payload::Shared(_) => None,
+    }
 }
 
 fn serialize(response: &Response) -> String {
@@ -359,22 +390,41 @@ where
                 Err(e) => this.refuse(super::graphql::CLOSE_FORBIDDEN, e.message),
             }));
         }
+        let legacy = this.legacy();
         let mut ended = None;
         for (id, op) in &mut this.operations {
             match op.responses.as_mut().poll_next(cx) {
                 Poll::Ready(Some(payload)) => {
+                    // graphql-transport-ws: a request refused before it ran (it does not
+                    // validate, or is not allowed to start) is one `error` message, with no
+                    // `complete` after it, as the reference server sends it. The legacy
+                    // protocol's server sent those as `data`, then `complete`.
+                    if !std::mem::replace(&mut op.started, true)
+                        && !legacy
+                        && let Some(errors) = refusal(&payload)
+                    {
+                        ended = Some((id.clone(), Some(errors)));
+                        break;
+                    }
                     return Poll::Ready(Some(envelope(&op.prefix, payload)));
                 }
                 Poll::Ready(None) => {
-                    ended = Some(id.clone());
+                    ended = Some((id.clone(), None));
                     break;
                 }
                 Poll::Pending => {}
             }
         }
-        if let Some(id) = ended {
+        if let Some((id, refused)) = ended {
             this.operations.remove(&id);
-            return Poll::Ready(Some(complete(id)));
+            return Poll::Ready(Some(match refused {
+                None => complete(id),
+                Some(errors) => {
+                    let text = serde_json::json!({ "type": "error", "id": id, "payload": errors })
+                        .to_string();
+                    WsMessage::Complete { id, text }
+                }
+            }));
         }
         Poll::Pending
     }

@@ -334,3 +334,119 @@ async fn a_second_connection_init_closes_with_4429() {
         }
     }
 }
+
+/// A shutdown closes every open socket with 1001 (going away), in both protocols, so that
+/// clients reconnect at once: a dropped connection (1006) looks like a network failure.
+#[tokio::test]
+async fn shutdown_closes_sockets_with_going_away() {
+    let app = TestApp::spawn(Db::Sqlite).await;
+    let mut sockets = vec![];
+    for (protocol, start) in [
+        ("graphql-transport-ws", "subscribe"),
+        ("graphql-ws", "start"),
+    ] {
+        let mut ws = connect(&app, "/graphql/ws", protocol).await;
+        send(&mut ws, json!({ "type": "connection_init", "payload": {} })).await;
+        assert_eq!(recv(&mut ws).await["type"], "connection_ack", "{protocol}");
+        send(
+            &mut ws,
+            json!({ "id": "1", "type": start, "payload": { "query": HEARTBEAT } }),
+        )
+        .await;
+        assert_eq!(recv(&mut ws).await["id"], "1", "{protocol}");
+        sockets.push((protocol, ws));
+    }
+    // And one that never sent connection_init.
+    sockets.push((
+        "uninitialised",
+        connect(&app, "/graphql", "graphql-ws").await,
+    ));
+    tokio::time::timeout(TIMEOUT, app.server.stop())
+        .await
+        .expect("the server stops")
+        .expect("a clean stop");
+    for (what, mut ws) in sockets {
+        // Results already on the way may come first; the close must follow within the time.
+        let deadline = tokio::time::Instant::now() + TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match next_within(&mut ws, left).await {
+                Some(Got::Json(v)) if v["id"] == "1" => continue,
+                Some(Got::Close(code)) => {
+                    assert_eq!(code, Some(1001), "{what}");
+                    break;
+                }
+                other => panic!("{what}: expected close 1001, got {other:?}"),
+            }
+        }
+    }
+}
+
+/// A subscription refused before it runs (it does not validate) is one `error` message on
+/// graphql-transport-ws, with no `complete` after it, as the reference server sends it; the
+/// legacy protocol gets `data` with the errors, then `complete`, as its server did. A field's
+/// error while running stays a result (`next`).
+#[tokio::test]
+async fn refused_subscriptions_get_the_protocols_error() {
+    let app = TestApp::spawn(Db::Sqlite).await;
+    let unknown = "subscription { noSuchField }";
+    let two_roots = "subscription { a: heartbeat b: heartbeat }";
+
+    let mut ws = connect(&app, "/graphql/ws", "graphql-transport-ws").await;
+    send(&mut ws, json!({ "type": "connection_init", "payload": {} })).await;
+    assert_eq!(recv(&mut ws).await["type"], "connection_ack");
+    for (id, query) in [("1", unknown), ("2", two_roots)] {
+        send(
+            &mut ws,
+            json!({ "id": id, "type": "subscribe", "payload": { "query": query } }),
+        )
+        .await;
+        let v = recv(&mut ws).await;
+        assert_eq!(v["type"], "error", "{v}");
+        assert_eq!(v["id"], id, "{v}");
+        assert_eq!(v["payload"][0]["extensions"]["code"], "VALIDATION", "{v}");
+        assert!(v["payload"][0]["message"].is_string(), "{v}");
+        // No `complete` follows: the next message is the answer to a ping.
+        send(&mut ws, json!({ "type": "ping" })).await;
+        assert_eq!(recv(&mut ws).await, json!({ "type": "pong" }), "{query}");
+        // The id is free again.
+        send(
+            &mut ws,
+            json!({ "id": id, "type": "subscribe", "payload": { "query": HEARTBEAT } }),
+        )
+        .await;
+        let v = recv(&mut ws).await;
+        assert_eq!(
+            (v["type"].as_str(), v["id"].as_str()),
+            (Some("next"), Some(id)),
+            "{v}"
+        );
+        send(&mut ws, json!({ "id": id, "type": "complete" })).await;
+        // Results already on the way, then the server's `complete`.
+        let mut v = recv(&mut ws).await;
+        while v["type"] == "next" {
+            v = recv(&mut ws).await;
+        }
+        assert_eq!(v, json!({ "type": "complete", "id": id }));
+    }
+    ws.close(None).await.ok();
+
+    let mut ws = connect(&app, "/graphql/ws", "graphql-ws").await;
+    send(&mut ws, json!({ "type": "connection_init", "payload": {} })).await;
+    assert_eq!(recv(&mut ws).await["type"], "connection_ack");
+    send(
+        &mut ws,
+        json!({ "id": "1", "type": "start", "payload": { "query": unknown } }),
+    )
+    .await;
+    let v = recv(&mut ws).await;
+    assert_eq!(v["type"], "data", "{v}");
+    assert_eq!(
+        v["payload"]["errors"][0]["extensions"]["code"], "VALIDATION",
+        "{v}"
+    );
+    assert_eq!(
+        recv(&mut ws).await,
+        json!({ "type": "complete", "id": "1" })
+    );
+}
