@@ -341,6 +341,13 @@ pub enum RenderError {
     /// These names had no value.
     #[error("missing template variables: {}", .0.join(", "))]
     Missing(Vec<String>),
+    /// These names hold an array or an object: a message carries text, and JSON text in a
+    /// customer's message is never what was meant.
+    #[error(
+        "template variables must be text, a number or a boolean; these are arrays or objects: {}",
+        .0.join(", ")
+    )]
+    NotText(Vec<String>),
     /// The rendered message would exceed [`limits::RENDERED_BYTES`].
     #[error("the rendered message is larger than {} bytes", limits::RENDERED_BYTES)]
     TooLarge,
@@ -409,12 +416,14 @@ fn lookup<'a>(vars: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
     Some(cur)
 }
 
-/// Appends a variable's text: strings as they are, other JSON as JSON (null never gets here).
+/// Appends a variable's text: strings as they are, numbers and booleans as JSON writes them
+/// (null, arrays and objects never get here).
 fn push_value(out: &mut String, v: &Value) {
     match v {
-        Value::Null => {}
         Value::String(s) => out.push_str(s),
-        other => out.push_str(&other.to_string()),
+        Value::Number(n) => out.push_str(&n.to_string()),
+        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        Value::Null | Value::Array(_) | Value::Object(_) => {}
     }
 }
 
@@ -424,12 +433,21 @@ pub fn render(
     content: &TemplateContent,
     vars: &Map<String, Value>,
 ) -> Result<TemplateContent, RenderError> {
-    let missing: Vec<String> = extract_variables(content)
-        .into_iter()
-        .filter(|n| lookup(vars, n).is_none_or(Value::is_null))
-        .collect();
+    let names = extract_variables(content);
+    let with = |keep: fn(Option<&Value>) -> bool| -> Vec<String> {
+        names
+            .iter()
+            .filter(|n| keep(lookup(vars, n)))
+            .cloned()
+            .collect()
+    };
+    let missing = with(|v| v.is_none_or(Value::is_null));
     if !missing.is_empty() {
         return Err(RenderError::Missing(missing));
+    }
+    let not_text = with(|v| v.is_some_and(|v| v.is_array() || v.is_object()));
+    if !not_text.is_empty() {
+        return Err(RenderError::NotText(not_text));
     }
     let mut budget = limits::RENDERED_BYTES;
     let mut too_large = false;
@@ -883,6 +901,23 @@ mod tests {
     }
 
     #[test]
+    fn arrays_and_objects_are_refused_by_name_and_scalars_render() {
+        let t = text_tpl("{{a}} {{b}} {{c}} {{d}} {{e}} {{customer.name}}");
+        let err = render(
+            &t,
+            &vars(json!({"a":"x","b":[1,2],"c":{"k":1},"d":true,"e":7,"customer":{"name":"Ann"}})),
+        )
+        .unwrap_err();
+        assert_eq!(err, RenderError::NotText(vec!["b".into(), "c".into()]));
+        let out = render(
+            &t,
+            &vars(json!({"a":"x","b":-1.5,"c":false,"d":true,"e":7,"customer":{"name":"Ann"}})),
+        )
+        .unwrap();
+        assert_eq!(out.body, "x -1.5 false true 7 Ann");
+    }
+
+    #[test]
     fn dotted_names_and_non_placeholders() {
         let t = text_tpl("{{ customer.name }} pays {{ }} {{not valid!}} {{x");
         assert_eq!(extract_variables(&t), vec!["customer.name"]);
@@ -901,8 +936,8 @@ mod tests {
         // Still exact on ordinary input, including braces around placeholders.
         let t = text_tpl("{{{a}}} {{ b }} {{c }}{{ d}} {{e f}} {{}}");
         assert_eq!(extract_variables(&t), vec!["a", "b", "c", "d"]);
-        let out = render(&t, &vars(json!({"a": 1, "b": "B", "c": true, "d": [1]}))).unwrap();
-        assert_eq!(out.body, "{1} B true[1] {{e f}} {{}}");
+        let out = render(&t, &vars(json!({"a": 1, "b": "B", "c": true, "d": 2.5}))).unwrap();
+        assert_eq!(out.body, "{1} B true2.5 {{e f}} {{}}");
     }
 
     #[test]

@@ -727,6 +727,19 @@ pub fn render_preview(
                 .collect(),
         )
         .with_message(e.to_string()),
+        engine::RenderError::NotText(names) => Error::violations(
+            names
+                .iter()
+                .map(|n| FieldError {
+                    field: "variables".into(),
+                    message: format!(
+                        "template variable {n:?} is an array or an object; \
+                         give text, a number or a boolean"
+                    ),
+                })
+                .collect(),
+        )
+        .with_message(e.to_string()),
         engine::RenderError::TooLarge => Error::validation("variables", e.to_string()),
     })?;
     Ok(Preview {
