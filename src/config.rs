@@ -691,6 +691,7 @@ mod tests {
             ("WHATSAPP_API_BASE", "ftp://x"),
             ("WHATSAPP_PHONE_NUMBER_ID", "12a"),
             ("WHATSAPP_TIMEOUT", "0s"),
+            ("WHATSAPP_TIMEOUT", "6m"),
             ("WHATSAPP_RETRY_BASE", "soon"),
             ("WHATSAPP_MERCHANT_ID", "a b"),
             ("MEDIA_DECODE_BUDGET_MB", "8"),

@@ -100,8 +100,12 @@ impl WhatsAppConfig {
         }
         self.merchant_id =
             crate::auth::parse_merchant_id("WHATSAPP_MERCHANT_ID", &self.merchant_id)?;
-        if self.timeout.is_zero() {
-            return Err(invalid("WHATSAPP_TIMEOUT", "must be greater than zero"));
+        // A send job's timeout is this plus its bookkeeping, and a job runs an hour at most.
+        if self.timeout.is_zero() || self.timeout > std::time::Duration::from_secs(300) {
+            return Err(invalid(
+                "WHATSAPP_TIMEOUT",
+                "must be greater than zero and at most 5m",
+            ));
         }
         Ok(())
     }

@@ -55,6 +55,11 @@ use entity::{
 const CURSOR_KIND: &str = "msg";
 /// Provider calls one message may take before it ends FAILED.
 pub const MAX_SEND_ATTEMPTS: i32 = 5;
+/// Runs a message's job may take: one per provider call, and two more that only record the
+/// outcome. A call can end without the job recording it (it outlived the job's timeout, or the
+/// worker was killed during it); the queue still counts the attempt. Without the spare runs, the
+/// job's last attempt spent that way left its message QUEUED for good.
+const JOB_ATTEMPTS: u32 = MAX_SEND_ATTEMPTS as u32 + 2;
 /// The Cloud API's limit on a text message body.
 pub const MAX_TEXT_CHARS: usize = 4096;
 
@@ -221,16 +226,26 @@ async fn enqueue(state: &AppState, m: &message::Model, priority: Priority, n: i3
         .queue_message_sending(
             &m.customer_phone,
             json!({ "messageId": m.id, "merchantId": m.merchant_id }),
-            &JobOptions {
-                job_id: Some(job_id),
-                priority: Some(priority),
-                attempts: Some(MAX_SEND_ATTEMPTS as u32),
-                backoff_ms: Some(state.config.whatsapp.retry_base.as_millis() as u64),
-                ..Default::default()
-            },
+            &job_options(state, job_id, priority),
         )
         .await?;
     Ok(())
+}
+
+/// A message's job: its id, priority, attempts (see [`JOB_ATTEMPTS`]) and backoff, and a
+/// timeout that outlasts one provider call (`WHATSAPP_TIMEOUT`) with the bookkeeping around
+/// it. A shorter one cancelled calls that Meta may yet have accepted, and the retry sent the
+/// message to the customer again.
+fn job_options(state: &AppState, job_id: String, priority: Priority) -> JobOptions {
+    let timeout = state.config.whatsapp.timeout + std::time::Duration::from_secs(15);
+    JobOptions {
+        job_id: Some(job_id),
+        priority: Some(priority),
+        attempts: Some(JOB_ATTEMPTS),
+        backoff_ms: Some(state.config.whatsapp.retry_base.as_millis() as u64),
+        timeout_ms: Some(timeout.as_millis() as u64),
+        ..Default::default()
+    }
 }
 
 async fn replay(
@@ -422,10 +437,12 @@ pub async fn deliver(state: &AppState, job: &JobInfo, message_id: Uuid) -> Resul
         return Ok(json!({ "skipped": format!("message is {}", m.status.as_str()) }));
     }
     if m.attempts >= MAX_SEND_ATTEMPTS {
+        // The last call's own error, else what ended its job run (a timeout, a lost worker).
+        let last = m.error.clone().or_else(|| job.last_error.clone());
         let reason = format!(
             "gave up after {} attempts: {}",
             m.attempts,
-            m.error.clone().unwrap_or_default()
+            last.as_deref().unwrap_or("no outcome recorded")
         );
         mark_failed(state, &m, &reason, None)
             .await
@@ -484,13 +501,8 @@ pub async fn deliver(state: &AppState, job: &JobInfo, message_id: Uuid) -> Resul
                 Some(delay) => {
                     // The continuation runs exactly `Retry-After` from now; its id is unique per
                     // attempt, so a redelivered job schedules it once.
-                    let mut opts = JobOptions {
-                        job_id: Some(format!("msg-{}-{attempt}", m.id)),
-                        priority: Some(job.priority),
-                        attempts: Some(MAX_SEND_ATTEMPTS as u32),
-                        backoff_ms: Some(state.config.whatsapp.retry_base.as_millis() as u64),
-                        ..Default::default()
-                    };
+                    let mut opts =
+                        job_options(state, format!("msg-{}-{attempt}", m.id), job.priority);
                     opts.delay_ms = Some(delay.as_millis() as u64);
                     state
                         .queue

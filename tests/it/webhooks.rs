@@ -1402,7 +1402,7 @@ async fn two_instances_deliver_each_event_once() {
 const CHILD_ENV: &str = "SMARTBOT_TEST_WEBHOOK_CHILD";
 
 /// The body of a child server process (`serve` with workers), configured by the parent through
-/// `CHILD_ENV` (`KEY=VALUE` lines). It does nothing unless started by the SIGKILL test.
+/// `CHILD_ENV` (`KEY=VALUE` lines). It does nothing unless started by a SIGKILL test.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "runs only as a child process of the webhook SIGKILL test"]
 async fn child_server_entry() {
@@ -1421,6 +1421,23 @@ async fn child_server_entry() {
     // Until the parent kills us, or ten minutes (a parent that died).
     tokio::time::sleep(Duration::from_secs(600)).await;
     server.stop().await.unwrap();
+}
+
+/// Starts `serve` (with workers) in a child process, configured by `spec` (`KEY=VALUE` lines).
+pub(crate) fn spawn_child_server(spec: &str) -> std::process::Child {
+    std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "webhooks::child_server_entry",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_ENV, spec)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("spawn the child server")
 }
 
 /// A worker process SIGKILLed mid-delivery (the receiver holds the request open): its lease
@@ -1452,19 +1469,7 @@ async fn sigkill_mid_delivery_is_retried(db: Db, redis: bool) {
     let rx = TestReceiver::start().await;
     rx.script([Reply::hang()]);
     let (id, _) = register(&app, "m-a", json!({ "url": rx.url() })).await;
-    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "webhooks::child_server_entry",
-            "--exact",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_ENV, spec)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::inherit())
-        .spawn()
-        .expect("spawn the child server");
+    let mut child = spawn_child_server(&spec);
     let event = emit(&app, "m-a", 1).await;
     let first = rx.wait_for(1).await;
     assert_eq!(first[0].header("webhook-id"), event);

@@ -43,6 +43,8 @@ pub struct Seen {
 #[derive(Debug, Clone)]
 pub enum Reply {
     Accept,
+    /// Holds the request open, answering nothing (a call whose worker dies during it).
+    Hang,
     Error {
         status: u16,
         code: i64,
@@ -86,6 +88,10 @@ async fn messages(
         (g.script.pop_front().unwrap_or(Reply::Accept), g.seen.len())
     };
     match reply {
+        Reply::Hang => {
+            tokio::time::sleep(Duration::from_secs(600)).await;
+            StatusCode::GATEWAY_TIMEOUT.into_response()
+        }
         Reply::Accept => Json(json!({
             "messaging_product": "whatsapp",
             "contacts": [{ "input": body["to"], "wa_id": body["to"] }],
@@ -491,6 +497,71 @@ async fn a_spent_retry_budget_fails_the_message() {
         "{failed:#}"
     );
     assert_eq!(cloud.seen().len(), 5);
+}
+
+/// Provider calls that never come back, each worker SIGKILLed during its call: the queue
+/// counts every lost run, and once the five calls are spent the job's next run ends the message
+/// FAILED, naming the lost runs. It was left QUEUED for good when the last call's run was the
+/// job's last attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_lost_with_their_worker_still_fail_the_message() {
+    let cloud = CloudApi::start().await;
+    cloud.script(std::iter::repeat_n(Reply::Hang, 10));
+    // The parent serves the API and runs no workers: child processes take the job.
+    let app = TestApp::spawn_with(Db::Sqlite, |c| {
+        c.run_workers = false;
+        c.job_lease = Duration::from_secs(1);
+    })
+    .await;
+    let cfg = app.server.state.config.clone();
+    let spec = format!(
+        "DATABASE_URL={}\nDATA_DIR={}\nPORT=0\nBIND_ADDR=127.0.0.1\nRATE_LIMIT=off\n\
+         JOB_LEASE=1s\nSEED_TEMPLATES=false\nWHATSAPP_API_BASE={}\nWHATSAPP_TOKEN={TOKEN}\n\
+         WHATSAPP_PHONE_NUMBER_ID={PHONE_NUMBER_ID}\nWHATSAPP_RETRY_BASE=50ms\n\
+         WHATSAPP_TIMEOUT=120s\n",
+        cfg.database_url,
+        cfg.data_dir.display(),
+        cloud.base(),
+    );
+    let m = send(
+        &app,
+        &app.merchant("m-shop"),
+        json!({ "to": CUSTOMER, "text": "lost in flight" }),
+    )
+    .await;
+    let id = m["id"].as_str().unwrap();
+    for call in 1..=5 {
+        let mut child = crate::webhooks::spawn_child_server(&spec);
+        eventually(&format!("provider call {call}"), || async {
+            let n = cloud.seen().len();
+            if n >= call {
+                Ok(())
+            } else {
+                Err(format!("{n} calls"))
+            }
+        })
+        .await;
+        // SIGKILL: the call's outcome is never recorded.
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    assert_eq!(message(&app, id).await["status"], "QUEUED");
+    let mut config = (*cfg).clone();
+    config.port = 0;
+    config.run_workers = true;
+    config.whatsapp.api_base = cloud.base();
+    config.whatsapp.token = Some(TOKEN.into());
+    config.whatsapp.phone_number_id = Some(PHONE_NUMBER_ID.into());
+    let worker = smartbot::spawn(config).await.unwrap();
+    let failed = message_in(&app, id, "FAILED").await;
+    assert_eq!(failed["attempts"], 5, "{failed:#}");
+    let error = failed["error"].as_str().unwrap();
+    assert!(
+        error.contains("gave up after 5 attempts") && error.contains("stalled"),
+        "{failed:#}"
+    );
+    assert_eq!(cloud.seen().len(), 5, "no sixth call");
+    worker.stop().await.unwrap();
 }
 
 /// Without credentials the recording transport keeps the message; `outbox` shows it, scoped.
