@@ -217,6 +217,61 @@ pub fn scrub_nul(v: &mut Value) {
     }
 }
 
+/// `json` with every lone surrogate escape (`\ud83d` not followed by its low half, or a low
+/// half on its own) replaced by `\ufffd`, as a lossy UTF-16 decoder does; `None` when there is
+/// none. serde_json refuses such a document whole; for data that is not the sender's to
+/// correct (a signed webhook), one broken character must not cost the rest. Escapes are found
+/// as [`json_has_nul`] finds them: a `u` after an odd run of backslashes. Linear.
+pub fn repair_lone_surrogates(json: &[u8]) -> Option<Vec<u8>> {
+    fn escape_at(bytes: &[u8], i: usize) -> Option<u16> {
+        // `\uXXXX` starting at i (the backslash).
+        let hex = bytes.get(i + 2..i + 6)?;
+        (bytes.get(i + 1) == Some(&b'u'))
+            .then(|| u16::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok())
+            .flatten()
+    }
+    let high = |u: u16| (0xD800..0xDC00).contains(&u);
+    let low = |u: u16| (0xDC00..0xE000).contains(&u);
+    let mut out: Option<Vec<u8>> = None;
+    let mut copied = 0; // bytes of `json` already in `out`
+    let mut run = 0usize; // backslashes just before the current byte
+    let mut i = 0;
+    while i < json.len() {
+        if json[i] != b'\\' {
+            run = 0;
+            i += 1;
+            continue;
+        }
+        if run % 2 == 1 {
+            // This backslash is escaped by the one before it.
+            run = 0;
+            i += 1;
+            continue;
+        }
+        let Some(unit) = escape_at(json, i) else {
+            run += 1;
+            i += 1;
+            continue;
+        };
+        run = 0;
+        if high(unit) && escape_at(json, i + 6).is_some_and(low) {
+            i += 12; // a whole pair
+            continue;
+        }
+        if high(unit) || low(unit) {
+            let o = out.get_or_insert_with(|| Vec::with_capacity(json.len()));
+            o.extend_from_slice(&json[copied..i]);
+            o.extend_from_slice(b"\\ufffd");
+            copied = i + 6;
+        }
+        i += 6;
+    }
+    out.map(|mut o| {
+        o.extend_from_slice(&json[copied..]);
+        o
+    })
+}
+
 /// Whether a URL path or query string holds an encoded NUL (`%00`).
 pub fn url_has_nul(raw: &str) -> bool {
     raw.contains("%00")
@@ -224,6 +279,26 @@ pub fn url_has_nul(raw: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn lone_surrogates_become_the_replacement_character() {
+        use super::repair_lone_surrogates as r;
+        let parse = |b: &[u8]| serde_json::from_slice::<serde_json::Value>(b);
+        // A pair is kept; nothing to repair.
+        assert_eq!(r(br#"{"t":"\ud83d\ude00 ok"}"#), None);
+        assert_eq!(r(br#"{"t":"plain \\ud83d"}"#), None, "an escaped backslash");
+        for (bad, want) in [
+            (&br#"{"t":"hi \ud83d x"}"#[..], "hi \u{FFFD} x"),
+            (br#"{"t":"\uDE00 low first"}"#, "\u{FFFD} low first"),
+            (br#"{"t":"\ud83d\ud83d\ude00"}"#, "\u{FFFD}\u{1F600}"),
+            (br#"{"t":"end \ud83d"}"#, "end \u{FFFD}"),
+            (br#"{"t":"\\\ud83d"}"#, "\\\u{FFFD}"),
+        ] {
+            assert!(parse(bad).is_err(), "serde_json refuses {bad:?}");
+            let fixed = r(bad).expect("repaired");
+            assert_eq!(parse(&fixed).unwrap()["t"], want, "{bad:?}");
+        }
+    }
+
     #[test]
     fn serde_messages_name_json_types() {
         use super::json_error_message as m;

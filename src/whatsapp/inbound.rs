@@ -77,8 +77,8 @@ pub struct Summary {
     /// Entries for a phone number no merchant owns.
     pub skipped: usize,
     /// Messages that cannot be stored: no id, an id over 256 characters, a sender that is not
-    /// E.164. Logged and acknowledged (Meta would only send them again), never counted as
-    /// duplicates.
+    /// E.164; and changes whose `phone_number_id` is not a string. Logged and acknowledged
+    /// (Meta would only send them again), never counted as duplicates.
     pub invalid: usize,
 }
 
@@ -317,8 +317,25 @@ async fn apply_status<Db: ConnectionTrait>(
 /// Processes a verified webhook body: see the module docs. Everything in one transaction;
 /// the events are published after it commits.
 pub async fn process(state: &AppState, body: &[u8]) -> Result<Summary> {
-    let mut doc: Value = serde_json::from_slice(body)
+    let parsed = serde_json::from_slice::<Value>(body).or_else(|e| {
+        // Signed by Meta: a lone surrogate escape in one message's text must not refuse the
+        // whole batch (and every redelivery of it). It becomes U+FFFD.
+        match crate::input::repair_lone_surrogates(body) {
+            Some(repaired) => serde_json::from_slice(&repaired),
+            None => Err(e),
+        }
+    });
+    let mut doc = parsed
         .map_err(|e| Error::validation("body", format!("the webhook body is not JSON: {e}")))?;
+    if !doc.is_object() {
+        return Err(Error::validation(
+            "body",
+            "the webhook body must be a JSON object (Meta's `{\"object\", \"entry\": [...]}`)",
+        ));
+    }
+    if !(doc["entry"].is_null() || doc["entry"].is_array()) {
+        return Err(Error::validation("entry", "`entry` must be an array"));
+    }
     // Signed by Meta, so not the sender's to correct: a NUL (which PostgreSQL cannot store in
     // text, failing the whole batch) is kept as U+FFFD.
     crate::input::scrub_nul(&mut doc);
@@ -329,8 +346,15 @@ pub async fn process(state: &AppState, body: &[u8]) -> Result<Summary> {
     for entry in doc["entry"].as_array().unwrap_or(&empty) {
         for change in entry["changes"].as_array().unwrap_or(&empty) {
             let value = &change["value"];
-            let Some(number) = value["metadata"]["phone_number_id"].as_str() else {
-                continue;
+            // Changes of other fields (account updates, …) carry no number: not ours to count.
+            let number = match &value["metadata"]["phone_number_id"] {
+                Value::Null => continue,
+                Value::String(n) => n.as_str(),
+                other => {
+                    tracing::warn!(phone_number_id = %other, "webhook change whose phone_number_id is not a string; counted invalid");
+                    summary.invalid += 1;
+                    continue;
+                }
             };
             let Some(merchant) = merchant_for_number(&txn, &state.config.whatsapp, number).await?
             else {

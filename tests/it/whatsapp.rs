@@ -205,7 +205,11 @@ pub fn sign(app_secret: &str, body: &[u8]) -> String {
 
 /// POSTs a webhook body signed with `secret` (none: unsigned).
 pub async fn post_webhook(app: &TestApp, body: &Value, secret: Option<&str>) -> (u16, Value) {
-    let raw = serde_json::to_vec(body).unwrap();
+    post_raw_webhook(app, serde_json::to_vec(body).unwrap(), secret).await
+}
+
+/// POSTs raw bytes as a webhook body, signed with `secret` (none: unsigned).
+pub async fn post_raw_webhook(app: &TestApp, raw: Vec<u8>, secret: Option<&str>) -> (u16, Value) {
     let mut req = app
         .client
         .post(app.url("/webhooks/whatsapp"))
@@ -974,6 +978,67 @@ both_dbs!(
     inbound_is_signed_and_processed_once,
     statuses_follow_the_outbound_message,
 );
+
+/// Signed bodies that are not quite what Meta documents: a lone surrogate escape in one text
+/// costs that character (U+FFFD), not the batch; a body that is not an object, or whose `entry`
+/// is not an array, is VALIDATION; a change whose `phone_number_id` is not a string is counted
+/// invalid, not dropped unseen.
+#[tokio::test]
+async fn odd_signed_bodies_get_clear_answers() {
+    let app = app_with(Db::Sqlite, None).await;
+    let body = webhook(
+        PHONE_NUMBER_ID,
+        json!([
+            text_message("wamid.LS1", "hi SURROGATE x"),
+            text_message("wamid.LS2", "fine"),
+        ]),
+        json!([]),
+    );
+    let raw = serde_json::to_string(&body)
+        .unwrap()
+        .replace("SURROGATE", "\\ud83d");
+    let (status, res) = post_raw_webhook(&app, raw.into_bytes(), Some(APP_SECRET)).await;
+    assert_eq!(status, 200, "{res:#}");
+    assert_eq!(res["summary"]["received"], 2, "{res:#}");
+    let texts: Vec<Value> = events_of(&app, "m-wa", "MESSAGE_RECEIVED")
+        .await
+        .iter()
+        .map(|e| e["payload"]["text"].clone())
+        .collect();
+    assert!(texts.contains(&json!("hi \u{FFFD} x")), "{texts:?}");
+    assert!(texts.contains(&json!("fine")), "{texts:?}");
+
+    for (raw, field) in [
+        (&b"[]"[..], "body"),
+        (b"\"text\"", "body"),
+        (
+            br#"{"object":"whatsapp_business_account","entry":{}}"#,
+            "entry",
+        ),
+    ] {
+        let (status, res) = post_raw_webhook(&app, raw.to_vec(), Some(APP_SECRET)).await;
+        assert_eq!(status, 400, "{res:#}");
+        assert_eq!(
+            (&res["code"], &res["field"]),
+            (&json!("VALIDATION"), &json!(field)),
+            "{res:#}"
+        );
+    }
+
+    let mut numeric = webhook(
+        PHONE_NUMBER_ID,
+        json!([text_message("wamid.N1", "x")]),
+        json!([]),
+    );
+    numeric["entry"][0]["changes"][0]["value"]["metadata"]["phone_number_id"] = json!(1065);
+    let (status, res) = post_webhook(&app, &numeric, Some(APP_SECRET)).await;
+    assert_eq!(status, 200, "{res:#}");
+    assert_eq!(
+        (&res["summary"]["invalid"], &res["summary"]["received"]),
+        (&json!(1), &json!(0)),
+        "{res:#}"
+    );
+}
 
 /// Meta redelivers a batch while the first delivery is still being processed, or splits one in
 /// two. On PostgreSQL the batches' transactions overlap: one holds a message row the other
