@@ -368,13 +368,25 @@ impl Checks {
 }
 
 /// Writes a payload's values in their one stored form, as the domains store them: a currency
-/// in upper case (`usd` is `USD`, as `submitOrder` and `recordPayment` take it). Then
-/// [`validate_payload`] judges it.
+/// in upper case (`usd` is `USD`, as `submitOrder` and `recordPayment` take it), a phone as its
+/// E.164 digits without `+` (as orders and messages keep it). Then [`validate_payload`] judges
+/// it; a value that is not a phone is left for it to name.
 pub fn normalize_payload(kind: EventType, payload: &mut Value) {
     if matches!(kind, EventType::OrderCreated | EventType::PaymentReceived)
         && let Some(Value::String(c)) = payload.get_mut("currency")
     {
         *c = c.trim().to_ascii_uppercase();
+    }
+    let phone = match kind {
+        EventType::MessageReceived => "from",
+        EventType::MessageSent => "to",
+        EventType::OrderCreated => "customerPhone",
+        _ => return,
+    };
+    if let Some(Value::String(p)) = payload.get_mut(phone)
+        && let Ok(digits) = crate::whatsapp::parse_phone(phone, p)
+    {
+        *p = digits;
     }
 }
 
@@ -552,6 +564,37 @@ mod tests {
             other["currency"], "usd",
             "only where a currency is a currency"
         );
+    }
+
+    #[test]
+    fn phones_are_stored_as_their_digits() {
+        for (kind, field, mut p) in [
+            (
+                EventType::OrderCreated,
+                "customerPhone",
+                json!({"orderId": "o", "customerPhone": " +263781564004", "totalAmount": 5, "currency": "USD"}),
+            ),
+            (
+                EventType::MessageSent,
+                "to",
+                json!({"messageId": "m", "to": "+263781564004"}),
+            ),
+            (
+                EventType::MessageReceived,
+                "from",
+                json!({"messageId": "m", "from": "+263781564004"}),
+            ),
+        ] {
+            normalize_payload(kind, &mut p);
+            assert_eq!(p[field], "263781564004", "{kind:?}");
+            assert!(validate_payload(kind, &p).is_ok(), "{kind:?}");
+        }
+        // Not a phone: left as sent, for validation to name.
+        let mut bad = json!({"messageId": "m", "to": "+12ab"});
+        normalize_payload(EventType::MessageSent, &mut bad);
+        assert_eq!(bad["to"], "+12ab");
+        let err = validate_payload(EventType::MessageSent, &bad).unwrap_err();
+        assert_eq!(err.field(), Some("payload.to"));
     }
 
     #[test]
