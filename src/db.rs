@@ -45,7 +45,10 @@ pub async fn connect(config: &Config) -> Result<DatabaseConnection> {
         opts.map_sqlx_sqlite_opts(|o| {
             use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
             // WAL lets readers run beside the single writer; writers wait instead of failing.
-            o.journal_mode(SqliteJournalMode::Wal)
+            // REGEXP (the `regex` crate): template search folds case by Unicode, where
+            // SQLite's lower() and LIKE fold ASCII only.
+            o.with_regexp()
+                .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Normal)
                 .foreign_keys(true)
                 // Until `after_connect` installs `busy_wait` in its place.

@@ -12,7 +12,7 @@
 use sea_orm::{
     ActiveModelTrait,
     ActiveValue::Set,
-    ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, EntityTrait, ExprTrait,
+    ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, ExprTrait,
     PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
     sea_query::{Expr, Func},
 };
@@ -242,7 +242,11 @@ fn escape_like(s: &str) -> String {
 pub const MAX_SEARCH_CHARS: usize = 200;
 
 /// The rows `ctx` may see that match `filter`.
-fn list_condition(ctx: &RequestContext, filter: &TemplateFilter) -> Result<Condition> {
+fn list_condition(
+    backend: DbBackend,
+    ctx: &RequestContext,
+    filter: &TemplateFilter,
+) -> Result<Condition> {
     let mut cond = Templates::read_condition(&ctx.actor);
     if let Some(kind) = filter.kind {
         cond = cond.add(C::Kind.eq(kind));
@@ -265,18 +269,28 @@ fn list_condition(ctx: &RequestContext, filter: &TemplateFilter) -> Result<Condi
         // In Unicode's composed form, as names are stored: `é` typed as `e` and a combining
         // accent finds `é`.
         let search: String = unicode_normalization::UnicodeNormalization::nfc(search).collect();
-        let pattern = format!("%{}%", escape_like(&search.to_lowercase()));
-        cond = cond.add(
-            Condition::any()
-                .add(
-                    Expr::expr(Func::lower(Expr::col(C::Name)))
-                        .like(sea_orm::sea_query::LikeExpr::new(pattern.clone()).escape('\\')),
-                )
-                .add(
-                    Expr::expr(Func::lower(Expr::col(C::Body)))
-                        .like(sea_orm::sea_query::LikeExpr::new(pattern).escape('\\')),
+        let matches = |col: C| -> sea_orm::sea_query::SimpleExpr {
+            match backend {
+                // SQLite's lower() and LIKE fold ASCII only (`Ω` never found `ω`): a
+                // case-insensitive regex of the literal text folds by Unicode.
+                DbBackend::Sqlite => Expr::cust_with_exprs(
+                    "? REGEXP ?",
+                    [
+                        Expr::col(col),
+                        Expr::val(format!("(?i){}", regex::escape(&search))),
+                    ],
                 ),
-        );
+                // PostgreSQL's lower() folds by the database's LC_CTYPE (C.UTF-8, en_US.UTF-8).
+                _ => Expr::expr(Func::lower(Expr::col(col))).like(
+                    sea_orm::sea_query::LikeExpr::new(format!(
+                        "%{}%",
+                        escape_like(&search.to_lowercase())
+                    ))
+                    .escape('\\'),
+                ),
+            }
+        };
+        cond = cond.add(Condition::any().add(matches(C::Name)).add(matches(C::Body)));
     }
     Ok(cond)
 }
@@ -292,7 +306,7 @@ pub async fn list(
     with_count: bool,
 ) -> Result<Page<message_template::Model>> {
     let limit = page.limit()?;
-    let cond = list_condition(ctx, filter)?;
+    let cond = list_condition(db.get_database_backend(), ctx, filter)?;
     let total_count = if with_count {
         Templates::find().filter(cond.clone()).count(db).await?
     } else {
@@ -331,7 +345,7 @@ pub async fn list_all(
     filter: &TemplateFilter,
 ) -> Result<Vec<message_template::Model>> {
     Ok(Templates::find()
-        .filter(list_condition(ctx, filter)?)
+        .filter(list_condition(db.get_database_backend(), ctx, filter)?)
         .order_by_asc(C::Name)
         .order_by_asc(C::Id)
         .all(db)

@@ -327,8 +327,56 @@ async fn templates_sharing_a_name_are_all_paged(db: Db) {
     }
 }
 
+/// Search folds case by Unicode on both databases (SQLite's own lower() and LIKE fold ASCII
+/// only: `Ωmega` found `ωmega` but not itself), in names and bodies, and takes every
+/// character literally.
+async fn search_folds_case_by_unicode(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let admin = Some(app.admin.as_str());
+    for (name, body) in [
+        ("Ωmega", "first"),
+        ("ωmega", "second"),
+        ("CAFÉ", "third"),
+        ("Café", "fourth"),
+        ("café", "fifth"),
+        ("school", "ÉCOLE ouverte"),
+        ("dotted", "a.b (x)"),
+        ("plain", "axb x"),
+    ] {
+        app.as_admin()
+            .create_template(json!({ "name": name, "type": "TEXT", "body": body }))
+            .await;
+    }
+    let found = |search: &str| {
+        let app = &app;
+        let search = search.to_owned();
+        async move {
+            let data = app
+                .gql_ok(admin, PAGE, json!({ "search": search, "first": 100 }))
+                .await;
+            let mut names = page_names(&data);
+            names.sort();
+            assert_eq!(
+                data["templates"]["totalCount"],
+                names.len(),
+                "{search}: count and page agree"
+            );
+            names
+        }
+    };
+    assert_eq!(found("Ωmega").await, ["Ωmega", "ωmega"]);
+    assert_eq!(found("ΩMEGA").await, ["Ωmega", "ωmega"]);
+    assert_eq!(found("CAFÉ").await, ["CAFÉ", "Café", "café"]);
+    assert_eq!(found("cAfÉ").await, ["CAFÉ", "Café", "café"]);
+    assert_eq!(found("école").await, ["school"]);
+    assert_eq!(found("a.b").await, ["dotted"], "a dot is a dot");
+    assert_eq!(found("(x)").await, ["dotted"], "parentheses are text");
+    assert!(found("(?").await.is_empty());
+}
+
 both_dbs!(
     templates_pages_and_filters,
     audit_log_pages,
     templates_sharing_a_name_are_all_paged,
+    search_folds_case_by_unicode,
 );
