@@ -8,7 +8,7 @@
 
 use serde_json::Value;
 
-use super::{JobInfo, JobOptions, JobQueue, QueueControl, QueueName, StateCounts};
+use super::{FailedKey, JobInfo, JobOptions, JobQueue, QueueControl, QueueName, StateCounts};
 use crate::{
     auth::Actor,
     error::{Error, Result},
@@ -73,31 +73,45 @@ impl<'a> QueueAdmin<'a> {
         self.queue.job_status(queue, id).await
     }
 
-    /// Failed jobs, most recently failed first, paged by offset cursors.
+    /// Failed jobs, most recently failed first, paged by key: a cursor names its job's finish
+    /// time and id, so jobs that fail between two pages repeat nothing and skip nothing (an
+    /// offset cursor repeated the page's last jobs).
     pub async fn failed_jobs(&self, queue: QueueName, page: PageArgs) -> Result<FailedPage> {
         self.require_reader()?;
         let limit = page.limit()?;
-        let offset: u64 = match &page.after {
-            Some(c) => decode_cursor(FAILED_CURSOR, c)?.parse().map_err(|_| {
-                Error::validation("after", "after is not a valid cursor for this list")
-            })?,
-            None => 0,
+        let after = match &page.after {
+            Some(c) => Some(
+                decode_cursor(FAILED_CURSOR, c)?
+                    .split_once(':')
+                    .and_then(|(at, id)| {
+                        Some(FailedKey {
+                            finished_at: at.parse().ok()?,
+                            id: id.to_owned(),
+                        })
+                    })
+                    .ok_or_else(|| {
+                        Error::validation("after", "after is not a valid cursor for this list")
+                    })?,
+            ),
+            None => None,
         };
         let total = self.control().counts(queue).await?.failed;
-        let mut jobs = self.control().list_failed(queue, offset, limit + 1).await?;
+        let mut jobs = self
+            .control()
+            .list_failed(queue, after.as_ref(), limit + 1)
+            .await?;
         let has_next = jobs.len() as u64 > limit;
         jobs.truncate(limit as usize);
         let jobs = jobs
             .into_iter()
-            .enumerate()
-            .map(|(i, j)| {
-                let cursor = encode_cursor(FAILED_CURSOR, &(offset + i as u64 + 1).to_string());
-                (cursor, j)
+            .map(|j| {
+                let at = j.finished_at.unwrap_or_default();
+                (encode_cursor(FAILED_CURSOR, &format!("{at}:{}", j.id)), j)
             })
             .collect();
         Ok(FailedPage {
             jobs,
-            has_previous: offset > 0,
+            has_previous: after.is_some(),
             has_next,
             total,
         })

@@ -389,14 +389,27 @@ pub struct Completion {
     pub result: Value,
 }
 
+/// A failed job's place in the failed list: when it failed (epoch ms), then its id. A page
+/// starts after a key, not at an offset, so jobs that fail between two pages shift nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailedKey {
+    pub finished_at: i64,
+    pub id: String,
+}
+
 /// What operators and producers ask of a queue: inspection and the admin commands. Served by the
 /// same storage as [`QueueBackend`]; [`admin`] wraps it with authorization and paging.
 #[async_trait]
 pub trait QueueControl: Send + Sync + 'static {
     async fn get(&self, queue: QueueName, id: &str) -> Result<Option<JobInfo>>;
     async fn counts(&self, queue: QueueName) -> Result<StateCounts>;
-    /// Failed jobs, most recently failed first, from `offset`.
-    async fn list_failed(&self, queue: QueueName, offset: u64, limit: u64) -> Result<Vec<JobInfo>>;
+    /// Failed jobs, most recently failed first (ties: greater id first), after `after`.
+    async fn list_failed(
+        &self,
+        queue: QueueName,
+        after: Option<&FailedKey>,
+        limit: u64,
+    ) -> Result<Vec<JobInfo>>;
     /// Failed -> waiting with a fresh set of attempts. NOT_FOUND / CONFLICT otherwise.
     async fn retry(&self, queue: QueueName, id: &str) -> Result<()>;
     /// Deletes a job that is not active. Returns whether it existed.

@@ -35,14 +35,18 @@ use fred::{
     clients::{Client, Pool},
     interfaces::{ClientLike, KeysInterface, ListInterface, SortedSetsInterface},
     prelude::{Builder, Config as RedisConfig, Options, ReconnectPolicy},
-    types::{ClusterHash, CustomCommand, Value as RedisValue, scripts::Script as FredScript},
+    types::{
+        ClusterHash, CustomCommand, Value as RedisValue,
+        scripts::Script as FredScript,
+        sorted_sets::{ZRange, ZRangeBound, ZRangeKind, ZSort},
+    },
 };
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    AttemptError, Completion, JobInfo, JobState, Leased, NewJob, Outcome, Priority, QueueBackend,
-    QueueControl, QueueName, Retention, StateCounts,
+    AttemptError, Completion, FailedKey, JobInfo, JobState, Leased, NewJob, Outcome, Priority,
+    QueueBackend, QueueControl, QueueName, Retention, StateCounts,
 };
 use crate::error::{Error, Result};
 
@@ -654,23 +658,62 @@ impl QueueControl for RedisQueue {
         })
     }
 
-    async fn list_failed(&self, queue: QueueName, offset: u64, limit: u64) -> Result<Vec<JobInfo>> {
+    async fn list_failed(
+        &self,
+        queue: QueueName,
+        after: Option<&FailedKey>,
+        limit: u64,
+    ) -> Result<Vec<JobInfo>> {
         if limit == 0 {
             return Ok(vec![]);
         }
-        let ids: Vec<String> = self
-            .client()
-            .zrange(
-                self.key(queue, "failed"),
-                offset as i64,
-                (offset + limit - 1) as i64,
-                None,
-                true,
-                None,
-                false,
-            )
-            .await
-            .map_err(redis_err)?;
+        // Scored by finish time; ties come in descending id order, as the SQL backend sorts.
+        // From the cursor's time down, skipping its own time's ids up to and including its id.
+        let key = self.key(queue, "failed");
+        let top = ZRange {
+            kind: ZRangeKind::Inclusive,
+            range: match after {
+                Some(k) => ZRangeBound::Score(k.finished_at as f64),
+                None => ZRangeBound::InfiniteScore,
+            },
+        };
+        let chunk = limit as i64 + 16;
+        let mut ids: Vec<String> = Vec::with_capacity(limit as usize);
+        let mut offset = 0;
+        'chunks: loop {
+            // Member, score, member, score, … (scores are whole milliseconds).
+            let flat: Vec<String> = self
+                .client()
+                .zrange(
+                    &key,
+                    &top,
+                    "-inf",
+                    Some(ZSort::ByScore),
+                    true,
+                    Some((offset, chunk)),
+                    true,
+                )
+                .await
+                .map_err(redis_err)?;
+            let got: Vec<(String, i64)> = flat
+                .chunks_exact(2)
+                .map(|p| (p[0].clone(), p[1].parse::<f64>().unwrap_or_default() as i64))
+                .collect();
+            let full = got.len() as i64 == chunk;
+            for (id, score) in got {
+                if after.is_some_and(|k| score == k.finished_at && id >= k.id) {
+                    continue;
+                }
+                ids.push(id);
+                if ids.len() as u64 == limit {
+                    break 'chunks;
+                }
+            }
+            if !full {
+                break;
+            }
+            offset += chunk;
+        }
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
             if let Some(j) = self.get(queue, &id).await? {

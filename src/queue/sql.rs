@@ -29,17 +29,17 @@ use std::{
 use async_trait::async_trait;
 use backon::{ExponentialBuilder, Retryable};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction,
-    DbBackend, EntityTrait, FromQueryResult, QueryFilter, QueryOrder, QuerySelect,
-    SqliteTransactionMode, Statement, TransactionOptions, TransactionTrait, Value as DbValue,
-    sea_query::OnConflict,
+    ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection,
+    DatabaseTransaction, DbBackend, EntityTrait, FromQueryResult, QueryFilter, QueryOrder,
+    QuerySelect, SqliteTransactionMode, Statement, TransactionOptions, TransactionTrait,
+    Value as DbValue, sea_query::OnConflict,
 };
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    AttemptError, Completion, JobInfo, JobState, Leased, NewJob, Outcome, Priority, QueueBackend,
-    QueueControl, QueueName, Retention, StateCounts,
+    AttemptError, Completion, FailedKey, JobInfo, JobState, Leased, NewJob, Outcome, Priority,
+    QueueBackend, QueueControl, QueueName, Retention, StateCounts,
 };
 use crate::error::{Error, Result};
 use entity::{job, queue_control};
@@ -471,13 +471,28 @@ impl QueueControl for SqlQueue {
         Ok(c)
     }
 
-    async fn list_failed(&self, queue: QueueName, offset: u64, limit: u64) -> Result<Vec<JobInfo>> {
-        job::Entity::find()
+    async fn list_failed(
+        &self,
+        queue: QueueName,
+        after: Option<&FailedKey>,
+        limit: u64,
+    ) -> Result<Vec<JobInfo>> {
+        let mut q = job::Entity::find()
             .filter(job::Column::Queue.eq(queue.as_str()))
-            .filter(job::Column::State.eq("failed"))
-            .order_by_desc(job::Column::FinishedAt)
+            .filter(job::Column::State.eq("failed"));
+        if let Some(k) = after {
+            q = q.filter(
+                Condition::any()
+                    .add(job::Column::FinishedAt.lt(k.finished_at))
+                    .add(
+                        Condition::all()
+                            .add(job::Column::FinishedAt.eq(k.finished_at))
+                            .add(job::Column::Id.lt(k.id.as_str())),
+                    ),
+            );
+        }
+        q.order_by_desc(job::Column::FinishedAt)
             .order_by_desc(job::Column::Id)
-            .offset(offset)
             .limit(limit)
             .all(&self.db)
             .await?

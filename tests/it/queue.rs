@@ -312,7 +312,7 @@ async fn failures_backoff_and_retry(kind: Kind) {
         .map(|e| (e.attempt, e.error.as_str()))
         .collect();
     assert_eq!(errors, vec![(1, "boom 1"), (2, "boom 2")]);
-    let failed = q.list_failed(Q, 0, 10).await.unwrap();
+    let failed = q.list_failed(Q, None, 10).await.unwrap();
     assert_eq!(failed.len(), 1);
     assert_eq!(q.counts(Q).await.unwrap().failed, 1);
 

@@ -513,3 +513,102 @@ async fn queue_api_embedded() {
 async fn queue_api_redis() {
     queue_api(true).await
 }
+
+/// `failedJobs` pages by key: jobs that fail between two pages (they come first, being newer)
+/// neither repeat a job on the next page nor push one off it. Offset cursors repeated them.
+async fn failed_jobs_page_by_key(redis: bool) {
+    let app = spawn_workers(redis, false).await;
+    let admin = Some(app.admin.as_str());
+    let backend = app.server.state.queue.backend().clone();
+    let fail = |n: std::ops::Range<usize>| {
+        let (app, backend) = (&app, backend.clone());
+        async move {
+            for i in n {
+                let id = format!("f-{i}");
+                app.gql_ok(
+                    admin,
+                    ENQUEUE,
+                    json!({ "q": "MESSAGE_SENDING", "data": {}, "opts": { "jobId": id, "attempts": 1 } }),
+                )
+                .await;
+                let l = backend
+                    .fetch(QueueName::MessageSending, 1, Duration::from_secs(30))
+                    .await
+                    .unwrap()
+                    .remove(0);
+                assert_eq!(l.job.id, id);
+                backend
+                    .finish(
+                        QueueName::MessageSending,
+                        &id,
+                        &l.token,
+                        1,
+                        Outcome::Failed {
+                            error: "final".into(),
+                            retry_in: None,
+                        },
+                    )
+                    .await
+                    .unwrap();
+            }
+        }
+    };
+    const PAGE: &str = r#"query($after: String) {
+      failedJobs(queue: MESSAGE_SENDING, first: 3, after: $after) {
+        totalCount pageInfo { hasNextPage hasPreviousPage endCursor } edges { node { id } }
+      }
+    }"#;
+    let ids = |data: &serde_json::Value| -> Vec<String> {
+        data["failedJobs"]["edges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["node"]["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    fail(0..6).await;
+    let first = app.gql_ok(admin, PAGE, json!({})).await;
+    assert_eq!(first["failedJobs"]["pageInfo"]["hasNextPage"], true);
+    assert_eq!(first["failedJobs"]["pageInfo"]["hasPreviousPage"], false);
+    fail(6..8).await;
+    let after = first["failedJobs"]["pageInfo"]["endCursor"].clone();
+    let second = app.gql_ok(admin, PAGE, json!({ "after": after })).await;
+    assert_eq!(second["failedJobs"]["totalCount"], 8);
+    assert_eq!(second["failedJobs"]["pageInfo"]["hasNextPage"], false);
+    assert_eq!(second["failedJobs"]["pageInfo"]["hasPreviousPage"], true);
+    let mut seen = [ids(&first), ids(&second)].concat();
+    seen.sort();
+    assert_eq!(seen, (0..6).map(|i| format!("f-{i}")).collect::<Vec<_>>());
+    // A whole walk now sees all eight, each once, newest first.
+    let mut walk = vec![];
+    let mut after = serde_json::Value::Null;
+    loop {
+        let page = app.gql_ok(admin, PAGE, json!({ "after": after })).await;
+        walk.extend(ids(&page));
+        if page["failedJobs"]["pageInfo"]["hasNextPage"] != true {
+            break;
+        }
+        after = page["failedJobs"]["pageInfo"]["endCursor"].clone();
+    }
+    let mut sorted = walk.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!((walk.len(), sorted.len()), (8, 8), "{walk:?}");
+    // An offset cursor from before is refused, not read as a position.
+    let old = smartbot::pagination::encode_cursor("failed", "3");
+    let (_, err) = app.gql(admin, PAGE, json!({ "after": old })).await;
+    assert_eq!(
+        err["errors"][0]["extensions"]["code"], "VALIDATION",
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_jobs_page_by_key_embedded() {
+    failed_jobs_page_by_key(false).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_jobs_page_by_key_redis() {
+    failed_jobs_page_by_key(true).await
+}
