@@ -70,8 +70,13 @@ impl Template {
     async fn merchant_id(&self) -> Option<&str> {
         self.0.merchant_id.as_deref()
     }
-    async fn created_by(&self) -> Option<&str> {
-        self.0.created_by.as_deref()
+    /// Who wrote it (a token's `sub`); only for the template's own merchant, admins and the
+    /// service, null for everyone else.
+    async fn created_by(&self, ctx: &Context<'_>) -> Option<&str> {
+        let (_, rc) = super::req(ctx);
+        crate::templates::service::sees_author(&rc.actor, &self.0)
+            .then_some(self.0.created_by.as_deref())
+            .flatten()
     }
     async fn created_at(&self) -> chrono::DateTime<chrono::Utc> {
         self.0.created_at

@@ -17,6 +17,7 @@ use uuid::Uuid;
 use super::{Ctx, Path, Query};
 use crate::{
     AppState,
+    auth::Actor,
     error::{Error, FieldError, Result},
     templates::{
         cache::{self, Lookup},
@@ -137,12 +138,16 @@ struct TemplateEnvelope<'a> {
     template: TemplateRow<'a>,
 }
 
-fn template_response(status: StatusCode, t: &entity::message_template::Model) -> Response {
+fn template_response(
+    status: StatusCode,
+    actor: &Actor,
+    t: &entity::message_template::Model,
+) -> Response {
     (
         status,
         Json(TemplateEnvelope {
             success: true,
-            template: t.into(),
+            template: TemplateRow::for_caller(actor, t),
         }),
     )
         .into_response()
@@ -242,7 +247,10 @@ async fn list_templates(
     let body = serde_json::to_vec(&TemplateListEnvelope {
         success: true,
         count: rows.len(),
-        templates: rows.iter().map(TemplateRow::from).collect(),
+        templates: rows
+            .iter()
+            .map(|t| TemplateRow::for_caller(&ctx.actor, t))
+            .collect(),
     })
     .map_err(Error::internal)?;
     let body = Bytes::from(body);
@@ -278,7 +286,7 @@ async fn get_template(
         },
         Err(_) => service::get(&state.db, &ctx, &TemplateRef::Name(id)).await?,
     };
-    Ok(template_response(StatusCode::OK, &t))
+    Ok(template_response(StatusCode::OK, &ctx.actor, &t))
 }
 
 async fn get_template_named_preview(state: State<AppState>, ctx: Ctx) -> Result<Response> {
@@ -333,7 +341,7 @@ async fn create_template(
         merchant_id: b.merchant_id,
     };
     let t = service::create(&state.db, &ctx, input).await?;
-    Ok(template_response(StatusCode::CREATED, &t))
+    Ok(template_response(StatusCode::CREATED, &ctx.actor, &t))
 }
 
 /// PUT /api/templates/:id: any subset of the create body, plus `status`. `null` clears an
@@ -392,7 +400,7 @@ async fn update_template(
     };
     // Content and status change in one transaction.
     let t = service::update(&state.db, &ctx, id, patch).await?;
-    Ok(template_response(StatusCode::OK, &t))
+    Ok(template_response(StatusCode::OK, &ctx.actor, &t))
 }
 
 async fn delete_template(

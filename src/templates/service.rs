@@ -188,6 +188,28 @@ impl<'a> From<&'a message_template::Model> for TemplateRow<'a> {
     }
 }
 
+impl<'a> TemplateRow<'a> {
+    /// The row as `actor` may see it: `created_by` only for those who see the author.
+    pub fn for_caller(actor: &Actor, m: &'a message_template::Model) -> Self {
+        let mut row = Self::from(m);
+        if !sees_author(actor, m) {
+            row.created_by = None;
+        }
+        row
+    }
+}
+
+/// Whether `actor` may see who wrote `m` (`created_by`, a user's `sub`): admin and service,
+/// and the template's own merchant. Everyone may read an ACTIVE template, not who on another
+/// merchant's staff (or the platform's) wrote it; media keeps `ownerId` the same way.
+pub fn sees_author(actor: &Actor, m: &message_template::Model) -> bool {
+    match actor {
+        Actor::Admin { .. } | Actor::Service { .. } => true,
+        Actor::Merchant { merchant_id, .. } => m.merchant_id.as_deref() == Some(merchant_id),
+        Actor::Anonymous => false,
+    }
+}
+
 /// [`TemplateRow`] as a JSON value, for audit rows (before/after state).
 pub fn to_json(m: &message_template::Model) -> Value {
     serde_json::to_value(TemplateRow::from(m)).expect("a template row always serializes")

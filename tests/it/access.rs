@@ -818,3 +818,77 @@ async fn two_authorization_headers_are_refused() {
         .unwrap();
     assert_eq!(res.status(), StatusCode::OK);
 }
+
+/// Who wrote a template (`createdBy` / `created_by`, a user's `sub`) is for the template's own
+/// merchant (any of its users), admins and the service. Anonymous callers and other merchants
+/// read the ACTIVE template with it null, in GraphQL and REST, from the cache too.
+#[tokio::test]
+async fn template_authors_are_private() {
+    let app = TestApp::spawn(Db::Sqlite).await;
+    let t = app
+        .as_merchant("m-a")
+        .create_template(json!({ "name": "authored", "type": "TEXT", "body": "hi" }))
+        .await;
+    let id = id_of(&t);
+    let author = "merchant-m-a";
+    let colleague = app
+        .server
+        .state
+        .keys
+        .issue(
+            "bob",
+            Role::Merchant,
+            Some("m-a"),
+            std::time::Duration::from_secs(600),
+        )
+        .unwrap();
+    let callers: [(&str, Option<String>, Option<&str>); 5] = [
+        ("anonymous", None, None),
+        ("another merchant", Some(app.merchant("m-b")), None),
+        ("a colleague", Some(colleague), Some(author)),
+        ("admin", Some(app.admin.clone()), Some(author)),
+        (
+            "service",
+            Some(app.token(Role::Service, None)),
+            Some(author),
+        ),
+    ];
+    let query = r#"query($id: ID!) {
+      template(id: $id) { createdBy }
+      templates(search: "authored") { nodes { createdBy } }
+    }"#;
+    for (who, token, want) in callers {
+        let want = json!(want);
+        // Twice: the second answer comes from the read cache.
+        for round in 0..2 {
+            let data = app
+                .gql_ok(token.as_deref(), query, json!({ "id": id }))
+                .await;
+            assert_eq!(data["template"]["createdBy"], want, "{who} {round}");
+            assert_eq!(
+                data["templates"]["nodes"][0]["createdBy"], want,
+                "{who} {round}"
+            );
+            let (status, one) = app
+                .rest(
+                    Method::GET,
+                    &format!("/api/templates/{id}"),
+                    token.as_deref(),
+                    None,
+                )
+                .await;
+            assert_eq!(status, StatusCode::OK);
+            assert_eq!(one["template"]["created_by"], want, "{who} {round}");
+            let (status, list) = app
+                .rest(
+                    Method::GET,
+                    "/api/templates?search=authored",
+                    token.as_deref(),
+                    None,
+                )
+                .await;
+            assert_eq!(status, StatusCode::OK);
+            assert_eq!(list["templates"][0]["created_by"], want, "{who} {round}");
+        }
+    }
+}
