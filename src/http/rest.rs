@@ -308,7 +308,10 @@ struct CreateBody {
     footer: Option<String>,
     #[serde(default, alias = "button_text")]
     button_text: Option<String>,
-    #[serde(default)]
+    #[serde(
+        default,
+        deserialize_with = "crate::templates::engine::deserialize_buttons"
+    )]
     buttons: Vec<Button>,
     #[serde(default)]
     sections: Vec<Section>,
@@ -366,7 +369,10 @@ struct PatchBody {
         alias = "button_text"
     )]
     button_text: Option<Option<String>>,
-    #[serde(default, with = "serde_with::rust::double_option")]
+    #[serde(
+        default,
+        deserialize_with = "crate::templates::engine::deserialize_buttons_patch"
+    )]
     buttons: Option<Option<Vec<Button>>>,
     #[serde(default, with = "serde_with::rust::double_option")]
     sections: Option<Option<Vec<Section>>>,

@@ -133,7 +133,71 @@ fn slug(title: &str) -> String {
             }
         })
         .collect();
-    if s.is_empty() { "button".into() } else { s }
+    // A title of symbols or emoji only gives no word to make an id of.
+    if s.chars().any(char::is_alphanumeric) {
+        s
+    } else {
+        "button".into()
+    }
+}
+
+impl Button {
+    /// Buttons as JSON gives them. An id left out is made from the title, and a made id that
+    /// another button of the list has (or is given) gets `_2`, `_3`, …: `Yes please` and
+    /// `Yes-please` are `yes_please` and `yes_please_2`, where they were refused as duplicate
+    /// ids the client never sent. Ids the client gave are kept as given (two equal ones are
+    /// VALIDATION).
+    fn from_reprs(reprs: Vec<ButtonRepr>) -> Vec<Button> {
+        let given: BTreeSet<String> = reprs
+            .iter()
+            .filter_map(|r| match r {
+                ButtonRepr::Full { id: Some(id), .. } if !id.is_empty() => Some(id.clone()),
+                _ => None,
+            })
+            .collect();
+        let mut used = BTreeSet::new();
+        reprs
+            .into_iter()
+            .map(|r| {
+                let (id, title) = match r {
+                    ButtonRepr::Full {
+                        id: Some(id),
+                        title,
+                    } if !id.is_empty() => (id, title),
+                    ButtonRepr::Full { title, .. } | ButtonRepr::Title(title) => {
+                        let base = slug(&title);
+                        let mut id = base.clone();
+                        for n in 2.. {
+                            if !given.contains(&id) && !used.contains(&id) {
+                                break;
+                            }
+                            id = format!("{base}_{n}");
+                        }
+                        (id, title)
+                    }
+                };
+                used.insert(id.clone());
+                Button { id, title }
+            })
+            .collect()
+    }
+}
+
+/// `#[serde(deserialize_with)]` for a list of buttons: see [`Button::from_reprs`].
+pub fn deserialize_buttons<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Vec<Button>, D::Error> {
+    Ok(Button::from_reprs(Vec::<ButtonRepr>::deserialize(d)?))
+}
+
+/// [`deserialize_buttons`] for a patch's field (with `default`): absent `None`, `null`
+/// `Some(None)`.
+pub fn deserialize_buttons_patch<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Option<Vec<Button>>>, D::Error> {
+    Ok(Some(
+        Option::<Vec<ButtonRepr>>::deserialize(d)?.map(Button::from_reprs),
+    ))
 }
 
 #[derive(
@@ -215,7 +279,7 @@ pub struct TemplateContent {
     /// The label of the button that opens a LIST.
     #[serde(default, alias = "buttonText", skip_serializing_if = "Option::is_none")]
     pub button_text: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "deserialize_buttons")]
     pub buttons: Vec<Button>,
     #[serde(default)]
     pub sections: Vec<Section>,
@@ -1129,5 +1193,43 @@ mod tests {
         );
         assert_eq!(b[1].id, "n");
         assert_eq!(b[2].id, "later");
+    }
+
+    #[test]
+    fn ids_made_from_titles_never_collide() {
+        let content: TemplateContent = serde_json::from_value(json!({
+            "type": "BUTTONS", "body": "b",
+            "buttons": ["Yes please", {"title": "Yes-please"}, "🙂", "👍", {"id": "yes_please_2", "title": "Given"}],
+        }))
+        .unwrap();
+        let ids: Vec<&str> = content.buttons.iter().map(|b| b.id.as_str()).collect();
+        // The made ids step around each other and around the one given later in the list.
+        assert_eq!(
+            ids,
+            [
+                "yes_please",
+                "yes_please_3",
+                "button",
+                "button_2",
+                "yes_please_2"
+            ]
+        );
+        // (Five is over the Cloud API's three, which is its own violation.)
+        let violations = validate(&content);
+        assert!(
+            !violations.iter().any(|e| e.field.ends_with(".id")),
+            "{violations:?}"
+        );
+        // Ids the client gave stay as given: two equal ones are still a violation.
+        let given: TemplateContent = serde_json::from_value(json!({
+            "type": "BUTTONS", "body": "b",
+            "buttons": [{"id": "x", "title": "A"}, {"id": "x", "title": "B"}],
+        }))
+        .unwrap();
+        assert!(
+            validate(&given).iter().any(|e| e.field == "buttons[1].id"),
+            "{:?}",
+            validate(&given)
+        );
     }
 }

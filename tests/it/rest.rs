@@ -842,3 +842,41 @@ both_dbs!(
     rest_and_graphql_agree,
     body_errors_name_the_field_path,
 );
+
+/// Buttons given as bare titles (the seed's shape) get ids made from their titles, kept unique
+/// when two titles make the same one: on create and on update.
+#[tokio::test]
+async fn ids_made_from_titles_are_unique() {
+    let app = TestApp::spawn(Db::Sqlite).await;
+    let admin = Some(app.admin.as_str());
+    let (status, created) = app
+        .rest(
+            Method::POST,
+            "/api/templates",
+            admin,
+            Some(
+                json!({ "name": "choices", "type": "buttons", "body": "Pick",
+                         "buttons": ["Yes-please", "Yes please"] }),
+            ),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(
+        created["template"]["buttons"],
+        json!([{ "id": "yes_please", "title": "Yes-please" }, { "id": "yes_please_2", "title": "Yes please" }])
+    );
+    let id = created["template"]["id"].as_str().unwrap();
+    let (status, updated) = app
+        .rest(
+            Method::PUT,
+            &format!("/api/templates/{id}"),
+            admin,
+            Some(json!({ "buttons": ["Go!", "Go?", { "title": "🙂" }] })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{updated}");
+    assert_eq!(
+        updated["template"]["buttons"],
+        json!([{ "id": "go_", "title": "Go!" }, { "id": "go__2", "title": "Go?" }, { "id": "button", "title": "🙂" }])
+    );
+}
