@@ -166,7 +166,6 @@ impl Actor {
     /// admin and service see the one they name, or all; anonymous callers are refused.
     pub fn merchant_scope(&self, requested: Option<&str>) -> Result<MerchantScope> {
         let requested = requested
-            .filter(|m| !m.trim().is_empty())
             .map(|m| MerchantId::parse("merchantId", m))
             .transpose()?;
         match self {

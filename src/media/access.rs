@@ -49,6 +49,13 @@ pub fn upload_merchant(actor: &Actor, requested: Option<String>) -> Result<Optio
 
 /// The merchant filter of `mediaList`: `Some` restricts the list to one merchant.
 pub fn list_scope(actor: &Actor, requested: Option<String>) -> Result<Option<String>> {
+    // An empty filter is a mistake, not "every merchant" (nor a merchant named "").
+    if requested.as_deref().is_some_and(|m| m.trim().is_empty()) {
+        return Err(Error::validation(
+            "merchantId",
+            "merchantId must not be empty: leave it out (or null) for every merchant",
+        ));
+    }
     match actor {
         Actor::Anonymous => Err(Error::Unauthenticated(
             "listing media requires a bearer token".into(),

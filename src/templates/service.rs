@@ -496,9 +496,10 @@ pub async fn create(
             }
             Some(merchant_id.clone())
         }
+        // An empty `merchantId` is VALIDATION, not the platform: leave it out (or null) for a
+        // platform template.
         _ => input
             .merchant_id
-            .filter(|m| !m.trim().is_empty())
             .map(|m| crate::auth::parse_merchant_id("merchantId", &m))
             .transpose()?,
     };

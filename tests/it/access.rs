@@ -892,3 +892,37 @@ async fn template_authors_are_private() {
         }
     }
 }
+
+/// An empty `merchantId` is VALIDATION wherever it names a merchant: never the platform, nor
+/// "every merchant", nor a merchant named "". Leaving it out (or null) means none.
+#[tokio::test]
+async fn an_empty_merchant_id_is_refused() {
+    let app = TestApp::spawn(Db::Sqlite).await;
+    let admin = app.as_admin();
+    for (what, query) in [
+        (
+            "createTemplate",
+            r#"mutation { createTemplate(input: { name: "x", type: TEXT, body: "b", merchantId: "" }) { id } }"#,
+        ),
+        (
+            "mediaList",
+            r#"{ mediaList(merchantId: "") { totalCount } }"#,
+        ),
+        (
+            "recentEvents",
+            r#"{ recentEvents(merchantId: " ") { totalCount } }"#,
+        ),
+    ] {
+        let (code, body) = admin.gql_err(query, json!({})).await;
+        assert_eq!(code, "VALIDATION", "{what}: {body:#}");
+        assert_eq!(
+            body["errors"][0]["extensions"]["field"], "merchantId",
+            "{what}: {body:#}"
+        );
+    }
+    // Nothing was created on the platform.
+    let data = admin
+        .gql_ok(r#"{ templates(search: "x") { totalCount } }"#, json!({}))
+        .await;
+    assert_eq!(data["templates"]["totalCount"], 0, "{data}");
+}
