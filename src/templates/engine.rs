@@ -804,11 +804,12 @@ pub fn payload(c: &TemplateContent, to: Option<&str>) -> Value {
     let interactive = |kind: &str, action: Value| {
         let mut i = Map::new();
         i.insert("type".into(), json!(kind));
-        if let Some(h) = c.header.as_deref().filter(|h| !h.is_empty()) {
+        // A blank header or footer is no header or footer, as an empty one is.
+        if let Some(h) = c.header.as_deref().filter(|h| !h.trim().is_empty()) {
             i.insert("header".into(), json!({ "type": "text", "text": h }));
         }
         i.insert("body".into(), json!({ "text": c.body }));
-        if let Some(f) = c.footer.as_deref().filter(|f| !f.is_empty()) {
+        if let Some(f) = c.footer.as_deref().filter(|f| !f.trim().is_empty()) {
             i.insert("footer".into(), json!({ "text": f }));
         }
         i.insert("action".into(), action);
@@ -881,10 +882,11 @@ pub fn payload(c: &TemplateContent, to: Option<&str>) -> Value {
 /// a MEDIA one, which the Cloud API sends without a header or footer.
 pub fn text(c: &TemplateContent) -> String {
     let framed = matches!(c.kind, TemplateType::Buttons | TemplateType::List);
+    let shown = |s: &&str| framed && !s.trim().is_empty();
     [
-        c.header.as_deref().filter(|_| framed),
+        c.header.as_deref().filter(shown),
         Some(c.body.as_str()),
-        c.footer.as_deref().filter(|_| framed),
+        c.footer.as_deref().filter(shown),
     ]
     .into_iter()
     .flatten()
@@ -1164,6 +1166,17 @@ mod tests {
                    "interactive":{"type":"button","body":{"text":"Confirm?"},"footer":{"text":"Thanks"},
                    "action":{"buttons":[{"type":"reply","reply":{"id":"yes","title":"Yes"}}]}}})
         );
+        // A blank header or footer goes out as none, as an empty one does.
+        let mut blank = b.clone();
+        blank.header = Some("   ".into());
+        blank.footer = Some(" \n".into());
+        let sent = payload(&blank, None);
+        assert!(
+            sent["interactive"].get("header").is_none()
+                && sent["interactive"].get("footer").is_none(),
+            "{sent}"
+        );
+        assert_eq!(text(&blank), "Confirm?");
         let mut m = text_tpl("Look");
         m.kind = TemplateType::Media;
         m.media = Some(Media {

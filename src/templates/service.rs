@@ -442,8 +442,9 @@ pub async fn versions(
 fn content_columns(am: &mut message_template::ActiveModel, c: &TemplateContent) {
     am.kind = Set(c.kind);
     am.body = Set(c.body.clone());
-    am.header = Set(c.header.clone().filter(|s| !s.is_empty()));
-    am.footer = Set(c.footer.clone().filter(|s| !s.is_empty()));
+    // Blank is absent: a header or footer of spaces would go out as one.
+    am.header = Set(c.header.clone().filter(|s| !s.trim().is_empty()));
+    am.footer = Set(c.footer.clone().filter(|s| !s.trim().is_empty()));
     am.button_text = Set(c.button_text.clone().filter(|s| !s.is_empty()));
     am.buttons = Set(json!(c.buttons));
     am.sections = Set(json!(c.sections));
