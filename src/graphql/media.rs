@@ -209,8 +209,13 @@ impl MediaMutation {
             .value(ctx)
             .map_err(|e| Error::validation("file", e.to_string()))?;
         let (name, claimed) = (value.filename.clone(), value.content_type.clone());
+        // One file variable may feed several fields (`a: uploadMedia(file: $f) b: …`). The
+        // handles async-graphql gives share one offset, which the first field read to the end:
+        // each field reads the file from its start (the second then finds the first's row).
+        let mut content = value.content;
+        std::io::Seek::rewind(&mut content).map_err(Error::internal)?;
         let req = intake::from_reader(
-            value.into_read(),
+            content,
             &name,
             claimed,
             merchant_id,

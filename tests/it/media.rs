@@ -1509,3 +1509,42 @@ async fn concurrent_changes_keep_a_products_media_dense(db: Db) {
 }
 
 both_dbs!(concurrent_changes_keep_a_products_media_dense);
+
+/// One file variable feeding two fields uploads the same file for each: the second field finds
+/// the first's row (the same bytes), where it read an empty file ("the file is empty").
+#[tokio::test]
+async fn one_file_variable_feeds_two_fields() {
+    let app = TestApp::spawn_with(Db::Sqlite, no_workers).await;
+    let f = FORMATS[0];
+    let form = reqwest::multipart::Form::new()
+        .text(
+            "operations",
+            json!({
+                "query": "mutation($f: Upload!) { a: uploadMedia(file: $f) { id size } b: uploadMedia(file: $f) { id size } }",
+                "variables": { "f": null },
+            })
+            .to_string(),
+        )
+        .text("map", json!({ "0": ["variables.f"] }).to_string())
+        .part(
+            "0",
+            reqwest::multipart::Part::bytes(image(f, 64, 48))
+                .file_name("f0")
+                .mime_str(f.mime())
+                .unwrap(),
+        );
+    let res = app
+        .client
+        .post(app.url("/graphql"))
+        .bearer_auth(app.merchant("m1"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let body: Value = res.json().await.unwrap();
+    assert!(body["errors"].is_null(), "{body:#}");
+    let (a, b) = (&body["data"]["a"], &body["data"]["b"]);
+    assert!(a["size"].as_u64().unwrap() > 0, "{body:#}");
+    assert_eq!(a, b, "the same bytes are the same row");
+}
