@@ -15,7 +15,7 @@ use crate::{
     pagination::{PageArgs, decode_cursor, encode_cursor},
 };
 
-/// The cursor kind of the failed-job list (an offset: failed jobs have no stable key order).
+/// The cursor kind of the failed-job list: `{finished_at}:{id}` (see [`FailedKey`]).
 const FAILED_CURSOR: &str = "failed";
 
 /// One request's view of the queue admin: the queue and the caller.

@@ -135,7 +135,7 @@ impl Outbound {
             .and_then(parse_retry_after);
         // Meta's bodies are small; anything past 64 KiB is not an answer worth reading.
         let bytes = read_capped(res, 64 * 1024).await;
-        let json: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        let json = crate::input::parse_lossy(&bytes).unwrap_or(Value::Null);
         if status.is_success() {
             return Ok(json["messages"][0]["id"].as_str().map(str::to_owned));
         }
@@ -168,8 +168,8 @@ impl Outbound {
                 ))
             })?;
         let status = res.status();
-        let json: Value =
-            serde_json::from_slice(&read_capped(res, 64 * 1024).await).unwrap_or(Value::Null);
+        let json =
+            crate::input::parse_lossy(&read_capped(res, 64 * 1024).await).unwrap_or(Value::Null);
         if status.is_success() && json["id"].as_str() == Some(creds.phone_number_id.as_str()) {
             return Ok(());
         }

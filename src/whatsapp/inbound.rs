@@ -317,15 +317,9 @@ async fn apply_status<Db: ConnectionTrait>(
 /// Processes a verified webhook body: see the module docs. Everything in one transaction;
 /// the events are published after it commits.
 pub async fn process(state: &AppState, body: &[u8]) -> Result<Summary> {
-    let parsed = serde_json::from_slice::<Value>(body).or_else(|e| {
-        // Signed by Meta: a lone surrogate escape in one message's text must not refuse the
-        // whole batch (and every redelivery of it). It becomes U+FFFD.
-        match crate::input::repair_lone_surrogates(body) {
-            Some(repaired) => serde_json::from_slice(&repaired),
-            None => Err(e),
-        }
-    });
-    let mut doc = parsed
+    // Signed by Meta: a lone surrogate escape in one message's text must not refuse the whole
+    // batch (and every redelivery of it). It becomes U+FFFD.
+    let mut doc = crate::input::parse_lossy(body)
         .map_err(|e| Error::validation("body", format!("the webhook body is not JSON: {e}")))?;
     if !doc.is_object() {
         return Err(Error::validation(

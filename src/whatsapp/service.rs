@@ -348,6 +348,29 @@ async fn mark_sent(
     wamid: Option<String>,
     transport: &Transport,
 ) -> Result<Value> {
+    match record_sent(state, m, wamid.clone(), transport).await {
+        // The provider accepted the message but answered an id another message already has
+        // (Meta's ids are unique; a stand-in or a proxy may not be). The message went out:
+        // it is SENT, without the id. Failing here retried the job, and the customer got the
+        // message again at every retry.
+        Err(Error::Conflict(_)) if wamid.is_some() => {
+            tracing::warn!(
+                message_id = %m.id,
+                provider_message_id = wamid.as_deref().unwrap_or_default(),
+                "the provider answered a message id another message has; recorded as sent without it"
+            );
+            record_sent(state, m, None, transport).await
+        }
+        other => other,
+    }
+}
+
+async fn record_sent(
+    state: &AppState,
+    m: &message::Model,
+    wamid: Option<String>,
+    transport: &Transport,
+) -> Result<Value> {
     let now = crate::db::now();
     let txn = crate::db::begin_write(&state.db).await?;
     let changed = Messages::update_many()

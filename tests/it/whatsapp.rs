@@ -45,6 +45,8 @@ pub enum Reply {
     Accept,
     /// Holds the request open, answering nothing (a call whose worker dies during it).
     Hang,
+    /// 200 with this message id, whatever was sent before (a provider that repeats ids).
+    AcceptAs(&'static str),
     Error {
         status: u16,
         code: i64,
@@ -96,6 +98,12 @@ async fn messages(
             "messaging_product": "whatsapp",
             "contacts": [{ "input": body["to"], "wa_id": body["to"] }],
             "messages": [{ "id": format!("wamid.TEST{n}") }],
+        }))
+        .into_response(),
+        Reply::AcceptAs(id) => Json(json!({
+            "messaging_product": "whatsapp",
+            "contacts": [{ "input": body["to"], "wa_id": body["to"] }],
+            "messages": [{ "id": id }],
         }))
         .into_response(),
         Reply::Error {
@@ -501,6 +509,27 @@ async fn a_spent_retry_budget_fails_the_message() {
         "{failed:#}"
     );
     assert_eq!(cloud.seen().len(), 5);
+}
+
+/// A provider that answers an id another message already has: the second message went out,
+/// so it is SENT (without the id), once. It failed on the unique id, and every retry sent the
+/// customer the message again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_provider_id_never_sends_twice() {
+    let cloud = CloudApi::start().await;
+    let app = app_with(Db::Sqlite, Some(&cloud)).await;
+    cloud.script([Reply::AcceptAs("wamid.SAME"), Reply::AcceptAs("wamid.SAME")]);
+    let shop = app.merchant("m-shop");
+    let first = send(&app, &shop, json!({ "to": CUSTOMER, "text": "one" })).await;
+    let first = message_in(&app, first["id"].as_str().unwrap(), "SENT").await;
+    assert_eq!(first["providerMessageId"], "wamid.SAME");
+    let second = send(&app, &shop, json!({ "to": CUSTOMER, "text": "two" })).await;
+    let second = message_in(&app, second["id"].as_str().unwrap(), "SENT").await;
+    assert!(second["providerMessageId"].is_null(), "{second:#}");
+    // Let any retry happen (the retry base is 50 ms): none does.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(cloud.seen().len(), 2, "each message sent once");
+    assert_eq!(events_of(&app, "m-shop", "MESSAGE_SENT").await.len(), 2);
 }
 
 /// Provider calls that never come back, each worker SIGKILLed during its call: the queue
