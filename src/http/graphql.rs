@@ -558,7 +558,10 @@ async fn serve_ws(
     futures::pin_mut!(out, sink);
     let started = tokio::time::Instant::now();
     let keepalive = state.config.ws_keepalive;
-    let closing = state.websockets.closing().clone();
+    // Made once, not per loop: each new `cancelled()` would register with the token's one
+    // waiter list, shared by every socket, for every frame sent.
+    let closing = state.websockets.closing().clone().cancelled_owned();
+    tokio::pin!(closing);
     let mut ping = tokio::time::interval_at(started + keepalive, keepalive);
     // When the last keep-alive ping went out.
     let mut pinged_at: Option<tokio::time::Instant> = None;
@@ -613,7 +616,7 @@ async fn serve_ws(
                 None => break,
             },
             Some(refusal) = refusals.next() => (Message::Text(refusal.into()), false),
-            () = closing.cancelled() => {
+            () = &mut closing => {
                 let going_away = close(CLOSE_GOING_AWAY, "server shutting down");
                 let _ = tokio::time::timeout(SHUTDOWN_CLOSE, sink.send(going_away)).await;
                 return;
