@@ -10,11 +10,9 @@
 //!   service role). Templates created by an admin without `merchantId` are platform templates.
 
 use sea_orm::{
-    ActiveModelTrait,
-    ActiveValue::Set,
-    ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, ExprTrait,
-    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
-    sea_query::{Expr, Func},
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait,
+    DatabaseConnection, DbBackend, EntityTrait, ExprTrait, PaginatorTrait, QueryFilter, QueryOrder,
+    QuerySelect, sea_query::Expr,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
@@ -302,13 +300,15 @@ fn list_condition(
                         Expr::val(format!("(?i){}", regex::escape(&search))),
                     ],
                 ),
-                // PostgreSQL's lower() folds by the database's LC_CTYPE (C.UTF-8, en_US.UTF-8).
-                _ => Expr::expr(Func::lower(Expr::col(col))).like(
-                    sea_orm::sea_query::LikeExpr::new(format!(
-                        "%{}%",
-                        escape_like(&search.to_lowercase())
-                    ))
-                    .escape('\\'),
+                // PostgreSQL's lower() folds by the database's LC_CTYPE (C.UTF-8, en_US.UTF-8),
+                // and it folds both sides: a pattern folded by Rust's rules (final sigma, `İ`)
+                // did not find a name's own text.
+                _ => Expr::cust_with_exprs(
+                    "lower($1) LIKE lower($2) ESCAPE '\\'",
+                    [
+                        Expr::col(col),
+                        Expr::val(format!("%{}%", escape_like(&search))),
+                    ],
                 ),
             }
         };
