@@ -137,6 +137,19 @@ fn deleted() -> Value {
     json!({ "skipped": "media deleted" })
 }
 
+/// Attempts of the app's own processing jobs: three that render, and the last, which only
+/// records the outcome (see [`handle`]).
+pub const ATTEMPTS: u32 = 4;
+
+/// Whether this run only records the outcome: the last of several attempts. A run can end
+/// without recording anything (its worker killed, a decode that outlives the job's timeout)
+/// and the queue still counts it; when the last attempt went that way, the row stayed
+/// PROCESSING for good.
+fn records_only(job: &JobInfo) -> bool {
+    // `attempts_made` counts this run.
+    job.max_attempts > 1 && job.attempts_made >= job.max_attempts
+}
+
 pub async fn handle(state: &AppState, job: &JobInfo) -> Result<Value, JobError> {
     // Every bound is checked here, at parse; a bad payload fails once, permanently.
     let p: Payload = crate::input::from_value(job.payload.clone())
@@ -150,6 +163,7 @@ pub async fn handle(state: &AppState, job: &JobInfo) -> Result<Value, JobError> 
     else {
         return Ok(deleted());
     };
+
     let done: Vec<String> = row
         .variants
         .as_array()
@@ -177,6 +191,21 @@ pub async fn handle(state: &AppState, job: &JobInfo) -> Result<Value, JobError> 
         }
         return Ok(json!({ "variants": row.variants }));
     }
+    if records_only(job) {
+        let reason = format!(
+            "processing did not finish in {} attempts; upload the image again",
+            job.attempts_made - 1
+        );
+        if set_status(state, &row, MediaStatus::Failed, Some(reason.clone()))
+            .await
+            .map_err(classify)?
+            .is_none()
+        {
+            return Ok(deleted());
+        }
+        let last = job.last_error.as_deref().unwrap_or("no outcome recorded");
+        return Err(JobError::permanent(format!("{reason} (last: {last})")));
+    }
     let Some(row) = set_status(state, &row, MediaStatus::Processing, None)
         .await
         .map_err(classify)?
@@ -195,6 +224,8 @@ pub async fn handle(state: &AppState, job: &JobInfo) -> Result<Value, JobError> 
             // The row shows its owner a public reason, never internal detail.
             let reason = crate::media::service::failure_reason(&e);
             let err = classify(e);
+            // The next run would only record (`attempts_made` counts this one): this failure
+            // is the outcome.
             let last = job.attempts_made + 1 >= job.max_attempts;
             let status = if matches!(err, JobError::Permanent(_)) || last {
                 (MediaStatus::Failed, Some(reason))
@@ -204,7 +235,10 @@ pub async fn handle(state: &AppState, job: &JobInfo) -> Result<Value, JobError> 
             if let Ok(None) = set_status(state, &row, status.0, status.1).await {
                 return Ok(deleted());
             }
-            Err(err)
+            Err(match err {
+                JobError::Retryable(e) if last => JobError::Permanent(e),
+                err => err,
+            })
         }
     }
 }

@@ -594,6 +594,7 @@ impl JobQueue {
     ) -> Result<String> {
         let job_opts = JobOptions {
             job_id: None,
+            attempts: Some(crate::jobs::media_processing::ATTEMPTS),
             ..Default::default()
         };
         self.enqueue(

@@ -8,6 +8,7 @@ use base64::Engine;
 use reqwest::{Method, StatusCode, header};
 use serde_json::{Value, json};
 use smartbot::media::process::{self, Format, Limits};
+use smartbot::queue::QueueName;
 
 use crate::{
     both_dbs,
@@ -1547,4 +1548,72 @@ async fn one_file_variable_feeds_two_fields() {
     let (a, b) = (&body["data"]["a"], &body["data"]["b"]);
     assert!(a["size"].as_u64().unwrap() > 0, "{body:#}");
     assert_eq!(a, b, "the same bytes are the same row");
+}
+
+/// Rendering runs that end without recording anything (their worker killed, the lease
+/// reclaimed) still end the row: the job's last attempt only records, so the row is FAILED with
+/// a reason, not PROCESSING for good. Here a "worker" takes the job three times and dies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renders_lost_with_their_worker_still_end_the_row() {
+    let app = TestApp::spawn_with(Db::Sqlite, no_workers).await;
+    let m1 = app.merchant("m1");
+    let row = app.upload(&m1, &image(Format::Png, 640, 480), None).await;
+    let id = row["id"].as_str().unwrap().to_owned();
+    let status = || async {
+        app.gql_ok(
+            Some(&m1),
+            "query($id: ID!) { media(id: $id) { status error } }",
+            json!({ "id": id }),
+        )
+        .await["media"]
+            .clone()
+    };
+    let state = &app.server.state;
+    let backend = state.queue.backend().clone();
+    for lost in 1..=3 {
+        let taken = backend
+            .fetch(QueueName::MediaProcessing, 1, Duration::from_millis(200))
+            .await
+            .unwrap();
+        assert_eq!(taken.len(), 1, "run {lost} takes the job");
+        // As the handler does first: the row is PROCESSING while it renders.
+        {
+            use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, sea_query::Expr};
+            entity::media_file::Entity::update_many()
+                .col_expr(
+                    entity::media_file::Column::Status,
+                    Expr::value(entity::MediaStatus::Processing),
+                )
+                .filter(entity::media_file::Column::Id.eq(uuid::Uuid::parse_str(&id).unwrap()))
+                .exec(&state.db)
+                .await
+                .unwrap();
+        }
+        assert_eq!(status().await["status"], "PROCESSING");
+        // The worker dies: no renewal, no outcome. Its lease runs out and is reclaimed.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            backend
+                .recover_stalled(QueueName::MediaProcessing)
+                .await
+                .unwrap(),
+            1
+        );
+    }
+    let workers = smartbot::start_workers(state, vec![QueueName::MediaProcessing]);
+    let failed = crate::common::eventually("the row ends", || async {
+        let media = status().await;
+        match media["status"].as_str() {
+            Some("FAILED") => Ok(media),
+            _ => Err(media.to_string()),
+        }
+    })
+    .await;
+    assert!(
+        failed["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("did not finish in 3 attempts")),
+        "{failed}"
+    );
+    workers.stop().await;
 }
