@@ -274,7 +274,7 @@ pub fn repair_lone_surrogates(json: &[u8]) -> Option<Vec<u8>> {
 
 /// JSON from a party whose data is not the sender's to correct (Meta's webhooks and answers):
 /// a lone surrogate escape costs its character (U+FFFD), not the document.
-pub fn parse_lossy(json: &[u8]) -> Result<Value, serde_json::Error> {
+pub fn parse_lossy<T: serde::de::DeserializeOwned>(json: &[u8]) -> Result<T, serde_json::Error> {
     serde_json::from_slice(json).or_else(|e| match repair_lone_surrogates(json) {
         Some(repaired) => serde_json::from_slice(&repaired),
         None => Err(e),

@@ -134,8 +134,7 @@ impl Outbound {
             .and_then(|v| v.to_str().ok())
             .and_then(parse_retry_after);
         // Meta's bodies are small; anything past 64 KiB is not an answer worth reading.
-        let bytes = read_capped(res, 64 * 1024).await;
-        let json = crate::input::parse_lossy(&bytes).unwrap_or(Value::Null);
+        let json = answer(&read_capped(res, 64 * 1024).await);
         if status.is_success() {
             return Ok(json["messages"][0]["id"].as_str().map(str::to_owned));
         }
@@ -168,8 +167,7 @@ impl Outbound {
                 ))
             })?;
         let status = res.status();
-        let json =
-            crate::input::parse_lossy(&read_capped(res, 64 * 1024).await).unwrap_or(Value::Null);
+        let json = answer(&read_capped(res, 64 * 1024).await);
         if status.is_success() && json["id"].as_str() == Some(creds.phone_number_id.as_str()) {
             return Ok(());
         }
@@ -214,8 +212,10 @@ async fn read_capped(mut res: reqwest::Response, cap: usize) -> Vec<u8> {
 /// `Retry-After` as seconds or an HTTP date, capped at [`MAX_RETRY_AFTER`].
 pub fn parse_retry_after(v: &str) -> Option<Duration> {
     let v = v.trim();
-    let d = if let Ok(secs) = v.parse::<u64>() {
-        Duration::from_secs(secs)
+    let d = if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
+        // More seconds than a u64 holds is still "later than the cap".
+        v.parse::<u64>()
+            .map_or(MAX_RETRY_AFTER, Duration::from_secs)
     } else {
         let at = chrono::DateTime::parse_from_rfc2822(v).ok()?;
         (at.with_timezone(&chrono::Utc) - crate::db::now())
@@ -223,6 +223,151 @@ pub fn parse_retry_after(v: &str) -> Option<Duration> {
             .unwrap_or(Duration::ZERO)
     };
     Some(d.min(MAX_RETRY_AFTER))
+}
+
+/// What this service reads of a Cloud API answer, read leniently and written back as plain
+/// JSON for [`classify`]: `messages[].id`, `id`, and `error`'s `code`, `message` and
+/// `error_data.details`. Everything else is skipped unread, so an odd value elsewhere (a
+/// number past f64, nesting past serde_json's 128 levels) costs nothing; a code sent as a
+/// string or a whole float is still the code; a lone surrogate escape is U+FFFD. An answer that
+/// is not JSON at all reads as null.
+fn answer(bytes: &[u8]) -> Value {
+    use lenient::{Code, Text};
+    #[derive(serde::Deserialize, Default)]
+    #[serde(default)]
+    struct Answer {
+        messages: Option<Vec<Sent>>,
+        id: Text,
+        error: Option<MetaError>,
+    }
+    #[derive(serde::Deserialize, Default)]
+    #[serde(default)]
+    struct Sent {
+        id: Text,
+    }
+    #[derive(serde::Deserialize, Default)]
+    #[serde(default)]
+    struct MetaError {
+        code: Code,
+        message: Text,
+        error_data: Option<Details>,
+    }
+    #[derive(serde::Deserialize, Default)]
+    #[serde(default)]
+    struct Details {
+        details: Text,
+    }
+    let Ok(a) = crate::input::parse_lossy::<Answer>(bytes) else {
+        return Value::Null;
+    };
+    let mut out = serde_json::Map::new();
+    if let Some(sent) = a.messages {
+        out.insert(
+            "messages".into(),
+            sent.into_iter()
+                .map(|s| serde_json::json!({ "id": s.id.0 }))
+                .collect(),
+        );
+    }
+    if let Some(id) = a.id.0 {
+        out.insert("id".into(), id.into());
+    }
+    if let Some(e) = a.error {
+        out.insert(
+            "error".into(),
+            serde_json::json!({
+                "code": e.code.0,
+                "message": e.message.0,
+                "error_data": { "details": e.error_data.and_then(|d| d.details.0) },
+            }),
+        );
+    }
+    Value::Object(out)
+}
+
+/// Fields that take whatever JSON comes and keep only what they can use.
+mod lenient {
+    use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+    /// A string, or nothing.
+    #[derive(Default)]
+    pub struct Text(pub Option<String>);
+    /// A whole number, from a number or a numeric string, or nothing.
+    #[derive(Default)]
+    pub struct Code(pub Option<i64>);
+
+    /// The visitor methods that read nothing of a value but step over it.
+    macro_rules! nothing_of {
+        ($t:ident) => {
+            fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> Result<$t, A::Error> {
+                while s.next_element::<IgnoredAny>()?.is_some() {}
+                Ok($t(None))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<$t, A::Error> {
+                while m.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok($t(None))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<$t, E> {
+                Ok($t(None))
+            }
+            fn visit_unit<E>(self) -> Result<$t, E> {
+                Ok($t(None))
+            }
+        };
+    }
+
+    impl<'de> serde::Deserialize<'de> for Text {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = Text;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("any JSON")
+                }
+                fn visit_str<E>(self, v: &str) -> Result<Text, E> {
+                    Ok(Text(Some(v.to_owned())))
+                }
+                fn visit_i64<E>(self, _: i64) -> Result<Text, E> {
+                    Ok(Text(None))
+                }
+                fn visit_u64<E>(self, _: u64) -> Result<Text, E> {
+                    Ok(Text(None))
+                }
+                fn visit_f64<E>(self, _: f64) -> Result<Text, E> {
+                    Ok(Text(None))
+                }
+                nothing_of!(Text);
+            }
+            d.deserialize_any(V)
+        }
+    }
+
+    impl<'de> serde::Deserialize<'de> for Code {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = Code;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("any JSON")
+                }
+                fn visit_i64<E>(self, v: i64) -> Result<Code, E> {
+                    Ok(Code(Some(v)))
+                }
+                fn visit_u64<E>(self, v: u64) -> Result<Code, E> {
+                    Ok(Code(i64::try_from(v).ok()))
+                }
+                fn visit_f64<E>(self, v: f64) -> Result<Code, E> {
+                    let whole = v.fract() == 0.0 && v.abs() < 9.0e15;
+                    Ok(Code(whole.then_some(v as i64)))
+                }
+                fn visit_str<E>(self, v: &str) -> Result<Code, E> {
+                    Ok(Code(v.trim().parse().ok()))
+                }
+                nothing_of!(Code);
+            }
+            d.deserialize_any(V)
+        }
+    }
 }
 
 /// Sorts a non-2xx answer into retryable or final (see the module docs).
@@ -260,6 +405,47 @@ pub fn classify(status: u16, body: &Value, retry_after: Option<Duration>) -> Sen
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn answers_are_read_past_odd_values() {
+        let deep = format!("{}{}", "[".repeat(300), "]".repeat(300));
+        let body = format!(
+            r#"{{"extra":{deep},"n":1e999999,"messages":[{{"id":"wamid.D6","x":1e400}}]}}"#
+        );
+        assert_eq!(answer(body.as_bytes())["messages"][0]["id"], "wamid.D6");
+        // A code as a string or a whole float is the code; Meta's words survive a lone
+        // surrogate escape.
+        for body in [
+            &br#"{"error":{"message":"bad \ud800","code":"131026","error_subcode":1e400,"fbtrace_id":null}}"#[..],
+            br#"{"error":{"message":"bad \ud800","code":131026.0}}"#,
+        ] {
+            match classify(400, &answer(body), None) {
+                SendError::Final { code, reason } => {
+                    assert_eq!(code, Some(131026));
+                    assert!(reason.contains("bad \u{FFFD}"), "{reason}");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(matches!(
+            classify(400, &answer(br#"{"error":{"code":"131048"}}"#), None),
+            SendError::Retryable {
+                code: Some(131048),
+                ..
+            }
+        ));
+        assert_eq!(answer(b"<html>bad gateway</html>"), Value::Null);
+    }
+
+    #[test]
+    fn a_retry_after_past_any_number_is_the_cap() {
+        assert_eq!(
+            parse_retry_after("99999999999999999999"),
+            Some(MAX_RETRY_AFTER)
+        );
+        assert_eq!(parse_retry_after("7"), Some(Duration::from_secs(7)));
+        assert_eq!(parse_retry_after("soon"), None);
+    }
 
     #[test]
     fn meta_errors_are_classified() {

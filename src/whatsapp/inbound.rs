@@ -319,7 +319,7 @@ async fn apply_status<Db: ConnectionTrait>(
 pub async fn process(state: &AppState, body: &[u8]) -> Result<Summary> {
     // Signed by Meta: a lone surrogate escape in one message's text must not refuse the whole
     // batch (and every redelivery of it). It becomes U+FFFD.
-    let mut doc = crate::input::parse_lossy(body)
+    let mut doc: Value = crate::input::parse_lossy(body)
         .map_err(|e| Error::validation("body", format!("the webhook body is not JSON: {e}")))?;
     if !doc.is_object() {
         return Err(Error::validation(
