@@ -495,6 +495,8 @@ async fn next_attempt(db: &DatabaseConnection, webhook: Uuid, event: Uuid) -> Re
 
 /// `redeliver(logId)`: sends that delivery once more (a manual attempt). Returns the job id.
 pub async fn redeliver(state: &AppState, ctx: &RequestContext, log_id: Uuid) -> Result<String> {
+    // Before the lookup: an anonymous caller must not learn which log ids exist.
+    ctx.actor.require_authenticated()?;
     let log = Logs::find_by_id(log_id)
         .one(&state.db)
         .await?

@@ -751,6 +751,18 @@ async fn merchants_see_only_their_endpoints_and_logs(db: Db) {
             .await,
         "UNAUTHENTICATED"
     );
+    // Without a token, a log id that exists and one that does not get the same answer.
+    for l in [a_log.clone(), json!(uuid::Uuid::now_v7().to_string())] {
+        assert_eq!(
+            app.anonymous()
+                .gql_code(
+                    r#"mutation($l: ID!) { redeliver(logId: $l) }"#,
+                    json!({ "l": l })
+                )
+                .await,
+            "UNAUTHENTICATED"
+        );
+    }
     // Admin sees both, or the one it names; service must name the merchant to register.
     let all = app.as_admin().gql_ok(WEBHOOKS, json!({})).await;
     assert_eq!(all["webhooks"]["totalCount"], 2);
