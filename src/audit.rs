@@ -3,7 +3,10 @@
 use sea_orm::{ActiveModelTrait, ActiveValue::Set, ConnectionTrait};
 use serde_json::Value;
 
-use crate::{auth::RequestContext, error::Result};
+use crate::{
+    auth::RequestContext,
+    error::{Error, Result},
+};
 use entity::audit_log;
 
 /// What changed: `action` like `template.update`, the target, and the before/after state.
@@ -68,6 +71,20 @@ pub async fn list(
     use sea_orm::{ColumnTrait, Condition, EntityTrait, QueryFilter};
 
     ctx.actor.require_admin()?;
+    // An empty filter is a mistake (an unset form field), not "rows whose value is empty".
+    for (field, v) in [
+        ("actorId", &filter.actor_id),
+        ("action", &filter.action),
+        ("targetType", &filter.target_type),
+        ("targetId", &filter.target_id),
+    ] {
+        if v.as_deref().is_some_and(|v| v.trim().is_empty()) {
+            return Err(Error::validation(
+                field,
+                format!("{field} must not be empty: leave it out (or null) for any"),
+            ));
+        }
+    }
     let pager = page.newest_first(CURSOR_KIND)?;
     let mut cond = Condition::all();
     if let Some(v) = &filter.actor_id {

@@ -218,7 +218,7 @@ impl MediaMutation {
             content,
             &name,
             claimed,
-            merchant_id,
+            crate::media::access::not_blank(merchant_id)?,
             state.config.media_max_bytes,
         )
         .await?;
@@ -237,7 +237,7 @@ impl MediaMutation {
             &input.file_data,
             input.file_name.as_deref(),
             input.mime_type,
-            input.merchant_id,
+            crate::media::access::not_blank(input.merchant_id)?,
             state.config.media_max_bytes,
         )?;
         Ok(Media(service::upload(state, rc, req).await?))

@@ -47,15 +47,22 @@ pub fn upload_merchant(actor: &Actor, requested: Option<String>) -> Result<Optio
     }
 }
 
-/// The merchant filter of `mediaList`: `Some` restricts the list to one merchant.
-pub fn list_scope(actor: &Actor, requested: Option<String>) -> Result<Option<String>> {
-    // An empty filter is a mistake, not "every merchant" (nor a merchant named "").
+/// A `merchantId` argument as given, refused when blank: an empty one is a mistake (an unset
+/// variable), not "none" or "every merchant", nor a merchant named "". (The seed's REST upload
+/// form reads a blank field as none; GraphQL does not.)
+pub fn not_blank(requested: Option<String>) -> Result<Option<String>> {
     if requested.as_deref().is_some_and(|m| m.trim().is_empty()) {
         return Err(Error::validation(
             "merchantId",
-            "merchantId must not be empty: leave it out (or null) for every merchant",
+            "merchantId must not be empty: leave it out (or null) for none",
         ));
     }
+    Ok(requested)
+}
+
+/// The merchant filter of `mediaList`: `Some` restricts the list to one merchant.
+pub fn list_scope(actor: &Actor, requested: Option<String>) -> Result<Option<String>> {
+    let requested = not_blank(requested)?;
     match actor {
         Actor::Anonymous => Err(Error::Unauthenticated(
             "listing media requires a bearer token".into(),

@@ -57,6 +57,12 @@ fn check(input: &mut NewPayment) -> Result<()> {
             "reference must be 1 to 128 printable characters",
         ));
     }
+    // Optional text: blank is absent, as a webhook's description is.
+    input.method = input
+        .method
+        .take()
+        .map(|m| m.trim().to_owned())
+        .filter(|m| !m.is_empty());
     if let Some(m) = &input.method
         && (m.chars().count() > 64 || m.chars().any(char::is_control))
     {

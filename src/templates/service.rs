@@ -401,6 +401,10 @@ async fn find_visible<Db: ConnectionTrait>(
         TemplateRef::Id(id) => q.filter(C::Id.eq(*id)).one(db).await?,
         // Names are unique per namespace: a merchant's own first, then the platform's.
         TemplateRef::Name(name) => {
+            // No template has an empty name: asking for one is a mistake, not a miss.
+            if crate::input::normalize_name(name).is_empty() {
+                return Err(Error::validation("name", "name must not be empty"));
+            }
             let mut namespaces = Condition::any().add(C::MerchantId.is_null());
             if let Some(m) = actor.merchant_id() {
                 namespaces = namespaces.add(C::MerchantId.eq(m));

@@ -179,10 +179,10 @@ async fn store_message<Db: ConnectionTrait>(
         tracing::warn!("inbound message without an id or a sender; skipped");
         return Ok(Stored::Invalid);
     };
-    if wamid.is_empty() || wamid.len() > 256 || wamid.chars().any(char::is_control) {
+    if wamid.trim().is_empty() || wamid.len() > 256 || wamid.chars().any(char::is_control) {
         tracing::warn!(
             len = wamid.len(),
-            "inbound message whose id is empty, over 256 characters or not printable; skipped"
+            "inbound message whose id is blank, over 256 characters or not printable; skipped"
         );
         return Ok(Stored::Invalid);
     }

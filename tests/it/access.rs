@@ -912,6 +912,10 @@ async fn an_empty_merchant_id_is_refused() {
             "recentEvents",
             r#"{ recentEvents(merchantId: " ") { totalCount } }"#,
         ),
+        (
+            "uploadMediaBase64",
+            r#"mutation { uploadMediaBase64(input: { fileData: "iVBORw0KGgo=", merchantId: "  " }) { id } }"#,
+        ),
     ] {
         let (code, body) = admin.gql_err(query, json!({})).await;
         assert_eq!(code, "VALIDATION", "{what}: {body:#}");
@@ -920,6 +924,22 @@ async fn an_empty_merchant_id_is_refused() {
             "{what}: {body:#}"
         );
     }
+    // Empty audit filters are a mistake too, each named.
+    for field in ["actorId", "action", "targetType", "targetId"] {
+        let (code, body) = admin
+            .gql_err(
+                &format!("{{ auditLogs(filter: {{ {field}: \"\" }}) {{ totalCount }} }}"),
+                json!({}),
+            )
+            .await;
+        assert_eq!(code, "VALIDATION", "{field}: {body:#}");
+        assert_eq!(body["errors"][0]["extensions"]["field"], field, "{body:#}");
+    }
+    // No template has an empty name.
+    let (code, body) = admin
+        .gql_err(r#"{ template(name: " ") { id } }"#, json!({}))
+        .await;
+    assert_eq!(code, "VALIDATION", "{body:#}");
     // Nothing was created on the platform.
     let data = admin
         .gql_ok(r#"{ templates(search: "x") { totalCount } }"#, json!({}))

@@ -835,6 +835,7 @@ async fn inbound_is_signed_and_processed_once(db: Db) {
             { "from": "abc", "id": "wamid.BAD1", "type": "text", "text": { "body": "x" } },
             { "from": CUSTOMER, "type": "text", "text": { "body": "no id" } },
             { "from": CUSTOMER, "id": "", "type": "text", "text": { "body": "empty id" } },
+            { "from": CUSTOMER, "id": "   ", "type": "text", "text": { "body": "blank id" } },
             { "from": CUSTOMER, "id": "w".repeat(300), "type": "text", "text": { "body": "long id" } },
             text_message("wamid.IN1", "again"),
         ]),
@@ -848,7 +849,7 @@ async fn inbound_is_signed_and_processed_once(db: Db) {
             &res["summary"]["duplicates"],
             &res["summary"]["received"]
         ),
-        (&json!(4), &json!(1), &json!(0)),
+        (&json!(5), &json!(1), &json!(0)),
         "{res:#}"
     );
     assert_eq!(inbound().await, 5);
