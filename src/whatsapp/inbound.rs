@@ -314,13 +314,86 @@ async fn apply_status<Db: ConnectionTrait>(
     Ok(true)
 }
 
+/// The batch read message by message: Meta's envelope (`entry[].changes[].value` with its
+/// `metadata`, `messages` and `statuses`) is read with every message and status kept as raw
+/// text, and each is then read on its own. One that cannot be read becomes null, which counts
+/// it invalid (a message) or skips it (a status); the rest of the batch is processed. `None`
+/// when the body is not JSON at all, or not Meta's envelope.
+fn per_message(body: &[u8]) -> Option<Value> {
+    use serde::Deserialize;
+    use serde_json::value::RawValue;
+    #[derive(Deserialize)]
+    struct Doc {
+        #[serde(default)]
+        object: Option<String>,
+        #[serde(default)]
+        entry: Vec<Entry>,
+    }
+    #[derive(Deserialize)]
+    struct Entry {
+        #[serde(default)]
+        changes: Vec<Change>,
+    }
+    #[derive(Deserialize)]
+    struct Change {
+        #[serde(default)]
+        field: Option<String>,
+        #[serde(default)]
+        value: Option<Body>,
+    }
+    #[derive(Deserialize)]
+    struct Body {
+        #[serde(default)]
+        metadata: Option<Box<RawValue>>,
+        #[serde(default)]
+        messages: Vec<Box<RawValue>>,
+        #[serde(default)]
+        statuses: Vec<Box<RawValue>>,
+    }
+    let doc: Doc = crate::input::parse_lossy(body).ok()?;
+    let each = |raws: Vec<Box<RawValue>>| -> Value {
+        raws.iter()
+            .map(|r| crate::input::parse_lossy::<Value>(r.get().as_bytes()).unwrap_or(Value::Null))
+            .collect()
+    };
+    let entry: Vec<Value> = doc
+        .entry
+        .into_iter()
+        .map(|e| {
+            let changes: Vec<Value> = e
+                .changes
+                .into_iter()
+                .map(|c| {
+                    let value = c.value.map(|v| {
+                        serde_json::json!({
+                            "metadata": v.metadata
+                                .and_then(|m| crate::input::parse_lossy::<Value>(m.get().as_bytes()).ok()),
+                            "messages": each(v.messages),
+                            "statuses": each(v.statuses),
+                        })
+                    });
+                    serde_json::json!({ "field": c.field, "value": value })
+                })
+                .collect();
+            serde_json::json!({ "changes": changes })
+        })
+        .collect();
+    Some(serde_json::json!({ "object": doc.object, "entry": entry }))
+}
+
 /// Processes a verified webhook body: see the module docs. Everything in one transaction;
 /// the events are published after it commits.
 pub async fn process(state: &AppState, body: &[u8]) -> Result<Summary> {
     // Signed by Meta: a lone surrogate escape in one message's text must not refuse the whole
     // batch (and every redelivery of it). It becomes U+FFFD.
-    let mut doc: Value = crate::input::parse_lossy(body)
-        .map_err(|e| Error::validation("body", format!("the webhook body is not JSON: {e}")))?;
+    let mut doc: Value = match crate::input::parse_lossy(body) {
+        Ok(doc) => doc,
+        // JSON that serde_json reads but cannot hold as one value (a number past f64, nesting
+        // past 128 levels) fails the message it is in, not the batch: see [`per_message`].
+        Err(e) => per_message(body).ok_or_else(|| {
+            Error::validation("body", format!("the webhook body is not JSON: {e}"))
+        })?,
+    };
     if !doc.is_object() {
         return Err(Error::validation(
             "body",

@@ -1055,6 +1055,42 @@ async fn odd_signed_bodies_get_clear_answers() {
         );
     }
 
+    // A value serde_json reads but cannot hold (a number past f64, nesting past 128 levels)
+    // costs its message, not the batch.
+    let odd = webhook(
+        PHONE_NUMBER_ID,
+        json!([
+            text_message("wamid.OK1", "kept"),
+            { "from": CUSTOMER, "id": "wamid.HUGE", "timestamp": "HUGE", "type": "text", "text": { "body": "x" } },
+            { "from": CUSTOMER, "id": "wamid.DEEP", "type": "text", "text": { "body": "y" }, "extra": "DEEP" },
+        ]),
+        json!([{ "id": "wamid.OK1", "status": "HUGE", "timestamp": "1732600010" }]),
+    );
+    let raw = serde_json::to_string(&odd)
+        .unwrap()
+        .replace("\"HUGE\"", "1e400")
+        .replace(
+            "\"DEEP\"",
+            &format!("{}{}", "[".repeat(200), "]".repeat(200)),
+        );
+    assert!(
+        serde_json::from_str::<Value>(&raw).is_err(),
+        "serde_json cannot hold it"
+    );
+    let (status, res) = post_raw_webhook(&app, raw.into_bytes(), Some(APP_SECRET)).await;
+    assert_eq!(status, 200, "{res:#}");
+    assert_eq!(
+        (&res["summary"]["received"], &res["summary"]["invalid"]),
+        (&json!(1), &json!(2)),
+        "{res:#}"
+    );
+    let texts: Vec<Value> = events_of(&app, "m-wa", "MESSAGE_RECEIVED")
+        .await
+        .iter()
+        .map(|e| e["payload"]["text"].clone())
+        .collect();
+    assert!(texts.contains(&json!("kept")), "{texts:?}");
+
     let mut numeric = webhook(
         PHONE_NUMBER_ID,
         json!([text_message("wamid.N1", "x")]),
