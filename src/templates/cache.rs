@@ -151,7 +151,9 @@ pub struct ReadCache {
     hits: std::sync::atomic::AtomicU64,
 }
 
-type Generation = std::result::Result<Option<i64>, String>;
+/// A read's outcome, for every request that waited on it: the generation, or the error, which
+/// keeps its kind (a database that does not answer is UNAVAILABLE, as for any read).
+type Generation = std::result::Result<Option<i64>, (bool, String)>;
 
 /// The counter reads requests share (see the module doc).
 #[derive(Default)]
@@ -191,7 +193,8 @@ impl SharedReads {
         }
         match rx.await {
             Ok(Ok(generation)) => Ok(generation),
-            Ok(Err(e)) => Err(Error::Internal(format!(
+            Ok(Err((true, e))) => Err(Error::Unavailable(e)),
+            Ok(Err((false, e))) => Err(Error::Internal(format!(
                 "cannot read the cache generation: {e}"
             ))),
             Err(_) => Err(Error::Internal("the cache generation read stopped".into())),
@@ -220,7 +223,9 @@ impl ReadLoop {
                 }
                 std::mem::take(&mut w.next)
             };
-            let generation = ReadCache::generation(&db).await.map_err(|e| e.to_string());
+            let generation = ReadCache::generation(&db)
+                .await
+                .map_err(|e| (matches!(e, Error::Unavailable(_)), e.to_string()));
             for tx in batch {
                 let _ = tx.send(generation.clone());
             }

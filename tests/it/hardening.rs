@@ -1011,3 +1011,47 @@ async fn instances_started_together_on_one_sqlite_file_all_start() {
     });
     all_start_and_seed_once(builds).await;
 }
+
+/// With the database not answering, template reads (served through the read cache, which
+/// first reads the templates' generation) are UNAVAILABLE (503: send it again), as every other
+/// read is, not INTERNAL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn template_reads_without_the_database_are_unavailable() {
+    use sea_orm::ConnectionTrait;
+    let app = TestApp::spawn(Db::Postgres).await;
+    let list = || app.rest(reqwest::Method::GET, "/api/templates", None, None);
+    assert_eq!(
+        list().await.0,
+        StatusCode::OK,
+        "the reads work, and are cached"
+    );
+    let url = app.server.state.config.database_url.clone();
+    let name = url
+        .rsplit('/')
+        .next()
+        .and_then(|n| n.split('?').next())
+        .unwrap()
+        .to_owned();
+    let admin = sea_orm::Database::connect(crate::common::postgres_base_url())
+        .await
+        .unwrap();
+    let set = |allow: bool| format!("ALTER DATABASE \"{name}\" ALLOW_CONNECTIONS {allow}");
+    admin.execute_unprepared(&set(false)).await.unwrap();
+    admin
+        .execute_unprepared(&format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+        ))
+        .await
+        .unwrap();
+    let (status, body) = list().await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["code"], "UNAVAILABLE", "{body}");
+    let (_, body) = app
+        .gql(None, "{ templates(first: 1) { totalCount } }", json!({}))
+        .await;
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"], "UNAVAILABLE",
+        "{body}"
+    );
+    admin.execute_unprepared(&set(true)).await.unwrap();
+}
