@@ -155,8 +155,10 @@ async fn run() {
     config.database_max_connections = 20;
     let concurrency = std::env::var("QUEUE_CONCURRENCY")
         .ok()
-        .map(|v| smartbot::config::parse_concurrency(&v).unwrap())
-        .unwrap_or_else(|| smartbot::config::parse_concurrency("webhook_delivery=32").unwrap());
+        .map(|v| smartbot::config::parse_concurrency("QUEUE_CONCURRENCY", &v).unwrap())
+        .unwrap_or_else(|| {
+            smartbot::config::parse_concurrency("QUEUE_CONCURRENCY", "webhook_delivery=32").unwrap()
+        });
     config.queue_concurrency = concurrency;
     let scratch = if db == "postgres" {
         let scratch = common::ScratchDb::create("bench_webhooks").await;

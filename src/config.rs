@@ -65,6 +65,10 @@ impl std::str::FromStr for RateLimit {
         if max == 0 || window.is_zero() {
             return Err("rate limit count and window must be greater than zero".into());
         }
+        // The limiter's arithmetic is in nanoseconds (governor panics past 584 years).
+        if window > Duration::from_secs(366 * 24 * 3600) {
+            return Err("rate limit window must be at most a year".into());
+        }
         Ok(Self { max, window })
     }
 }
@@ -260,7 +264,12 @@ impl Config {
 
     /// Reads `.env` (when present) and then the process environment.
     pub fn from_env() -> Result<Self, Error> {
-        let _ = dotenvy::dotenv();
+        // A line dotenvy cannot read stops it there: the lines after it would be dropped
+        // without a word, and the server would start on defaults.
+        match dotenvy::dotenv() {
+            Err(e) if !e.not_found() => return Err(invalid(".env", e)),
+            _ => {}
+        }
         Self::from_vars(
             std::env::vars_os()
                 .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))),
@@ -282,8 +291,40 @@ impl Config {
         Ok(c)
     }
 
+    /// `DATABASE_URL` and `REDIS_URL` are URLs of a kind this program speaks, checked before
+    /// anything connects: a bad one names its variable, never reads as an outage, and is shown
+    /// without its password (see [`redact_url`]).
+    fn check_urls(&self) -> Result<(), Error> {
+        let db = &self.database_url;
+        if !db.starts_with("sqlite:") {
+            let ok = url::Url::parse(db)
+                .map_err(|e| invalid("DATABASE_URL", format!("{}: {e}", redact_url(db))))?;
+            if !matches!(ok.scheme(), "postgres" | "postgresql") {
+                return Err(invalid(
+                    "DATABASE_URL",
+                    format!("{}: must start with sqlite: or postgres://", redact_url(db)),
+                ));
+            }
+        }
+        if let Some(r) = &self.redis_url {
+            let ok = url::Url::parse(r)
+                .map_err(|e| invalid("REDIS_URL", format!("{}: {e}", redact_url(r))))?;
+            if !matches!(
+                ok.scheme(),
+                "redis" | "rediss" | "redis-cluster" | "redis-sentinel"
+            ) {
+                return Err(invalid(
+                    "REDIS_URL",
+                    format!("{}: must start with redis:// or rediss://", redact_url(r)),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// The rules a value's format does not carry.
     fn check(&self) -> Result<(), Error> {
+        self.check_urls()?;
         let counts = [
             ("WS_MAX_OPERATIONS", self.ws_max_operations),
             ("MEDIA_MAX_BYTES", self.media_max_bytes),
@@ -380,8 +421,9 @@ fn env_dict(vars: impl IntoIterator<Item = (String, String)>) -> Dict {
 }
 
 /// `media_processing=3,message_sending=5` → per-queue worker counts.
-pub fn parse_concurrency(v: &str) -> Result<HashMap<QueueName, usize>, Error> {
-    concurrency(v).map_err(|why| invalid("QUEUE_CONCURRENCY", why))
+/// `QUEUE_CONCURRENCY`'s value (or a flag's of the same form, named `source` in errors).
+pub fn parse_concurrency(source: &str, v: &str) -> Result<HashMap<QueueName, usize>, Error> {
+    concurrency(v).map_err(|why| invalid(source, why))
 }
 
 fn concurrency(v: &str) -> Result<HashMap<QueueName, usize>, String> {
@@ -521,14 +563,31 @@ mod de {
     }
 }
 
-fn sqlite_url(data_dir: &std::path::Path) -> String {
+pub fn sqlite_url(data_dir: &std::path::Path) -> String {
     format!(
         "sqlite://{}?mode=rwc",
         data_dir.join("smartbot.db").display()
     )
 }
 
-pub(crate) fn invalid(key: &str, why: impl std::fmt::Display) -> Error {
+/// A connection URL as logs and errors may show it: its password replaced by `***`. A URL
+/// that does not parse is shown as its scheme only (its password could be anywhere in it).
+pub fn redact_url(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("***"));
+            }
+            u.to_string()
+        }
+        Err(_) => match raw.split_once("://") {
+            Some((scheme, _)) => format!("{scheme}://…"),
+            None => "…".into(),
+        },
+    }
+}
+
+pub fn invalid(key: &str, why: impl std::fmt::Display) -> Error {
     Error::validation(key, format!("invalid {key}: {why}"))
 }
 
@@ -589,6 +648,22 @@ mod tests {
         let err = from(&[("PORT", "http")]).unwrap_err();
         assert!(err.to_string().contains("PORT"), "{err}");
         assert!(from(&[("RATE_LIMIT", "0/1m")]).is_err());
+        for (k, v) in [
+            ("DATABASE_URL", "postgres://u:S3CRET@127.0.0.1:99999/x"),
+            ("DATABASE_URL", "mysql://u:S3CRET@h/x"),
+            ("DATABASE_URL", "garbage"),
+            ("REDIS_URL", "http://:S3CRET@127.0.0.1:6379"),
+        ] {
+            let err = from(&[(k, v)]).unwrap_err().to_string();
+            assert!(err.contains(k), "{err}");
+            assert!(!err.contains("S3CRET"), "{err}");
+        }
+        assert_eq!(
+            redact_url("redis://:S3CRET@127.0.0.1:1/0"),
+            "redis://:***@127.0.0.1:1/0"
+        );
+        let err = from(&[("RATE_LIMIT", "1/100000000000000h")]).unwrap_err();
+        assert!(err.to_string().contains("at most a year"), "{err}");
         let c = from(&[(
             "QUEUE_CONCURRENCY",
             "media_processing=7, webhook_delivery=1",

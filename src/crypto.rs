@@ -74,7 +74,17 @@ impl Cipher {
         match std::fs::read_to_string(&path) {
             Ok(text) => {
                 crate::auth::token::check_private(&path, "ENCRYPTION_KEY")?;
-                return Self::from_keys(&text);
+                // The file is at fault, not the variable (which is unset): say which.
+                return Self::from_keys(&text).map_err(|e| {
+                    Error::validation(
+                        "ENCRYPTION_KEY",
+                        format!(
+                            "{} (ENCRYPTION_KEY is unset) holds no usable key: {}",
+                            path.display(),
+                            e.public_message()
+                        ),
+                    )
+                });
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e.into()),

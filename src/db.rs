@@ -85,13 +85,34 @@ pub async fn connect(config: &Config) -> Result<DatabaseConnection> {
             })
         });
     }
-    let db = Database::connect(opts)
-        .await
-        .map_err(|e| Error::Internal(format!("cannot connect to the database: {e}")))?;
+    let db = Database::connect(opts).await.map_err(|e| {
+        refused(&e)
+            .unwrap_or_else(|| Error::Internal(format!("cannot connect to the database: {e}")))
+    })?;
     if config.is_sqlite() {
         tokio::spawn(checkpointer(url.clone(), Arc::downgrade(&alive)));
     }
     Ok(db)
+}
+
+/// A connection the server refused for what `DATABASE_URL` says (a role or password it does not
+/// accept, a database that does not exist): waiting will not mend it, so it names the variable
+/// instead of reading as an outage.
+fn refused(e: &sea_orm::DbErr) -> Option<Error> {
+    use sea_orm::{DbErr, RuntimeErr};
+    let DbErr::Conn(RuntimeErr::SqlxError(e)) = e else {
+        return None;
+    };
+    let sea_orm::sqlx::Error::Database(db) = e.as_ref() else {
+        return None;
+    };
+    let code = db.code()?;
+    (code.starts_with("28") || code == "3D000").then(|| {
+        crate::config::invalid(
+            "DATABASE_URL",
+            format!("the database server refused it: {} ({code})", db.message()),
+        )
+    })
 }
 
 /// How long an SQLite write waits for the write lock before it fails with "database is locked".
@@ -224,13 +245,16 @@ const STARTUP_LOCK_KEY: i64 = 0x0073_6d61_7274_626f;
 pub async fn startup_lock(config: &Config) -> Result<StartupLock> {
     if config.is_sqlite() {
         let path = sqlite_lock_path(config);
+        // The file's place comes from DATA_DIR unless DATABASE_URL names another.
+        let var = if config.database_url == crate::config::sqlite_url(&config.data_dir) {
+            "DATA_DIR"
+        } else {
+            "DATABASE_URL"
+        };
         let file = tokio::task::spawn_blocking(move || {
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                 std::fs::create_dir_all(dir).map_err(|e| {
-                    crate::config::invalid(
-                        "DATABASE_URL",
-                        format!("cannot create {}: {e}", dir.display()),
-                    )
+                    crate::config::invalid(var, format!("cannot create {}: {e}", dir.display()))
                 })?;
             }
             let file = std::fs::OpenOptions::new()
@@ -239,10 +263,7 @@ pub async fn startup_lock(config: &Config) -> Result<StartupLock> {
                 .write(true)
                 .open(&path)
                 .map_err(|e| {
-                    crate::config::invalid(
-                        "DATABASE_URL",
-                        format!("cannot open {}: {e}", path.display()),
-                    )
+                    crate::config::invalid(var, format!("cannot open {}: {e}", path.display()))
                 })?;
             file.lock()?;
             Ok::<_, Error>(file)
@@ -256,7 +277,9 @@ pub async fn startup_lock(config: &Config) -> Result<StartupLock> {
         .min_connections(1)
         .connect_timeout(Duration::from_secs(5))
         .sqlx_logging(false);
-    let conn = Database::connect(opts).await?;
+    let conn = Database::connect(opts)
+        .await
+        .map_err(|e| refused(&e).unwrap_or_else(|| e.into()))?;
     conn.execute_unprepared(&format!("SELECT pg_advisory_lock({STARTUP_LOCK_KEY})"))
         .await?;
     Ok(StartupLock(Some(conn), None))

@@ -83,18 +83,28 @@ enum MigrateAction {
     Status,
 }
 
-fn init_tracing(format: LogFormat) {
+/// Logs: JSON lines on stdout, or the pretty format on stderr (stdout then carries only what
+/// the program prints: the admin token at first start). A `RUST_LOG` that does not parse stops
+/// start-up naming it, as any other bad setting does.
+fn init_tracing(format: LogFormat) -> Result<(), smartbot::error::Error> {
     use tracing_subscriber::{EnvFilter, fmt};
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,sea_orm=warn,sea_orm_migration=warn"));
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(v) if !v.trim().is_empty() => EnvFilter::try_new(&v)
+            .map_err(|e| smartbot::config::invalid("RUST_LOG", format!("{v:?}: {e}")))?,
+        _ => EnvFilter::new("info,sqlx=warn,sea_orm=warn,sea_orm_migration=warn"),
+    };
     match format {
         LogFormat::Json => fmt()
             .json()
             .with_env_filter(filter)
             .with_current_span(true)
             .init(),
-        LogFormat::Pretty => fmt().with_env_filter(filter).init(),
+        LogFormat::Pretty => fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init(),
     }
+    Ok(())
 }
 
 fn main() {
@@ -136,7 +146,7 @@ async fn run(command: Command) -> Result<(), smartbot::error::Error> {
         return Ok(());
     }
     let config = Config::from_env()?;
-    init_tracing(config.log_format);
+    init_tracing(config.log_format)?;
     match command {
         Command::Schema => unreachable!("handled above"),
         Command::Serve { no_workers } => {
@@ -154,12 +164,15 @@ async fn run(command: Command) -> Result<(), smartbot::error::Error> {
             if let Some(c) = concurrency {
                 config
                     .queue_concurrency
-                    .extend(smartbot::config::parse_concurrency(&c)?);
+                    .extend(smartbot::config::parse_concurrency("--concurrency", &c)?);
             }
-            let queues = queues
+            let mut queues = queues
                 .iter()
                 .map(|q| q.parse())
                 .collect::<Result<Vec<smartbot::queue::QueueName>, _>>()?;
+            // A queue named twice is one queue (it started two pools, doubling its concurrency).
+            queues.sort_by_key(|q| q.as_str());
+            queues.dedup();
             worker(config, queues).await
         }
         Command::Migrate { action } => {

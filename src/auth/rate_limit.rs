@@ -88,10 +88,12 @@ impl RateLimiter {
             .set_policy(ReconnectPolicy::new_exponential(0, 50, 2000, 2))
             .build()
             .map_err(|e| Error::Internal(format!("redis rate limiter: {e}")))?;
-        client
-            .init()
-            .await
-            .map_err(|e| Error::Internal(format!("cannot connect to Redis at {url}: {e}")))?;
+        client.init().await.map_err(|e| {
+            Error::Internal(format!(
+                "cannot connect to Redis at {}: {e}",
+                crate::config::redact_url(url)
+            ))
+        })?;
         Ok(Self::redis(limit, client, prefix))
     }
 

@@ -184,7 +184,13 @@ impl QueueMetrics {
     /// refresher; later calls touch no backend. The refresher ends when the app is dropped.
     pub async fn render(self: &Arc<Self>, backend: &Arc<dyn QueueBackend>) -> String {
         if self.refresher.set(()).is_ok() {
-            self.refresh(backend.as_ref()).await;
+            // At most a second: with Redis or the database not answering, each queue's read
+            // waits for its command timeout, and four of them outlasted Prometheus's scrape
+            // timeout. The gauges then show their last values (zero) until the refresher reads.
+            let first = tokio::time::timeout(FIRST_READ, self.refresh(backend.as_ref()));
+            if first.await.is_err() {
+                tracing::warn!("metrics: the queues' depth could not be read within a second");
+            }
             let (metrics, backend) = (Arc::downgrade(self), Arc::downgrade(backend));
             tokio::spawn(refresh_loop(metrics, backend));
         }
@@ -195,6 +201,9 @@ impl QueueMetrics {
         out
     }
 }
+
+/// How long the first scrape waits for the queues' depth.
+const FIRST_READ: std::time::Duration = std::time::Duration::from_secs(1);
 
 async fn refresh_loop(metrics: Weak<QueueMetrics>, backend: Weak<dyn QueueBackend>) {
     let mut tick = tokio::time::interval(GAUGE_REFRESH);

@@ -406,9 +406,12 @@ pub async fn connect_client(url: &str, pool_size: usize) -> Result<Pool> {
         .set_policy(ReconnectPolicy::new_exponential(0, 50, 2000, 2))
         .build_pool(pool_size)
         .map_err(redis_err)?;
-    pool.init()
-        .await
-        .map_err(|e| Error::Internal(format!("cannot connect to Redis at {url}: {e}")))?;
+    pool.init().await.map_err(|e| {
+        Error::Internal(format!(
+            "cannot connect to Redis at {}: {e}",
+            crate::config::redact_url(url)
+        ))
+    })?;
     Ok(pool)
 }
 
@@ -440,10 +443,12 @@ async fn connect_single(url: &str) -> Result<Client> {
         .set_policy(ReconnectPolicy::new_exponential(0, 50, 2000, 2))
         .build()
         .map_err(redis_err)?;
-    client
-        .init()
-        .await
-        .map_err(|e| Error::Internal(format!("cannot connect to Redis at {url}: {e}")))?;
+    client.init().await.map_err(|e| {
+        Error::Internal(format!(
+            "cannot connect to Redis at {}: {e}",
+            crate::config::redact_url(url)
+        ))
+    })?;
     Ok(client)
 }
 

@@ -1,6 +1,7 @@
 //! One integration-test binary (faster to link than one per file), with a module per area.
 
 mod access;
+mod cli;
 mod common;
 mod events;
 mod explorer;
