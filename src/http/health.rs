@@ -25,12 +25,28 @@ fn check(name: &str, r: crate::error::Result<()>) -> &'static str {
     }
 }
 
+/// How long `/ready` waits for its dependencies. A database or Redis that does not answer
+/// made it wait out their own timeouts (10 s, 5 s), past a readiness probe's usual 1–5 s: the
+/// probe saw a timeout where it should see 503.
+const READY_WITHIN: std::time::Duration = std::time::Duration::from_secs(2);
+
 pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
-    let database = check("database", crate::db::ping(&state.db).await);
+    let late = |what: &str| Error::Unavailable(format!("{what} did not answer within 2 s"));
+    // The checks run at once, each within READY_WITHIN.
+    let (database, backend) = tokio::join!(
+        tokio::time::timeout(READY_WITHIN, crate::db::ping(&state.db)),
+        tokio::time::timeout(READY_WITHIN, state.queue.backend().readiness()),
+    );
+    let database = check(
+        "database",
+        database.unwrap_or_else(|_| Err(late("the database"))),
+    );
     let mut checks = json!({ "database": database });
     let mut ok = database == "ok";
     // Whatever else the queue backend depends on, each check named by the backend itself.
-    for (name, result) in state.queue.backend().readiness().await {
+    let kind = state.queue.backend().kind();
+    let backend = backend.unwrap_or_else(|_| vec![(kind, Err(late("the queue backend")))]);
+    for (name, result) in backend {
         let answer = check(name, result);
         ok &= answer == "ok";
         checks[name] = json!(answer);

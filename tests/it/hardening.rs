@@ -723,6 +723,8 @@ async fn a_lost_redis_fails_fast_and_typed() {
     // Readiness names Redis as unavailable.
     let (status, body) = answered(app.rest(Method::GET, "/ready", None, None)).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["checks"]["redis"], "unavailable", "{body}");
+    assert_eq!(body["checks"]["database"], "ok", "{body}");
     // An enqueue is UNAVAILABLE, over GraphQL and over REST.
     let (_, body) = answered(app.gql(
         Some(&app.admin),

@@ -340,6 +340,24 @@ async fn payments_are_idempotent_and_checked(db: Db) {
     );
     let o = order_in(&app, &id, "CONFIRMED").await;
     assert_eq!(o["payments"].as_array().unwrap().len(), 1);
+    // A blank method is no method, as a webhook's blank description is.
+    let other = submit(&app, &shop, order_input(None)).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    order_in(&app, &other, "CONFIRMED").await;
+    app.gql_ok(
+        Some(&shop),
+        docs::RECORD_PAYMENT,
+        json!({ "order": other, "amount": 349, "currency": "USD", "ref": "EC-9", "method": "  " }),
+    )
+    .await;
+    let received = events_of(&app, "m-shop", "PAYMENT_RECEIVED").await;
+    let blank = received
+        .iter()
+        .find(|p| p["orderId"] == other.as_str())
+        .expect("the second payment's event");
+    assert!(blank["method"].is_null(), "{blank}");
 }
 
 /// Deliveries follow their state machine; picked_up and delivered emit, and delivered delivers
