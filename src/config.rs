@@ -294,7 +294,7 @@ impl Config {
     /// `DATABASE_URL` and `REDIS_URL` are URLs of a kind this program speaks, checked before
     /// anything connects: a bad one names its variable, never reads as an outage, and is shown
     /// without its password (see [`redact_url`]).
-    fn check_urls(&self) -> Result<(), Error> {
+    pub fn check_urls(&self) -> Result<(), Error> {
         let db = &self.database_url;
         if !db.starts_with("sqlite:") {
             let ok = url::Url::parse(db)

@@ -16,15 +16,8 @@ use crate::{
 /// Connects, creating the SQLite file and its directory when needed.
 pub async fn connect(config: &Config) -> Result<DatabaseConnection> {
     let url = &config.database_url;
-    if !(url.starts_with("sqlite:")
-        || url.starts_with("postgres://")
-        || url.starts_with("postgresql://"))
-    {
-        return Err(Error::validation(
-            "DATABASE_URL",
-            "DATABASE_URL must start with sqlite: or postgres://",
-        ));
-    }
+    // The one rule for what DATABASE_URL may be (a Config built in code skips `from_vars`).
+    config.check_urls()?;
     if config.is_sqlite() {
         std::fs::create_dir_all(&config.data_dir).map_err(|e| {
             crate::config::invalid(

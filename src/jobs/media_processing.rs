@@ -146,8 +146,7 @@ pub const ATTEMPTS: u32 = 4;
 /// and the queue still counts it; when the last attempt went that way, the row stayed
 /// PROCESSING for good.
 fn records_only(job: &JobInfo) -> bool {
-    // `attempts_made` counts this run.
-    job.max_attempts > 1 && job.attempts_made >= job.max_attempts
+    job.max_attempts > 1 && job.on_last_attempt()
 }
 
 pub async fn handle(state: &AppState, job: &JobInfo) -> Result<Value, JobError> {

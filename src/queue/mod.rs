@@ -333,6 +333,13 @@ pub struct JobInfo {
     pub finished_at: Option<i64>,
 }
 
+impl JobInfo {
+    /// Whether the run this job is on is its last attempt (`attempts_made` counts the run).
+    pub fn on_last_attempt(&self) -> bool {
+        self.attempts_made >= self.max_attempts
+    }
+}
+
 /// A job handed to one worker, with the token that proves the lease.
 #[derive(Debug, Clone)]
 pub struct Leased {

@@ -153,7 +153,13 @@ pub struct ReadCache {
 
 /// A read's outcome, for every request that waited on it: the generation, or the error, which
 /// keeps its kind (a database that does not answer is UNAVAILABLE, as for any read).
-type Generation = std::result::Result<Option<i64>, (bool, String)>;
+type Generation = std::result::Result<Option<i64>, ReadFailed>;
+
+#[derive(Clone)]
+enum ReadFailed {
+    Unavailable(String),
+    Other(String),
+}
 
 /// The counter reads requests share (see the module doc).
 #[derive(Default)]
@@ -193,8 +199,8 @@ impl SharedReads {
         }
         match rx.await {
             Ok(Ok(generation)) => Ok(generation),
-            Ok(Err((true, e))) => Err(Error::Unavailable(e)),
-            Ok(Err((false, e))) => Err(Error::Internal(format!(
+            Ok(Err(ReadFailed::Unavailable(e))) => Err(Error::Unavailable(e)),
+            Ok(Err(ReadFailed::Other(e))) => Err(Error::Internal(format!(
                 "cannot read the cache generation: {e}"
             ))),
             Err(_) => Err(Error::Internal("the cache generation read stopped".into())),
@@ -223,9 +229,10 @@ impl ReadLoop {
                 }
                 std::mem::take(&mut w.next)
             };
-            let generation = ReadCache::generation(&db)
-                .await
-                .map_err(|e| (matches!(e, Error::Unavailable(_)), e.to_string()));
+            let generation = ReadCache::generation(&db).await.map_err(|e| match e {
+                Error::Unavailable(m) => ReadFailed::Unavailable(m),
+                other => ReadFailed::Other(other.to_string()),
+            });
             for tx in batch {
                 let _ = tx.send(generation.clone());
             }

@@ -232,30 +232,29 @@ pub fn parse_retry_after(v: &str) -> Option<Duration> {
 /// string or a whole float is still the code; a lone surrogate escape is U+FFFD. An answer that
 /// is not JSON at all reads as null.
 fn answer(bytes: &[u8]) -> Value {
-    use lenient::{Code, Text};
     #[derive(serde::Deserialize, Default)]
     #[serde(default)]
     struct Answer {
         messages: Option<Vec<Sent>>,
-        id: Text,
+        id: Loose,
         error: Option<MetaError>,
     }
     #[derive(serde::Deserialize, Default)]
     #[serde(default)]
     struct Sent {
-        id: Text,
+        id: Loose,
     }
     #[derive(serde::Deserialize, Default)]
     #[serde(default)]
     struct MetaError {
-        code: Code,
-        message: Text,
+        code: Loose,
+        message: Loose,
         error_data: Option<Details>,
     }
     #[derive(serde::Deserialize, Default)]
     #[serde(default)]
     struct Details {
-        details: Text,
+        details: Loose,
     }
     let Ok(a) = crate::input::parse_lossy::<Answer>(bytes) else {
         return Value::Null;
@@ -265,108 +264,94 @@ fn answer(bytes: &[u8]) -> Value {
         out.insert(
             "messages".into(),
             sent.into_iter()
-                .map(|s| serde_json::json!({ "id": s.id.0 }))
+                .map(|s| serde_json::json!({ "id": s.id.text() }))
                 .collect(),
         );
     }
-    if let Some(id) = a.id.0 {
+    if let Some(id) = a.id.text() {
         out.insert("id".into(), id.into());
     }
     if let Some(e) = a.error {
         out.insert(
             "error".into(),
             serde_json::json!({
-                "code": e.code.0,
-                "message": e.message.0,
-                "error_data": { "details": e.error_data.and_then(|d| d.details.0) },
+                "code": e.code.whole(),
+                "message": e.message.text(),
+                "error_data": { "details": e.error_data.and_then(|d| d.details.text()) },
             }),
         );
     }
     Value::Object(out)
 }
 
-/// Fields that take whatever JSON comes and keep only what they can use.
-mod lenient {
-    use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+/// Any JSON value, of which only a string or a number is kept; anything else is stepped over
+/// unread.
+#[derive(Default)]
+enum Loose {
+    Text(String),
+    Number(f64),
+    Int(i64),
+    #[default]
+    Other,
+}
 
+impl Loose {
     /// A string, or nothing.
-    #[derive(Default)]
-    pub struct Text(pub Option<String>);
-    /// A whole number, from a number or a numeric string, or nothing.
-    #[derive(Default)]
-    pub struct Code(pub Option<i64>);
+    fn text(self) -> Option<String> {
+        match self {
+            Loose::Text(t) => Some(t),
+            _ => None,
+        }
+    }
 
-    /// The visitor methods that read nothing of a value but step over it.
-    macro_rules! nothing_of {
-        ($t:ident) => {
-            fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> Result<$t, A::Error> {
+    /// A whole number, from a number, a whole float or a numeric string, or nothing.
+    fn whole(self) -> Option<i64> {
+        match self {
+            Loose::Int(n) => Some(n),
+            Loose::Number(f) => (f.fract() == 0.0 && f.abs() < 9.0e15).then_some(f as i64),
+            Loose::Text(t) => t.trim().parse().ok(),
+            Loose::Other => None,
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Loose {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Loose;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("any JSON")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Loose, E> {
+                Ok(Loose::Text(v.to_owned()))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Loose, E> {
+                Ok(Loose::Int(v))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Loose, E> {
+                Ok(i64::try_from(v).map_or(Loose::Other, Loose::Int))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Loose, E> {
+                Ok(Loose::Number(v))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Loose, E> {
+                Ok(Loose::Other)
+            }
+            fn visit_unit<E>(self) -> Result<Loose, E> {
+                Ok(Loose::Other)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> Result<Loose, A::Error> {
                 while s.next_element::<IgnoredAny>()?.is_some() {}
-                Ok($t(None))
+                Ok(Loose::Other)
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<$t, A::Error> {
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Loose, A::Error> {
                 while m.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-                Ok($t(None))
+                Ok(Loose::Other)
             }
-            fn visit_bool<E>(self, _: bool) -> Result<$t, E> {
-                Ok($t(None))
-            }
-            fn visit_unit<E>(self) -> Result<$t, E> {
-                Ok($t(None))
-            }
-        };
-    }
-
-    impl<'de> serde::Deserialize<'de> for Text {
-        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            struct V;
-            impl<'de> Visitor<'de> for V {
-                type Value = Text;
-                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                    f.write_str("any JSON")
-                }
-                fn visit_str<E>(self, v: &str) -> Result<Text, E> {
-                    Ok(Text(Some(v.to_owned())))
-                }
-                fn visit_i64<E>(self, _: i64) -> Result<Text, E> {
-                    Ok(Text(None))
-                }
-                fn visit_u64<E>(self, _: u64) -> Result<Text, E> {
-                    Ok(Text(None))
-                }
-                fn visit_f64<E>(self, _: f64) -> Result<Text, E> {
-                    Ok(Text(None))
-                }
-                nothing_of!(Text);
-            }
-            d.deserialize_any(V)
         }
-    }
-
-    impl<'de> serde::Deserialize<'de> for Code {
-        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            struct V;
-            impl<'de> Visitor<'de> for V {
-                type Value = Code;
-                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                    f.write_str("any JSON")
-                }
-                fn visit_i64<E>(self, v: i64) -> Result<Code, E> {
-                    Ok(Code(Some(v)))
-                }
-                fn visit_u64<E>(self, v: u64) -> Result<Code, E> {
-                    Ok(Code(i64::try_from(v).ok()))
-                }
-                fn visit_f64<E>(self, v: f64) -> Result<Code, E> {
-                    let whole = v.fract() == 0.0 && v.abs() < 9.0e15;
-                    Ok(Code(whole.then_some(v as i64)))
-                }
-                fn visit_str<E>(self, v: &str) -> Result<Code, E> {
-                    Ok(Code(v.trim().parse().ok()))
-                }
-                nothing_of!(Code);
-            }
-            d.deserialize_any(V)
-        }
+        d.deserialize_any(V)
     }
 }
 

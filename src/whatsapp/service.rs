@@ -501,7 +501,7 @@ pub async fn deliver(state: &AppState, job: &JobInfo, message_id: Uuid) -> Resul
             code,
             retry_after,
         }) => {
-            let last_try = attempt >= MAX_SEND_ATTEMPTS || job.attempts_made >= job.max_attempts;
+            let last_try = attempt >= MAX_SEND_ATTEMPTS || job.on_last_attempt();
             if last_try {
                 let reason = format!("gave up after {attempt} attempts: {reason}");
                 mark_failed(state, &m, &reason, code)
